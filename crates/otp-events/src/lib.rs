@@ -1,0 +1,35 @@
+//! The contracts of otp-pipeline.
+//!
+//! Every other crate speaks through the types in here: the *code request* that login systems
+//! publish (`otp.code_request.v1`, see `schemas/code-request.v1.json`) and the *delivery
+//! status* that workers report to analysts (`otp.delivery_status.v1`). The one validation
+//! entry point, [`decode_code_request`] / [`CodeRequest::validate`], is used by the producer
+//! library, the HTTP ingress, the CLI and the workers alike, so a request that one of them
+//! accepts is accepted by all of them.
+//!
+//! Privacy lives here too: [`PhoneHasher`] turns a phone number into the keyed hash that is
+//! used as the Kafka message key and in status events, so no other crate needs to touch the
+//! number beyond handing it to a provider.
+
+mod channel;
+mod decode;
+mod error;
+mod pii;
+mod request;
+mod status;
+mod topics;
+mod validate;
+
+pub use channel::Channel;
+pub use decode::{decode_code_request, decode_submission};
+pub use error::ValidationError;
+pub use pii::{country_of, mask_phone, PhoneHasher};
+pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
+pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
+pub use topics::Topics;
+pub use validate::Rules;
+
+/// Kafka header that names the schema of a message's payload.
+pub const HEADER_SCHEMA: &str = "otp-schema";
+/// Kafka header that carries the request_id, so tools can correlate without parsing payloads.
+pub const HEADER_REQUEST_ID: &str = "otp-request-id";

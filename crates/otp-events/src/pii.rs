@@ -1,0 +1,106 @@
+//! Privacy helpers: the keyed phone hash, masking for humans, and the country of a number.
+//!
+//! A phone number leaves a worker only towards the provider. Everywhere else (Kafka keys,
+//! status events, logs, metrics) it is replaced by [`PhoneHasher::hash`], an HMAC so that
+//! nobody without the key can confirm a guessed number by hashing it.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Keyed hash of phone numbers (HMAC-SHA256, first 16 bytes, hex).
+#[derive(Clone)]
+pub struct PhoneHasher {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for PhoneHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhoneHasher(<key redacted>)")
+    }
+}
+
+impl PhoneHasher {
+    /// Env var holding the deployment's hash key. Every producer and worker of a deployment
+    /// must share it, since the hash is the partitioning key.
+    pub const KEY_ENV: &'static str = "OTP_PHONE_HASH_KEY";
+    /// Key used when none is configured: fine for demos and tests, not for production (a
+    /// public key makes the hash a plain lookup table).
+    pub const DEV_KEY: &'static [u8] = b"otp-pipeline-development-key";
+
+    pub fn new(key: &[u8]) -> Self {
+        Self {
+            mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length"),
+        }
+    }
+
+    /// The key from `OTP_PHONE_HASH_KEY`, else the development key. The bool says whether the
+    /// development key is in use, so binaries can warn.
+    pub fn from_env() -> (Self, bool) {
+        match std::env::var(Self::KEY_ENV) {
+            Ok(key) if !key.is_empty() => (Self::new(key.as_bytes()), false),
+            _ => (Self::new(Self::DEV_KEY), true),
+        }
+    }
+
+    pub fn hash(&self, phone: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(phone.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+/// A phone number for human eyes: the calling-code's first digits and the last two,
+/// e.g. `+44*******89`. Use only where a hash is no help (an operator's terminal).
+pub fn mask_phone(phone: &str) -> String {
+    let chars: Vec<char> = phone.chars().collect();
+    if chars.len() < 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
+}
+
+/// ISO 3166-1 alpha-2 country of an E.164 number, from libphonenumber's metadata. Numbers
+/// whose calling code is shared (+1) are resolved by their area code; `None` when unknown.
+pub fn country_of(phone: &str) -> Option<String> {
+    let number = phonenumber::parse(None, phone).ok()?;
+    if let Some(id) = number.country().id() {
+        return Some(id.as_ref().to_string());
+    }
+    // Fictional or unassigned ranges: fall back to the main country of the calling code.
+    let code = number.country().code();
+    phonenumber::metadata::DATABASE
+        .by_code(&code)
+        .and_then(|regions| regions.first().map(|m| m.id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_keyed_stable_and_hides_the_number() {
+        let a = PhoneHasher::new(b"k1");
+        let b = PhoneHasher::new(b"k2");
+        let h = a.hash("+15551234567");
+        assert_eq!(h, a.hash("+15551234567"));
+        assert_ne!(h, b.hash("+15551234567"));
+        assert_eq!(h.len(), 32);
+        assert!(!h.contains("5551234567"));
+    }
+
+    #[test]
+    fn mask_keeps_only_prefix_and_last_two() {
+        assert_eq!(mask_phone("+447700900123"), "+44********23");
+        assert!(!mask_phone("+15551234567").contains("1234"));
+    }
+
+    #[test]
+    fn country_from_calling_code() {
+        assert_eq!(country_of("+447700900123").as_deref(), Some("GB"));
+        assert_eq!(country_of("+4915112345678").as_deref(), Some("DE"));
+        assert_eq!(country_of("+15551234567").as_deref(), Some("US"));
+        assert_eq!(country_of("+5511987654321").as_deref(), Some("BR"));
+    }
+}

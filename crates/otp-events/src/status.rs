@@ -1,0 +1,190 @@
+//! The delivery status: one event per step of a request's life, for analysts.
+//!
+//! Keyed by request_id on `otp.delivery-status`. It carries a keyed hash of the phone and the
+//! country, never the number and never the code.
+
+use crate::{country_of, Channel, CodeRequest, PhoneHasher};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Value of the `schema` field of every delivery status of this version.
+pub const DELIVERY_STATUS_SCHEMA: &str = "otp.delivery_status.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusKind {
+    /// The provider took the request; delivery is not yet known.
+    Accepted,
+    /// The provider accepted the message for delivery.
+    Sent,
+    Delivered,
+    Read,
+    /// No channel could deliver it; final.
+    Failed,
+    /// Handed on to the next channel in the user's list.
+    Fallback,
+    /// Its `expires_at` passed before it could be delivered; final, never sent.
+    Expired,
+    /// The event was invalid and went to the dead-letter topic; final.
+    Rejected,
+    /// A second request with a request_id already handled; not sent again.
+    Duplicate,
+}
+
+impl StatusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Accepted => "accepted",
+            StatusKind::Sent => "sent",
+            StatusKind::Delivered => "delivered",
+            StatusKind::Read => "read",
+            StatusKind::Failed => "failed",
+            StatusKind::Fallback => "fallback",
+            StatusKind::Expired => "expired",
+            StatusKind::Rejected => "rejected",
+            StatusKind::Duplicate => "duplicate",
+        }
+    }
+
+    /// Whether this status ends the request's life: each request gets exactly one.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            StatusKind::Sent | StatusKind::Failed | StatusKind::Expired | StatusKind::Rejected
+        )
+    }
+}
+
+/// What class of error stopped or diverted a request; decides retry, fallback or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCategory {
+    Transient,
+    Recipient,
+    ChannelBroken,
+    InvalidRequest,
+    RateLimited,
+    Blocked,
+    Expired,
+    Internal,
+}
+
+impl ErrorCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::Transient => "transient",
+            ErrorCategory::Recipient => "recipient",
+            ErrorCategory::ChannelBroken => "channel_broken",
+            ErrorCategory::InvalidRequest => "invalid_request",
+            ErrorCategory::RateLimited => "rate_limited",
+            ErrorCategory::Blocked => "blocked",
+            ErrorCategory::Expired => "expired",
+            ErrorCategory::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusError {
+    pub category: ErrorCategory,
+    /// The provider's code (e.g. "131026", "21211", "http_503") or our rule's name.
+    pub code: String,
+    /// A human explanation. Never holds a phone number or a code.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryStatus {
+    pub schema: String,
+    /// Unique per event (UUIDv7), so consumers can drop replays.
+    pub event_id: String,
+    pub request_id: String,
+    pub status: StatusKind,
+    pub channel: Channel,
+    /// 1 for the first channel tried, 2 after one fallback; sends retried on one channel keep
+    /// the number and count their tries in `tries`.
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    pub provider_message_id: Option<String>,
+    pub error: Option<StatusError>,
+    /// ISO 3166-1 alpha-2 country of the phone's calling code, when known.
+    pub country: Option<String>,
+    /// Keyed hash of the phone number; `None` only when the event was unreadable.
+    pub phone_hash: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    /// Milliseconds from the request's `created_at` to `occurred_at`.
+    pub latency_ms: Option<u64>,
+    /// Set on `fallback`: the channel the request was handed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_channel: Option<Channel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+impl DeliveryStatus {
+    /// A status about a readable request, on `channel`, as of now.
+    pub fn about(
+        request: &CodeRequest,
+        status: StatusKind,
+        channel: Channel,
+        hasher: &PhoneHasher,
+    ) -> Self {
+        let now = Utc::now();
+        let latency = (now - request.created_at).num_milliseconds().max(0) as u64;
+        Self {
+            schema: DELIVERY_STATUS_SCHEMA.to_string(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request.request_id.clone(),
+            status,
+            channel,
+            attempt: request.attempt_number(),
+            tries: None,
+            provider_message_id: None,
+            error: None,
+            country: country_of(&request.phone),
+            phone_hash: Some(hasher.hash(&request.phone)),
+            occurred_at: now,
+            latency_ms: Some(latency),
+            next_channel: None,
+            app: request.app.clone(),
+            is_final: status.is_final(),
+        }
+    }
+
+    /// A `rejected` status for an event that could not be decoded; only its request_id (when
+    /// one could be read) is known.
+    pub fn rejected(request_id: String, channel: Channel, error: StatusError) -> Self {
+        Self {
+            schema: DELIVERY_STATUS_SCHEMA.to_string(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id,
+            status: StatusKind::Rejected,
+            channel,
+            attempt: 1,
+            tries: None,
+            provider_message_id: None,
+            error: Some(error),
+            country: None,
+            phone_hash: None,
+            occurred_at: Utc::now(),
+            latency_ms: None,
+            next_channel: None,
+            app: None,
+            is_final: true,
+        }
+    }
+
+    pub fn with_error(mut self, error: StatusError) -> Self {
+        self.error = Some(error);
+        self
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a DeliveryStatus always serialises")
+    }
+}

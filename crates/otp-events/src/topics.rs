@@ -1,0 +1,48 @@
+//! Topic names. A deployment may put all of them under a prefix (e.g. `staging.`), which is
+//! also how tests share one broker without seeing each other's messages.
+
+use crate::Channel;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where requests for `channel` wait: `otp.code-requests.whatsapp` / `.sms`.
+    pub fn requests(&self, channel: Channel) -> String {
+        format!("{}otp.code-requests.{}", self.prefix, channel.as_str())
+    }
+
+    pub fn delivery_status(&self) -> String {
+        format!("{}otp.delivery-status", self.prefix)
+    }
+
+    pub fn dead_letter(&self) -> String {
+        format!("{}otp.dead-letter", self.prefix)
+    }
+
+    /// Every topic the pipeline needs, for `otp topics create`.
+    pub fn all(&self) -> Vec<String> {
+        let mut all: Vec<String> = Channel::ALL.iter().map(|c| self.requests(*c)).collect();
+        all.push(self.delivery_status());
+        all.push(self.dead_letter());
+        all
+    }
+}

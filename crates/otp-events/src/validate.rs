@@ -1,0 +1,167 @@
+//! The rules of a code request, shared by every entry point.
+//!
+//! The same rules are written down in `schemas/code-request.v1.json`; the schema tests check
+//! that both agree on every example. Rules that JSON Schema cannot express (a timestamp
+//! compared with another) live only here and are documented in the schema's descriptions.
+
+use crate::{CodeRequest, ValidationError, CODE_REQUEST_SCHEMA};
+use chrono::Duration;
+
+/// Limits that a deployment may tune. Everything else is fixed by the contract.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Longest allowed life of a code, `expires_at - created_at`. Default: 30 minutes.
+    pub max_ttl: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            max_ttl: Duration::minutes(30),
+        }
+    }
+}
+
+pub(crate) const REQUEST_ID_MAX: usize = 64;
+pub(crate) const APP_MAX: usize = 64;
+pub(crate) const USER_REF_MAX: usize = 128;
+
+impl Rules {
+    pub(crate) fn check(&self, r: &CodeRequest) -> Result<(), ValidationError> {
+        if r.schema != CODE_REQUEST_SCHEMA {
+            return Err(ValidationError::new(
+                "schema",
+                format!("must be \"{CODE_REQUEST_SCHEMA}\" (unknown schema or version)"),
+            ));
+        }
+        check_request_id(&r.request_id)?;
+        check_phone(&r.phone)?;
+        check_code(&r.code)?;
+        if r.channels.is_empty() {
+            return Err(ValidationError::new(
+                "channels",
+                "must list at least one channel",
+            ));
+        }
+        for (i, c) in r.channels.iter().enumerate() {
+            if r.channels[..i].contains(c) {
+                return Err(ValidationError::new(
+                    "channels",
+                    "must not repeat a channel",
+                ));
+            }
+        }
+        if let Some(locale) = &r.locale {
+            check_locale(locale)?;
+        }
+        if r.expires_at <= r.created_at {
+            return Err(ValidationError::new(
+                "expires_at",
+                "must be after created_at",
+            ));
+        }
+        if r.expires_at - r.created_at > self.max_ttl {
+            return Err(ValidationError::new(
+                "expires_at",
+                format!(
+                    "must be at most {} seconds after created_at",
+                    self.max_ttl.num_seconds()
+                ),
+            ));
+        }
+        check_text("app", r.app.as_deref(), APP_MAX)?;
+        check_text("user_ref", r.user_ref.as_deref(), USER_REF_MAX)?;
+        if r.attempt == Some(0) {
+            return Err(ValidationError::new("attempt", "must be at least 1"));
+        }
+        for (i, c) in r.tried_channels.iter().enumerate() {
+            if !r.channels.contains(c) || r.tried_channels[..i].contains(c) {
+                return Err(ValidationError::new(
+                    "tried_channels",
+                    "must hold distinct channels taken from channels",
+                ));
+            }
+        }
+        if r.current_channel().is_none() {
+            return Err(ValidationError::new(
+                "tried_channels",
+                "must leave at least one channel of channels untried",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_request_id(id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= REQUEST_ID_MAX
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "request_id",
+            format!(
+                "must be 1 to {REQUEST_ID_MAX} characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// E.164: "+", then 8 to 15 digits, the first not 0. Nothing is normalised: a number with
+/// spaces or dashes is refused, so what we hash is exactly what the login system stores.
+pub(crate) fn check_phone(phone: &str) -> Result<(), ValidationError> {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    let ok = phone.starts_with('+')
+        && (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "phone",
+            "must be E.164: '+' then 8 to 15 digits, the first not 0, with no spaces or dashes",
+        ))
+    }
+}
+
+fn check_code(code: &str) -> Result<(), ValidationError> {
+    if (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("code", "must be 4 to 10 digits"))
+    }
+}
+
+/// `en`, `pt_BR` or `pt-BR`: a language, optionally with a region.
+fn check_locale(locale: &str) -> Result<(), ValidationError> {
+    let (lang, region) = match locale.split_once(['_', '-']) {
+        Some((l, r)) => (l, Some(r)),
+        None => (locale, None),
+    };
+    let lang_ok = (2..=3).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_lowercase());
+    let region_ok =
+        region.is_none_or(|r| r.len() == 2 && r.bytes().all(|b| b.is_ascii_uppercase()));
+    if lang_ok && region_ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "locale",
+            "must be a language code with an optional region, like \"en\" or \"pt_BR\"",
+        ))
+    }
+}
+
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<(), ValidationError> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().count() > max => Err(ValidationError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,43 @@
+//! Creating the pipeline's topics (`otp topics create`). Running it twice is fine: a topic that
+//! already exists is reported, not an error.
+
+use crate::kafka::KafkaArgs;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    AlreadyExisted,
+}
+
+/// Create `names` with `partitions` partitions each; returns what happened to each.
+pub async fn create_topics(
+    kafka: &KafkaArgs,
+    names: &[String],
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<Vec<(String, TopicOutcome)>> {
+    let mut config = kafka.client_config();
+    kafka.apply_overrides(&mut config);
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let new_topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &options).await?;
+    let mut out = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => out.push((name, TopicOutcome::Created)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                out.push((name, TopicOutcome::AlreadyExisted))
+            }
+            Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
+        }
+    }
+    Ok(out)
+}

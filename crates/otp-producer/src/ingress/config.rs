@@ -1,0 +1,44 @@
+//! Settings of the HTTP ingress (`otp-producer serve`).
+
+use crate::kafka::KafkaArgs;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressConfig {
+    /// Address to listen on.
+    #[arg(long, env = "OTP_INGRESS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest accepted request body, in bytes; larger bodies get 413.
+    #[arg(long, env = "OTP_INGRESS_BODY_LIMIT", default_value_t = default_body_limit())]
+    pub body_limit: usize,
+
+    /// How long to wait for the broker's acknowledgement before answering 503.
+    #[arg(long, env = "OTP_INGRESS_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
+
+    /// Longest allowed life of a code (`expires_at - created_at`).
+    #[arg(long, env = "OTP_MAX_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+fn default_body_limit() -> usize {
+    16 * 1024
+}
+
+impl IngressConfig {
+    /// Defaults, listening on `listen`, for tests and embedding.
+    pub fn new(listen: SocketAddr, kafka: KafkaArgs) -> Self {
+        Self {
+            listen,
+            body_limit: default_body_limit(),
+            ack_timeout: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(30 * 60),
+            kafka,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Kafka connection settings shared by every binary of the project.
+//!
+//! Production clusters need TLS and SASL, which the project does not model one by one: any
+//! librdkafka property can be passed through, by flag (`--kafka-opt security.protocol=SSL`) or
+//! by environment (`OTP_KAFKA__SECURITY_PROTOCOL=SSL`), and is applied after our defaults.
+
+use rdkafka::ClientConfig;
+
+/// Prefix of environment variables passed through to librdkafka. After the prefix, `_`
+/// becomes `.` and `__` becomes `_`, and the name is lower-cased:
+/// `OTP_KAFKA__SASL_MECHANISMS` → `sasl.mechanisms`.
+pub const ENV_PASSTHROUGH_PREFIX: &str = "OTP_KAFKA__";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "OTP_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Extra librdkafka property, `NAME=VALUE`; repeat for more. Also from env `OTP_KAFKA__<NAME>`.
+    #[arg(long = "kafka-opt", value_parser = parse_kafka_opt)]
+    pub kafka_opts: Vec<(String, String)>,
+
+    /// Prefix put before every topic name (e.g. `staging.`).
+    #[arg(long, env = "OTP_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+impl KafkaArgs {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            kafka_opts: Vec::new(),
+            topic_prefix: String::new(),
+        }
+    }
+
+    pub fn topics(&self) -> otp_events::Topics {
+        otp_events::Topics::with_prefix(self.topic_prefix.clone())
+    }
+
+    /// A client config with the brokers, then the environment's passthrough settings, then
+    /// the flags' (flags win). Callers add their role's defaults *before* calling
+    /// [`KafkaArgs::apply_overrides`] so that operators can override them.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
+    /// Apply the operator's passthrough settings on top of a role's defaults.
+    pub fn apply_overrides(&self, config: &mut ClientConfig) {
+        for (name, value) in env_passthrough(std::env::vars()) {
+            config.set(name, value);
+        }
+        for (name, value) in &self.kafka_opts {
+            config.set(name, value);
+        }
+    }
+}
+
+fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err("must be NAME=VALUE, e.g. security.protocol=SSL".to_string()),
+    }
+}
+
+fn env_passthrough(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.filter_map(|(k, v)| {
+        let name = k.strip_prefix(ENV_PASSTHROUGH_PREFIX)?;
+        let name = name
+            .to_ascii_lowercase()
+            .replace("__", "\u{0}")
+            .replace('_', ".")
+            .replace('\u{0}', "_");
+        (!name.is_empty()).then_some((name, v))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_map_to_librdkafka_properties() {
+        let vars = vec![
+            (
+                "OTP_KAFKA__SECURITY_PROTOCOL".to_string(),
+                "SSL".to_string(),
+            ),
+            ("OTP_KAFKA__SSL__KEY".to_string(), "x".to_string()),
+            ("OTP_KAFKA_BROKERS".to_string(), "ignored".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        assert_eq!(
+            env_passthrough(vars.into_iter()),
+            vec![
+                ("security.protocol".to_string(), "SSL".to_string()),
+                ("ssl_key".to_string(), "x".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_opt_needs_name_and_value() {
+        assert_eq!(
+            parse_kafka_opt("a.b=c=d").unwrap(),
+            ("a.b".to_string(), "c=d".to_string())
+        );
+        assert!(parse_kafka_opt("novalue").is_err());
+        assert!(parse_kafka_opt("=x").is_err());
+    }
+}

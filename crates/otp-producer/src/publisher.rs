@@ -1,0 +1,180 @@
+//! [`CodeRequestPublisher`]: validate, key by phone hash, produce with `acks=all`, and return
+//! only once the broker acknowledged.
+
+use crate::kafka::KafkaArgs;
+use chrono::Utc;
+use otp_events::{
+    CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, CODE_REQUEST_SCHEMA,
+    HEADER_REQUEST_ID, HEADER_SCHEMA,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The request broke a rule of the contract; nothing was sent.
+    #[error("invalid code request: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The broker did not acknowledge in time. Nothing is known to be stored: retry with the
+    /// same request_id (workers drop the second copy if both arrive).
+    #[error("the broker did not acknowledge request {request_id} within {timeout:?}")]
+    Timeout {
+        request_id: String,
+        timeout: Duration,
+    },
+    #[error("Kafka refused request {request_id}: {source}")]
+    Kafka {
+        request_id: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("could not create the Kafka producer: {0}")]
+    Setup(#[source] KafkaError),
+}
+
+/// How a publisher behaves; the defaults suit a login system.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub topics: Topics,
+    pub rules: Rules,
+    /// How long `publish` waits for the broker's acknowledgement (and librdkafka's
+    /// `message.timeout.ms`, so a message is not delivered after we said it failed).
+    pub ack_timeout: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            topics: Topics::default(),
+            rules: Rules::default(),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Publishes code requests for login systems (and fallbacks for workers).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use otp_events::{Channel, PhoneHasher, Submission};
+/// use otp_producer::{kafka::KafkaArgs, CodeRequestPublisher, PublisherConfig};
+///
+/// let kafka = KafkaArgs::new("127.0.0.1:9092");
+/// let (hasher, _) = PhoneHasher::from_env();
+/// let publisher = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), hasher)?;
+/// let submission = Submission::new("+15551234567", "123456",
+///     vec![Channel::Whatsapp, Channel::Sms], chrono::Duration::minutes(5));
+/// let request_id = publisher.publish(submission).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CodeRequestPublisher {
+    producer: FutureProducer,
+    config: PublisherConfig,
+    hasher: PhoneHasher,
+}
+
+impl CodeRequestPublisher {
+    pub fn new(
+        kafka: &KafkaArgs,
+        config: PublisherConfig,
+        hasher: PhoneHasher,
+    ) -> Result<Self, PublishError> {
+        let mut client = kafka.client_config();
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                config.ack_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "2");
+        kafka.apply_overrides(&mut client);
+        let producer = client.create().map_err(PublishError::Setup)?;
+        Ok(Self {
+            producer,
+            config,
+            hasher,
+        })
+    }
+
+    /// Complete a submission (request_id, created_at), validate it, and publish it to its first
+    /// channel's topic. Returns the request_id once the broker acknowledged.
+    pub async fn publish(&self, submission: Submission) -> Result<String, PublishError> {
+        let request = submission.complete(Utc::now());
+        self.publish_request(&request).await?;
+        Ok(request.request_id)
+    }
+
+    /// Validate a complete request and publish it to the topic of its current channel (the
+    /// first one not yet tried). Workers use this to hand a request on to its next channel.
+    pub async fn publish_request(&self, request: &CodeRequest) -> Result<(), PublishError> {
+        request.validate(&self.config.rules)?;
+        let channel = request
+            .current_channel()
+            .expect("validate() guarantees an untried channel");
+        let topic = self.config.topics.requests(channel);
+        let key = self.hasher.hash(&request.phone);
+        let payload = request.to_json();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(CODE_REQUEST_SCHEMA),
+            })
+            .insert(Header {
+                key: HEADER_REQUEST_ID,
+                value: Some(request.request_id.as_str()),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        let timeout = self.config.ack_timeout;
+        // librdkafka gives up at message.timeout.ms; the outer bound only guards against a
+        // delivery report that never comes.
+        let delivery = self.producer.send(record, Timeout::After(timeout));
+        match tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                Err(PublishError::Timeout {
+                    request_id: request.request_id.clone(),
+                    timeout,
+                })
+            }
+            Ok(Err((source, _))) => Err(PublishError::Kafka {
+                request_id: request.request_id.clone(),
+                source,
+            }),
+            Err(_) => Err(PublishError::Timeout {
+                request_id: request.request_id.clone(),
+                timeout,
+            }),
+        }
+    }
+
+    /// True when the broker answers a metadata request within `timeout` (for `/readyz`).
+    pub async fn broker_reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
+    /// Wait for queued messages to be delivered (call before exit).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(Timeout::After(timeout));
+    }
+}

@@ -1,0 +1,225 @@
+//! Starting and stopping a tansu broker process.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "tansu (a Kafka-compatible broker) is needed by the integration tests. \
+Install it with `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` \
+(about 10 minutes, once per machine), or run `scripts/test`, which installs it when missing. \
+Set TANSU_BIN to use a binary elsewhere.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// SQLite in a temporary directory: survives a broker restart.
+    Sqlite,
+    /// In memory: fastest, lost on restart.
+    Memory,
+}
+
+/// A running tansu broker; killed on drop.
+pub struct TansuBroker {
+    child: Mutex<Option<Child>>,
+    port: u16,
+    storage: Storage,
+    dir: tempfile::TempDir,
+}
+
+/// One broker per test binary, started on first use.
+pub fn shared_broker() -> &'static TansuBroker {
+    static BROKER: OnceLock<TansuBroker> = OnceLock::new();
+    BROKER.get_or_init(|| TansuBroker::start(Storage::Sqlite))
+}
+
+impl TansuBroker {
+    pub fn start(storage: Storage) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for tansu");
+        let port = free_port();
+        let broker = Self {
+            child: Mutex::new(None),
+            port,
+            storage,
+            dir,
+        };
+        broker.launch();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    /// Kill the broker process (SIGKILL), as a crash would.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port and store.
+    pub fn restart(&self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    fn launch(&self) {
+        let bin = tansu_binary();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = match self.storage {
+            // tansu reads the part after `sqlite://` as relative unless it starts with `//`.
+            Storage::Sqlite => format!("sqlite:///{}/tansu.db", self.dir.path().display()),
+            Storage::Memory => "memory://tansu/".to_string(),
+        };
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("tansu log file");
+        let mut cmd = Command::new(bin);
+        cmd.arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .arg("--storage-engine")
+            .arg(&storage)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = spawn_kept(cmd).expect("spawn tansu");
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Ready = it answers a metadata request.
+    fn wait_ready(&self, within: Duration) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()
+            .expect("metadata client");
+        let deadline = Instant::now() + within;
+        loop {
+            if consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "tansu exited with {status} before answering; its log:\n{}",
+                    tail(&self.log_path())
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not answer a metadata request within {within:?}; its log:\n{}",
+                tail(&self.log_path())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("tansu"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|h| h.join("bin/tansu"));
+    on_path
+        .into_iter()
+        .chain(cargo_home)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn tail(path: &Path) -> String {
+    let mut s = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawn `cmd` from a thread that lives as long as the process. The child is killed when its
+/// parent *thread* ends (PR_SET_PDEATHSIG is per thread), so spawning from a short-lived test
+/// thread would kill a shared broker after the first test.
+fn spawn_kept(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("tansu-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+                // The sender lives in a static, so this loop never ends before the process.
+            })
+            .expect("keeper thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    keeper
+        .lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("keeper alive");
+    reply_rx.recv().expect("keeper replies")
+}

@@ -1,0 +1,40 @@
+//! Test harness: a real Kafka-protocol broker (tansu) over TCP, and helpers to read topics.
+//!
+//! Integration tests never talk to a fake of Kafka. [`shared_broker`] starts one tansu process
+//! per test binary on a free loopback port with a temporary SQLite store; each test then takes
+//! its own topic prefix ([`TestTopics`]) so tests share the broker without seeing each other's
+//! messages. Brokers die with the test process (`PR_SET_PDEATHSIG`), even on a panic or abort.
+
+mod broker;
+mod read;
+
+pub use broker::{shared_broker, Storage, TansuBroker};
+pub use read::{message_count, payload_json, read_messages, read_messages_blocking};
+
+use otp_producer::kafka::KafkaArgs;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A test's private set of pipeline topics on a broker.
+pub struct TestTopics {
+    pub kafka: KafkaArgs,
+    pub topics: otp_events::Topics,
+}
+
+impl TestTopics {
+    /// Create the pipeline's topics under a prefix no other test in this process uses.
+    pub async fn create(broker: &TansuBroker, partitions: i32) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "t{}-{}.",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut kafka = KafkaArgs::new(broker.bootstrap());
+        kafka.topic_prefix = prefix;
+        let topics = kafka.topics();
+        otp_producer::admin::create_topics(&kafka, &topics.all(), partitions, 1)
+            .await
+            .expect("create test topics on tansu");
+        Self { kafka, topics }
+    }
+}

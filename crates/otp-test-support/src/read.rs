@@ -1,0 +1,83 @@
+//! Reading topics back in tests, with a plain rdkafka consumer (no consumer group, so nothing
+//! a test does can disturb the pipeline's groups).
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
+use std::time::{Duration, Instant};
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "otp-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("test consumer")
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    md.topics()[0].partitions().iter().map(|p| p.id()).collect()
+}
+
+/// Read `topic` from the beginning until `at_least` messages arrived or `within` passed;
+/// returns what arrived (callers assert on the count). Blocking: call from spawn_blocking in
+/// async tests, or use [`read_messages`].
+pub fn read_messages_blocking(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer = consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions(&consumer, topic) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < at_least && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+pub async fn read_messages(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || read_messages_blocking(&b, &t, at_least, within))
+        .await
+        .expect("reader thread")
+}
+
+/// Messages ever written to `topic` (sum of high watermarks minus low ones).
+pub fn message_count(bootstrap: &str, topic: &str) -> i64 {
+    let consumer = consumer(bootstrap);
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            hi - lo
+        })
+        .sum()
+}
+
+/// Payload of a message as JSON (panics with the topic's name when it is not).
+pub fn payload_json(m: &OwnedMessage) -> serde_json::Value {
+    serde_json::from_slice(m.payload().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("message on {} is not JSON: {e}", m.topic()))
+}

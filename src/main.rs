@@ -1,0 +1,122 @@
+//! The `otp` command: publish a code request from a shell, and manage the pipeline's topics.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use otp_events::{Channel, PhoneHasher, Rules, Submission};
+use otp_producer::admin::{create_topics, TopicOutcome};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "otp-pipeline: deliver one-time login codes over WhatsApp and SMS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish one code request and print its request_id once the broker acknowledged it.
+    Send(SendArgs),
+    /// Manage the pipeline's topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Recipient in E.164, e.g. +15551234567.
+    #[arg(long)]
+    phone: String,
+    /// The one-time code, 4 to 10 digits.
+    #[arg(long)]
+    code: String,
+    /// Channels in order of preference, comma-separated: whatsapp,sms.
+    #[arg(long, value_delimiter = ',', default_value = "whatsapp,sms")]
+    channels: Vec<Channel>,
+    /// Life of the code.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    expires_in: Duration,
+    /// Keep this request_id instead of assigning one (idempotency key).
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long)]
+    locale: Option<String>,
+    #[arg(long)]
+    app: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the request, status and dead-letter topics; existing ones are left as they are.
+    Create {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Send(args) => send(args).await,
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    kafka,
+                    partitions,
+                    replication_factor,
+                },
+        } => {
+            let names = kafka.topics().all();
+            for (name, outcome) in
+                create_topics(&kafka, &names, partitions, replication_factor).await?
+            {
+                let what = match outcome {
+                    TopicOutcome::Created => "created",
+                    TopicOutcome::AlreadyExisted => "exists",
+                };
+                println!("{what}\t{name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let (hasher, dev_key) = PhoneHasher::from_env();
+    if dev_key {
+        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
+    }
+    let config = PublisherConfig {
+        topics: args.kafka.topics(),
+        rules: Rules::default(),
+        ..PublisherConfig::default()
+    };
+    let publisher = CodeRequestPublisher::new(&args.kafka, config, hasher)?;
+    let ttl = chrono::Duration::from_std(args.expires_in).context("--expires-in is too long")?;
+    let mut submission = Submission::new(args.phone, args.code, args.channels, ttl);
+    submission.request_id = args.request_id;
+    submission.locale = args.locale;
+    submission.app = args.app;
+    let request_id = publisher.publish(submission).await?;
+    println!("{request_id}");
+    Ok(())
+}

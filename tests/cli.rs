@@ -1,0 +1,116 @@
+//! The `otp` command against a real broker: `topics create` (twice) and `send`.
+
+use otp_events::{decode_code_request, Channel, PhoneHasher, Rules};
+use otp_test_support::{read_messages, shared_broker};
+use rdkafka::Message;
+use std::process::Command;
+use std::time::Duration;
+
+fn otp(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_otp"))
+        .args(args)
+        .env("OTP_PHONE_HASH_KEY", "cli-test-key")
+        .output()
+        .expect("run otp")
+}
+
+#[tokio::test]
+async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
+    let broker = shared_broker();
+    let bootstrap = broker.bootstrap();
+    let prefix = format!("cli{}.", std::process::id());
+
+    let first = otp(&[
+        "topics",
+        "create",
+        "--brokers",
+        &bootstrap,
+        "--topic-prefix",
+        &prefix,
+        "--partitions",
+        "2",
+    ]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let out = String::from_utf8(first.stdout).unwrap();
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("created\t")).count(),
+        4,
+        "{out}"
+    );
+    let second = otp(&[
+        "topics",
+        "create",
+        "--brokers",
+        &bootstrap,
+        "--topic-prefix",
+        &prefix,
+    ]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let out = String::from_utf8(second.stdout).unwrap();
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("exists\t")).count(),
+        4,
+        "{out}"
+    );
+
+    let sent = otp(&[
+        "send",
+        "--brokers",
+        &bootstrap,
+        "--topic-prefix",
+        &prefix,
+        "--phone",
+        "+15551234567",
+        "--code",
+        "123456",
+        "--channels",
+        "sms,whatsapp",
+        "--expires-in",
+        "2m",
+    ]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let request_id = String::from_utf8(sent.stdout).unwrap().trim().to_string();
+    assert_eq!(request_id.len(), 36, "{request_id}");
+
+    let topic = format!("{prefix}otp.code-requests.sms");
+    let got = read_messages(&bootstrap, &topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let key = std::str::from_utf8(got[0].key().unwrap()).unwrap();
+    assert_eq!(key, PhoneHasher::new(b"cli-test-key").hash("+15551234567"));
+    let request = decode_code_request(got[0].payload().unwrap(), &Rules::default()).unwrap();
+    assert_eq!(request.request_id, request_id);
+    assert_eq!(request.channels, vec![Channel::Sms, Channel::Whatsapp]);
+    let ttl = request.expires_at - request.created_at;
+    assert!(ttl > chrono::Duration::seconds(119) && ttl <= chrono::Duration::seconds(120));
+}
+
+#[test]
+fn send_refuses_a_bad_phone_naming_the_field_without_echoing_it() {
+    let out = otp(&[
+        "send",
+        "--brokers",
+        "127.0.0.1:1",
+        "--phone",
+        "+1 555 123 4567",
+        "--code",
+        "123456",
+        "--channels",
+        "sms",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("phone: must be E.164"), "{err}");
+    assert!(!err.contains("555 123 4567"), "{err}");
+}
