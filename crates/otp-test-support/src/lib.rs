@@ -9,7 +9,9 @@ mod broker;
 mod read;
 
 pub use broker::{shared_broker, Storage, TansuBroker};
-pub use read::{message_count, payload_json, read_messages, read_messages_blocking};
+pub use read::{
+    collect_json_until, message_count, payload_json, read_messages, read_messages_blocking,
+};
 
 use otp_producer::kafka::KafkaArgs;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -81,3 +81,32 @@ pub fn payload_json(m: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(m.payload().unwrap_or_default())
         .unwrap_or_else(|e| panic!("message on {} is not JSON: {e}", m.topic()))
 }
+
+/// Read `topic` from the beginning, collecting payloads as JSON, until `done` holds for what
+/// was collected or `within` passes. Returns what was collected either way; callers assert.
+pub async fn collect_json_until(
+    bootstrap: &str,
+    topic: &str,
+    within: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool + Send + 'static,
+) -> Vec<serde_json::Value> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = consumer(&b);
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions(&consumer, &t) {
+            tpl.add_partition_offset(&t, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while !done(&out) && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(payload_json(&m.detach()));
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader thread")
+}

@@ -1,0 +1,10 @@
+//! The WhatsApp channel: one Cloud API client that sends the code as an authentication
+//! template, and the error table that classifies Meta's answers. The runtime that consumes,
+//! retries and falls back is `otp-worker`'s; this crate knows nothing about Kafka.
+
+mod client;
+mod config;
+pub mod errors;
+
+pub use client::WhatsappClient;
+pub use config::{default_limits, WhatsappArgs};

@@ -1,0 +1,66 @@
+//! The simulator's settings (flags of `otp-provider-sim`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimConfig {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    pub listen: SocketAddr,
+    /// Added to every answer.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Random extra latency, uniform between 0 and this.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency_jitter: Duration,
+    /// WhatsApp sender throughput limit (messages/s); over it: error 130429.
+    #[arg(long, default_value_t = 80)]
+    pub whatsapp_rate: u32,
+    #[arg(long, default_value_t = 80)]
+    pub whatsapp_burst: u32,
+    /// WhatsApp pair rate limit: one message per this period per recipient; over it: 131056.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub whatsapp_pair_period: Duration,
+    /// SMS sender limit (messages/s); over it: HTTP 429 with code 20429.
+    #[arg(long, default_value_t = 100)]
+    pub sms_rate: u32,
+    #[arg(long, default_value_t = 100)]
+    pub sms_burst: u32,
+    /// Random WhatsApp errors, `CODE=PROBABILITY` (e.g. `131000=0.05`); repeatable.
+    #[arg(long = "whatsapp-error", value_parser = parse_mix)]
+    pub whatsapp_errors: Vec<(i64, f64)>,
+    /// Random SMS errors, `CODE=PROBABILITY` (e.g. `30001=0.05`); repeatable.
+    #[arg(long = "sms-error", value_parser = parse_mix)]
+    pub sms_errors: Vec<(i64, f64)>,
+    /// Bearer token the WhatsApp API accepts.
+    #[arg(long, default_value = "sim-token")]
+    pub whatsapp_token: String,
+    /// Account SID and auth token the SMS API accepts.
+    #[arg(long, default_value = "ACsim")]
+    pub sms_account_sid: String,
+    #[arg(long, default_value = "sim-auth-token")]
+    pub sms_auth_token: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: SimConfig,
+        }
+        Wrapper::parse_from(["sim"]).config
+    }
+}
+
+fn parse_mix(s: &str) -> Result<(i64, f64), String> {
+    let (code, p) = s.split_once('=').ok_or("must be CODE=PROBABILITY")?;
+    let code = code.parse().map_err(|_| "CODE must be an integer")?;
+    let p: f64 = p.parse().map_err(|_| "PROBABILITY must be a number")?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err("PROBABILITY must be between 0 and 1".into());
+    }
+    Ok((code, p))
+}

@@ -1,0 +1,177 @@
+//! A simulator of the two provider APIs the workers call: WhatsApp Cloud API messages and
+//! Twilio's Messages API, on one port.
+//!
+//! It checks each request against the documented shape and answers in the provider's own
+//! error format when it is wrong; it enforces the providers' rate limits itself (and counts
+//! every violation, which our workers should never cause); it adds latency and random errors
+//! on demand; and it behaves deterministically by phone number so tests can stage recipients
+//! (see [`behaviour`]). `GET /sim/messages` and `GET /sim/stats` show what it received. It
+//! stands in for the user's handset, so it does record phone numbers and codes.
+
+mod apis;
+pub mod behaviour;
+mod config;
+
+pub use config::SimConfig;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One request the simulator received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    pub api: String,
+    pub to: String,
+    pub code: String,
+    pub request_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// `accepted`, or the provider error code it answered.
+    pub outcome: String,
+    pub provider_message_id: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub received: u64,
+    pub accepted: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Requests that broke a provider limit: `whatsapp_sender` (130429), `whatsapp_pair`
+    /// (131056), `sms_sender` (429 / 20429).
+    pub rate_limit_violations: BTreeMap<String, u64>,
+}
+
+pub(crate) struct Sim {
+    pub config: SimConfig,
+    pub messages: Mutex<Vec<Received>>,
+    pub stats: Mutex<Stats>,
+    pub wa_sender: DefaultDirectRateLimiter,
+    pub wa_pair: DefaultKeyedRateLimiter<String>,
+    pub sms_sender: DefaultDirectRateLimiter,
+    /// Calls seen per (api, phone), for behaviours like "fail twice, then succeed".
+    pub calls: Mutex<HashMap<(&'static str, String), u32>>,
+    pub next_id: AtomicU64,
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("max(1) is non-zero")
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Self {
+        let wa = Quota::per_second(nonzero(config.whatsapp_rate)).allow_burst(nonzero(config.whatsapp_burst));
+        let pair = Quota::with_period(config.whatsapp_pair_period)
+            .expect("pair period is non-zero")
+            .allow_burst(nonzero(1));
+        let sms = Quota::per_second(nonzero(config.sms_rate)).allow_burst(nonzero(config.sms_burst));
+        Self {
+            wa_sender: governor::RateLimiter::direct(wa),
+            wa_pair: governor::RateLimiter::keyed(pair),
+            sms_sender: governor::RateLimiter::direct(sms),
+            config,
+            messages: Mutex::default(),
+            stats: Mutex::default(),
+            calls: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn record(&self, received: Received) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.received += 1;
+        if received.outcome == "accepted" {
+            stats.accepted += 1;
+        } else {
+            *stats.errors_by_code.entry(received.outcome.clone()).or_default() += 1;
+        }
+        drop(stats);
+        self.messages.lock().expect("messages lock").push(received);
+    }
+
+    pub(crate) fn violation(&self, limit: &str) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        *stats.rate_limit_violations.entry(limit.to_string()).or_default() += 1;
+    }
+
+    /// How many times (api, phone) was called, this call included.
+    pub(crate) fn call_number(&self, api: &'static str, phone: &str) -> u32 {
+        let mut calls = self.calls.lock().expect("calls lock");
+        let n = calls.entry((api, phone.to_string())).or_default();
+        *n += 1;
+        *n
+    }
+
+    pub(crate) fn message_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The simulator's routes.
+pub fn router(config: SimConfig) -> Router {
+    routes(Arc::new(Sim::new(config)))
+}
+
+fn routes(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/{version}/{phone_number_id}/messages", post(apis::whatsapp))
+        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(apis::sms))
+        .route("/sim/messages", get(messages))
+        .route("/sim/stats", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(sim)
+}
+
+async fn messages(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Vec<Received>> {
+    Json(sim.messages.lock().expect("messages lock").clone())
+}
+
+async fn stats(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Stats> {
+    Json(sim.stats.lock().expect("stats lock").clone())
+}
+
+/// A simulator running in this process (tests, demo); stops when dropped.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    sim: Arc<Sim>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What it received so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.sim.messages.lock().expect("messages lock").clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.stats.lock().expect("stats lock").clone()
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start a simulator on `listen` (use port 0 for a free one).
+pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let sim = Arc::new(Sim::new(config));
+    let app = routes(sim.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(SimHandle { addr, sim, task })
+}

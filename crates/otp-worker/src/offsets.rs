@@ -1,0 +1,118 @@
+//! Which offsets may be committed: per partition, everything below the lowest offset still in
+//! flight. A message is *finished* when its final status, or its fallback request, was
+//! acknowledged by the broker; a slow message holds back the commit of its partition (not the
+//! work of the others), so a crash redelivers it instead of losing it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+pub type PartitionKey = (String, i32);
+
+#[derive(Default)]
+pub struct OffsetTracker {
+    inner: Mutex<HashMap<PartitionKey, Partition>>,
+}
+
+#[derive(Default)]
+struct Partition {
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset received.
+    next: i64,
+    /// What was last committed (or is known committed).
+    committed: i64,
+}
+
+impl Partition {
+    fn committable(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+impl OffsetTracker {
+    pub fn started(&self, topic: &str, partition: i32, offset: i64) {
+        let mut inner = self.inner.lock().expect("offsets lock");
+        let p = inner.entry((topic.to_string(), partition)).or_default();
+        if p.next == 0 && p.committed == 0 {
+            p.committed = offset;
+        }
+        p.in_flight.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    pub fn finished(&self, topic: &str, partition: i32, offset: i64) {
+        let mut inner = self.inner.lock().expect("offsets lock");
+        if let Some(p) = inner.get_mut(&(topic.to_string(), partition)) {
+            p.in_flight.remove(&offset);
+        }
+    }
+
+    /// Offsets (next to read) that moved since the last call, per partition (all of them when
+    /// `force`, for the final commit before letting go); marks them as committed. Call
+    /// `rollback` if the commit then fails.
+    pub fn take_committable(
+        &self,
+        only: Option<&[PartitionKey]>,
+        force: bool,
+    ) -> Vec<(PartitionKey, i64)> {
+        let mut inner = self.inner.lock().expect("offsets lock");
+        let mut out = Vec::new();
+        for (key, p) in inner.iter_mut() {
+            if only.is_some_and(|keys| !keys.contains(key)) {
+                continue;
+            }
+            let offset = p.committable();
+            if offset > p.committed || (force && p.next > 0) {
+                p.committed = offset;
+                out.push((key.clone(), offset));
+            }
+        }
+        out
+    }
+
+    pub fn rollback(&self, failed: &[(PartitionKey, i64)]) {
+        let mut inner = self.inner.lock().expect("offsets lock");
+        for (key, _) in failed {
+            if let Some(p) = inner.get_mut(key) {
+                p.committed = 0;
+            }
+        }
+    }
+
+    /// Forget a partition that was given up.
+    pub fn remove(&self, key: &PartitionKey) {
+        self.inner.lock().expect("offsets lock").remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_up_to_the_lowest_unfinished_offset() {
+        let t = OffsetTracker::default();
+        for o in 10..15 {
+            t.started("a", 0, o);
+        }
+        t.finished("a", 0, 10);
+        t.finished("a", 0, 12);
+        t.finished("a", 0, 13);
+        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 11)]);
+        assert_eq!(t.take_committable(None, false), vec![], "nothing moved");
+        t.finished("a", 0, 11);
+        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 14)]);
+        t.finished("a", 0, 14);
+        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 15)]);
+    }
+
+    #[test]
+    fn partitions_are_independent_and_can_be_selected() {
+        let t = OffsetTracker::default();
+        t.started("a", 0, 0);
+        t.started("a", 1, 0);
+        t.finished("a", 1, 0);
+        let only = [("a".to_string(), 0)];
+        assert_eq!(t.take_committable(Some(&only), false), vec![]);
+        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 1), 1)]);
+    }
+}

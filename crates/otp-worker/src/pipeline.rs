@@ -1,0 +1,287 @@
+//! The data path of one message, top to bottom:
+//! decode → guard (expiry, duplicate, limits) → send → classify → report / fall back / retry.
+//! The runtime ([`crate::runtime`]) does the consuming before and the committing after.
+
+use crate::channel::{ChannelClient, ErrorClass, SendFailure, SendOutcome};
+use crate::dedup::Dedup;
+use crate::limits::Limiter;
+use crate::report::Reporter;
+use crate::retry::{RetryConfig, RetrySchedule};
+use chrono::Utc;
+use otp_events::{
+    decode_code_request, CodeRequest, DeliveryStatus, ErrorCategory, PhoneHasher, Rules,
+    StatusError, StatusKind, HEADER_REQUEST_ID,
+};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::Message;
+use std::time::{Duration, Instant};
+
+/// Everything one message needs on its way through; shared by all in-flight tasks.
+pub struct Pipeline<C> {
+    pub client: C,
+    pub limiter: Limiter,
+    pub dedup: Dedup,
+    pub retry: RetryConfig,
+    pub reporter: Reporter,
+    pub rules: Rules,
+    pub hasher: PhoneHasher,
+}
+
+/// Why a channel stopped trying: decides between fallback and `failed`.
+struct Stop {
+    error: StatusError,
+    tries: u32,
+}
+
+impl<C: ChannelClient> Pipeline<C> {
+    /// Take one message from the request topic to its final status or its fallback. Returns
+    /// once what it wrote was acknowledged: then the message is finished.
+    pub async fn handle(&self, message: &OwnedMessage) {
+        // decode
+        let request = match decode_code_request(message.payload().unwrap_or_default(), &self.rules) {
+            Ok(request) => request,
+            Err(e) => return self.reject(message, None, &format!("invalid code request: {e}")).await,
+        };
+        if request.current_channel() != Some(self.client.channel()) {
+            let reason = "tried_channels: the request's current channel is not this topic's channel";
+            return self.reject(message, Some(&request), reason).await;
+        }
+
+        // guard: expiry, then duplicates
+        let now = Utc::now();
+        if now >= request.expires_at {
+            return self.report(&request, StatusKind::Expired, 0, None, None).await;
+        }
+        let source = (message.topic().to_string(), message.partition(), message.offset());
+        if !self.dedup.first_sight(&request.request_id, source, request.expires_at, now) {
+            return self.report(&request, StatusKind::Duplicate, 0, None, None).await;
+        }
+
+        // send, retrying transient failures while time allows
+        let stop = match self.send_with_retries(&request).await {
+            Ok((provider_message_id, tries)) => {
+                let status = StatusKind::Sent;
+                return self.report(&request, status, tries, Some(provider_message_id), None).await;
+            }
+            Err(SendEnd::Invalid(failure, tries)) => {
+                let reason = format!(
+                    "the provider refused the request as invalid ({}): {}",
+                    failure.code, failure.message
+                );
+                return self.reject_after_send(message, &request, failure, tries, &reason).await;
+            }
+            Err(SendEnd::Stop(stop)) => stop,
+        };
+
+        // fall back, or fail
+        self.fall_back_or_fail(&request, stop).await
+    }
+
+    async fn send_with_retries(&self, request: &CodeRequest) -> Result<(String, u32), SendEnd> {
+        let key = self.hasher.hash(&request.phone);
+        let latest = latest_useful(request, self.retry.safety_margin);
+        let mut schedule = RetrySchedule::new(&self.retry);
+        loop {
+            let retry = schedule.tries() > 0;
+            if let Err(limited) = self.limiter.acquire(&key, latest, retry).await {
+                return Err(SendEnd::Stop(Stop {
+                    error: StatusError {
+                        category: ErrorCategory::RateLimited,
+                        code: limited.rule.to_string(),
+                        message: limited.to_string(),
+                    },
+                    tries: schedule.tries(),
+                }));
+            }
+            if Utc::now() >= request.expires_at {
+                return Err(SendEnd::Stop(Stop {
+                    error: expired_error(),
+                    tries: schedule.tries(),
+                }));
+            }
+            let tries = schedule.record_try();
+            let started = Instant::now();
+            let outcome = self.client.send(request, Utc::now()).await;
+            let channel = self.client.channel().as_str();
+            metrics::histogram!("otp_send_duration_seconds", "channel" => channel)
+                .record(started.elapsed().as_secs_f64());
+            let failure = match outcome {
+                SendOutcome::Accepted { provider_message_id } => {
+                    return Ok((provider_message_id, tries))
+                }
+                SendOutcome::Failed(failure) => failure,
+            };
+            metrics::counter!("otp_send_errors_total", "channel" => channel, "class" => failure.class.as_str())
+                .increment(1);
+            tracing::info!(
+                request_id = %request.request_id, channel, tries,
+                class = failure.class.as_str(), code = %failure.code, "send failed"
+            );
+            match failure.class {
+                ErrorClass::Transient => {
+                    let left = latest.saturating_duration_since(Instant::now());
+                    match schedule.next_delay(left) {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(SendEnd::Stop(stop_from(failure, tries))),
+                    }
+                }
+                ErrorClass::InvalidRequest => return Err(SendEnd::Invalid(failure, tries)),
+                ErrorClass::Recipient | ErrorClass::ChannelBroken => {
+                    return Err(SendEnd::Stop(stop_from(failure, tries)))
+                }
+            }
+        }
+    }
+
+    async fn fall_back_or_fail(&self, request: &CodeRequest, stop: Stop) {
+        if Utc::now() >= request.expires_at {
+            let status = StatusKind::Expired;
+            return self.report(request, status, stop.tries, None, Some(stop.error)).await;
+        }
+        let Some(next) = request.for_next_channel() else {
+            return self.report(request, StatusKind::Failed, stop.tries, None, Some(stop.error)).await;
+        };
+        match self.reporter.fallback(&next).await {
+            Ok(()) => {
+                let mut status = self.status(request, StatusKind::Fallback, stop.tries, Some(stop.error));
+                status.next_channel = next.current_channel();
+                self.reporter.status(&status).await;
+            }
+            Err(e) => {
+                let error = StatusError {
+                    category: ErrorCategory::Internal,
+                    code: "fallback_refused".to_string(),
+                    message: e.to_string(),
+                };
+                self.report(request, StatusKind::Failed, stop.tries, None, Some(error)).await
+            }
+        }
+    }
+
+    fn status(&self, request: &CodeRequest, kind: StatusKind, tries: u32, error: Option<StatusError>) -> DeliveryStatus {
+        let mut status = DeliveryStatus::about(request, kind, self.client.channel(), &self.hasher);
+        status.tries = (tries > 0).then_some(tries);
+        status.error = error;
+        status
+    }
+
+    async fn report(
+        &self,
+        request: &CodeRequest,
+        kind: StatusKind,
+        tries: u32,
+        provider_message_id: Option<String>,
+        error: Option<StatusError>,
+    ) {
+        let mut status = self.status(request, kind, tries, error);
+        status.provider_message_id = provider_message_id;
+        if kind.is_final() {
+            metrics::histogram!(
+                "otp_delivery_latency_seconds",
+                "channel" => self.client.channel().as_str(),
+                "status" => kind.as_str()
+            )
+            .record(status.latency_ms.unwrap_or(0) as f64 / 1000.0);
+        }
+        tracing::info!(
+            request_id = %request.request_id,
+            channel = self.client.channel().as_str(),
+            status = kind.as_str(),
+            phone_hash = status.phone_hash.as_deref().unwrap_or(""),
+            "status"
+        );
+        self.reporter.status(&status).await;
+    }
+
+    /// An event we cannot deliver as it is: dead-letter it, and tell analysts when we can
+    /// name its request.
+    async fn reject(&self, message: &OwnedMessage, request: Option<&CodeRequest>, reason: &str) {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason, "event rejected to the dead-letter topic"
+        );
+        self.reporter.dead_letter(message, reason).await;
+        let error = StatusError {
+            category: ErrorCategory::InvalidRequest,
+            code: "invalid_event".to_string(),
+            message: reason.to_string(),
+        };
+        let status = match request {
+            Some(request) => self.status(request, StatusKind::Rejected, 0, Some(error)),
+            None => match readable_request_id(message) {
+                Some(id) => DeliveryStatus::rejected(id, self.client.channel(), error),
+                None => return,
+            },
+        };
+        self.reporter.status(&status).await;
+    }
+
+    async fn reject_after_send(
+        &self,
+        message: &OwnedMessage,
+        request: &CodeRequest,
+        failure: SendFailure,
+        tries: u32,
+        reason: &str,
+    ) {
+        self.reporter.dead_letter(message, reason).await;
+        let error = StatusError {
+            category: ErrorCategory::InvalidRequest,
+            code: failure.code,
+            message: failure.message,
+        };
+        self.report(request, StatusKind::Rejected, tries, None, Some(error)).await;
+    }
+}
+
+enum SendEnd {
+    Stop(Stop),
+    Invalid(SendFailure, u32),
+}
+
+fn stop_from(failure: SendFailure, tries: u32) -> Stop {
+    Stop {
+        error: StatusError {
+            category: failure.class.category(),
+            code: failure.code,
+            message: failure.message,
+        },
+        tries,
+    }
+}
+
+fn expired_error() -> StatusError {
+    StatusError {
+        category: ErrorCategory::Expired,
+        code: "expired".to_string(),
+        message: "the code expired before it could be sent".to_string(),
+    }
+}
+
+/// The last instant a send or a retry is still worth starting: `expires_at` minus the margin.
+fn latest_useful(request: &CodeRequest, margin: Duration) -> Instant {
+    let left = (request.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default()
+        .saturating_sub(margin);
+    Instant::now() + left
+}
+
+/// The request_id of an event that failed validation, when it can be read safely: from the
+/// header, else from the JSON, and only if it looks like an id (it is echoed to analysts).
+fn readable_request_id(message: &OwnedMessage) -> Option<String> {
+    let from_header = message.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == HEADER_REQUEST_ID)
+            .and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_owned))
+    });
+    let from_json = || {
+        let v: serde_json::Value = serde_json::from_slice(message.payload()?).ok()?;
+        v.get("request_id")?.as_str().map(str::to_owned)
+    };
+    from_header.or_else(from_json).filter(|id| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    })
+}

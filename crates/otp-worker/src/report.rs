@@ -1,0 +1,144 @@
+//! Everything a worker writes to Kafka: delivery statuses, dead letters, and fallback requests.
+//!
+//! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
+//! message that caused it counts as finished, and is retried until it is: a status that was
+//! never written would leave a request without its final word.
+
+use otp_events::{CodeRequest, DeliveryStatus, Topics, HEADER_SCHEMA};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublishError};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+use std::future::Future;
+use std::time::Duration;
+
+/// Headers added to a dead letter, beside the original message's own.
+pub const DLQ_REASON: &str = "otp-dlq-reason";
+pub const DLQ_SOURCE_TOPIC: &str = "otp-dlq-source-topic";
+pub const DLQ_SOURCE_PARTITION: &str = "otp-dlq-source-partition";
+pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
+
+pub struct Reporter {
+    producer: FutureProducer,
+    topics: Topics,
+    fallback: CodeRequestPublisher,
+}
+
+impl Reporter {
+    pub fn new(
+        kafka: &KafkaArgs,
+        fallback: CodeRequestPublisher,
+    ) -> Result<Self, KafkaError> {
+        let mut config: ClientConfig = kafka.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000");
+        kafka.apply_overrides(&mut config);
+        Ok(Self {
+            producer: config.create()?,
+            topics: kafka.topics(),
+            fallback,
+        })
+    }
+
+    /// Write a status, keyed by request_id.
+    pub async fn status(&self, status: &DeliveryStatus) {
+        let payload = status.to_json();
+        let topic = self.topics.delivery_status();
+        retry_until_acked("status", || {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(otp_events::DELIVERY_STATUS_SCHEMA),
+            });
+            let record = FutureRecord::to(&topic)
+                .key(status.request_id.as_bytes())
+                .payload(&payload)
+                .headers(headers);
+            let send = self.producer.send(record, Timeout::After(Duration::from_secs(5)));
+            async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
+        })
+        .await;
+        metrics::counter!(
+            "otp_statuses_total",
+            "channel" => status.channel.as_str(),
+            "status" => status.status.as_str()
+        )
+        .increment(1);
+    }
+
+    /// Write the original message to the dead-letter topic: same key, payload and headers,
+    /// plus headers naming the reason and where it came from.
+    pub async fn dead_letter(&self, original: &OwnedMessage, reason: &str) {
+        let topic = self.topics.dead_letter();
+        retry_until_acked("dead letter", || {
+            let mut headers = OwnedHeaders::new();
+            if let Some(h) = original.headers() {
+                for header in h.iter() {
+                    headers = headers.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    });
+                }
+            }
+            let partition = original.partition().to_string();
+            let offset = original.offset().to_string();
+            headers = headers
+                .insert(Header { key: DLQ_REASON, value: Some(reason) })
+                .insert(Header { key: DLQ_SOURCE_TOPIC, value: Some(original.topic()) })
+                .insert(Header { key: DLQ_SOURCE_PARTITION, value: Some(&partition) })
+                .insert(Header { key: DLQ_SOURCE_OFFSET, value: Some(&offset) });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&topic).headers(headers);
+            if let Some(key) = original.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = original.payload() {
+                record = record.payload(payload);
+            }
+            let send = self.producer.send(record, Timeout::After(Duration::from_secs(5)));
+            async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
+        })
+        .await;
+        metrics::counter!("otp_dead_letters_total").increment(1);
+    }
+
+    /// Hand a request on to its next channel's topic. A request the contract refuses cannot be
+    /// handed on; the caller reports that as an error instead.
+    pub async fn fallback(&self, next: &CodeRequest) -> Result<(), PublishError> {
+        retry_until_acked("fallback", || async {
+            match self.fallback.publish_request(next).await {
+                Ok(()) => Ok(Ok(())),
+                Err(PublishError::Invalid(e)) => Ok(Err(PublishError::Invalid(e))),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+}
+
+/// Keep trying a write until the broker acknowledges it. Kafka being down stops progress
+/// (nothing is committed meanwhile) rather than losing the write; shutdown abandons the task,
+/// and its message is redelivered.
+async fn retry_until_acked<T, F, Fut>(what: &'static str, mut write: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(what, error = %e, ?delay, "Kafka write failed; retrying");
+                metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(1);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The consumer runtime shared by every channel: many messages in flight, each its own task;
+//! commits driven by what has finished; revokes and shutdown that finish work before letting
+//! go.
+
+use crate::channel::ChannelClient;
+use crate::config::WorkerConfig;
+use crate::consumer::{self, ConsumerEvent, WorkerConsumer};
+use crate::dedup::Dedup;
+use crate::limits::{Limiter, LimitsConfig};
+use crate::offsets::{OffsetTracker, PartitionKey};
+use crate::pipeline::Pipeline;
+use crate::report::Reporter;
+use anyhow::Context;
+use otp_events::{PhoneHasher, Rules};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+/// Everything a worker needs besides its channel client.
+pub struct WorkerSetup {
+    pub kafka: KafkaArgs,
+    pub config: WorkerConfig,
+    /// The channel's default provider limits, used when `config.limits` is absent.
+    pub default_limits: LimitsConfig,
+    pub hasher: PhoneHasher,
+}
+
+/// Run a worker for `client`'s channel until `shutdown` resolves; then drain and commit.
+pub async fn run<C: ChannelClient>(
+    setup: WorkerSetup,
+    client: C,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let WorkerSetup { kafka, config, default_limits, hasher } = setup;
+    let channel = client.channel();
+    let topics = kafka.topics();
+    let rules = Rules { max_ttl: chrono::Duration::from_std(config.max_ttl)? };
+    let publisher = CodeRequestPublisher::new(
+        &kafka,
+        PublisherConfig { topics: topics.clone(), rules: rules.clone(), ack_timeout: Duration::from_secs(10) },
+        hasher.clone(),
+    )?;
+    let pipeline = Arc::new(Pipeline {
+        client,
+        limiter: Limiter::new(config.limits.as_ref().unwrap_or(&default_limits)),
+        dedup: Dedup::new(config.dedup_capacity),
+        retry: config.retry.clone(),
+        reporter: Reporter::new(&kafka, publisher)?,
+        rules,
+        hasher,
+    });
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let group = config.group_id.clone().unwrap_or_else(|| format!("otp-{channel}-workers"));
+    let mut client_config: ClientConfig = kafka.client_config();
+    client_config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Fetched-but-unhandled messages are what pausing cannot stop; keep that buffer small.
+        .set("queued.max.messages.kbytes", "8192");
+    kafka.apply_overrides(&mut client_config);
+    let reply_within = config.revoke_grace + Duration::from_secs(5);
+    let consumer: Arc<WorkerConsumer> = Arc::new(
+        client_config
+            .create_with_context(consumer::context(events_tx.clone(), reply_within))
+            .context("create the Kafka consumer")?,
+    );
+    let topic = topics.requests(channel);
+    consumer.subscribe(&[&topic]).context("subscribe")?;
+    tracing::info!(%channel, %topic, %group, max_in_flight = config.max_in_flight, "worker started");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = tokio::spawn(watch_broker(consumer.clone(), topic.clone(), ready.clone()));
+    if let Some(listen) = config.metrics_listen {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::observe::serve(listen, move || ready.load(Ordering::SeqCst)).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (consumer, in_flight, stop) = (consumer.clone(), in_flight.clone(), stop.clone());
+        let max = config.max_in_flight;
+        std::thread::Builder::new()
+            .name(format!("otp-{channel}-consumer"))
+            .spawn(move || consumer::poll_loop(consumer, events_tx, in_flight, max, stop))?
+    };
+
+    let mut state = State {
+        pipeline,
+        tracker: Arc::new(OffsetTracker::default()),
+        tasks: HashMap::new(),
+        assigned: HashSet::new(),
+        permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        in_flight,
+        consumer: consumer.clone(),
+        revoke_grace: config.revoke_grace,
+    };
+    let mut commit_tick = tokio::time::interval(config.commit_interval);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = commit_tick.tick() => state.commit_async(),
+            event = events.recv() => match event {
+                Some(ConsumerEvent::Message(m)) => state.start(m).await,
+                Some(ConsumerEvent::Assigned(parts)) => state.assigned.extend(parts),
+                Some(ConsumerEvent::Revoked { partitions, reply }) => {
+                    let offsets = state.give_up(&partitions).await;
+                    let _ = reply.send(offsets);
+                }
+                None => break,
+            },
+        }
+    }
+
+    // Shutdown: stop fetching, drain within the grace period, commit, close.
+    tracing::info!(in_flight = state.in_flight.load(Ordering::SeqCst), "draining");
+    stop.store(true, Ordering::SeqCst);
+    readiness.abort();
+    let drained = tokio::time::timeout(config.shutdown_grace, state.drain_all()).await.is_ok();
+    if !drained {
+        tracing::warn!("grace period over; abandoning unfinished work (it will be redelivered)");
+    }
+    state.tasks.clear(); // aborts what is left
+    let offsets = state.tracker.take_committable(None, true);
+    consumer.context().closing.store(true, Ordering::SeqCst);
+    tokio::task::spawn_blocking(move || {
+        let _ = poller.join();
+        if !offsets.is_empty() {
+            if let Err(e) = consumer.commit(&consumer::offset_list(&offsets), CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+        drop(consumer); // closes the consumer and leaves the group
+    })
+    .await?;
+    // Drain the events the poller sent before it stopped, so the channel is not left holding
+    // borrowed state; their messages were never started and will be redelivered.
+    events.close();
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Keep `ready` true while the broker answers metadata requests for our topic.
+async fn watch_broker(consumer: Arc<WorkerConsumer>, topic: String, ready: Arc<AtomicBool>) {
+    loop {
+        let (c, t) = (consumer.clone(), topic.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        ready.store(ok, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+struct State<C> {
+    pipeline: Arc<Pipeline<C>>,
+    tracker: Arc<OffsetTracker>,
+    tasks: HashMap<PartitionKey, JoinSet<()>>,
+    assigned: HashSet<PartitionKey>,
+    permits: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
+    consumer: Arc<WorkerConsumer>,
+    revoke_grace: Duration,
+}
+
+/// Decrements the in-flight count however the task ends (finished or aborted).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<C: ChannelClient> State<C> {
+    async fn start(&mut self, message: OwnedMessage) {
+        let guard = InFlight(self.in_flight.clone());
+        let key = consumer::message_key(&message);
+        if !self.assigned.contains(&key) {
+            return; // fetched before its partition was revoked; the new owner reads it
+        }
+        let permit = self.permits.clone().acquire_owned().await.expect("semaphore open");
+        let offset = message.offset();
+        self.tracker.started(&key.0, key.1, offset);
+        let (pipeline, tracker) = (self.pipeline.clone(), self.tracker.clone());
+        let set = self.tasks.entry(key.clone()).or_default();
+        // Reap finished tasks so a long-lived partition's set stays small.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            let _guard = guard;
+            let _permit = permit;
+            pipeline.handle(&message).await;
+            tracker.finished(&key.0, key.1, offset);
+        });
+        metrics::gauge!("otp_in_flight").set(self.in_flight.load(Ordering::SeqCst) as f64);
+    }
+
+    fn commit_async(&mut self) {
+        let offsets = self.tracker.take_committable(None, false);
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&consumer::offset_list(&offsets), CommitMode::Async) {
+            tracing::warn!(error = %e, "commit failed");
+            self.tracker.rollback(&offsets);
+        }
+    }
+
+    /// Let in-flight work of `partitions` finish within the grace period, abandon the rest,
+    /// and return the offsets to commit before they go.
+    async fn give_up(&mut self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)> {
+        let mut sets: Vec<JoinSet<()>> = partitions.iter().filter_map(|p| self.tasks.remove(p)).collect();
+        let finish = async {
+            for set in &mut sets {
+                while set.join_next().await.is_some() {}
+            }
+        };
+        if tokio::time::timeout(self.revoke_grace, finish).await.is_err() {
+            let left: usize = sets.iter().map(JoinSet::len).sum();
+            tracing::warn!(left, "revoke grace over; abandoning work (redelivered to the new owner)");
+        }
+        drop(sets); // aborts whatever is left
+        let offsets = self.tracker.take_committable(Some(partitions), true);
+        for p in partitions {
+            self.assigned.remove(p);
+            self.tracker.remove(p);
+        }
+        offsets
+    }
+
+    async fn drain_all(&mut self) {
+        for set in self.tasks.values_mut() {
+            while set.join_next().await.is_some() {}
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The root package: the `otp` command, and [`stack`], the whole pipeline wired in one
+//! process (workers, simulator) with the same code as the binaries, for the end-to-end tests
+//! and the demo.
+
+pub mod stack;
