@@ -19,25 +19,57 @@ const WITHIN: Duration = Duration::from_secs(30);
 async fn happy_path_on_each_channel() {
     let stack = Stack::start(2, roomy_sim()).await;
     let workers = stack.workers();
-    let wa = stack.publish("+15551230001", "482913", &[Whatsapp, Sms]).await;
+    let wa = stack
+        .publish("+15551230001", "482913", &[Whatsapp, Sms])
+        .await;
     let sms = stack.publish("+447700900001", "739104", &[Sms]).await;
 
-    let statuses = stack.statuses_until_final(&[wa.clone(), sms.clone()], WITHIN).await;
+    let statuses = stack
+        .statuses_until_final(&[wa.clone(), sms.clone()], WITHIN)
+        .await;
     let sent = exactly_one_final(&statuses, &wa);
-    assert_eq!((sent["status"].as_str(), sent["channel"].as_str()), (Some("sent"), Some("whatsapp")));
-    assert!(sent["provider_message_id"].as_str().unwrap().starts_with("wamid."));
+    assert_eq!(
+        (sent["status"].as_str(), sent["channel"].as_str()),
+        (Some("sent"), Some("whatsapp"))
+    );
+    assert!(sent["provider_message_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("wamid."));
     assert_eq!(sent["country"], "US");
-    assert_eq!(sent["phone_hash"], PhoneHasher::new(HASH_KEY).hash("+15551230001").as_str());
+    assert_eq!(
+        sent["phone_hash"],
+        PhoneHasher::new(HASH_KEY).hash("+15551230001").as_str()
+    );
     let sent = exactly_one_final(&statuses, &sms);
-    assert_eq!((sent["status"].as_str(), sent["channel"].as_str()), (Some("sent"), Some("sms")));
+    assert_eq!(
+        (sent["status"].as_str(), sent["channel"].as_str()),
+        (Some("sent"), Some("sms"))
+    );
     assert_eq!(sent["country"], "GB");
 
     let received = stack.sim.messages();
-    let wa_msg = received.iter().find(|m| m.request_id.as_deref() == Some(&wa)).expect("WhatsApp send");
-    assert_eq!((wa_msg.api.as_str(), wa_msg.to.as_str(), wa_msg.code.as_str()), ("whatsapp", "+15551230001", "482913"));
+    let wa_msg = received
+        .iter()
+        .find(|m| m.request_id.as_deref() == Some(&wa))
+        .expect("WhatsApp send");
+    assert_eq!(
+        (
+            wa_msg.api.as_str(),
+            wa_msg.to.as_str(),
+            wa_msg.code.as_str()
+        ),
+        ("whatsapp", "+15551230001", "482913")
+    );
     let sms_msg = received.iter().find(|m| m.api == "sms").expect("SMS send");
-    assert_eq!((sms_msg.to.as_str(), sms_msg.code.as_str()), ("+447700900001", "739104"));
-    assert_valid_and_private(&statuses, &["+15551230001", "482913", "+447700900001", "739104"]);
+    assert_eq!(
+        (sms_msg.to.as_str(), sms_msg.code.as_str()),
+        ("+447700900001", "739104")
+    );
+    assert_valid_and_private(
+        &statuses,
+        &["+15551230001", "482913", "+447700900001", "739104"],
+    );
     for w in workers {
         w.stop().await.unwrap();
     }
@@ -47,12 +79,19 @@ async fn happy_path_on_each_channel() {
 async fn not_on_whatsapp_falls_back_to_sms() {
     let stack = Stack::start(2, roomy_sim()).await;
     let workers = stack.workers();
-    let id = stack.publish("+15551230026", "551177", &[Whatsapp, Sms]).await;
+    let id = stack
+        .publish("+15551230026", "551177", &[Whatsapp, Sms])
+        .await;
 
-    let statuses = stack.statuses_until_final(std::slice::from_ref(&id), WITHIN).await;
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&id), WITHIN)
+        .await;
     assert_eq!(
         story(&statuses, &id),
-        vec![("fallback".into(), "whatsapp".into()), ("sent".into(), "sms".into())]
+        vec![
+            ("fallback".into(), "whatsapp".into()),
+            ("sent".into(), "sms".into())
+        ]
     );
     let fallback = statuses.iter().find(|s| s["status"] == "fallback").unwrap();
     assert_eq!(fallback["error"]["code"], "131026");
@@ -61,7 +100,12 @@ async fn not_on_whatsapp_falls_back_to_sms() {
     let sent = exactly_one_final(&statuses, &id);
     assert_eq!(sent["attempt"], 2, "the SMS is the second attempt");
 
-    let sends: Vec<_> = stack.sim.messages().into_iter().filter(|m| m.to == "+15551230026").collect();
+    let sends: Vec<_> = stack
+        .sim
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == "+15551230026")
+        .collect();
     assert_eq!(sends.len(), 2, "one WhatsApp try, one SMS: {sends:?}");
     assert_eq!(sends[1].api, "sms");
     assert_eq!(sends[1].code, "551177");
@@ -75,13 +119,25 @@ async fn not_on_whatsapp_falls_back_to_sms() {
 async fn transient_errors_are_retried_then_sent() {
     let stack = Stack::start(1, roomy_sim()).await;
     let workers = stack.workers();
-    let id = stack.publish("+15551230500", "300300", &[Whatsapp, Sms]).await;
+    let id = stack
+        .publish("+15551230500", "300300", &[Whatsapp, Sms])
+        .await;
 
-    let statuses = stack.statuses_until_final(std::slice::from_ref(&id), WITHIN).await;
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&id), WITHIN)
+        .await;
     let sent = exactly_one_final(&statuses, &id);
-    assert_eq!((sent["status"].as_str(), sent["channel"].as_str()), (Some("sent"), Some("whatsapp")));
+    assert_eq!(
+        (sent["status"].as_str(), sent["channel"].as_str()),
+        (Some("sent"), Some("whatsapp"))
+    );
     assert_eq!(sent["tries"], 3, "two 500s, then accepted");
-    let outcomes: Vec<String> = stack.sim.messages().into_iter().map(|m| m.outcome).collect();
+    let outcomes: Vec<String> = stack
+        .sim
+        .messages()
+        .into_iter()
+        .map(|m| m.outcome)
+        .collect();
     assert_eq!(outcomes, vec!["131000", "131000", "accepted"]);
     for w in workers {
         w.stop().await.unwrap();
@@ -92,20 +148,49 @@ async fn transient_errors_are_retried_then_sent() {
 async fn transient_errors_past_the_deadline_fall_back() {
     // Every WhatsApp send fails transiently; the code lives 3 s with a 1 s margin, so retries
     // stop in time and SMS (already consuming) delivers.
-    let sim = SimConfig { whatsapp_errors: vec![(131000, 1.0)], ..roomy_sim() };
+    let sim = SimConfig {
+        whatsapp_errors: vec![(131000, 1.0)],
+        ..roomy_sim()
+    };
     let stack = Stack::start(1, sim).await;
     let mut config = test_config();
     config.retry.max_tries = 1000; // only the deadline stops the retries
-    let workers = vec![stack.worker(Whatsapp, config), stack.worker(Sms, test_config())];
+    let workers = vec![
+        stack.worker(Whatsapp, config),
+        stack.worker(Sms, test_config()),
+    ];
     stack.warm_up(Sms).await;
-    let s = Submission::new("+15551234001", "818181", vec![Whatsapp, Sms], chrono::Duration::seconds(3));
+    let s = Submission::new(
+        "+15551234001",
+        "818181",
+        vec![Whatsapp, Sms],
+        chrono::Duration::seconds(3),
+    );
     let expires_at = s.expires_at;
     let id = stack.publisher.publish(s).await.unwrap();
 
-    let statuses = stack.statuses_until_final(std::slice::from_ref(&id), WITHIN).await;
-    assert_eq!(story(&statuses, &id), vec![("fallback".into(), "whatsapp".into()), ("sent".into(), "sms".into())]);
-    let last_wa = stack.sim.messages().into_iter().filter(|m| m.api == "whatsapp").map(|m| m.received_at_ms).max().unwrap();
-    assert!(last_wa < expires_at.timestamp_millis() - 1000, "no WhatsApp retry within the safety margin");
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&id), WITHIN)
+        .await;
+    assert_eq!(
+        story(&statuses, &id),
+        vec![
+            ("fallback".into(), "whatsapp".into()),
+            ("sent".into(), "sms".into())
+        ]
+    );
+    let last_wa = stack
+        .sim
+        .messages()
+        .into_iter()
+        .filter(|m| m.api == "whatsapp")
+        .map(|m| m.received_at_ms)
+        .max()
+        .unwrap();
+    assert!(
+        last_wa < expires_at.timestamp_millis() - 1000,
+        "no WhatsApp retry within the safety margin"
+    );
     for w in workers {
         w.stop().await.unwrap();
     }
@@ -115,15 +200,25 @@ async fn transient_errors_past_the_deadline_fall_back() {
 async fn expired_requests_are_never_sent_and_no_channel_left_fails() {
     let stack = Stack::start(1, roomy_sim()).await;
     // Published before the workers start, expiring before they get to it.
-    let s = Submission::new("+15551234002", "111222", vec![Sms], chrono::Duration::milliseconds(300));
+    let s = Submission::new(
+        "+15551234002",
+        "111222",
+        vec![Sms],
+        chrono::Duration::milliseconds(300),
+    );
     let expired = stack.publisher.publish(s).await.unwrap();
     let landline = stack.publish("+15551230614", "333444", &[Sms]).await;
     tokio::time::sleep(Duration::from_millis(400)).await; // let the first code's life pass
     let workers = stack.workers();
 
-    let statuses = stack.statuses_until_final(&[expired.clone(), landline.clone()], WITHIN).await;
+    let statuses = stack
+        .statuses_until_final(&[expired.clone(), landline.clone()], WITHIN)
+        .await;
     assert_eq!(exactly_one_final(&statuses, &expired)["status"], "expired");
-    assert!(stack.sim.messages().iter().all(|m| m.to != "+15551234002"), "an expired code was sent");
+    assert!(
+        stack.sim.messages().iter().all(|m| m.to != "+15551234002"),
+        "an expired code was sent"
+    );
     let failed = exactly_one_final(&statuses, &landline);
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["error"]["code"], "21614");
@@ -136,43 +231,92 @@ async fn expired_requests_are_never_sent_and_no_channel_left_fails() {
 async fn bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going() {
     let stack = Stack::start(1, roomy_sim()).await;
     let workers = stack.workers();
-    let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &stack.t.kafka.brokers).create().unwrap();
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.t.kafka.brokers)
+        .create()
+        .unwrap();
     let topic = stack.t.topics.requests(Sms);
     let not_json: &[u8] = b"\x00\x01 definitely not json";
     let invalid = br#"{"schema":"otp.code_request.v1","request_id":"bad-phone-1","phone":"+1 555 0100","code":"123456","channels":["sms"],"created_at":"2026-11-27T10:00:00Z","expires_at":"2026-11-27T10:05:00Z"}"#;
     let unknown_version = br#"{"schema":"otp.code_request.v9","request_id":"v9-1"}"#;
-    for (i, payload) in [not_json, &invalid[..], &unknown_version[..]].iter().enumerate() {
+    for (i, payload) in [not_json, &invalid[..], &unknown_version[..]]
+        .iter()
+        .enumerate()
+    {
         let key = format!("k{i}");
-        raw.send(FutureRecord::to(&topic).key(&key).payload(*payload), Duration::from_secs(5)).await.unwrap();
+        raw.send(
+            FutureRecord::to(&topic).key(&key).payload(*payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
     }
     let good = stack.publish("+15551234003", "654321", &[Sms]).await;
 
-    let statuses = stack.statuses_until_final(&[good.clone(), "bad-phone-1".into(), "v9-1".into()], WITHIN).await;
-    assert_eq!(exactly_one_final(&statuses, &good)["status"], "sent", "the worker kept going");
+    let statuses = stack
+        .statuses_until_final(&[good.clone(), "bad-phone-1".into(), "v9-1".into()], WITHIN)
+        .await;
+    assert_eq!(
+        exactly_one_final(&statuses, &good)["status"],
+        "sent",
+        "the worker kept going"
+    );
     for id in ["bad-phone-1", "v9-1"] {
         let rejected = exactly_one_final(&statuses, id);
         assert_eq!(rejected["status"], "rejected");
         assert_eq!(rejected["error"]["category"], "invalid_request");
     }
-    let reason = exactly_one_final(&statuses, "bad-phone-1")["error"]["message"].as_str().unwrap().to_string();
-    assert!(reason.contains("phone") && !reason.contains("0100"), "{reason}");
+    let reason = exactly_one_final(&statuses, "bad-phone-1")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("phone") && !reason.contains("0100"),
+        "{reason}"
+    );
 
-    let mut dead = read_messages(&stack.t.kafka.brokers, &stack.t.topics.dead_letter(), 3, WITHIN).await;
+    let mut dead = read_messages(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.dead_letter(),
+        3,
+        WITHIN,
+    )
+    .await;
     assert_eq!(dead.len(), 3);
     // Bad events are handled concurrently; put the dead letters back in source order.
     let source_offset = |m: &rdkafka::message::OwnedMessage| -> i64 {
-        let h = m.headers().unwrap().iter().find(|h| h.key == "otp-dlq-source-offset").unwrap();
-        std::str::from_utf8(h.value.unwrap()).unwrap().parse().unwrap()
+        let h = m
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == "otp-dlq-source-offset")
+            .unwrap();
+        std::str::from_utf8(h.value.unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     dead.sort_by_key(source_offset);
-    for (m, original) in dead.iter().zip([not_json, &invalid[..], &unknown_version[..]]) {
+    for (m, original) in dead
+        .iter()
+        .zip([not_json, &invalid[..], &unknown_version[..]])
+    {
         assert_eq!(m.payload().unwrap(), original, "original bytes kept");
         let header = |name: &str| {
-            m.headers().unwrap().iter().find(|h| h.key == name).map(|h| String::from_utf8_lossy(h.value.unwrap()).to_string())
+            m.headers()
+                .unwrap()
+                .iter()
+                .find(|h| h.key == name)
+                .map(|h| String::from_utf8_lossy(h.value.unwrap()).to_string())
         };
-        assert_eq!(header("otp-dlq-source-topic").as_deref(), Some(topic.as_str()));
+        assert_eq!(
+            header("otp-dlq-source-topic").as_deref(),
+            Some(topic.as_str())
+        );
         assert!(header("otp-dlq-source-offset").is_some());
-        assert!(header("otp-dlq-reason").unwrap().contains("invalid code request"));
+        assert!(header("otp-dlq-reason")
+            .unwrap()
+            .contains("invalid code request"));
     }
     assert_valid_and_private(&statuses, &["654321", "+15551234003"]);
     for w in workers {
@@ -185,7 +329,12 @@ async fn the_same_request_id_twice_is_sent_once() {
     let stack = Stack::start(1, roomy_sim()).await;
     let workers = stack.workers();
     for _ in 0..2 {
-        let mut s = Submission::new("+15551234004", "909090", vec![Sms], chrono::Duration::minutes(5));
+        let mut s = Submission::new(
+            "+15551234004",
+            "909090",
+            vec![Sms],
+            chrono::Duration::minutes(5),
+        );
         s.request_id = Some("login-dup-1".into());
         stack.publisher.publish(s).await.unwrap();
     }
@@ -196,7 +345,10 @@ async fn the_same_request_id_twice_is_sent_once() {
         |got| got.len() >= 2,
     )
     .await;
-    let mut kinds: Vec<&str> = statuses.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    let mut kinds: Vec<&str> = statuses
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
     kinds.sort();
     assert_eq!(kinds, vec!["duplicate", "sent"]);
     assert_eq!(stack.sim.messages().len(), 1, "one send");
@@ -226,9 +378,19 @@ async fn sender_and_pair_limits_hold_under_load_above_them() {
     let wa = stack.worker(Whatsapp, config);
     let mut ids = Vec::new();
     for i in 0..40 {
-        ids.push(stack.publish(&format!("+1555200{:04}", 1000 + i / 2), "246810", &[Whatsapp]).await);
+        ids.push(
+            stack
+                .publish(
+                    &format!("+1555200{:04}", 1000 + i / 2),
+                    "246810",
+                    &[Whatsapp],
+                )
+                .await,
+        );
     }
-    let statuses = stack.statuses_until_final(&ids, Duration::from_secs(60)).await;
+    let statuses = stack
+        .statuses_until_final(&ids, Duration::from_secs(60))
+        .await;
     for id in &ids {
         assert_eq!(exactly_one_final(&statuses, id)["status"], "sent");
     }
@@ -240,21 +402,41 @@ async fn sender_and_pair_limits_hold_under_load_above_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
-    let stack = Stack::start(4, SimConfig { latency: Duration::from_millis(20), ..roomy_sim() }).await;
+    let stack = Stack::start(
+        4,
+        SimConfig {
+            latency: Duration::from_millis(20),
+            ..roomy_sim()
+        },
+    )
+    .await;
     let first = stack.worker(Sms, test_config());
     let second = stack.worker(Sms, test_config());
     let mut ids = Vec::new();
     for i in 0..200 {
-        ids.push(stack.publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms]).await);
+        ids.push(
+            stack
+                .publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms])
+                .await,
+        );
         if i == 100 {
-            first.stop().await.unwrap_or_else(|e| panic!("clean stop: {e}"));
+            first
+                .stop()
+                .await
+                .unwrap_or_else(|e| panic!("clean stop: {e}"));
             break;
         }
     }
     for i in 101..200 {
-        ids.push(stack.publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms]).await);
+        ids.push(
+            stack
+                .publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms])
+                .await,
+        );
     }
-    let statuses = stack.statuses_until_final(&ids, Duration::from_secs(60)).await;
+    let statuses = stack
+        .statuses_until_final(&ids, Duration::from_secs(60))
+        .await;
     let groups = by_request(&statuses);
     for id in &ids {
         let s = exactly_one_final(&statuses, id);
@@ -268,6 +450,10 @@ async fn topics_exist_for_a_fresh_stack() {
     // Guards the harness itself: a test prefix gets all four topics.
     let t = TestTopics::create(otp_test_support::shared_broker(), 1).await;
     for topic in t.topics.all() {
-        assert_eq!(otp_test_support::message_count(&t.kafka.brokers, &topic), 0, "{topic}");
+        assert_eq!(
+            otp_test_support::message_count(&t.kafka.brokers, &topic),
+            0,
+            "{topic}"
+        );
     }
 }

@@ -23,7 +23,11 @@ pub struct Stack {
 
 /// Limits far above any test's load, so only tests about limits meet them.
 pub fn open_limits() -> LimitsConfig {
-    LimitsConfig { sender_per_second: 10_000, sender_burst: 1_000, recipient_period: None }
+    LimitsConfig {
+        sender_per_second: 10_000,
+        sender_burst: 1_000,
+        recipient_period: None,
+    }
 }
 
 /// A simulator whose sender limits are far above the tests' loads; the pair limit stays.
@@ -52,10 +56,15 @@ pub fn test_config() -> WorkerConfig {
 impl Stack {
     pub async fn start(partitions: i32, sim: SimConfig) -> Self {
         let t = TestTopics::create(shared_broker(), partitions).await;
-        let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), sim).await.unwrap();
+        let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), sim)
+            .await
+            .unwrap();
         let publisher = CodeRequestPublisher::new(
             &t.kafka,
-            PublisherConfig { topics: t.topics.clone(), ..PublisherConfig::default() },
+            PublisherConfig {
+                topics: t.topics.clone(),
+                ..PublisherConfig::default()
+            },
             PhoneHasher::new(HASH_KEY),
         )
         .unwrap();
@@ -65,14 +74,29 @@ impl Stack {
     pub fn worker(&self, channel: Channel, config: WorkerConfig) -> Worker {
         let hasher = PhoneHasher::new(HASH_KEY);
         match channel {
-            Channel::Whatsapp => Worker::start(&self.t.kafka, config, open_limits(), hasher, whatsapp_client(&self.sim)),
-            Channel::Sms => Worker::start(&self.t.kafka, config, open_limits(), hasher, sms_client(&self.sim)),
+            Channel::Whatsapp => Worker::start(
+                &self.t.kafka,
+                config,
+                open_limits(),
+                hasher,
+                whatsapp_client(&self.sim),
+            ),
+            Channel::Sms => Worker::start(
+                &self.t.kafka,
+                config,
+                open_limits(),
+                hasher,
+                sms_client(&self.sim),
+            ),
         }
     }
 
     /// Both workers with test settings.
     pub fn workers(&self) -> Vec<Worker> {
-        vec![self.worker(Channel::Whatsapp, test_config()), self.worker(Channel::Sms, test_config())]
+        vec![
+            self.worker(Channel::Whatsapp, test_config()),
+            self.worker(Channel::Sms, test_config()),
+        ]
     }
 
     pub async fn publish(&self, phone: &str, code: &str, channels: &[Channel]) -> String {
@@ -85,16 +109,26 @@ impl Stack {
     pub async fn warm_up(&self, channel: Channel) {
         let phone = format!("+1555999{:04}", rand_suffix());
         let id = self.publish(&phone, "0000", &[channel]).await;
-        let statuses = self.statuses_until_final(std::slice::from_ref(&id), Duration::from_secs(30)).await;
+        let statuses = self
+            .statuses_until_final(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await;
         exactly_one_final(&statuses, &id);
     }
 
     /// Statuses read back until each of `ids` has a final one (or `within` passes).
     pub async fn statuses_until_final(&self, ids: &[String], within: Duration) -> Vec<Value> {
         let ids = ids.to_vec();
-        collect_json_until(&self.t.kafka.brokers, &self.t.topics.delivery_status(), within, move |got| {
-            ids.iter().all(|id| got.iter().any(|s| s["request_id"] == id.as_str() && s["final"] == true))
-        })
+        collect_json_until(
+            &self.t.kafka.brokers,
+            &self.t.topics.delivery_status(),
+            within,
+            move |got| {
+                ids.iter().all(|id| {
+                    got.iter()
+                        .any(|s| s["request_id"] == id.as_str() && s["final"] == true)
+                })
+            },
+        )
         .await
     }
 }
@@ -103,7 +137,9 @@ impl Stack {
 pub fn by_request(statuses: &[Value]) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     for s in statuses {
-        out.entry(s["request_id"].as_str().unwrap().to_string()).or_default().push(s.clone());
+        out.entry(s["request_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s.clone());
     }
     out
 }
@@ -113,23 +149,43 @@ pub fn story(statuses: &[Value], id: &str) -> Vec<(String, String)> {
     statuses
         .iter()
         .filter(|s| s["request_id"] == id)
-        .map(|s| (s["status"].as_str().unwrap().to_string(), s["channel"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["status"].as_str().unwrap().to_string(),
+                s["channel"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 pub fn exactly_one_final(statuses: &[Value], id: &str) -> Value {
-    let finals: Vec<&Value> = statuses.iter().filter(|s| s["request_id"] == id && s["final"] == true).collect();
-    assert_eq!(finals.len(), 1, "request {id}: {} final statuses in {statuses:#?}", finals.len());
+    let finals: Vec<&Value> = statuses
+        .iter()
+        .filter(|s| s["request_id"] == id && s["final"] == true)
+        .collect();
+    assert_eq!(
+        finals.len(),
+        1,
+        "request {id}: {} final statuses in {statuses:#?}",
+        finals.len()
+    );
     finals[0].clone()
 }
 
 /// Every status validates against the schema and holds no phone number or code.
 pub fn assert_valid_and_private(statuses: &[Value], secrets: &[&str]) {
-    let schema: Value = serde_json::from_str(include_str!("../../schemas/delivery-status.v1.json")).unwrap();
-    let validator = jsonschema::draft202012::options().should_validate_formats(true).build(&schema).unwrap();
+    let schema: Value =
+        serde_json::from_str(include_str!("../../schemas/delivery-status.v1.json")).unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
     for s in statuses {
         let errors: Vec<String> = validator.iter_errors(s).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "status {s} breaks the schema: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "status {s} breaks the schema: {errors:?}"
+        );
         let text = s.to_string();
         for secret in secrets {
             let digits = secret.trim_start_matches('+');

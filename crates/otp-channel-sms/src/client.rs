@@ -28,7 +28,10 @@ impl SmsClient {
             .collect();
         templates.extend(args.body_templates.iter().cloned());
         if !templates.contains_key(&args.default_locale) {
-            anyhow::bail!("no body template for the default locale {}", args.default_locale);
+            anyhow::bail!(
+                "no body template for the default locale {}",
+                args.default_locale
+            );
         }
         let http = reqwest::Client::builder()
             .timeout(args.request_timeout)
@@ -39,7 +42,13 @@ impl SmsClient {
             args.api_base_url.trim_end_matches('/'),
             args.account_sid
         );
-        Ok(Self { http, url, auth_token, templates, args })
+        Ok(Self {
+            http,
+            url,
+            auth_token,
+            templates,
+            args,
+        })
     }
 
     /// The message text: the request's locale (exact, then its language), else the default.
@@ -100,7 +109,9 @@ impl ChannelClient for SmsClient {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             if let Some(sid) = body["sid"].as_str() {
-                return SendOutcome::Accepted { provider_message_id: sid.to_string() };
+                return SendOutcome::Accepted {
+                    provider_message_id: sid.to_string(),
+                };
             }
         }
         SendOutcome::Failed(ERRORS.classify(status, body["code"].as_i64()))

@@ -7,7 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SmsArgs {
     /// Base URL of the Messages API; point it at `otp-provider-sim` for demos and tests.
-    #[arg(long, env = "OTP_SMS_API_BASE_URL", default_value = "https://api.twilio.com")]
+    #[arg(
+        long,
+        env = "OTP_SMS_API_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
     pub api_base_url: String,
     /// Account SID (AC...), also the basic-auth user.
     #[arg(long, env = "OTP_SMS_ACCOUNT_SID")]
@@ -36,7 +40,9 @@ pub struct SmsArgs {
 
 fn parse_template(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((locale, text)) if text.contains("{code}") => Ok((locale.to_string(), text.to_string())),
+        Some((locale, text)) if text.contains("{code}") => {
+            Ok((locale.to_string(), text.to_string()))
+        }
         _ => Err("must be LOCALE=TEXT, and TEXT must contain {code}".to_string()),
     }
 }
@@ -51,9 +57,24 @@ pub fn default_limits() -> LimitsConfig {
 }
 
 pub(crate) const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
-    ("en", "{code} is your verification code. It expires in {minutes} minutes."),
-    ("es", "{code} es tu código de verificación. Caduca en {minutes} minutos."),
-    ("pt", "{code} é o seu código de verificação. Expira em {minutes} minutos."),
-    ("de", "{code} ist dein Bestätigungscode. Er läuft in {minutes} Minuten ab."),
-    ("fr", "{code} est votre code de vérification. Il expire dans {minutes} minutes."),
+    (
+        "en",
+        "{code} is your verification code. It expires in {minutes} minutes.",
+    ),
+    (
+        "es",
+        "{code} es tu código de verificación. Caduca en {minutes} minutos.",
+    ),
+    (
+        "pt",
+        "{code} é o seu código de verificação. Expira em {minutes} minutos.",
+    ),
+    (
+        "de",
+        "{code} ist dein Bestätigungscode. Er läuft in {minutes} Minuten ab.",
+    ),
+    (
+        "fr",
+        "{code} est votre code de vérification. Il expire dans {minutes} minutes.",
+    ),
 ];

@@ -10,14 +10,30 @@ pub static ERRORS: ErrorTable = ErrorTable {
         (30008, Transient, "unknown delivery error"),
         (21211, Recipient, "invalid 'To' phone number"),
         (21610, Recipient, "recipient replied STOP (unsubscribed)"),
-        (21612, Recipient, "'To' number not reachable from this sender"),
+        (
+            21612,
+            Recipient,
+            "'To' number not reachable from this sender",
+        ),
         (21614, Recipient, "'To' number is not a mobile number"),
         (21635, Recipient, "'To' number cannot be reached by SMS"),
         (30005, Recipient, "unknown destination handset"),
         (30006, Recipient, "landline or unreachable carrier"),
-        (20003, ChannelBroken, "authentication failed (account SID or token)"),
-        (21606, ChannelBroken, "'From' number is not a valid SMS sender for this account"),
-        (21608, ChannelBroken, "trial account: 'To' number not verified"),
+        (
+            20003,
+            ChannelBroken,
+            "authentication failed (account SID or token)",
+        ),
+        (
+            21606,
+            ChannelBroken,
+            "'From' number is not a valid SMS sender for this account",
+        ),
+        (
+            21608,
+            ChannelBroken,
+            "trial account: 'To' number not verified",
+        ),
         (21602, InvalidRequest, "message body is required"),
         (21604, InvalidRequest, "'To' phone number is required"),
     ],
@@ -33,7 +49,10 @@ mod tests {
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
             (&[20429, 30001, 30008], Transient),
-            (&[21211, 21610, 21612, 21614, 21635, 30005, 30006], Recipient),
+            (
+                &[21211, 21610, 21612, 21614, 21635, 30005, 30006],
+                Recipient,
+            ),
             (&[20003, 21606, 21608], ChannelBroken),
             (&[21602, 21604], InvalidRequest),
         ];

@@ -6,7 +6,10 @@ use otp_channel_sms::{default_limits, SmsArgs, SmsClient};
 use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 
 #[derive(Parser)]
-#[command(version, about = "Delivers one-time codes by SMS (Twilio Messages API)")]
+#[command(
+    version,
+    about = "Delivers one-time codes by SMS (Twilio Messages API)"
+)]
 struct Cli {
     #[command(flatten)]
     worker: WorkerArgs,

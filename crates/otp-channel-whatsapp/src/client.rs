@@ -28,7 +28,12 @@ impl WhatsappClient {
             args.api_version,
             args.phone_number_id
         );
-        Ok(Self { http, url, token, args })
+        Ok(Self {
+            http,
+            url,
+            token,
+            args,
+        })
     }
 
     /// The request body for `request` (public for the benchmarks).
@@ -83,7 +88,9 @@ impl ChannelClient for WhatsappClient {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status == 200 {
             if let Some(id) = body["messages"][0]["id"].as_str() {
-                return SendOutcome::Accepted { provider_message_id: id.to_string() };
+                return SendOutcome::Accepted {
+                    provider_message_id: id.to_string(),
+                };
             }
         }
         SendOutcome::Failed(ERRORS.classify(status, body["error"]["code"].as_i64()))

@@ -7,7 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct WhatsappArgs {
     /// Base URL of the Graph API; point it at `otp-provider-sim` for demos and tests.
-    #[arg(long, env = "OTP_WHATSAPP_API_BASE_URL", default_value = "https://graph.facebook.com")]
+    #[arg(
+        long,
+        env = "OTP_WHATSAPP_API_BASE_URL",
+        default_value = "https://graph.facebook.com"
+    )]
     pub api_base_url: String,
     /// Graph API version.
     #[arg(long, env = "OTP_WHATSAPP_API_VERSION", default_value = "v21.0")]

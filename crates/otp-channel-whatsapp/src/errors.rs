@@ -12,20 +12,40 @@ pub static ERRORS: ErrorTable = ErrorTable {
         (130429, Transient, "Cloud API throughput limit reached"),
         (131000, Transient, "something went wrong at WhatsApp"),
         (131016, Transient, "WhatsApp service unavailable"),
-        (131056, Transient, "pair rate limit: too many messages to this recipient"),
+        (
+            131056,
+            Transient,
+            "pair rate limit: too many messages to this recipient",
+        ),
         (133004, Transient, "WhatsApp server temporarily unavailable"),
-        (131026, Recipient, "message undeliverable: recipient not on WhatsApp or cannot receive"),
+        (
+            131026,
+            Recipient,
+            "message undeliverable: recipient not on WhatsApp or cannot receive",
+        ),
         (131048, Recipient, "spam rate limit hit for this recipient"),
         (131021, Recipient, "recipient cannot be the sender"),
-        (131030, Recipient, "recipient not in the allowed list (test number)"),
+        (
+            131030,
+            Recipient,
+            "recipient not in the allowed list (test number)",
+        ),
         (190, ChannelBroken, "access token expired or invalid"),
         (10, ChannelBroken, "permission denied"),
         (200, ChannelBroken, "permission not granted"),
-        (368, ChannelBroken, "account temporarily blocked for policy violations"),
+        (
+            368,
+            ChannelBroken,
+            "account temporarily blocked for policy violations",
+        ),
         (131031, ChannelBroken, "business account locked"),
         (131042, ChannelBroken, "business eligibility payment issue"),
         (132000, ChannelBroken, "template parameter count mismatch"),
-        (132001, ChannelBroken, "template does not exist in this language"),
+        (
+            132001,
+            ChannelBroken,
+            "template does not exist in this language",
+        ),
         (132012, ChannelBroken, "template parameter format mismatch"),
         (132015, ChannelBroken, "template paused for low quality"),
         (132016, ChannelBroken, "template disabled for low quality"),
@@ -43,10 +63,16 @@ mod tests {
     #[test]
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
-            (&[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004], Transient),
+            (
+                &[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004],
+                Transient,
+            ),
             (&[131026, 131048, 131021, 131030], Recipient),
             (
-                &[190, 10, 200, 368, 131031, 131042, 132000, 132001, 132012, 132015, 132016, 133010],
+                &[
+                    190, 10, 200, 368, 131031, 131042, 132000, 132001, 132012, 132015, 132016,
+                    133010,
+                ],
                 ChannelBroken,
             ),
             (&[100], InvalidRequest),

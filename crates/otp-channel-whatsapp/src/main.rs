@@ -6,7 +6,10 @@ use otp_channel_whatsapp::{default_limits, WhatsappArgs, WhatsappClient};
 use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 
 #[derive(Parser)]
-#[command(version, about = "Delivers one-time codes over WhatsApp (Cloud API authentication templates)")]
+#[command(
+    version,
+    about = "Delivers one-time codes over WhatsApp (Cloud API authentication templates)"
+)]
 struct Cli {
     #[command(flatten)]
     worker: WorkerArgs,

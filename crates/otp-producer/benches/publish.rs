@@ -101,10 +101,19 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let sends = prepared.iter().map(|(key, payload, id)| {
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: HEADER_SCHEMA, value: Some(CODE_REQUEST_SCHEMA) })
-                    .insert(Header { key: HEADER_REQUEST_ID, value: Some(id.as_str()) });
+                    .insert(Header {
+                        key: HEADER_SCHEMA,
+                        value: Some(CODE_REQUEST_SCHEMA),
+                    })
+                    .insert(Header {
+                        key: HEADER_REQUEST_ID,
+                        value: Some(id.as_str()),
+                    });
                 bare.send(
-                    FutureRecord::to(&topic).key(key).payload(payload).headers(headers),
+                    FutureRecord::to(&topic)
+                        .key(key)
+                        .payload(payload)
+                        .headers(headers),
                     Timeout::After(Duration::from_secs(5)),
                 )
             });

@@ -31,7 +31,9 @@ async fn delay(sim: &Sim) {
 }
 
 fn random_error(mix: &[(i64, f64)]) -> Option<i64> {
-    mix.iter().find(|(_, p)| rand::random::<f64>() < *p).map(|(c, _)| *c)
+    mix.iter()
+        .find(|(_, p)| rand::random::<f64>() < *p)
+        .map(|(c, _)| *c)
 }
 
 // ---------------------------------------------------------------- WhatsApp Cloud API
@@ -44,7 +46,11 @@ fn wa_error(status: u16, code: i64, message: &str) -> Response {
         "error_data": { "messaging_product": "whatsapp", "details": message },
         "fbtrace_id": "AsimTrace"
     }});
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        Json(body),
+    )
+        .into_response()
 }
 
 /// The documented authentication-template shape; returns (to, code) or what is wrong.
@@ -63,10 +69,15 @@ fn wa_shape(body: &Value) -> Result<(String, String), String> {
     if template["name"].as_str().is_none_or(str::is_empty) {
         return Err("template.name is required".into());
     }
-    if template["language"]["code"].as_str().is_none_or(str::is_empty) {
+    if template["language"]["code"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
         return Err("template.language.code is required".into());
     }
-    let components = template["components"].as_array().ok_or("template.components is required")?;
+    let components = template["components"]
+        .as_array()
+        .ok_or("template.components is required")?;
     let find = |kind: &str| components.iter().find(|c| c["type"] == kind);
     let code = find("body")
         .and_then(|c| c["parameters"][0]["text"].as_str())
@@ -132,7 +143,11 @@ pub(crate) async fn whatsapp(
                 Some(code) => Err((400, code, "Random error")),
                 None if sim.wa_pair.check_key(&to).is_err() => {
                     sim.violation("whatsapp_pair");
-                    Err((400, 131056, "(Business Account, Consumer Account) pair rate limit hit"))
+                    Err((
+                        400,
+                        131056,
+                        "(Business Account, Consumer Account) pair rate limit hit",
+                    ))
                 }
                 None => Ok(()),
             },
@@ -168,7 +183,11 @@ fn twilio_error(status: u16, code: i64, message: &str) -> Response {
         "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
         "status": status,
     });
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        Json(body),
+    )
+        .into_response()
 }
 
 fn basic_auth_ok(headers: &HeaderMap, sid: &str, token: &str) -> bool {
@@ -188,7 +207,11 @@ pub(crate) async fn sms(
 ) -> Response {
     delay(&sim).await;
     if sid != sim.config.sms_account_sid
-        || !basic_auth_ok(&headers, &sim.config.sms_account_sid, &sim.config.sms_auth_token)
+        || !basic_auth_ok(
+            &headers,
+            &sim.config.sms_account_sid,
+            &sim.config.sms_auth_token,
+        )
     {
         return twilio_error(401, 20003, "Authenticate");
     }
@@ -207,7 +230,11 @@ pub(crate) async fn sms(
         return twilio_error(400, 21602, "Message body is required.");
     };
     if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
-        return twilio_error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required.");
+        return twilio_error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required.",
+        );
     }
     if let Some(v) = form.get("ValidityPeriod") {
         if !v.parse::<u32>().is_ok_and(|v| (1..=36_000).contains(&v)) {

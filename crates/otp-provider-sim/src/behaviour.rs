@@ -16,25 +16,52 @@
 pub enum Staged {
     Accept,
     /// Answer with this HTTP status and provider code.
-    Error { http: u16, code: i64 },
+    Error {
+        http: u16,
+        code: i64,
+    },
 }
 
 pub fn whatsapp(phone_digits: &str, call: u32) -> Staged {
     match last4(phone_digits) {
-        "0026" => Staged::Error { http: 400, code: 131026 },
-        "0190" => Staged::Error { http: 401, code: 190 },
-        "0100" => Staged::Error { http: 400, code: 100 },
-        "0500" if call <= 2 => Staged::Error { http: 500, code: 131000 },
+        "0026" => Staged::Error {
+            http: 400,
+            code: 131026,
+        },
+        "0190" => Staged::Error {
+            http: 401,
+            code: 190,
+        },
+        "0100" => Staged::Error {
+            http: 400,
+            code: 100,
+        },
+        "0500" if call <= 2 => Staged::Error {
+            http: 500,
+            code: 131000,
+        },
         _ => Staged::Accept,
     }
 }
 
 pub fn sms(phone_digits: &str, call: u32) -> Staged {
     match last4(phone_digits) {
-        "0614" => Staged::Error { http: 400, code: 21614 },
-        "1211" => Staged::Error { http: 400, code: 21211 },
-        "0100" => Staged::Error { http: 400, code: 21602 },
-        "0500" if call <= 2 => Staged::Error { http: 500, code: 30001 },
+        "0614" => Staged::Error {
+            http: 400,
+            code: 21614,
+        },
+        "1211" => Staged::Error {
+            http: 400,
+            code: 21211,
+        },
+        "0100" => Staged::Error {
+            http: 400,
+            code: 21602,
+        },
+        "0500" if call <= 2 => Staged::Error {
+            http: 500,
+            code: 30001,
+        },
         _ => Staged::Accept,
     }
 }

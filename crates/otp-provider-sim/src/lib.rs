@@ -66,11 +66,13 @@ fn nonzero(n: u32) -> NonZeroU32 {
 
 impl Sim {
     fn new(config: SimConfig) -> Self {
-        let wa = Quota::per_second(nonzero(config.whatsapp_rate)).allow_burst(nonzero(config.whatsapp_burst));
+        let wa = Quota::per_second(nonzero(config.whatsapp_rate))
+            .allow_burst(nonzero(config.whatsapp_burst));
         let pair = Quota::with_period(config.whatsapp_pair_period)
             .expect("pair period is non-zero")
             .allow_burst(nonzero(1));
-        let sms = Quota::per_second(nonzero(config.sms_rate)).allow_burst(nonzero(config.sms_burst));
+        let sms =
+            Quota::per_second(nonzero(config.sms_rate)).allow_burst(nonzero(config.sms_burst));
         Self {
             wa_sender: governor::RateLimiter::direct(wa),
             wa_pair: governor::RateLimiter::keyed(pair),
@@ -89,7 +91,10 @@ impl Sim {
         if received.outcome == "accepted" {
             stats.accepted += 1;
         } else {
-            *stats.errors_by_code.entry(received.outcome.clone()).or_default() += 1;
+            *stats
+                .errors_by_code
+                .entry(received.outcome.clone())
+                .or_default() += 1;
         }
         drop(stats);
         self.messages.lock().expect("messages lock").push(received);
@@ -97,7 +102,10 @@ impl Sim {
 
     pub(crate) fn violation(&self, limit: &str) {
         let mut stats = self.stats.lock().expect("stats lock");
-        *stats.rate_limit_violations.entry(limit.to_string()).or_default() += 1;
+        *stats
+            .rate_limit_violations
+            .entry(limit.to_string())
+            .or_default() += 1;
     }
 
     /// How many times (api, phone) was called, this call included.
@@ -120,7 +128,10 @@ pub fn router(config: SimConfig) -> Router {
 
 fn routes(sim: Arc<Sim>) -> Router {
     Router::new()
-        .route("/{version}/{phone_number_id}/messages", post(apis::whatsapp))
+        .route(
+            "/{version}/{phone_number_id}/messages",
+            post(apis::whatsapp),
+        )
         .route("/2010-04-01/Accounts/{sid}/Messages.json", post(apis::sms))
         .route("/sim/messages", get(messages))
         .route("/sim/stats", get(stats))
@@ -128,7 +139,9 @@ fn routes(sim: Arc<Sim>) -> Router {
         .with_state(sim)
 }
 
-async fn messages(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Vec<Received>> {
+async fn messages(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+) -> Json<Vec<Received>> {
     Json(sim.messages.lock().expect("messages lock").clone())
 }
 

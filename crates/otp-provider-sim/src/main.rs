@@ -4,7 +4,10 @@ use clap::Parser;
 use otp_provider_sim::SimConfig;
 
 #[derive(Parser)]
-#[command(version, about = "Simulates the WhatsApp Cloud API and Twilio's Messages API on loopback")]
+#[command(
+    version,
+    about = "Simulates the WhatsApp Cloud API and Twilio's Messages API on loopback"
+)]
 struct Cli {
     #[command(flatten)]
     config: SimConfig,
@@ -12,7 +15,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let config = Cli::parse().config;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "provider simulator listening");

@@ -86,7 +86,10 @@ impl ErrorTable {
         for (codes, class) in expected {
             for code in *codes {
                 if self.class_of(*code) != Some(*class) {
-                    out.push(format!("{code}: table says {:?}, expected {class:?}", self.class_of(*code)));
+                    out.push(format!(
+                        "{code}: table says {:?}, expected {class:?}",
+                        self.class_of(*code)
+                    ));
                 }
             }
         }
@@ -125,7 +128,9 @@ impl ErrorTable {
         SendFailure {
             class,
             code,
-            message: format!("provider refused the send (HTTP {http_status}, code not in our table)"),
+            message: format!(
+                "provider refused the send (HTTP {http_status}, code not in our table)"
+            ),
         }
     }
 }

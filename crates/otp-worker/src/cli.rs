@@ -33,7 +33,10 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// The file's settings (or the defaults), with the flags applied on top.
-    pub fn load(&self, channel_limits: &crate::limits::LimitsConfig) -> anyhow::Result<WorkerConfig> {
+    pub fn load(
+        &self,
+        channel_limits: &crate::limits::LimitsConfig,
+    ) -> anyhow::Result<WorkerConfig> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -53,7 +56,10 @@ impl WorkerArgs {
             config.group_id = Some(group.clone());
         }
         if let Some(rate) = self.sender_rate {
-            let mut limits = config.limits.clone().unwrap_or_else(|| channel_limits.clone());
+            let mut limits = config
+                .limits
+                .clone()
+                .unwrap_or_else(|| channel_limits.clone());
             limits.sender_per_second = rate;
             config.limits = Some(limits);
         }
@@ -65,7 +71,9 @@ impl WorkerArgs {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rdkafka=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

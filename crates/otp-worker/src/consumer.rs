@@ -88,7 +88,10 @@ impl ConsumerContext for BridgeContext {
 
 pub type WorkerConsumer = BaseConsumer<BridgeContext>;
 
-pub fn context(events: mpsc::UnboundedSender<ConsumerEvent>, reply_within: Duration) -> BridgeContext {
+pub fn context(
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+    reply_within: Duration,
+) -> BridgeContext {
     BridgeContext {
         events,
         reply_within,
@@ -141,7 +144,10 @@ pub fn poll_loop(
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
                 in_flight.fetch_add(1, Ordering::SeqCst);
-                if events.send(ConsumerEvent::Message(message.detach())).is_err() {
+                if events
+                    .send(ConsumerEvent::Message(message.detach()))
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -90,9 +90,18 @@ mod tests {
         let exp = now + Duration::minutes(5);
         let src = |o| ("t".to_string(), 0, o);
         assert!(d.first_sight("a", src(1), exp, now));
-        assert!(!d.first_sight("a", src(2), exp, now), "another message, same id");
-        assert!(d.first_sight("a", src(1), exp, now), "the same message redelivered");
-        assert!(d.first_sight("a", src(3), exp, exp + Duration::seconds(1)), "forgotten after expiry");
+        assert!(
+            !d.first_sight("a", src(2), exp, now),
+            "another message, same id"
+        );
+        assert!(
+            d.first_sight("a", src(1), exp, now),
+            "the same message redelivered"
+        );
+        assert!(
+            d.first_sight("a", src(3), exp, exp + Duration::seconds(1)),
+            "forgotten after expiry"
+        );
     }
 
     #[test]
@@ -105,6 +114,9 @@ mod tests {
         }
         assert_eq!(d.len(), 3);
         let other = ("t".to_string(), 0, 99);
-        assert!(!d.first_sight("r9", other, now + Duration::minutes(10), now), "the latest are kept");
+        assert!(
+            !d.first_sight("r9", other, now + Duration::minutes(10), now),
+            "the latest are kept"
+        );
     }
 }

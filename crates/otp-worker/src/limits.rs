@@ -88,13 +88,16 @@ impl Limiter {
         latest: Instant,
         retry: bool,
     ) -> Result<(), Limited> {
-        for limit in self.limits.iter().filter(|l| !retry || l.applies_to_retries()) {
+        for limit in self
+            .limits
+            .iter()
+            .filter(|l| !retry || l.applies_to_retries())
+        {
             loop {
                 match limit.check(recipient_key) {
                     Decision::Go => break,
                     Decision::WaitUntil(when) if when > latest => {
-                        metrics::counter!("otp_limited_total", "rule" => limit.rule())
-                            .increment(1);
+                        metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);
                         return Err(Limited { rule: limit.rule() });
                     }
                     Decision::WaitUntil(when) => {
@@ -114,9 +117,9 @@ fn nonzero(n: u32) -> NonZeroU32 {
 fn decision(result: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>) -> Decision {
     match result {
         Ok(()) => Decision::Go,
-        Err(not_until) => {
-            Decision::WaitUntil(Instant::now() + not_until.wait_time_from(DefaultClock::default().now()))
-        }
+        Err(not_until) => Decision::WaitUntil(
+            Instant::now() + not_until.wait_time_from(DefaultClock::default().now()),
+        ),
     }
 }
 
@@ -195,8 +198,16 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(100);
         assert!(limiter.acquire("a", soon, false).await.is_ok());
         let started = Instant::now();
-        assert_eq!(limiter.acquire("b", soon, false).await, Err(Limited { rule: "sender_rate" }));
-        assert!(started.elapsed() < Duration::from_millis(50), "refused without waiting");
+        assert_eq!(
+            limiter.acquire("b", soon, false).await,
+            Err(Limited {
+                rule: "sender_rate"
+            })
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "refused without waiting"
+        );
     }
 
     #[tokio::test]
@@ -211,8 +222,13 @@ mod tests {
         assert!(limiter.acquire("bob", latest, false).await.is_ok());
         assert_eq!(
             limiter.acquire("alice", latest, false).await,
-            Err(Limited { rule: "recipient_rate" })
+            Err(Limited {
+                rule: "recipient_rate"
+            })
         );
-        assert!(limiter.acquire("alice", latest, true).await.is_ok(), "retries skip it");
+        assert!(
+            limiter.acquire("alice", latest, true).await.is_ok(),
+            "retries skip it"
+        );
     }
 }

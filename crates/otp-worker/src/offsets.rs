@@ -97,12 +97,21 @@ mod tests {
         t.finished("a", 0, 10);
         t.finished("a", 0, 12);
         t.finished("a", 0, 13);
-        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 11)]);
+        assert_eq!(
+            t.take_committable(None, false),
+            vec![(("a".to_string(), 0), 11)]
+        );
         assert_eq!(t.take_committable(None, false), vec![], "nothing moved");
         t.finished("a", 0, 11);
-        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 14)]);
+        assert_eq!(
+            t.take_committable(None, false),
+            vec![(("a".to_string(), 0), 14)]
+        );
         t.finished("a", 0, 14);
-        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 0), 15)]);
+        assert_eq!(
+            t.take_committable(None, false),
+            vec![(("a".to_string(), 0), 15)]
+        );
     }
 
     #[test]
@@ -113,6 +122,9 @@ mod tests {
         t.finished("a", 1, 0);
         let only = [("a".to_string(), 0)];
         assert_eq!(t.take_committable(Some(&only), false), vec![]);
-        assert_eq!(t.take_committable(None, false), vec![(("a".to_string(), 1), 1)]);
+        assert_eq!(
+            t.take_committable(None, false),
+            vec![(("a".to_string(), 1), 1)]
+        );
     }
 }

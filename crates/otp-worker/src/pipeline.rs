@@ -38,37 +38,58 @@ impl<C: ChannelClient> Pipeline<C> {
     /// once what it wrote was acknowledged: then the message is finished.
     pub async fn handle(&self, message: &OwnedMessage) {
         // decode
-        let request = match decode_code_request(message.payload().unwrap_or_default(), &self.rules) {
+        let request = match decode_code_request(message.payload().unwrap_or_default(), &self.rules)
+        {
             Ok(request) => request,
-            Err(e) => return self.reject(message, None, &format!("invalid code request: {e}")).await,
+            Err(e) => {
+                return self
+                    .reject(message, None, &format!("invalid code request: {e}"))
+                    .await
+            }
         };
         if request.current_channel() != Some(self.client.channel()) {
-            let reason = "tried_channels: the request's current channel is not this topic's channel";
+            let reason =
+                "tried_channels: the request's current channel is not this topic's channel";
             return self.reject(message, Some(&request), reason).await;
         }
 
         // guard: expiry, then duplicates
         let now = Utc::now();
         if now >= request.expires_at {
-            return self.report(&request, StatusKind::Expired, 0, None, None).await;
+            return self
+                .report(&request, StatusKind::Expired, 0, None, None)
+                .await;
         }
-        let source = (message.topic().to_string(), message.partition(), message.offset());
-        if !self.dedup.first_sight(&request.request_id, source, request.expires_at, now) {
-            return self.report(&request, StatusKind::Duplicate, 0, None, None).await;
+        let source = (
+            message.topic().to_string(),
+            message.partition(),
+            message.offset(),
+        );
+        if !self
+            .dedup
+            .first_sight(&request.request_id, source, request.expires_at, now)
+        {
+            return self
+                .report(&request, StatusKind::Duplicate, 0, None, None)
+                .await;
         }
 
         // send, retrying transient failures while time allows
         let stop = match self.send_with_retries(&request).await {
             Ok((provider_message_id, tries)) => {
                 let status = StatusKind::Sent;
-                return self.report(&request, status, tries, Some(provider_message_id), None).await;
+                return self
+                    .report(&request, status, tries, Some(provider_message_id), None)
+                    .await;
             }
             Err(SendEnd::Invalid(failure, tries)) => {
                 let reason = format!(
                     "the provider refused the request as invalid ({}): {}",
                     failure.code, failure.message
                 );
-                return self.reject_after_send(message, &request, failure, tries, &reason).await;
+                return self
+                    .reject_after_send(message, &request, failure, tries, &reason)
+                    .await;
             }
             Err(SendEnd::Stop(stop)) => stop,
         };
@@ -106,9 +127,9 @@ impl<C: ChannelClient> Pipeline<C> {
             metrics::histogram!("otp_send_duration_seconds", "channel" => channel)
                 .record(started.elapsed().as_secs_f64());
             let failure = match outcome {
-                SendOutcome::Accepted { provider_message_id } => {
-                    return Ok((provider_message_id, tries))
-                }
+                SendOutcome::Accepted {
+                    provider_message_id,
+                } => return Ok((provider_message_id, tries)),
                 SendOutcome::Failed(failure) => failure,
             };
             metrics::counter!("otp_send_errors_total", "channel" => channel, "class" => failure.class.as_str())
@@ -136,14 +157,25 @@ impl<C: ChannelClient> Pipeline<C> {
     async fn fall_back_or_fail(&self, request: &CodeRequest, stop: Stop) {
         if Utc::now() >= request.expires_at {
             let status = StatusKind::Expired;
-            return self.report(request, status, stop.tries, None, Some(stop.error)).await;
+            return self
+                .report(request, status, stop.tries, None, Some(stop.error))
+                .await;
         }
         let Some(next) = request.for_next_channel() else {
-            return self.report(request, StatusKind::Failed, stop.tries, None, Some(stop.error)).await;
+            return self
+                .report(
+                    request,
+                    StatusKind::Failed,
+                    stop.tries,
+                    None,
+                    Some(stop.error),
+                )
+                .await;
         };
         match self.reporter.fallback(&next).await {
             Ok(()) => {
-                let mut status = self.status(request, StatusKind::Fallback, stop.tries, Some(stop.error));
+                let mut status =
+                    self.status(request, StatusKind::Fallback, stop.tries, Some(stop.error));
                 status.next_channel = next.current_channel();
                 self.reporter.status(&status).await;
             }
@@ -153,12 +185,19 @@ impl<C: ChannelClient> Pipeline<C> {
                     code: "fallback_refused".to_string(),
                     message: e.to_string(),
                 };
-                self.report(request, StatusKind::Failed, stop.tries, None, Some(error)).await
+                self.report(request, StatusKind::Failed, stop.tries, None, Some(error))
+                    .await
             }
         }
     }
 
-    fn status(&self, request: &CodeRequest, kind: StatusKind, tries: u32, error: Option<StatusError>) -> DeliveryStatus {
+    fn status(
+        &self,
+        request: &CodeRequest,
+        kind: StatusKind,
+        tries: u32,
+        error: Option<StatusError>,
+    ) -> DeliveryStatus {
         let mut status = DeliveryStatus::about(request, kind, self.client.channel(), &self.hasher);
         status.tries = (tries > 0).then_some(tries);
         status.error = error;
@@ -197,8 +236,11 @@ impl<C: ChannelClient> Pipeline<C> {
     /// name its request.
     async fn reject(&self, message: &OwnedMessage, request: Option<&CodeRequest>, reason: &str) {
         tracing::warn!(
-            topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            reason, "event rejected to the dead-letter topic"
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "event rejected to the dead-letter topic"
         );
         self.reporter.dead_letter(message, reason).await;
         let error = StatusError {
@@ -230,7 +272,8 @@ impl<C: ChannelClient> Pipeline<C> {
             code: failure.code,
             message: failure.message,
         };
-        self.report(request, StatusKind::Rejected, tries, None, Some(error)).await;
+        self.report(request, StatusKind::Rejected, tries, None, Some(error))
+            .await;
     }
 }
 
@@ -282,6 +325,8 @@ fn readable_request_id(message: &OwnedMessage) -> Option<String> {
     from_header.or_else(from_json).filter(|id| {
         !id.is_empty()
             && id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
     })
 }

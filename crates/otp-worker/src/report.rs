@@ -28,10 +28,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(
-        kafka: &KafkaArgs,
-        fallback: CodeRequestPublisher,
-    ) -> Result<Self, KafkaError> {
+    pub fn new(kafka: &KafkaArgs, fallback: CodeRequestPublisher) -> Result<Self, KafkaError> {
         let mut config: ClientConfig = kafka.client_config();
         config
             .set("enable.idempotence", "true")
@@ -59,7 +56,9 @@ impl Reporter {
                 .key(status.request_id.as_bytes())
                 .payload(&payload)
                 .headers(headers);
-            let send = self.producer.send(record, Timeout::After(Duration::from_secs(5)));
+            let send = self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(5)));
             async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
         })
         .await;
@@ -88,10 +87,22 @@ impl Reporter {
             let partition = original.partition().to_string();
             let offset = original.offset().to_string();
             headers = headers
-                .insert(Header { key: DLQ_REASON, value: Some(reason) })
-                .insert(Header { key: DLQ_SOURCE_TOPIC, value: Some(original.topic()) })
-                .insert(Header { key: DLQ_SOURCE_PARTITION, value: Some(&partition) })
-                .insert(Header { key: DLQ_SOURCE_OFFSET, value: Some(&offset) });
+                .insert(Header {
+                    key: DLQ_REASON,
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_TOPIC,
+                    value: Some(original.topic()),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_PARTITION,
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_OFFSET,
+                    value: Some(&offset),
+                });
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&topic).headers(headers);
             if let Some(key) = original.key() {
@@ -100,7 +111,9 @@ impl Reporter {
             if let Some(payload) = original.payload() {
                 record = record.payload(payload);
             }
-            let send = self.producer.send(record, Timeout::After(Duration::from_secs(5)));
+            let send = self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(5)));
             async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
         })
         .await;

@@ -146,7 +146,10 @@ mod tests {
             let mut s = RetrySchedule::new(&config);
             s.record_try();
             let d = s.next_delay(Duration::from_secs(600)).unwrap();
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(300), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_millis(300),
+                "{d:?}"
+            );
         }
     }
 }

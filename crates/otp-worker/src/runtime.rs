@@ -40,13 +40,24 @@ pub async fn run<C: ChannelClient>(
     client: C,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let WorkerSetup { kafka, config, default_limits, hasher } = setup;
+    let WorkerSetup {
+        kafka,
+        config,
+        default_limits,
+        hasher,
+    } = setup;
     let channel = client.channel();
     let topics = kafka.topics();
-    let rules = Rules { max_ttl: chrono::Duration::from_std(config.max_ttl)? };
+    let rules = Rules {
+        max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+    };
     let publisher = CodeRequestPublisher::new(
         &kafka,
-        PublisherConfig { topics: topics.clone(), rules: rules.clone(), ack_timeout: Duration::from_secs(10) },
+        PublisherConfig {
+            topics: topics.clone(),
+            rules: rules.clone(),
+            ack_timeout: Duration::from_secs(10),
+        },
         hasher.clone(),
     )?;
     let pipeline = Arc::new(Pipeline {
@@ -60,7 +71,10 @@ pub async fn run<C: ChannelClient>(
     });
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let group = config.group_id.clone().unwrap_or_else(|| format!("otp-{channel}-workers"));
+    let group = config
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("otp-{channel}-workers"));
     let mut client_config: ClientConfig = kafka.client_config();
     client_config
         .set("group.id", &group)
@@ -86,7 +100,9 @@ pub async fn run<C: ChannelClient>(
     if let Some(listen) = config.metrics_listen {
         let ready = ready.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::observe::serve(listen, move || ready.load(Ordering::SeqCst)).await {
+            if let Err(e) =
+                crate::observe::serve(listen, move || ready.load(Ordering::SeqCst)).await
+            {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");
             }
         });
@@ -131,10 +147,15 @@ pub async fn run<C: ChannelClient>(
     }
 
     // Shutdown: stop fetching, drain within the grace period, commit, close.
-    tracing::info!(in_flight = state.in_flight.load(Ordering::SeqCst), "draining");
+    tracing::info!(
+        in_flight = state.in_flight.load(Ordering::SeqCst),
+        "draining"
+    );
     stop.store(true, Ordering::SeqCst);
     readiness.abort();
-    let drained = tokio::time::timeout(config.shutdown_grace, state.drain_all()).await.is_ok();
+    let drained = tokio::time::timeout(config.shutdown_grace, state.drain_all())
+        .await
+        .is_ok();
     if !drained {
         tracing::warn!("grace period over; abandoning unfinished work (it will be redelivered)");
     }
@@ -199,7 +220,12 @@ impl<C: ChannelClient> State<C> {
         if !self.assigned.contains(&key) {
             return; // fetched before its partition was revoked; the new owner reads it
         }
-        let permit = self.permits.clone().acquire_owned().await.expect("semaphore open");
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let offset = message.offset();
         self.tracker.started(&key.0, key.1, offset);
         let (pipeline, tracker) = (self.pipeline.clone(), self.tracker.clone());
@@ -220,7 +246,10 @@ impl<C: ChannelClient> State<C> {
         if offsets.is_empty() {
             return;
         }
-        if let Err(e) = self.consumer.commit(&consumer::offset_list(&offsets), CommitMode::Async) {
+        if let Err(e) = self
+            .consumer
+            .commit(&consumer::offset_list(&offsets), CommitMode::Async)
+        {
             tracing::warn!(error = %e, "commit failed");
             self.tracker.rollback(&offsets);
         }
@@ -229,15 +258,24 @@ impl<C: ChannelClient> State<C> {
     /// Let in-flight work of `partitions` finish within the grace period, abandon the rest,
     /// and return the offsets to commit before they go.
     async fn give_up(&mut self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)> {
-        let mut sets: Vec<JoinSet<()>> = partitions.iter().filter_map(|p| self.tasks.remove(p)).collect();
+        let mut sets: Vec<JoinSet<()>> = partitions
+            .iter()
+            .filter_map(|p| self.tasks.remove(p))
+            .collect();
         let finish = async {
             for set in &mut sets {
                 while set.join_next().await.is_some() {}
             }
         };
-        if tokio::time::timeout(self.revoke_grace, finish).await.is_err() {
+        if tokio::time::timeout(self.revoke_grace, finish)
+            .await
+            .is_err()
+        {
             let left: usize = sets.iter().map(JoinSet::len).sum();
-            tracing::warn!(left, "revoke grace over; abandoning work (redelivered to the new owner)");
+            tracing::warn!(
+                left,
+                "revoke grace over; abandoning work (redelivered to the new owner)"
+            );
         }
         drop(sets); // aborts whatever is left
         let offsets = self.tracker.take_committable(Some(partitions), true);
