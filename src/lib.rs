@@ -2,4 +2,5 @@
 //! process (workers, simulator) with the same code as the binaries, for the end-to-end tests
 //! and the demo.
 
+pub mod demo;
 pub mod stack;

@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on an embedded Kafka and the provider simulator, and report.
+    Demo(otp::demo::DemoArgs),
     /// Publish one code request and print its request_id once the broker acknowledged it.
     Send(SendArgs),
     /// Manage the pipeline's topics.
@@ -76,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Demo(args) => otp::demo::run(args).await,
         Command::Send(args) => send(args).await,
         Command::Topics {
             command:

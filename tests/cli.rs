@@ -114,3 +114,32 @@ fn send_refuses_a_bad_phone_naming_the_field_without_echoing_it() {
     assert!(err.contains("phone: must be E.164"), "{err}");
     assert!(!err.contains("555 123 4567"), "{err}");
 }
+
+#[test]
+fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_otp"))
+        .args(["demo", "--requests", "60", "--timeout", "60s"])
+        .output()
+        .expect("run otp demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("embedded"), "{stdout}");
+    for row in [
+        "sent       whatsapp",
+        "sent       sms",
+        "expired    sms",
+        "failed     sms",
+    ] {
+        assert!(stdout.contains(row), "summary lacks {row}: {stdout}");
+    }
+    assert!(stdout.contains("dead letters              1"), "{stdout}");
+    assert!(stdout.contains("duplicates refused        1"), "{stdout}");
+    assert!(
+        stdout.contains("provider rate-limit violations   0"),
+        "{stdout}"
+    );
+}

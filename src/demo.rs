@@ -1,0 +1,378 @@
+//! `otp demo`: the whole pipeline in one command, no accounts needed.
+//!
+//! With no `--brokers`, Kafka is librdkafka's in-process mock cluster; the providers are the
+//! simulator on loopback; both workers run in this process with the binaries' code. It
+//! publishes a realistic mix of requests, follows the status topic with a progress bar until
+//! every request has its final status, and prints a summary. It exits non-zero if any request
+//! is left without one.
+
+use crate::stack::{sms_client, whatsapp_client, Worker};
+use anyhow::Context;
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use otp_events::{Channel, CodeRequest, PhoneHasher, Submission, CODE_REQUEST_SCHEMA};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use otp_provider_sim::SimConfig;
+use otp_worker::{LimitsConfig, WorkerConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Run against this Kafka cluster instead of the embedded one (topics must exist:
+    /// `otp topics create`).
+    #[arg(long, env = "OTP_KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// How many code requests to publish (plus one malformed event and one duplicate).
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Give up waiting for final statuses after this long.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+const PARTITIONS: i32 = 4;
+
+/// One recipient of the mix: who they are and what the simulator will make of them.
+struct Persona {
+    label: &'static str,
+    channels: &'static [Channel],
+    /// Last four digits that stage the simulator's behaviour (see otp_provider_sim::behaviour).
+    suffix: Option<&'static str>,
+    expired: bool,
+}
+
+const MIX: &[(u32, Persona)] = &[
+    (
+        55,
+        Persona {
+            label: "WhatsApp user",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: None,
+            expired: false,
+        },
+    ),
+    (
+        15,
+        Persona {
+            label: "not on WhatsApp",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: Some("0026"),
+            expired: false,
+        },
+    ),
+    (
+        15,
+        Persona {
+            label: "SMS only",
+            channels: &[Channel::Sms],
+            suffix: None,
+            expired: false,
+        },
+    ),
+    (
+        5,
+        Persona {
+            label: "flaky provider (two 500s)",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: Some("0500"),
+            expired: false,
+        },
+    ),
+    (
+        5,
+        Persona {
+            label: "landline, SMS only",
+            channels: &[Channel::Sms],
+            suffix: Some("0614"),
+            expired: false,
+        },
+    ),
+    (
+        5,
+        Persona {
+            label: "already expired",
+            channels: &[Channel::Sms],
+            suffix: None,
+            expired: true,
+        },
+    ),
+];
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // The embedded cluster lives on this (the main) task until the demo ends.
+    let mock = match &args.brokers {
+        Some(_) => None,
+        None => Some(rdkafka::mocking::MockCluster::new(1).context("start the embedded Kafka")?),
+    };
+    let brokers = match (&args.brokers, &mock) {
+        (Some(b), _) => b.clone(),
+        (None, Some(m)) => m.bootstrap_servers(),
+        (None, None) => unreachable!(),
+    };
+    let kafka = KafkaArgs::new(brokers.clone());
+    let topics = kafka.topics();
+    if let Some(mock) = &mock {
+        for topic in topics.all() {
+            mock.create_topic(&topic, PARTITIONS, 1)?;
+        }
+    }
+    println!(
+        "Kafka: {}",
+        if mock.is_some() {
+            "embedded (librdkafka mock cluster)".to_string()
+        } else {
+            brokers.clone()
+        }
+    );
+
+    let sim_config = SimConfig {
+        latency: Duration::from_millis(20),
+        latency_jitter: Duration::from_millis(40),
+        sms_rate: 200,
+        sms_burst: 50,
+        ..SimConfig::default()
+    };
+    let sim = otp_provider_sim::start("127.0.0.1:0".parse()?, sim_config).await?;
+    println!("Provider simulator: {}", sim.base_url());
+
+    let (hasher, _) = PhoneHasher::from_env();
+    let mut config = WorkerConfig::default();
+    config.retry.initial_delay = Duration::from_millis(100);
+    let whatsapp_limits = otp_channel_whatsapp::default_limits();
+    // A short code's throughput: the demo would take minutes at a long code's 1/s.
+    let sms_limits = LimitsConfig {
+        sender_per_second: 100,
+        sender_burst: 20,
+        recipient_period: None,
+    };
+    let workers = vec![
+        Worker::start(
+            &kafka,
+            config.clone(),
+            whatsapp_limits,
+            hasher.clone(),
+            whatsapp_client(&sim),
+        ),
+        Worker::start(&kafka, config, sms_limits, hasher.clone(), sms_client(&sim)),
+    ];
+
+    let publisher = CodeRequestPublisher::new(
+        &kafka,
+        PublisherConfig {
+            topics: topics.clone(),
+            ..PublisherConfig::default()
+        },
+        hasher,
+    )?;
+    let (expected, bad_events) = publish_mix(&publisher, &kafka, args.requests).await?;
+    println!(
+        "Published {} code requests, 1 duplicate and {bad_events} malformed event.",
+        expected.len()
+    );
+
+    let outcome = follow(&brokers, &topics.delivery_status(), &expected, args.timeout).await?;
+    for w in workers {
+        w.stop().await?;
+    }
+    let dead_letters = count_messages(&brokers, &topics.dead_letter())?;
+    let stats = sim.stats();
+    print_summary(&outcome, dead_letters, &stats);
+    let missing = expected.len() - outcome.finals.len();
+    if missing > 0 {
+        anyhow::bail!("{missing} requests have no final status");
+    }
+    Ok(())
+}
+
+async fn publish_mix(
+    publisher: &CodeRequestPublisher,
+    kafka: &KafkaArgs,
+    n: usize,
+) -> anyhow::Result<(HashSet<String>, usize)> {
+    let total: u32 = MIX.iter().map(|(w, _)| w).sum();
+    let mut ids = HashSet::new();
+    let mut sends = Vec::new();
+    for i in 0..n {
+        let mut pick = (i as u32 * 7919) % total;
+        let persona = &MIX
+            .iter()
+            .find(|(w, _)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .expect("weights cover")
+            .1;
+        let last4 = persona
+            .suffix
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:04}", 2000 + i % 7000));
+        let phone = format!("+1555{:03}{last4}", 100 + i / 7000 + i % 800);
+        let code = format!("{:06}", (i * 104_729) % 1_000_000);
+        let mut s = Submission::new(
+            phone,
+            code,
+            persona.channels.to_vec(),
+            chrono::Duration::minutes(5),
+        );
+        s.app = Some(persona.label.replace(' ', "-").replace([',', '(', ')'], ""));
+        let request = if persona.expired {
+            let now = Utc::now();
+            s.created_at = Some(now - chrono::Duration::seconds(90));
+            s.expires_at = now - chrono::Duration::seconds(30);
+            s.complete(now)
+        } else {
+            s.complete(Utc::now())
+        };
+        ids.insert(request.request_id.clone());
+        sends.push(request);
+    }
+    let results =
+        futures_util::future::join_all(sends.iter().map(|r| publisher.publish_request(r))).await;
+    for r in results {
+        r?;
+    }
+    // The same request again: the worker sends it once and reports `duplicate`.
+    let dup: &CodeRequest = sends
+        .iter()
+        .find(|r| r.expires_at > Utc::now())
+        .expect("a live request");
+    publisher.publish_request(dup).await?;
+    // And a malformed event, which must end on the dead-letter topic.
+    let raw: FutureProducer = kafka.client_config().create()?;
+    let topic = kafka.topics().requests(Channel::Sms);
+    let bad = format!("{{\"schema\":\"{CODE_REQUEST_SCHEMA}\",\"phone\":\"not a phone\"");
+    raw.send(
+        FutureRecord::<(), _>::to(&topic).payload(&bad),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|(e, _)| e)?;
+    Ok((ids, 1))
+}
+
+struct Outcome {
+    finals: HashMap<String, Value>,
+    fallbacks: usize,
+    duplicates: usize,
+}
+
+async fn follow(
+    brokers: &str,
+    topic: &str,
+    expected: &HashSet<String>,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "otp-demo-follower")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions(&consumer, topic)? {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let bar = ProgressBar::new(expected.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests final  {msg}")
+            .expect("valid template"),
+    );
+    let mut outcome = Outcome {
+        finals: HashMap::new(),
+        fallbacks: 0,
+        duplicates: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    while outcome.finals.len() < expected.len() && Instant::now() < deadline {
+        let polled = tokio::task::block_in_place(|| {
+            consumer
+                .poll(Duration::from_millis(100))
+                .map(|r| r.map(|m| m.detach()))
+        });
+        let Some(Ok(m)) = polled else { continue };
+        let status: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        match status["status"].as_str() {
+            Some("fallback") => outcome.fallbacks += 1,
+            Some("duplicate") => outcome.duplicates += 1,
+            _ => {}
+        }
+        let id = status["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if status["final"] == true && expected.contains(&id) {
+            outcome.finals.insert(id, status);
+            bar.set_position(outcome.finals.len() as u64);
+            bar.set_message(format!("{} fallbacks", outcome.fallbacks));
+        }
+    }
+    bar.finish();
+    Ok(outcome)
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
+fn count_messages(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut n = 0;
+    for p in 0..partitions(&consumer, topic)? {
+        let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        n += hi - lo;
+    }
+    Ok(n)
+}
+
+fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim::Stats) {
+    let mut table: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut latency = Histogram::<u64>::new(3).expect("valid histogram");
+    for s in outcome.finals.values() {
+        let key = (
+            s["status"].as_str().unwrap_or("?").to_string(),
+            s["channel"].as_str().unwrap_or("?").to_string(),
+        );
+        *table.entry(key).or_default() += 1;
+        if s["status"] == "sent" {
+            let _ = latency.record(s["latency_ms"].as_u64().unwrap_or(0));
+        }
+    }
+    println!("\nFinal status by channel");
+    println!("  {:<10} {:<10} {:>8}", "status", "channel", "requests");
+    for ((status, channel), n) in &table {
+        println!("  {status:<10} {channel:<10} {n:>8}");
+    }
+    println!("\n  fallbacks            {:>6}", outcome.fallbacks);
+    println!("  duplicates refused   {:>6}", outcome.duplicates);
+    println!("  dead letters         {:>6}", dead_letters);
+    println!(
+        "  provider rate-limit violations {:>3}",
+        stats.rate_limit_violations.values().sum::<u64>()
+    );
+    if !latency.is_empty() {
+        println!(
+            "\nEnd-to-end latency of sent codes (created_at to provider accepted, including the\n\
+             workers joining their consumer groups at start): p50 {} ms, p95 {} ms, p99 {} ms",
+            latency.value_at_quantile(0.50),
+            latency.value_at_quantile(0.95),
+            latency.value_at_quantile(0.99)
+        );
+    }
+}
