@@ -4,9 +4,8 @@ use crate::config::{SmsArgs, BUILT_IN_TEMPLATES};
 use crate::errors::ERRORS;
 use chrono::{DateTime, Utc};
 use otp_events::{Channel, CodeRequest};
-use otp_worker::channel::transport_failure;
+use otp_worker::channel::outcome_of;
 use otp_worker::{ChannelClient, SendOutcome};
-use serde_json::Value;
 use std::collections::HashMap;
 
 pub struct SmsClient {
@@ -94,26 +93,93 @@ impl ChannelClient for SmsClient {
     }
 
     async fn send(&self, request: &CodeRequest, now: DateTime<Utc>) -> SendOutcome {
-        let response = match self
+        let response = self
             .http
             .post(&self.url)
             .basic_auth(&self.args.account_sid, Some(&self.auth_token))
             .form(&self.form(request, now))
             .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return SendOutcome::Failed(transport_failure(&e)),
-        };
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            if let Some(sid) = body["sid"].as_str() {
-                return SendOutcome::Accepted {
-                    provider_message_id: sid.to_string(),
-                };
-            }
+            .await;
+        outcome_of(
+            response,
+            &ERRORS,
+            |body| body["sid"].as_str(),
+            |body| body["code"].as_i64(),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otp_events::Submission;
+
+    fn args() -> SmsArgs {
+        SmsArgs {
+            api_base_url: "http://127.0.0.1:1".into(),
+            account_sid: "AC1".into(),
+            from: None,
+            messaging_service_sid: Some("MG1".into()),
+            status_callback_url: Some("https://receipts.example/webhooks/sms/status".into()),
+            body_templates: vec![("es_MX".into(), "Código {code}".into())],
+            default_locale: "en".into(),
+            request_timeout: std::time::Duration::from_secs(1),
         }
-        SendOutcome::Failed(ERRORS.classify(status, body["code"].as_i64()))
+    }
+
+    fn request(locale: Option<&str>) -> CodeRequest {
+        let mut s = Submission::new(
+            "+15551234567",
+            "123456",
+            vec![Channel::Sms],
+            chrono::Duration::seconds(300),
+        );
+        s.locale = locale.map(str::to_owned);
+        s.request_id = Some("req-1".into());
+        s.complete(Utc::now())
+    }
+
+    #[test]
+    fn form_has_the_documented_fields() {
+        let c = SmsClient::new(args(), "tok".into()).unwrap();
+        let r = request(None);
+        let now = r.expires_at - chrono::Duration::seconds(300);
+        let form: HashMap<&str, String> = c.form(&r, now).into_iter().collect();
+        assert_eq!(form["To"], "+15551234567");
+        assert_eq!(
+            form["Body"],
+            "123456 is your verification code. It expires in 5 minutes."
+        );
+        assert_eq!(form["ValidityPeriod"], "300");
+        assert_eq!(form["MessagingServiceSid"], "MG1");
+        assert!(!form.contains_key("From"));
+        assert_eq!(
+            form["StatusCallback"],
+            "https://receipts.example/webhooks/sms/status?request_id=req-1"
+        );
+    }
+
+    #[test]
+    fn body_follows_the_locale_then_its_language_then_the_default() {
+        let c = SmsClient::new(args(), "tok".into()).unwrap();
+        let now = Utc::now();
+        assert_eq!(c.text(&request(Some("es_MX")), now), "Código 123456");
+        assert!(c
+            .text(&request(Some("pt-BR")), now)
+            .starts_with("123456 é o seu código"));
+        assert!(c
+            .text(&request(Some("ja")), now)
+            .starts_with("123456 is your"));
+    }
+
+    #[test]
+    fn exactly_one_sender_is_required() {
+        let mut a = args();
+        a.from = Some("+15557654321".into());
+        assert!(SmsClient::new(a, "tok".into()).is_err());
+        let mut a = args();
+        a.messaging_service_sid = None;
+        assert!(SmsClient::new(a, "tok".into()).is_err());
     }
 }

@@ -5,7 +5,7 @@ use crate::config::WhatsappArgs;
 use crate::errors::ERRORS;
 use chrono::{DateTime, Utc};
 use otp_events::{Channel, CodeRequest};
-use otp_worker::channel::transport_failure;
+use otp_worker::channel::outcome_of;
 use otp_worker::{ChannelClient, SendOutcome};
 use serde_json::{json, Value};
 
@@ -73,26 +73,79 @@ impl ChannelClient for WhatsappClient {
     }
 
     async fn send(&self, request: &CodeRequest, now: DateTime<Utc>) -> SendOutcome {
-        let response = match self
+        let response = self
             .http
             .post(&self.url)
             .bearer_auth(&self.token)
             .json(&self.body(request, now))
             .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return SendOutcome::Failed(transport_failure(&e)),
+            .await;
+        outcome_of(
+            response,
+            &ERRORS,
+            |body| body["messages"][0]["id"].as_str(),
+            |body| body["error"]["code"].as_i64(),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otp_events::{Channel, Submission};
+
+    fn client(per_message_ttl: bool) -> WhatsappClient {
+        let args = WhatsappArgs {
+            api_base_url: "http://127.0.0.1:1/".into(),
+            api_version: "v21.0".into(),
+            phone_number_id: "42".into(),
+            template: "otp_login".into(),
+            default_language: "en_US".into(),
+            request_timeout: std::time::Duration::from_secs(1),
+            per_message_ttl,
         };
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == 200 {
-            if let Some(id) = body["messages"][0]["id"].as_str() {
-                return SendOutcome::Accepted {
-                    provider_message_id: id.to_string(),
-                };
-            }
-        }
-        SendOutcome::Failed(ERRORS.classify(status, body["error"]["code"].as_i64()))
+        WhatsappClient::new(args, "t".into()).unwrap()
+    }
+
+    fn request(locale: Option<&str>) -> CodeRequest {
+        let mut s = Submission::new(
+            "+15551234567",
+            "123456",
+            vec![Channel::Whatsapp],
+            chrono::Duration::seconds(120),
+        );
+        s.locale = locale.map(str::to_owned);
+        s.request_id = Some("req-1".into());
+        s.complete(Utc::now())
+    }
+
+    #[test]
+    fn body_is_an_authentication_template_with_the_code_twice() {
+        let c = client(false);
+        assert_eq!(c.url, "http://127.0.0.1:1/v21.0/42/messages");
+        let r = request(Some("pt-BR"));
+        let body = c.body(&r, r.created_at);
+        assert_eq!(body["to"], "15551234567");
+        assert_eq!(body["type"], "template");
+        assert_eq!(body["biz_opaque_callback_data"], "req-1");
+        assert_eq!(body["template"]["language"]["code"], "pt_BR");
+        let components = &body["template"]["components"];
+        assert_eq!(components[0]["parameters"][0]["text"], "123456");
+        assert_eq!(components[1]["sub_type"], "url");
+        assert_eq!(components[1]["parameters"][0]["text"], "123456");
+        assert!(body.get("ttl_seconds").is_none());
+        let body = c.body(&request(None), Utc::now());
+        assert_eq!(body["template"]["language"]["code"], "en_US");
+    }
+
+    #[test]
+    fn per_message_ttl_is_the_codes_remaining_life_within_metas_range() {
+        let c = client(true);
+        let r = request(None);
+        let now = r.expires_at - chrono::Duration::seconds(120);
+        assert_eq!(c.body(&r, now)["ttl_seconds"], 120);
+        let late = r.expires_at - chrono::Duration::seconds(5);
+        assert_eq!(c.body(&r, late)["ttl_seconds"], 30, "Meta's minimum");
     }
 }

@@ -135,6 +135,31 @@ impl ErrorTable {
     }
 }
 
+/// Turn a provider's HTTP answer into an outcome: accepted when `accepted_id` finds the
+/// provider's message id in a 2xx answer, else classified by `table` with the provider code
+/// that `error_code` reads from the error body.
+pub async fn outcome_of(
+    response: Result<reqwest::Response, reqwest::Error>,
+    table: &ErrorTable,
+    accepted_id: impl Fn(&serde_json::Value) -> Option<&str>,
+    error_code: impl Fn(&serde_json::Value) -> Option<i64>,
+) -> SendOutcome {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return SendOutcome::Failed(transport_failure(&e)),
+    };
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        if let Some(id) = accepted_id(&body) {
+            return SendOutcome::Accepted {
+                provider_message_id: id.to_string(),
+            };
+        }
+    }
+    SendOutcome::Failed(table.classify(status, error_code(&body)))
+}
+
 /// Classify a transport error (no answer from the provider): always transient.
 pub fn transport_failure(err: &reqwest::Error) -> SendFailure {
     let code = if err.is_timeout() {

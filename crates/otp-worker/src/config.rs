@@ -72,3 +72,46 @@ impl WorkerConfig {
         toml::from_str(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_refuses_unknown_keys() {
+        let config = WorkerConfig::from_toml(
+            r#"
+            max_in_flight = 64
+            revoke_grace = "3s"
+            metrics_listen = "127.0.0.1:9101"
+            [retry]
+            safety_margin = "2s"
+            [limits]
+            sender_per_second = 40
+            recipient_period = "6s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.max_in_flight, 64);
+        assert_eq!(config.revoke_grace, Duration::from_secs(3));
+        assert_eq!(config.retry.safety_margin, Duration::from_secs(2));
+        assert_eq!(config.retry.max_tries, 5, "unset keys keep their defaults");
+        let limits = config.limits.unwrap();
+        assert_eq!((limits.sender_per_second, limits.sender_burst), (40, 1));
+        assert_eq!(limits.recipient_period, Some(Duration::from_secs(6)));
+
+        let err = WorkerConfig::from_toml("max_in_flite = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_in_flite"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = WorkerConfig::default();
+        assert_eq!(c.max_in_flight, 256);
+        assert_eq!(c.revoke_grace, Duration::from_secs(10));
+        assert_eq!(c.retry.safety_margin, Duration::from_secs(5));
+        assert!(c.limits.is_none() && c.metrics_listen.is_none());
+    }
+}
