@@ -445,6 +445,60 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
     second.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_work_is_bounded_and_a_slow_send_does_not_hold_up_the_others() {
+    // One request for a flaky recipient retries for a while; 8 in flight at most; the
+    // provider takes 100 ms. The others must flow past the retrying one.
+    let sim = SimConfig {
+        latency: Duration::from_millis(100),
+        ..roomy_sim()
+    };
+    let stack = Stack::start(1, sim).await;
+    let mut config = test_config();
+    config.max_in_flight = 8;
+    config.retry.initial_delay = Duration::from_secs(3);
+    config.retry.max_delay = Duration::from_secs(3);
+    config.retry.jitter = 0.0;
+    // All waiting in the topic before the worker starts, the flaky one first.
+    let slow = stack.publish("+15555000500", "424242", &[Sms]).await; // two 500s, then accepted
+    let mut ids = vec![slow.clone()];
+    for i in 0..60 {
+        ids.push(
+            stack
+                .publish(&format!("+1555500{:04}", 2000 + i), "515151", &[Sms])
+                .await,
+        );
+    }
+    let sms = stack.worker(Sms, config);
+    let statuses = stack
+        .statuses_until_final(&ids, Duration::from_secs(60))
+        .await;
+    for id in &ids {
+        assert_eq!(exactly_one_final(&statuses, id)["status"], "sent");
+    }
+    let finals: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s["final"] == true)
+        .map(|s| s["request_id"].as_str().unwrap())
+        .collect();
+    let position = finals.iter().position(|id| *id == slow).unwrap();
+    assert_eq!(
+        position,
+        finals.len() - 1,
+        "the retrying request finished last, behind nobody"
+    );
+    let stats = stack.sim.stats();
+    assert!(
+        stats.max_concurrent_requests <= 8,
+        "in flight exceeded the bound: {stats:?}"
+    );
+    assert!(
+        stats.max_concurrent_requests >= 4,
+        "work was not concurrent: {stats:?}"
+    );
+    sms.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn topics_exist_for_a_fresh_stack() {
     // Guards the harness itself: a test prefix gets all four topics.

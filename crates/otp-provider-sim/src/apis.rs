@@ -2,7 +2,7 @@
 //! random errors and latency, answered in each provider's own format.
 
 use crate::behaviour::{self, Staged};
-use crate::{Received, Sim};
+use crate::{InProgress, Received, Sim};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -106,6 +106,7 @@ pub(crate) async fn whatsapp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_progress = InProgress::new(&sim);
     delay(&sim).await;
     let expected = format!("Bearer {}", sim.config.whatsapp_token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
@@ -205,6 +206,7 @@ pub(crate) async fn sms(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_progress = InProgress::new(&sim);
     delay(&sim).await;
     if sid != sim.config.sms_account_sid
         || !basic_auth_ok(

@@ -46,6 +46,8 @@ pub struct Stats {
     /// Requests that broke a provider limit: `whatsapp_sender` (130429), `whatsapp_pair`
     /// (131056), `sms_sender` (429 / 20429).
     pub rate_limit_violations: BTreeMap<String, u64>,
+    /// Most provider requests ever in progress at once (back-pressure checks).
+    pub max_concurrent_requests: u64,
 }
 
 pub(crate) struct Sim {
@@ -58,6 +60,25 @@ pub(crate) struct Sim {
     /// Calls seen per (api, phone), for behaviours like "fail twice, then succeed".
     pub calls: Mutex<HashMap<(&'static str, String), u32>>,
     pub next_id: AtomicU64,
+    pub in_progress: AtomicU64,
+}
+
+/// Counts a provider request in progress for as long as it lives.
+pub(crate) struct InProgress<'a>(&'a Sim);
+
+impl<'a> InProgress<'a> {
+    pub(crate) fn new(sim: &'a Sim) -> Self {
+        let now = sim.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut stats = sim.stats.lock().expect("stats lock");
+        stats.max_concurrent_requests = stats.max_concurrent_requests.max(now);
+        Self(sim)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
@@ -82,6 +103,7 @@ impl Sim {
             stats: Mutex::default(),
             calls: Mutex::default(),
             next_id: AtomicU64::new(1),
+            in_progress: AtomicU64::new(0),
         }
     }
 

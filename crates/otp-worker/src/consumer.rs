@@ -6,8 +6,12 @@
 //! finished (or been abandoned) and their offsets are known; it then commits them and lets the
 //! partitions go. No tokio worker thread ever blocks on Kafka (the Quickwit pattern).
 //!
-//! The same thread applies back-pressure: while the runtime has its bound of messages in
-//! flight, it pauses fetching on every assigned partition, and resumes below it.
+//! The same thread applies back-pressure. The runtime runs at most `max_in_flight` messages
+//! at once and keeps as many again waiting, so a finished send is replaced without a fetch
+//! round trip; when both are full the thread pauses fetching on every assigned partition, and
+//! resumes once fewer than `max_in_flight` are handed over. (Pausing drops librdkafka's
+//! prefetched messages, so pausing and resuming on every message would cost a broker round
+//! trip per message.)
 
 use crate::offsets::PartitionKey;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -115,18 +119,24 @@ pub fn offset_list(offsets: &[(PartitionKey, i64)]) -> TopicPartitionList {
     tpl
 }
 
-/// Poll until `stop`, forwarding messages to the runtime and pausing while `in_flight`
-/// reaches `max_in_flight`. Runs on its own thread.
+/// Poll until `stop`, forwarding messages to the runtime; pause when `handed_over` (messages
+/// forwarded and not finished) reaches twice `max_in_flight`, resume below `max_in_flight`.
+/// Runs on its own thread.
 pub fn poll_loop(
     consumer: Arc<WorkerConsumer>,
     events: mpsc::UnboundedSender<ConsumerEvent>,
-    in_flight: Arc<AtomicUsize>,
+    handed_over: Arc<AtomicUsize>,
     max_in_flight: usize,
     stop: Arc<AtomicBool>,
 ) {
     let mut paused = false;
     while !stop.load(Ordering::SeqCst) {
-        let busy = in_flight.load(Ordering::SeqCst) >= max_in_flight;
+        let n = handed_over.load(Ordering::SeqCst);
+        let busy = if paused {
+            n >= max_in_flight
+        } else {
+            n >= 2 * max_in_flight
+        };
         if busy || paused {
             // Re-applied while busy, so partitions assigned meanwhile are paused too.
             if let Ok(assignment) = consumer.assignment() {
@@ -143,7 +153,7 @@ pub fn poll_loop(
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
-                in_flight.fetch_add(1, Ordering::SeqCst);
+                handed_over.fetch_add(1, Ordering::SeqCst);
                 if events
                     .send(ConsumerEvent::Message(message.detach()))
                     .is_err()
