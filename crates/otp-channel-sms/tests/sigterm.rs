@@ -11,8 +11,9 @@ use std::time::Duration;
 
 const N: usize = 300;
 
+/// Each in its own number range, so the default per-range abuse limit leaves them alone.
 fn phone(i: usize) -> String {
-    format!("+1555400{:04}", 2000 + i)
+    format!("+1555{:03}{:04}", i, 2000 + i)
 }
 
 fn code(i: usize) -> String {

@@ -23,7 +23,7 @@ mod validate;
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission};
 pub use error::ValidationError;
-pub use pii::{country_of, mask_phone, PhoneHasher};
+pub use pii::{country_of, is_premium_or_shared_cost, mask_phone, number_range, PhoneHasher};
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;

@@ -75,6 +75,23 @@ pub fn country_of(phone: &str) -> Option<String> {
         .and_then(|regions| regions.first().map(|m| m.id().to_string()))
 }
 
+/// Whether the numbering plan says the number is premium-rate or shared-cost (where SMS
+/// pumping makes its money). Numbers the plan does not know are not flagged.
+pub fn is_premium_or_shared_cost(phone: &str) -> bool {
+    use phonenumber::Type;
+    phonenumber::parse(None, phone).is_ok_and(|n| {
+        matches!(
+            n.number_type(&phonenumber::metadata::DATABASE),
+            Type::PremiumRate | Type::SharedCost
+        )
+    })
+}
+
+/// The number without its last 4 digits: the range a pumping attack walks through.
+pub fn number_range(phone: &str) -> &str {
+    &phone[..phone.len().saturating_sub(4)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +111,16 @@ mod tests {
     fn mask_keeps_only_prefix_and_last_two() {
         assert_eq!(mask_phone("+447700900123"), "+44********23");
         assert!(!mask_phone("+15551234567").contains("1234"));
+    }
+
+    #[test]
+    fn premium_rate_numbers_are_recognised() {
+        assert!(
+            is_premium_or_shared_cost("+611900123456"),
+            "AU 1900 premium"
+        );
+        assert!(!is_premium_or_shared_cost("+447700900123"));
+        assert_eq!(number_range("+447700900123"), "+44770090");
     }
 
     #[test]

@@ -134,7 +134,10 @@ pub(crate) async fn whatsapp(
     };
     // Every request counts against the sender's throughput; only a message that would be
     // delivered counts against the pair limit (a refused one reached nobody).
-    let answer = if sim.wa_sender.check().is_err() {
+    let outage = *sim.whatsapp_outage.lock().expect("outage lock");
+    let answer = if let Some((http, code)) = outage {
+        Err((http, code, "Outage"))
+    } else if sim.wa_sender.check().is_err() {
         sim.violation("whatsapp_sender");
         Err((400, 130429, "Rate limit hit"))
     } else {

@@ -61,6 +61,8 @@ pub(crate) struct Sim {
     pub calls: Mutex<HashMap<(&'static str, String), u32>>,
     pub next_id: AtomicU64,
     pub in_progress: AtomicU64,
+    /// When set, every WhatsApp send gets this (HTTP status, code): a broken channel.
+    pub whatsapp_outage: Mutex<Option<(u16, i64)>>,
 }
 
 /// Counts a provider request in progress for as long as it lives.
@@ -104,6 +106,7 @@ impl Sim {
             calls: Mutex::default(),
             next_id: AtomicU64::new(1),
             in_progress: AtomicU64::new(0),
+            whatsapp_outage: Mutex::new(None),
         }
     }
 
@@ -186,6 +189,11 @@ impl SimHandle {
     /// What it received so far.
     pub fn messages(&self) -> Vec<Received> {
         self.sim.messages.lock().expect("messages lock").clone()
+    }
+
+    /// Break (`Some((401, 190))`: token expired) or heal (`None`) the WhatsApp API.
+    pub fn set_whatsapp_outage(&self, outage: Option<(u16, i64)>) {
+        *self.sim.whatsapp_outage.lock().expect("outage lock") = outage;
     }
 
     pub fn stats(&self) -> Stats {

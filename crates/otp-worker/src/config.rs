@@ -1,7 +1,8 @@
 //! Worker settings. Loaded from an optional TOML file (every key optional, unknown keys
 //! refused); the binaries' flags and `OTP_*` environment variables override the common ones.
 
-use crate::limits::LimitsConfig;
+use crate::circuit::CircuitConfig;
+use crate::limits::{AbuseConfig, LimitsConfig};
 use crate::retry::RetryConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -37,6 +38,12 @@ pub struct WorkerConfig {
     /// Provider rate limits; the channel's defaults when absent.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// Abuse limits (per phone, per number range, per country, premium numbers).
+    #[serde(default)]
+    pub abuse: AbuseConfig,
+    /// When a broken channel stops being tried.
+    #[serde(default)]
+    pub circuit: CircuitConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; not served when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,

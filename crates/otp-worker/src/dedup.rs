@@ -1,10 +1,13 @@
 //! Memory of the request_ids this worker has sent or has in flight, so a request published
-//! twice is sent once. Bounded in size, and an id is forgotten once its code has expired (a
-//! copy arriving after that is refused as expired anyway).
+//! twice is sent once. Bounded in size, and an id is forgotten a while after its code expired
+//! (kept that while so a late copy is reported `duplicate`, not given a second final status).
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+
+/// How long an id is remembered after its code expired.
+const KEEP_AFTER_EXPIRY_MINUTES: i64 = 5;
 
 /// Where a message came from: topic, partition, offset.
 pub type Source = (String, i32, i64);
@@ -69,7 +72,7 @@ impl Dedup {
 impl Inner {
     fn forget_expired(&mut self, now: DateTime<Utc>) {
         while let Some((exp, _)) = self.by_expiry.first() {
-            if *exp > now {
+            if *exp + chrono::Duration::minutes(KEEP_AFTER_EXPIRY_MINUTES) > now {
                 break;
             }
             let (_, id) = self.by_expiry.pop_first().expect("first exists");
@@ -84,7 +87,7 @@ mod tests {
     use chrono::Duration;
 
     #[test]
-    fn second_sight_is_a_duplicate_until_expiry() {
+    fn second_sight_is_a_duplicate_until_a_while_after_expiry() {
         let d = Dedup::new(10);
         let now = Utc::now();
         let exp = now + Duration::minutes(5);
@@ -99,8 +102,12 @@ mod tests {
             "the same message redelivered"
         );
         assert!(
-            d.first_sight("a", src(3), exp, exp + Duration::seconds(1)),
-            "forgotten after expiry"
+            !d.first_sight("a", src(3), exp, exp + Duration::seconds(1)),
+            "kept a while after expiry"
+        );
+        assert!(
+            d.first_sight("a", src(3), exp, exp + Duration::minutes(6)),
+            "then forgotten"
         );
     }
 

@@ -14,6 +14,7 @@
 //! Nothing here knows WhatsApp or SMS.
 
 pub mod channel;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 mod consumer;
@@ -28,5 +29,5 @@ pub mod runtime;
 
 pub use channel::{ChannelClient, ErrorClass, ErrorTable, SendFailure, SendOutcome};
 pub use config::WorkerConfig;
-pub use limits::LimitsConfig;
+pub use limits::{AbuseConfig, LimitsConfig, WindowRule};
 pub use runtime::{run, WorkerSetup};

@@ -3,14 +3,15 @@
 //! The runtime ([`crate::runtime`]) does the consuming before and the committing after.
 
 use crate::channel::{ChannelClient, ErrorClass, SendFailure, SendOutcome};
+use crate::circuit::{Admission, Circuit, Verdict};
 use crate::dedup::Dedup;
-use crate::limits::Limiter;
+use crate::limits::{Attempt, Limiter, Subject};
 use crate::report::Reporter;
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
 use otp_events::{
-    decode_code_request, CodeRequest, DeliveryStatus, ErrorCategory, PhoneHasher, Rules,
-    StatusError, StatusKind, HEADER_REQUEST_ID,
+    country_of, decode_code_request, is_premium_or_shared_cost, number_range, CodeRequest,
+    DeliveryStatus, ErrorCategory, PhoneHasher, Rules, StatusError, StatusKind, HEADER_REQUEST_ID,
 };
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 pub struct Pipeline<C> {
     pub client: C,
     pub limiter: Limiter,
+    pub circuit: Circuit,
     pub dedup: Dedup,
     pub retry: RetryConfig,
     pub reporter: Reporter,
@@ -91,6 +93,12 @@ impl<C: ChannelClient> Pipeline<C> {
                     .reject_after_send(message, &request, failure, tries, &reason)
                     .await;
             }
+            Err(SendEnd::Refused(stop)) => {
+                let status = StatusKind::Failed;
+                return self
+                    .report(&request, status, stop.tries, None, Some(stop.error))
+                    .await;
+            }
             Err(SendEnd::Stop(stop)) => stop,
         };
 
@@ -99,20 +107,37 @@ impl<C: ChannelClient> Pipeline<C> {
     }
 
     async fn send_with_retries(&self, request: &CodeRequest) -> Result<(String, u32), SendEnd> {
-        let key = self.hasher.hash(&request.phone);
+        let subject = Subject {
+            phone_key: self.hasher.hash(&request.phone),
+            prefix_key: self.hasher.hash(number_range(&request.phone)),
+            country: country_of(&request.phone),
+            premium: is_premium_or_shared_cost(&request.phone),
+        };
         let latest = latest_useful(request, self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
+        let channel = self.client.channel().as_str();
         loop {
-            let retry = schedule.tries() > 0;
-            if let Err(limited) = self.limiter.acquire(&key, latest, retry).await {
-                return Err(SendEnd::Stop(Stop {
+            let attempt = match (schedule.tries(), request.attempt_number()) {
+                (0, 1) => Attempt::First,
+                (0, _) => Attempt::Fallback,
+                _ => Attempt::Retry,
+            };
+            if let Err(limited) = self.limiter.acquire(&subject, latest, attempt).await {
+                let stop = Stop {
                     error: StatusError {
-                        category: ErrorCategory::RateLimited,
+                        category: limited.category,
                         code: limited.rule.to_string(),
                         message: limited.to_string(),
                     },
                     tries: schedule.tries(),
-                }));
+                };
+                // A provider limit's wait was too long: another channel may still make it.
+                // An abuse rule refused the request itself: no channel may send it.
+                return Err(if limited.waited_too_long {
+                    SendEnd::Stop(stop)
+                } else {
+                    SendEnd::Refused(stop)
+                });
             }
             if Utc::now() >= request.expires_at {
                 return Err(SendEnd::Stop(Stop {
@@ -120,18 +145,35 @@ impl<C: ChannelClient> Pipeline<C> {
                     tries: schedule.tries(),
                 }));
             }
+            if self.circuit.admit() == Admission::Refuse {
+                return Err(SendEnd::Stop(Stop {
+                    error: StatusError {
+                        category: ErrorCategory::ChannelBroken,
+                        code: "circuit_open".to_string(),
+                        message: format!("the {channel} channel is failing; its circuit is open"),
+                    },
+                    tries: schedule.tries(),
+                }));
+            }
             let tries = schedule.record_try();
             let started = Instant::now();
             let outcome = self.client.send(request, Utc::now()).await;
-            let channel = self.client.channel().as_str();
             metrics::histogram!("otp_send_duration_seconds", "channel" => channel)
                 .record(started.elapsed().as_secs_f64());
             let failure = match outcome {
                 SendOutcome::Accepted {
                     provider_message_id,
-                } => return Ok((provider_message_id, tries)),
+                } => {
+                    self.circuit.record(Verdict::Healthy);
+                    return Ok((provider_message_id, tries));
+                }
                 SendOutcome::Failed(failure) => failure,
             };
+            self.circuit.record(match failure.class {
+                ErrorClass::ChannelBroken => Verdict::ChannelBroken,
+                ErrorClass::Transient => Verdict::Unknown,
+                ErrorClass::Recipient | ErrorClass::InvalidRequest => Verdict::Healthy,
+            });
             metrics::counter!("otp_send_errors_total", "channel" => channel, "class" => failure.class.as_str())
                 .increment(1);
             tracing::info!(
@@ -234,7 +276,12 @@ impl<C: ChannelClient> Pipeline<C> {
 
     /// An event we cannot deliver as it is: dead-letter it, and tell analysts when we can
     /// name its request.
-    async fn reject(&self, message: &OwnedMessage, request: Option<&CodeRequest>, reason: &str) {
+    pub(crate) async fn reject(
+        &self,
+        message: &OwnedMessage,
+        request: Option<&CodeRequest>,
+        reason: &str,
+    ) {
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),
@@ -278,7 +325,10 @@ impl<C: ChannelClient> Pipeline<C> {
 }
 
 enum SendEnd {
+    /// This channel is done with it: fall back or fail.
     Stop(Stop),
+    /// Refused by an abuse rule: fail, whatever channels are left.
+    Refused(Stop),
     Invalid(SendFailure, u32),
 }
 

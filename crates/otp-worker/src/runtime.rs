@@ -3,6 +3,7 @@
 //! go.
 
 use crate::channel::ChannelClient;
+use crate::circuit::Circuit;
 use crate::config::WorkerConfig;
 use crate::consumer::{self, ConsumerEvent, WorkerConsumer};
 use crate::dedup::Dedup;
@@ -11,6 +12,7 @@ use crate::offsets::{OffsetTracker, PartitionKey};
 use crate::pipeline::Pipeline;
 use crate::report::Reporter;
 use anyhow::Context;
+use futures_util::FutureExt;
 use otp_events::{PhoneHasher, Rules};
 use otp_producer::kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
@@ -19,6 +21,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +65,11 @@ pub async fn run<C: ChannelClient>(
     )?;
     let pipeline = Arc::new(Pipeline {
         client,
-        limiter: Limiter::new(config.limits.as_ref().unwrap_or(&default_limits)),
+        limiter: Limiter::new(
+            config.limits.as_ref().unwrap_or(&default_limits),
+            &config.abuse,
+        ),
+        circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
         dedup: Dedup::new(config.dedup_capacity),
         retry: config.retry.clone(),
         reporter: Reporter::new(&kafka, publisher)?,
@@ -135,11 +142,15 @@ pub async fn run<C: ChannelClient>(
             _ = &mut shutdown => break,
             _ = commit_tick.tick() => state.commit_async(),
             event = events.recv() => match event {
-                Some(ConsumerEvent::Message(m)) => state.start(m).await,
-                Some(ConsumerEvent::Assigned(parts)) => state.assigned.extend(parts),
+                Some(ConsumerEvent::Message(m)) => state.start(m),
+                Some(ConsumerEvent::Assigned(parts)) => {
+                    state.assigned.extend(parts);
+                    state.share_sender_budget(&topic).await;
+                }
                 Some(ConsumerEvent::Revoked { partitions, reply }) => {
                     let offsets = state.give_up(&partitions).await;
                     let _ = reply.send(offsets);
+                    state.share_sender_budget(&topic).await;
                 }
                 None => break,
             },
@@ -162,6 +173,13 @@ pub async fn run<C: ChannelClient>(
     state.tasks.clear(); // aborts what is left
     let offsets = state.tracker.take_committable(None, true);
     consumer.context().closing.store(true, Ordering::SeqCst);
+    // A revoke that arrived during the drain is waiting on the poll thread: answer it.
+    while let Ok(event) = events.try_recv() {
+        if let ConsumerEvent::Revoked { reply, .. } = event {
+            let _ = reply.send(Vec::new());
+        }
+    }
+    drop(state); // its consumer handle too, so the close below is the last one
     tokio::task::spawn_blocking(move || {
         let _ = poller.join();
         if !offsets.is_empty() {
@@ -172,8 +190,7 @@ pub async fn run<C: ChannelClient>(
         drop(consumer); // closes the consumer and leaves the group
     })
     .await?;
-    // Drain the events the poller sent before it stopped, so the channel is not left holding
-    // borrowed state; their messages were never started and will be redelivered.
+    // Messages the poller sent but the runtime never started are redelivered.
     events.close();
     tracing::info!("worker stopped");
     Ok(())
@@ -214,35 +231,50 @@ impl Drop for InFlight {
 }
 
 impl<C: ChannelClient> State<C> {
-    async fn start(&mut self, message: OwnedMessage) {
+    fn start(&mut self, message: OwnedMessage) {
         let guard = InFlight(self.in_flight.clone());
         let key = consumer::message_key(&message);
         if !self.assigned.contains(&key) {
             return; // fetched before its partition was revoked; the new owner reads it
         }
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
         let offset = message.offset();
         self.tracker.started(&key.0, key.1, offset);
-        let (pipeline, tracker) = (self.pipeline.clone(), self.tracker.clone());
+        let (pipeline, tracker, permits) = (
+            self.pipeline.clone(),
+            self.tracker.clone(),
+            self.permits.clone(),
+        );
         let set = self.tasks.entry(key.clone()).or_default();
         // Reap finished tasks so a long-lived partition's set stays small.
         while set.try_join_next().is_some() {}
         set.spawn(async move {
             let _guard = guard;
-            let _permit = permit;
-            pipeline.handle(&message).await;
+            // The slot is taken here, not in the event loop, so that a full house never
+            // delays a revoke, a commit or a shutdown.
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let handled = AssertUnwindSafe(pipeline.handle(&message))
+                .catch_unwind()
+                .await;
+            if handled.is_err() {
+                // A bug must not wedge the partition's commits or lose the request.
+                tracing::error!(offset, "handling panicked; dead-lettering the event");
+                pipeline
+                    .reject(
+                        &message,
+                        None,
+                        "internal error: the worker failed on this event",
+                    )
+                    .await;
+            }
             tracker.finished(&key.0, key.1, offset);
         });
         metrics::gauge!("otp_in_flight").set(self.in_flight.load(Ordering::SeqCst) as f64);
     }
 
+    /// Commit every partition's position, moved or not: an async commit that failed at the
+    /// broker is then repeated on the next tick.
     fn commit_async(&mut self) {
-        let offsets = self.tracker.take_committable(None, false);
+        let offsets = self.tracker.take_committable(None, true);
         if offsets.is_empty() {
             return;
         }
@@ -284,6 +316,25 @@ impl<C: ChannelClient> State<C> {
             self.tracker.remove(p);
         }
         offsets
+    }
+
+    /// The provider's sender limit is the fleet's: take the share of the partitions owned.
+    async fn share_sender_budget(&self, topic: &str) {
+        let (consumer, t) = (self.consumer.clone(), topic.to_string());
+        let total = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(Some(&t), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
+        })
+        .await
+        .ok()
+        .flatten();
+        let owned = self.assigned.iter().filter(|(t, _)| t == topic).count();
+        match total {
+            Some(total) => self.pipeline.limiter.set_sender_share(owned, total),
+            None => tracing::warn!("topic metadata unavailable; keeping the sender share"),
+        }
     }
 
     async fn drain_all(&mut self) {

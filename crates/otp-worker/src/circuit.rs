@@ -1,0 +1,199 @@
+//! A circuit breaker per channel: a broken channel (expired token, locked account, failed
+//! authentication) must not turn into thousands of failed sends.
+//!
+//! After `failures_to_open` consecutive channel-broken answers the circuit opens: for
+//! `cool_down` nothing is sent and every request falls back at once. Then one probe is let
+//! through (half-open): success closes the circuit, another channel-broken answer opens it
+//! again. State changes are logged once at error level, exported as the gauge
+//! `otp_channel_circuit_state` (0 closed, 1 half-open, 2 open) and counted.
+
+use serde::Deserialize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Consecutive channel-broken answers that open the circuit.
+    #[serde(default = "default_failures_to_open")]
+    pub failures_to_open: u32,
+    /// How long an open circuit sends nothing before one probe.
+    #[serde(default = "default_cool_down", with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+fn default_failures_to_open() -> u32 {
+    5
+}
+fn default_cool_down() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failures_to_open: default_failures_to_open(),
+            cool_down: default_cool_down(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { consecutive: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// May this send go to the provider?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Send,
+    /// The circuit is open: fall back without sending.
+    Refuse,
+}
+
+/// How a send went, as far as the circuit cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted, or refused for reasons that say the channel works.
+    Healthy,
+    ChannelBroken,
+    /// Transient trouble: says nothing about the channel's configuration.
+    Unknown,
+}
+
+pub struct Circuit {
+    channel: &'static str,
+    config: CircuitConfig,
+    state: Mutex<State>,
+}
+
+impl Circuit {
+    pub fn new(channel: &'static str, config: CircuitConfig) -> Self {
+        metrics::gauge!("otp_channel_circuit_state", "channel" => channel).set(0.0);
+        Self {
+            channel,
+            config,
+            state: Mutex::new(State::Closed { consecutive: 0 }),
+        }
+    }
+
+    pub fn admit(&self) -> Admission {
+        let mut state = self.state.lock().expect("circuit lock");
+        match *state {
+            State::Closed { .. } => Admission::Send,
+            State::Open { until } if Instant::now() < until => Admission::Refuse,
+            State::Open { .. } => {
+                self.transition(&mut state, State::HalfOpen { probing: true });
+                Admission::Send
+            }
+            State::HalfOpen { probing: true } => Admission::Refuse,
+            State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                Admission::Send
+            }
+        }
+    }
+
+    pub fn record(&self, verdict: Verdict) {
+        let mut state = self.state.lock().expect("circuit lock");
+        let next = match (*state, verdict) {
+            (State::Closed { .. }, Verdict::Healthy) => State::Closed { consecutive: 0 },
+            (State::Closed { consecutive }, Verdict::ChannelBroken) => {
+                if consecutive + 1 >= self.config.failures_to_open {
+                    State::Open {
+                        until: Instant::now() + self.config.cool_down,
+                    }
+                } else {
+                    State::Closed {
+                        consecutive: consecutive + 1,
+                    }
+                }
+            }
+            (State::HalfOpen { .. }, Verdict::Healthy) => State::Closed { consecutive: 0 },
+            (State::HalfOpen { .. }, Verdict::ChannelBroken) => State::Open {
+                until: Instant::now() + self.config.cool_down,
+            },
+            // The probe learned nothing: let the next request probe.
+            (State::HalfOpen { .. }, Verdict::Unknown) => State::HalfOpen { probing: false },
+            (current, _) => current,
+        };
+        self.transition(&mut state, next);
+    }
+
+    fn transition(&self, state: &mut State, next: State) {
+        let name = |s: &State| match s {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half_open",
+        };
+        let (from, to) = (name(state), name(&next));
+        *state = next;
+        if from == to {
+            return;
+        }
+        tracing::error!(
+            channel = self.channel,
+            from,
+            to,
+            "channel circuit changed state"
+        );
+        let gauge = match to {
+            "closed" => 0.0,
+            "half_open" => 1.0,
+            _ => 2.0,
+        };
+        metrics::gauge!("otp_channel_circuit_state", "channel" => self.channel).set(gauge);
+        metrics::counter!("otp_channel_circuit_transitions_total", "channel" => self.channel, "to" => to)
+            .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_k_broken_answers_then_probes_once_and_closes() {
+        let c = Circuit::new(
+            "t",
+            CircuitConfig {
+                failures_to_open: 3,
+                cool_down: Duration::from_millis(50),
+            },
+        );
+        for _ in 0..2 {
+            assert_eq!(c.admit(), Admission::Send);
+            c.record(Verdict::ChannelBroken);
+        }
+        c.record(Verdict::Healthy);
+        for _ in 0..3 {
+            assert_eq!(c.admit(), Admission::Send, "a success reset the count");
+            c.record(Verdict::ChannelBroken);
+        }
+        assert_eq!(c.admit(), Admission::Refuse, "open");
+        std::thread::sleep(Duration::from_millis(60)); // the cool-down is the behaviour under test
+        assert_eq!(c.admit(), Admission::Send, "the probe");
+        assert_eq!(c.admit(), Admission::Refuse, "one probe at a time");
+        c.record(Verdict::Healthy);
+        assert_eq!(c.admit(), Admission::Send, "closed again");
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_again() {
+        let c = Circuit::new(
+            "t",
+            CircuitConfig {
+                failures_to_open: 1,
+                cool_down: Duration::from_millis(10),
+            },
+        );
+        c.record(Verdict::ChannelBroken);
+        assert_eq!(c.admit(), Admission::Refuse);
+        std::thread::sleep(Duration::from_millis(15));
+        assert_eq!(c.admit(), Admission::Send);
+        c.record(Verdict::ChannelBroken);
+        assert_eq!(c.admit(), Admission::Refuse);
+    }
+}

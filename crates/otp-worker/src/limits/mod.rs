@@ -1,0 +1,259 @@
+//! Limits checked before a send: the providers' rate limits, so they never have to reject
+//! us, and our own abuse limits, so that nobody can use our login codes to pump SMS fees.
+//!
+//! Each limit is a [`Limit`] that answers *go*, *wait until*, or *refuse*. The [`Limiter`]
+//! asks them in order: abuse limits first (they refuse, never wait), then the provider's
+//! sender rate, then its per-recipient rate (last, so its slot is taken right before the
+//! send). A wait that would pass the request's latest useful send time is not taken.
+
+mod abuse;
+mod provider;
+
+pub use abuse::{AbuseConfig, WindowRule};
+pub use provider::{RecipientLimit, SenderLimit};
+
+use otp_events::ErrorCategory;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Provider rate limits of one worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sends per second to the provider for the whole fleet of this channel's workers (the
+    /// sender limit). Each worker takes the share of the partitions it owns.
+    pub sender_per_second: u32,
+    /// Sends that may go out at once after an idle spell (shared the same way).
+    #[serde(default = "default_sender_burst")]
+    pub sender_burst: u32,
+    /// At most one send per this period to one recipient (WhatsApp's pair limit); none when
+    /// absent.
+    #[serde(default, with = "humantime_serde")]
+    pub recipient_period: Option<Duration>,
+}
+
+fn default_sender_burst() -> u32 {
+    1
+}
+
+/// What limits look at: derived from the request once, with no phone number in it.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Keyed hash of the phone number.
+    pub phone_key: String,
+    /// Keyed hash of the number without its last 4 digits (a number range).
+    pub prefix_key: String,
+    /// ISO country of the calling code, when known.
+    pub country: Option<String>,
+    /// Premium-rate or shared-cost number, where the numbering plan says so.
+    pub premium: bool,
+}
+
+/// The outcome of asking a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Go,
+    /// Not before this instant.
+    WaitUntil(Instant),
+    /// Never for this request.
+    Refuse(ErrorCategory),
+}
+
+/// One limit. `check` must take its share (consume a cell) when it answers `Go`.
+pub trait Limit: Send + Sync {
+    /// Name used as the error code in statuses and as the `rule` metric label.
+    fn rule(&self) -> &'static str;
+    fn check(&self, subject: &Subject) -> Decision;
+    /// Whether a retry of a failed send must pass this limit again. A failed send delivered
+    /// nothing to the recipient, so per-recipient limits count only first tries.
+    fn applies_to_retries(&self) -> bool {
+        true
+    }
+    /// Whether a request handed on from another channel must pass it again. Abuse limits
+    /// count a request once, on its first channel.
+    fn applies_to_fallbacks(&self) -> bool {
+        true
+    }
+}
+
+/// Refused by `rule`. `category` is `rate_limited` or `blocked`; `waited_too_long` tells a
+/// provider limit whose wait would pass the deadline (the request may fall back) from an
+/// abuse refusal (the request fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub rule: &'static str,
+    pub category: ErrorCategory,
+    pub waited_too_long: bool,
+}
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.waited_too_long {
+            write!(
+                f,
+                "rate limit {} would delay the send past the code's deadline",
+                self.rule
+            )
+        } else {
+            write!(f, "refused by the {} rule", self.rule)
+        }
+    }
+}
+
+impl std::error::Error for Limited {}
+
+/// Which kind of send is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The request's first try on its first channel.
+    First,
+    /// The first try on a channel after a fallback.
+    Fallback,
+    /// A retry after a failed send.
+    Retry,
+}
+
+pub struct Limiter {
+    limits: Vec<Box<dyn Limit>>,
+    sender: Arc<SenderLimit>,
+}
+
+impl Limiter {
+    pub fn new(limits: &LimitsConfig, abuse: &AbuseConfig) -> Self {
+        let sender = Arc::new(SenderLimit::new(
+            limits.sender_per_second,
+            limits.sender_burst,
+        ));
+        let mut all = abuse.limits();
+        all.push(Box::new(sender.clone()));
+        if let Some(period) = limits.recipient_period {
+            all.push(Box::new(RecipientLimit::new(period)));
+        }
+        Self {
+            limits: all,
+            sender,
+        }
+    }
+
+    /// Take `owned` of the topic's `total` partitions' share of the fleet's sender rate.
+    pub fn set_sender_share(&self, owned: usize, total: usize) {
+        self.sender.set_share(owned, total);
+    }
+
+    /// Pass every limit that applies to `attempt`, waiting as needed, never past `latest`.
+    pub async fn acquire(
+        &self,
+        subject: &Subject,
+        latest: Instant,
+        attempt: Attempt,
+    ) -> Result<(), Limited> {
+        let applies = |l: &dyn Limit| match attempt {
+            Attempt::First => true,
+            Attempt::Fallback => l.applies_to_fallbacks(),
+            Attempt::Retry => l.applies_to_retries() && l.applies_to_fallbacks(),
+        };
+        for limit in self.limits.iter().filter(|l| applies(l.as_ref())) {
+            loop {
+                let refused = |category, waited_too_long| {
+                    metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);
+                    Err(Limited {
+                        rule: limit.rule(),
+                        category,
+                        waited_too_long,
+                    })
+                };
+                match limit.check(subject) {
+                    Decision::Go => break,
+                    Decision::Refuse(category) => return refused(category, false),
+                    Decision::WaitUntil(when) if when > latest => {
+                        return refused(ErrorCategory::RateLimited, true)
+                    }
+                    Decision::WaitUntil(when) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(when)).await
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(phone_key: &str) -> Subject {
+        Subject {
+            phone_key: phone_key.into(),
+            prefix_key: "p".into(),
+            country: Some("US".into()),
+            premium: false,
+        }
+    }
+
+    fn no_abuse() -> AbuseConfig {
+        AbuseConfig {
+            per_phone: None,
+            per_prefix: None,
+            ..AbuseConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_the_deadline_is_refused_not_taken() {
+        let limiter = Limiter::new(
+            &LimitsConfig {
+                sender_per_second: 1,
+                sender_burst: 1,
+                recipient_period: None,
+            },
+            &no_abuse(),
+        );
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(limiter
+            .acquire(&subject("a"), soon, Attempt::First)
+            .await
+            .is_ok());
+        let started = Instant::now();
+        let err = limiter
+            .acquire(&subject("b"), soon, Attempt::First)
+            .await
+            .unwrap_err();
+        assert_eq!((err.rule, err.waited_too_long), ("sender_rate", true));
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "refused without waiting"
+        );
+    }
+
+    #[tokio::test]
+    async fn recipient_limit_is_per_key_and_skips_retries() {
+        let limiter = Limiter::new(
+            &LimitsConfig {
+                sender_per_second: 1000,
+                sender_burst: 100,
+                recipient_period: Some(Duration::from_secs(6)),
+            },
+            &no_abuse(),
+        );
+        let latest = Instant::now() + Duration::from_secs(1);
+        assert!(limiter
+            .acquire(&subject("alice"), latest, Attempt::First)
+            .await
+            .is_ok());
+        assert!(limiter
+            .acquire(&subject("bob"), latest, Attempt::First)
+            .await
+            .is_ok());
+        let err = limiter
+            .acquire(&subject("alice"), latest, Attempt::First)
+            .await
+            .unwrap_err();
+        assert_eq!(err.rule, "recipient_rate");
+        assert!(limiter
+            .acquire(&subject("alice"), latest, Attempt::Retry)
+            .await
+            .is_ok());
+    }
+}

@@ -1,0 +1,280 @@
+//! Limits that real senders need, end to end on tansu and the simulator: abuse limits per
+//! phone, per number range and per country; the circuit breaker of a broken channel; and the
+//! fleet-wide sender budget shared by partitions.
+
+mod common;
+
+use common::*;
+use otp::stack::{whatsapp_client, Worker};
+use otp_events::Channel::{Sms, Whatsapp};
+use otp_events::PhoneHasher;
+use otp_provider_sim::SimConfig;
+use otp_worker::{AbuseConfig, LimitsConfig};
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn with_abuse(abuse: AbuseConfig) -> otp_worker::WorkerConfig {
+    let mut c = test_config();
+    c.abuse = abuse;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_codes_for_one_phone_in_a_minute_send_five() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let sms = stack.worker(Sms, with_abuse(AbuseConfig::default()));
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(stack.publish("+447700900555", "112233", &[Sms]).await);
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    let finals: Vec<_> = ids
+        .iter()
+        .map(|id| exactly_one_final(&statuses, id))
+        .collect();
+    assert_eq!(finals.iter().filter(|s| s["status"] == "sent").count(), 5);
+    let limited: Vec<_> = finals.iter().filter(|s| s["status"] == "failed").collect();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0]["error"]["category"], "rate_limited");
+    assert_eq!(limited[0]["error"]["code"], "per_phone");
+    assert_eq!(stack.sim.messages().len(), 5);
+    assert_valid_and_private(&statuses, &["+447700900555", "112233"]);
+    sms.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_range_is_limited_across_its_numbers() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let sms = stack.worker(Sms, with_abuse(AbuseConfig::default()));
+    let mut ids = Vec::new();
+    for i in 0..21 {
+        ids.push(
+            stack
+                .publish(&format!("+44770091{:04}", 1000 + i), "445566", &[Sms])
+                .await,
+        );
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    let codes: Vec<String> = ids
+        .iter()
+        .map(|id| exactly_one_final(&statuses, id))
+        .filter(|s| s["status"] == "failed")
+        .map(|s| s["error"]["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, vec!["per_prefix"], "20 per range, then refused");
+    assert_eq!(stack.sim.messages().len(), 20);
+    sms.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_country_is_never_sent() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let abuse = AbuseConfig {
+        deny_countries: vec!["GB".into()],
+        ..AbuseConfig::default()
+    };
+    let workers = vec![
+        stack.worker(Whatsapp, with_abuse(abuse.clone())),
+        stack.worker(Sms, with_abuse(abuse)),
+    ];
+    let denied = stack
+        .publish("+447700900777", "778899", &[Whatsapp, Sms])
+        .await;
+    let allowed = stack
+        .publish("+15551237777", "778899", &[Whatsapp, Sms])
+        .await;
+    let statuses = stack
+        .statuses_until_final(&[denied.clone(), allowed.clone()], WITHIN)
+        .await;
+    let s = exactly_one_final(&statuses, &denied);
+    assert_eq!(
+        (s["status"].as_str(), s["error"]["category"].as_str()),
+        (Some("failed"), Some("blocked"))
+    );
+    assert_eq!(s["error"]["code"], "destination");
+    assert_eq!(
+        story(&statuses, &denied).len(),
+        1,
+        "no fallback: no channel may send it"
+    );
+    assert_eq!(exactly_one_final(&statuses, &allowed)["status"], "sent");
+    assert!(stack.sim.messages().iter().all(|m| m.to != "+447700900777"));
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let mut config = test_config();
+    config.circuit.failures_to_open = 3;
+    config.circuit.cool_down = Duration::from_secs(2);
+    let workers = vec![
+        stack.worker(Whatsapp, config),
+        stack.worker(Sms, test_config()),
+    ];
+    stack.sim.set_whatsapp_outage(Some((401, 190))); // the token expired
+
+    let publish_batch = |n: usize, from: usize| {
+        let stack = &stack;
+        async move {
+            let mut ids = Vec::new();
+            for i in from..from + n {
+                ids.push(
+                    stack
+                        .publish(
+                            &format!("+1555{:03}{:04}", 600 + i, 3000 + i),
+                            "600600",
+                            &[Whatsapp, Sms],
+                        )
+                        .await,
+                );
+            }
+            let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+            (ids, statuses)
+        }
+    };
+    // Three channel-broken answers open the circuit...
+    let (ids, statuses) = publish_batch(3, 0).await;
+    for id in &ids {
+        assert_eq!(
+            story(&statuses, id),
+            vec![
+                ("fallback".into(), "whatsapp".into()),
+                ("sent".into(), "sms".into())
+            ]
+        );
+    }
+    // ...after which requests fall back at once, WhatsApp untouched.
+    let (ids, statuses) = publish_batch(7, 3).await;
+    for id in &ids {
+        let fallback = statuses
+            .iter()
+            .find(|s| s["request_id"] == id.as_str() && s["status"] == "fallback")
+            .unwrap();
+        assert_eq!(fallback["error"]["code"], "circuit_open");
+        assert_eq!(exactly_one_final(&statuses, id)["channel"], "sms");
+    }
+    let whatsapp_sends = |stack: &Stack| {
+        stack
+            .sim
+            .messages()
+            .iter()
+            .filter(|m| m.api == "whatsapp")
+            .count()
+    };
+    assert_eq!(whatsapp_sends(&stack), 3, "an open circuit sends nothing");
+
+    stack.sim.set_whatsapp_outage(None); // the operator renewed the token
+    tokio::time::sleep(Duration::from_secs(2)).await; // the cool-down is what is under test
+    let (ids, statuses) = publish_batch(2, 10).await;
+    for id in &ids {
+        let s = exactly_one_final(&statuses, id);
+        assert_eq!(
+            (s["status"].as_str(), s["channel"].as_str()),
+            (Some("sent"), Some("whatsapp")),
+            "recovered"
+        );
+    }
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+/// Accepted WhatsApp sends per second, over the span of the run.
+fn observed_rate(stack: &Stack) -> f64 {
+    let times: Vec<i64> = stack
+        .sim
+        .messages()
+        .iter()
+        .filter(|m| m.outcome == "accepted")
+        .map(|m| m.received_at_ms)
+        .collect();
+    let span = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    (times.len() - 1) as f64 / span
+}
+
+fn fleet_worker(stack: &Stack) -> Worker {
+    let mut config = test_config();
+    config.limits = Some(LimitsConfig {
+        sender_per_second: 20,
+        sender_burst: 2,
+        recipient_period: None,
+    });
+    Worker::start(
+        &stack.t.kafka,
+        config,
+        open_limits(),
+        PhoneHasher::new(HASH_KEY),
+        whatsapp_client(&stack.sim),
+    )
+}
+
+async fn publish_load(stack: &Stack, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            stack
+                .publish(
+                    &format!("+1555{:03}{:04}", i, 4000 + i),
+                    "700700",
+                    &[Whatsapp],
+                )
+                .await,
+        );
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_budget_is_the_fleets_shared_by_partitions() {
+    // The provider allows 20/s (with a small burst for network jitter); the fleet is
+    // configured with 20/s in all.
+    let sim = SimConfig {
+        whatsapp_rate: 20,
+        whatsapp_burst: 4,
+        ..SimConfig::default()
+    };
+
+    // Alone, one worker owns every partition and may use the whole budget.
+    let stack = Stack::start(4, sim.clone()).await;
+    let ids = publish_load(&stack, 100).await;
+    let alone = fleet_worker(&stack);
+    let statuses = stack
+        .statuses_until_final(&ids, Duration::from_secs(60))
+        .await;
+    assert!(ids
+        .iter()
+        .all(|id| exactly_one_final(&statuses, id)["status"] == "sent"));
+    let rate = observed_rate(&stack);
+    assert!(rate >= 18.0, "one worker alone reached {rate:.1}/s of 20/s");
+    assert!(
+        stack.sim.stats().rate_limit_violations.is_empty(),
+        "{:?}",
+        stack.sim.stats()
+    );
+    alone.stop().await.unwrap();
+
+    // Two workers on the same topic stay within the total together.
+    let stack = Stack::start(4, sim).await;
+    let ids = publish_load(&stack, 100).await;
+    let pair = [fleet_worker(&stack), fleet_worker(&stack)];
+    let statuses = stack
+        .statuses_until_final(&ids, Duration::from_secs(60))
+        .await;
+    assert!(ids
+        .iter()
+        .all(|id| exactly_one_final(&statuses, id)["status"] == "sent"));
+    let stats = stack.sim.stats();
+    assert!(
+        stats.rate_limit_violations.is_empty(),
+        "two workers broke the fleet's limit: {stats:?}"
+    );
+    let rate = observed_rate(&stack);
+    assert!(rate <= 21.0, "two workers sent {rate:.1}/s together");
+    for w in pair {
+        w.stop().await.unwrap();
+    }
+}
