@@ -114,6 +114,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# otp-worker.toml")
+            .expect("README has the example");
+        let text = &readme[start..readme[start..].find("```").unwrap() + start];
+        let config = WorkerConfig::from_toml(text).unwrap();
+        assert_eq!(config.abuse.per_phone.unwrap().count, 5);
+        assert_eq!(config.circuit.cool_down, Duration::from_secs(30));
+    }
+
+    #[test]
     fn defaults_match_the_documentation() {
         let c = WorkerConfig::default();
         assert_eq!(c.max_in_flight, 256);
