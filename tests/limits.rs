@@ -12,7 +12,7 @@ use otp_provider_sim::SimConfig;
 use otp_worker::{AbuseConfig, LimitsConfig};
 use std::time::Duration;
 
-const WITHIN: Duration = Duration::from_secs(30);
+const WITHIN: Duration = Duration::from_secs(60);
 
 fn with_abuse(abuse: AbuseConfig) -> otp_worker::WorkerConfig {
     let mut c = test_config();
@@ -110,7 +110,7 @@ async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
     let stack = Stack::start(1, roomy_sim()).await;
     let mut config = test_config();
     config.circuit.failures_to_open = 3;
-    config.circuit.cool_down = Duration::from_secs(2);
+    config.circuit.cool_down = Duration::from_secs(4);
     let workers = vec![
         stack.worker(Whatsapp, config),
         stack.worker(Sms, test_config()),
@@ -147,16 +147,23 @@ async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
             ]
         );
     }
-    // ...after which requests fall back at once, WhatsApp untouched.
+    // ...after which requests fall back at once, WhatsApp untouched. (On a slow machine the
+    // cool-down may end during the batch: then one half-open probe meets the 190 again.)
     let (ids, statuses) = publish_batch(7, 3).await;
+    let mut probes = 0;
     for id in &ids {
         let fallback = statuses
             .iter()
             .find(|s| s["request_id"] == id.as_str() && s["status"] == "fallback")
             .unwrap();
-        assert_eq!(fallback["error"]["code"], "circuit_open");
+        match fallback["error"]["code"].as_str() {
+            Some("circuit_open") => {}
+            Some("190") => probes += 1,
+            other => panic!("unexpected fallback reason {other:?}"),
+        }
         assert_eq!(exactly_one_final(&statuses, id)["channel"], "sms");
     }
+    assert!(probes <= 1, "{probes} probes within one cool-down");
     let whatsapp_sends = |stack: &Stack| {
         stack
             .sim
@@ -165,10 +172,14 @@ async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
             .filter(|m| m.api == "whatsapp")
             .count()
     };
-    assert_eq!(whatsapp_sends(&stack), 3, "an open circuit sends nothing");
+    assert_eq!(
+        whatsapp_sends(&stack),
+        3 + probes,
+        "an open circuit sends nothing"
+    );
 
     stack.sim.set_whatsapp_outage(None); // the operator renewed the token
-    tokio::time::sleep(Duration::from_secs(2)).await; // the cool-down is what is under test
+    tokio::time::sleep(Duration::from_secs(4)).await; // the cool-down is what is under test
     let (ids, statuses) = publish_batch(2, 10).await;
     for id in &ids {
         let s = exactly_one_final(&statuses, id);

@@ -113,7 +113,7 @@ impl Stack {
         let phone = format!("+1555999{:04}", rand_suffix());
         let id = self.publish(&phone, "0000", &[channel]).await;
         let statuses = self
-            .statuses_until_final(std::slice::from_ref(&id), Duration::from_secs(30))
+            .statuses_until_final(std::slice::from_ref(&id), Duration::from_secs(60))
             .await;
         exactly_one_final(&statuses, &id);
     }

@@ -41,7 +41,15 @@ pub fn shared_broker() -> &'static TansuBroker {
 
 impl TansuBroker {
     pub fn start(storage: Storage) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for tansu");
+        // The SQLite store goes on tmpfs when there is one: right after a build the disk is
+        // busy writing back, and SQLite's fsyncs then stall the broker for seconds.
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir for tansu");
         let port = free_port();
         let broker = Self {
             child: Mutex::new(None),

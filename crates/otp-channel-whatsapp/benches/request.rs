@@ -1,0 +1,34 @@
+//! Building the Cloud API request body for one code.
+//! `cargo bench -p otp-channel-whatsapp --bench request`; in CI it runs once in test mode.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use otp_channel_whatsapp::{WhatsappArgs, WhatsappClient};
+use otp_events::{Channel, Submission};
+use std::hint::black_box;
+
+fn bench(c: &mut Criterion) {
+    let args = WhatsappArgs {
+        api_base_url: "http://127.0.0.1:1".into(),
+        api_version: "v21.0".into(),
+        phone_number_id: "42".into(),
+        template: "otp_login".into(),
+        default_language: "en_US".into(),
+        request_timeout: std::time::Duration::from_secs(1),
+        per_message_ttl: true,
+    };
+    let client = WhatsappClient::new(args, "token".into()).unwrap();
+    let now = chrono::Utc::now();
+    let request = Submission::new(
+        "+15551234567",
+        "123456",
+        vec![Channel::Whatsapp],
+        chrono::Duration::minutes(5),
+    )
+    .complete(now);
+    c.bench_function("whatsapp_body", |b| {
+        b.iter(|| serde_json::to_vec(&client.body(black_box(&request), now)).unwrap())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
