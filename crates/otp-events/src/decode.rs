@@ -86,11 +86,19 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ValidationError> {
 
 fn check_field_names(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), ValidationError> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        // The unknown name is chosen by the sender and may be anything; show a bounded prefix.
-        Some(k) => Err(ValidationError::new(
-            k.chars().take(64).collect::<String>(),
-            "is not a field of otp.code_request.v1 (unknown fields are refused)",
-        )),
+        // The unknown name is chosen by the sender and may be anything, a phone number or a
+        // code included: name it only when it cannot be one, and never at length.
+        Some(k) => {
+            let shown = if k.chars().filter(char::is_ascii_digit).count() >= 4 {
+                "<unknown field>".to_string()
+            } else {
+                k.chars().take(64).collect()
+            };
+            Err(ValidationError::new(
+                shown,
+                "is not a field of otp.code_request.v1 (unknown fields are refused)",
+            ))
+        }
         None => Ok(()),
     }
 }

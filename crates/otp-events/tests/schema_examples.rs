@@ -190,3 +190,11 @@ fn statuses_built_by_rust_validate_against_the_schema() {
         assert!(!text.contains(&request.phone) && !text.contains(&request.code));
     }
 }
+
+#[test]
+fn an_unknown_field_named_like_a_number_is_not_echoed() {
+    let bytes = br#"{"+15551234567":"x","schema":"otp.code_request.v1"}"#;
+    let err = decode_code_request(bytes, &Rules::default()).unwrap_err();
+    assert_eq!(err.field, "<unknown field>");
+    assert!(!err.to_string().contains("5551234567"));
+}

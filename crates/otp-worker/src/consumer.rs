@@ -46,13 +46,21 @@ impl ClientContext for BridgeContext {}
 
 impl ConsumerContext for BridgeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
+        let partitions = match rebalance {
+            Rebalance::Revoke(tpl) => keys_of(tpl),
+            // librdkafka unassigns after a rebalance error: give up what we hold, like a revoke.
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error; giving up the assignment");
+                match consumer.assignment() {
+                    Ok(tpl) => keys_of(&tpl),
+                    Err(_) => return,
+                }
+            }
+            Rebalance::Assign(_) => return,
         };
-        if self.closing.load(Ordering::SeqCst) {
+        if self.closing.load(Ordering::SeqCst) || partitions.is_empty() {
             return;
         }
-        let partitions = keys_of(tpl);
         tracing::info!(?partitions, "partitions revoked; finishing their work");
         let (reply, replied) = sync_mpsc::channel();
         if self

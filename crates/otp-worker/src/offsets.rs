@@ -11,10 +11,16 @@ pub type PartitionKey = (String, i32);
 #[derive(Default)]
 pub struct OffsetTracker {
     inner: Mutex<HashMap<PartitionKey, Partition>>,
+    generations: std::sync::atomic::AtomicU64,
 }
+
+/// Which ownership of a partition a message belongs to: a task abandoned when its partition
+/// was revoked must not mark an offset of a later ownership finished.
+pub type Generation = u64;
 
 #[derive(Default)]
 struct Partition {
+    generation: Generation,
     in_flight: BTreeSet<i64>,
     /// One past the highest offset received.
     next: i64,
@@ -29,20 +35,30 @@ impl Partition {
 }
 
 impl OffsetTracker {
-    pub fn started(&self, topic: &str, partition: i32, offset: i64) {
+    pub fn started(&self, topic: &str, partition: i32, offset: i64) -> Generation {
         let mut inner = self.inner.lock().expect("offsets lock");
-        let p = inner.entry((topic.to_string(), partition)).or_default();
+        let p = inner
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| Partition {
+                generation: self
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ..Partition::default()
+            });
         if p.next == 0 && p.committed == 0 {
             p.committed = offset;
         }
         p.in_flight.insert(offset);
         p.next = p.next.max(offset + 1);
+        p.generation
     }
 
-    pub fn finished(&self, topic: &str, partition: i32, offset: i64) {
+    pub fn finished(&self, topic: &str, partition: i32, offset: i64, generation: Generation) {
         let mut inner = self.inner.lock().expect("offsets lock");
         if let Some(p) = inner.get_mut(&(topic.to_string(), partition)) {
-            p.in_flight.remove(&offset);
+            if p.generation == generation {
+                p.in_flight.remove(&offset);
+            }
         }
     }
 
@@ -89,25 +105,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_abandoned_task_cannot_finish_an_offset_of_a_later_ownership() {
+        let t = OffsetTracker::default();
+        let old = t.started("a", 0, 5);
+        t.remove(&("a".to_string(), 0)); // revoked, task abandoned
+        let new = t.started("a", 0, 5); // assigned again, redelivered
+        t.finished("a", 0, 5, old); // the abandoned task's last gasp
+        assert_eq!(
+            t.take_committable(None, true),
+            vec![(("a".to_string(), 0), 5)]
+        );
+        t.finished("a", 0, 5, new);
+        assert_eq!(
+            t.take_committable(None, false),
+            vec![(("a".to_string(), 0), 6)]
+        );
+    }
+
+    #[test]
     fn commits_only_up_to_the_lowest_unfinished_offset() {
         let t = OffsetTracker::default();
-        for o in 10..15 {
+        let g = t.started("a", 0, 10);
+        for o in 11..15 {
             t.started("a", 0, o);
         }
-        t.finished("a", 0, 10);
-        t.finished("a", 0, 12);
-        t.finished("a", 0, 13);
+        t.finished("a", 0, 10, g);
+        t.finished("a", 0, 12, g);
+        t.finished("a", 0, 13, g);
         assert_eq!(
             t.take_committable(None, false),
             vec![(("a".to_string(), 0), 11)]
         );
         assert_eq!(t.take_committable(None, false), vec![], "nothing moved");
-        t.finished("a", 0, 11);
+        t.finished("a", 0, 11, g);
         assert_eq!(
             t.take_committable(None, false),
             vec![(("a".to_string(), 0), 14)]
         );
-        t.finished("a", 0, 14);
+        t.finished("a", 0, 14, g);
         assert_eq!(
             t.take_committable(None, false),
             vec![(("a".to_string(), 0), 15)]
@@ -118,8 +153,8 @@ mod tests {
     fn partitions_are_independent_and_can_be_selected() {
         let t = OffsetTracker::default();
         t.started("a", 0, 0);
-        t.started("a", 1, 0);
-        t.finished("a", 1, 0);
+        let g = t.started("a", 1, 0);
+        t.finished("a", 1, 0, g);
         let only = [("a".to_string(), 0)];
         assert_eq!(t.take_committable(Some(&only), false), vec![]);
         assert_eq!(

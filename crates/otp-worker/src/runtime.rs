@@ -238,7 +238,7 @@ impl<C: ChannelClient> State<C> {
             return; // fetched before its partition was revoked; the new owner reads it
         }
         let offset = message.offset();
-        self.tracker.started(&key.0, key.1, offset);
+        let generation = self.tracker.started(&key.0, key.1, offset);
         let (pipeline, tracker, permits) = (
             self.pipeline.clone(),
             self.tracker.clone(),
@@ -266,7 +266,7 @@ impl<C: ChannelClient> State<C> {
                     )
                     .await;
             }
-            tracker.finished(&key.0, key.1, offset);
+            tracker.finished(&key.0, key.1, offset, generation);
         });
         metrics::gauge!("otp_in_flight").set(self.in_flight.load(Ordering::SeqCst) as f64);
     }

@@ -30,7 +30,9 @@ pub(super) fn decision(
 pub struct SenderLimit {
     total_per_second: u32,
     total_burst: u32,
-    limiter: RwLock<DefaultDirectRateLimiter>,
+    /// The share in force and its limiter. A new limiter starts with a full burst, so it is
+    /// replaced only when the share really changes.
+    limiter: RwLock<(f64, DefaultDirectRateLimiter)>,
 }
 
 impl SenderLimit {
@@ -38,7 +40,7 @@ impl SenderLimit {
         Self {
             total_per_second: per_second,
             total_burst: burst,
-            limiter: RwLock::new(direct(per_second as f64, burst as f64)),
+            limiter: RwLock::new((1.0, direct(per_second as f64, burst as f64))),
         }
     }
 
@@ -50,11 +52,15 @@ impl SenderLimit {
         } else {
             owned.min(total) as f64 / total as f64
         };
+        let mut current = self.limiter.write().expect("sender limit lock");
+        if current.0 == share {
+            return;
+        }
         let rate = self.total_per_second as f64 * share;
         let burst = self.total_burst as f64 * share;
         tracing::info!(owned, total, rate, "sender rate share");
         metrics::gauge!("otp_sender_rate_share_per_second").set(rate);
-        *self.limiter.write().expect("sender limit lock") = direct(rate, burst);
+        *current = (share, direct(rate, burst));
     }
 }
 
@@ -72,7 +78,7 @@ impl Limit for Arc<SenderLimit> {
         "sender_rate"
     }
     fn check(&self, _: &Subject) -> Decision {
-        decision(self.limiter.read().expect("sender limit lock").check())
+        decision(self.limiter.read().expect("sender limit lock").1.check())
     }
 }
 
@@ -129,6 +135,12 @@ mod tests {
         };
         let goes = |l: &Arc<SenderLimit>| (0..100).filter(|_| l.check(&s) == Decision::Go).count();
         assert_eq!(goes(&limit), 10, "alone: the whole burst");
+        limit.set_share(2, 2);
+        assert_eq!(
+            goes(&limit),
+            0,
+            "an unchanged share keeps the limiter's state"
+        );
         limit.set_share(1, 2);
         assert_eq!(goes(&limit), 5, "half the partitions: half the burst");
     }
