@@ -23,11 +23,11 @@ mod validate;
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission};
 pub use error::ValidationError;
-pub use pii::{country_of, is_premium_or_shared_cost, mask_phone, number_range, PhoneHasher};
+pub use pii::{country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher};
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;
-pub use validate::Rules;
+pub use validate::{is_valid_request_id, Rules};
 
 /// Kafka header that names the schema of a message's payload.
 pub const HEADER_SCHEMA: &str = "otp-schema";

@@ -61,10 +61,38 @@ pub fn mask_phone(phone: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
 }
 
+/// What the numbering plan says about a number, from one parse of libphonenumber's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PhoneFacts {
+    /// ISO 3166-1 alpha-2 country; `None` when unknown.
+    pub country: Option<String>,
+    /// Premium-rate or shared-cost (where SMS pumping makes its money). Numbers the plan does
+    /// not know are not flagged.
+    pub premium: bool,
+}
+
+pub fn phone_facts(phone: &str) -> PhoneFacts {
+    use phonenumber::Type;
+    let Ok(number) = phonenumber::parse(None, phone) else {
+        return PhoneFacts::default();
+    };
+    let premium = matches!(
+        number.number_type(&phonenumber::metadata::DATABASE),
+        Type::PremiumRate | Type::SharedCost
+    );
+    PhoneFacts {
+        country: country_of_number(&number),
+        premium,
+    }
+}
+
 /// ISO 3166-1 alpha-2 country of an E.164 number, from libphonenumber's metadata. Numbers
 /// whose calling code is shared (+1) are resolved by their area code; `None` when unknown.
 pub fn country_of(phone: &str) -> Option<String> {
-    let number = phonenumber::parse(None, phone).ok()?;
+    country_of_number(&phonenumber::parse(None, phone).ok()?)
+}
+
+fn country_of_number(number: &phonenumber::PhoneNumber) -> Option<String> {
     if let Some(id) = number.country().id() {
         return Some(id.as_ref().to_string());
     }
@@ -73,18 +101,6 @@ pub fn country_of(phone: &str) -> Option<String> {
     phonenumber::metadata::DATABASE
         .by_code(&code)
         .and_then(|regions| regions.first().map(|m| m.id().to_string()))
-}
-
-/// Whether the numbering plan says the number is premium-rate or shared-cost (where SMS
-/// pumping makes its money). Numbers the plan does not know are not flagged.
-pub fn is_premium_or_shared_cost(phone: &str) -> bool {
-    use phonenumber::Type;
-    phonenumber::parse(None, phone).is_ok_and(|n| {
-        matches!(
-            n.number_type(&phonenumber::metadata::DATABASE),
-            Type::PremiumRate | Type::SharedCost
-        )
-    })
 }
 
 /// The number without its last 4 digits: the range a pumping attack walks through.
@@ -115,11 +131,9 @@ mod tests {
 
     #[test]
     fn premium_rate_numbers_are_recognised() {
-        assert!(
-            is_premium_or_shared_cost("+611900123456"),
-            "AU 1900 premium"
-        );
-        assert!(!is_premium_or_shared_cost("+447700900123"));
+        assert!(phone_facts("+611900123456").premium, "AU 1900 premium");
+        assert!(!phone_facts("+447700900123").premium);
+        assert_eq!(phone_facts("+447700900123").country.as_deref(), Some("GB"));
         assert_eq!(number_range("+447700900123"), "+44770090");
     }
 

@@ -92,14 +92,19 @@ impl Rules {
     }
 }
 
-fn check_request_id(id: &str) -> Result<(), ValidationError> {
-    let ok = !id.is_empty()
+/// Whether `id` is a request_id as the contract defines it (also used to decide whether an
+/// unreadable event's id is safe to echo).
+pub fn is_valid_request_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= REQUEST_ID_MAX
         && id.as_bytes()[0].is_ascii_alphanumeric()
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn check_request_id(id: &str) -> Result<(), ValidationError> {
+    if is_valid_request_id(id) {
         Ok(())
     } else {
         Err(ValidationError::new(

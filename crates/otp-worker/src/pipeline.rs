@@ -10,7 +10,7 @@ use crate::report::Reporter;
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
 use otp_events::{
-    country_of, decode_code_request, is_premium_or_shared_cost, number_range, CodeRequest,
+    decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
     DeliveryStatus, ErrorCategory, PhoneHasher, Rules, StatusError, StatusKind, HEADER_REQUEST_ID,
 };
 use rdkafka::message::{Headers, OwnedMessage};
@@ -107,11 +107,12 @@ impl<C: ChannelClient> Pipeline<C> {
     }
 
     async fn send_with_retries(&self, request: &CodeRequest) -> Result<(String, u32), SendEnd> {
+        let facts = phone_facts(&request.phone);
         let subject = Subject {
             phone_key: self.hasher.hash(&request.phone),
             prefix_key: self.hasher.hash(number_range(&request.phone)),
-            country: country_of(&request.phone),
-            premium: is_premium_or_shared_cost(&request.phone),
+            country: facts.country,
+            premium: facts.premium,
         };
         let latest = latest_useful(request, self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
@@ -372,11 +373,7 @@ fn readable_request_id(message: &OwnedMessage) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(message.payload()?).ok()?;
         v.get("request_id")?.as_str().map(str::to_owned)
     };
-    from_header.or_else(from_json).filter(|id| {
-        !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    })
+    from_header
+        .or_else(from_json)
+        .filter(|id| is_valid_request_id(id))
 }
