@@ -24,8 +24,6 @@ struct Partition {
     in_flight: BTreeSet<i64>,
     /// One past the highest offset received.
     next: i64,
-    /// What was last committed (or is known committed).
-    committed: i64,
 }
 
 impl Partition {
@@ -45,9 +43,6 @@ impl OffsetTracker {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 ..Partition::default()
             });
-        if p.next == 0 && p.committed == 0 {
-            p.committed = offset;
-        }
         p.in_flight.insert(offset);
         p.next = p.next.max(offset + 1);
         p.generation
@@ -62,36 +57,16 @@ impl OffsetTracker {
         }
     }
 
-    /// Offsets (next to read) that moved since the last call, per partition (all of them when
-    /// `force`, for the final commit before letting go); marks them as committed. Call
-    /// `rollback` if the commit then fails.
-    pub fn take_committable(
-        &self,
-        only: Option<&[PartitionKey]>,
-        force: bool,
-    ) -> Vec<(PartitionKey, i64)> {
-        let mut inner = self.inner.lock().expect("offsets lock");
-        let mut out = Vec::new();
-        for (key, p) in inner.iter_mut() {
-            if only.is_some_and(|keys| !keys.contains(key)) {
-                continue;
-            }
-            let offset = p.committable();
-            if offset > p.committed || (force && p.next > 0) {
-                p.committed = offset;
-                out.push((key.clone(), offset));
-            }
-        }
-        out
-    }
-
-    pub fn rollback(&self, failed: &[(PartitionKey, i64)]) {
-        let mut inner = self.inner.lock().expect("offsets lock");
-        for (key, _) in failed {
-            if let Some(p) = inner.get_mut(key) {
-                p.committed = 0;
-            }
-        }
+    /// The position to commit (next offset to read) of every partition that received
+    /// messages, or of `only` those. Positions are offered every time, moved or not, so a
+    /// commit that failed at the broker is simply repeated.
+    pub fn committable(&self, only: Option<&[PartitionKey]>) -> Vec<(PartitionKey, i64)> {
+        let inner = self.inner.lock().expect("offsets lock");
+        inner
+            .iter()
+            .filter(|(key, p)| p.next > 0 && only.is_none_or(|keys| keys.contains(key)))
+            .map(|(key, p)| (key.clone(), p.committable()))
+            .collect()
     }
 
     /// Forget a partition that was given up.
@@ -111,15 +86,9 @@ mod tests {
         t.remove(&("a".to_string(), 0)); // revoked, task abandoned
         let new = t.started("a", 0, 5); // assigned again, redelivered
         t.finished("a", 0, 5, old); // the abandoned task's last gasp
-        assert_eq!(
-            t.take_committable(None, true),
-            vec![(("a".to_string(), 0), 5)]
-        );
+        assert_eq!(t.committable(None), vec![(("a".to_string(), 0), 5)]);
         t.finished("a", 0, 5, new);
-        assert_eq!(
-            t.take_committable(None, false),
-            vec![(("a".to_string(), 0), 6)]
-        );
+        assert_eq!(t.committable(None), vec![(("a".to_string(), 0), 6)]);
     }
 
     #[test]
@@ -132,21 +101,16 @@ mod tests {
         t.finished("a", 0, 10, g);
         t.finished("a", 0, 12, g);
         t.finished("a", 0, 13, g);
+        assert_eq!(t.committable(None), vec![(("a".to_string(), 0), 11)]);
         assert_eq!(
-            t.take_committable(None, false),
-            vec![(("a".to_string(), 0), 11)]
+            t.committable(None),
+            vec![(("a".to_string(), 0), 11)],
+            "offered again: a failed commit is repeated"
         );
-        assert_eq!(t.take_committable(None, false), vec![], "nothing moved");
         t.finished("a", 0, 11, g);
-        assert_eq!(
-            t.take_committable(None, false),
-            vec![(("a".to_string(), 0), 14)]
-        );
+        assert_eq!(t.committable(None), vec![(("a".to_string(), 0), 14)]);
         t.finished("a", 0, 14, g);
-        assert_eq!(
-            t.take_committable(None, false),
-            vec![(("a".to_string(), 0), 15)]
-        );
+        assert_eq!(t.committable(None), vec![(("a".to_string(), 0), 15)]);
     }
 
     #[test]
@@ -156,10 +120,16 @@ mod tests {
         let g = t.started("a", 1, 0);
         t.finished("a", 1, 0, g);
         let only = [("a".to_string(), 0)];
-        assert_eq!(t.take_committable(Some(&only), false), vec![]);
         assert_eq!(
-            t.take_committable(None, false),
-            vec![(("a".to_string(), 1), 1)]
+            t.committable(Some(&only)),
+            vec![(("a".to_string(), 0), 0)],
+            "held at its unfinished offset"
+        );
+        let mut all = t.committable(None);
+        all.sort();
+        assert_eq!(
+            all,
+            vec![(("a".to_string(), 0), 0), (("a".to_string(), 1), 1)]
         );
     }
 }

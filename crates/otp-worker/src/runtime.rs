@@ -171,7 +171,7 @@ pub async fn run<C: ChannelClient>(
         tracing::warn!("grace period over; abandoning unfinished work (it will be redelivered)");
     }
     state.tasks.clear(); // aborts what is left
-    let offsets = state.tracker.take_committable(None, true);
+    let offsets = state.tracker.committable(None);
     consumer.context().closing.store(true, Ordering::SeqCst);
     // A revoke that arrived during the drain is waiting on the poll thread: answer it.
     while let Ok(event) = events.try_recv() {
@@ -274,7 +274,7 @@ impl<C: ChannelClient> State<C> {
     /// Commit every partition's position, moved or not: an async commit that failed at the
     /// broker is then repeated on the next tick.
     fn commit_async(&mut self) {
-        let offsets = self.tracker.take_committable(None, true);
+        let offsets = self.tracker.committable(None);
         if offsets.is_empty() {
             return;
         }
@@ -282,8 +282,7 @@ impl<C: ChannelClient> State<C> {
             .consumer
             .commit(&consumer::offset_list(&offsets), CommitMode::Async)
         {
-            tracing::warn!(error = %e, "commit failed");
-            self.tracker.rollback(&offsets);
+            tracing::warn!(error = %e, "commit failed; repeated on the next tick");
         }
     }
 
@@ -310,7 +309,7 @@ impl<C: ChannelClient> State<C> {
             );
         }
         drop(sets); // aborts whatever is left
-        let offsets = self.tracker.take_committable(Some(partitions), true);
+        let offsets = self.tracker.committable(Some(partitions));
         for p in partitions {
             self.assigned.remove(p);
             self.tracker.remove(p);
