@@ -5,7 +5,7 @@
 
 use otp::stack::{sms_client, whatsapp_client, Worker};
 use otp_events::{Channel, PhoneHasher, Submission};
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use otp_producer::CodeRequestPublisher;
 use otp_provider_sim::{SimConfig, SimHandle};
 use otp_test_support::{collect_json_until, shared_broker, TestTopics};
 use otp_worker::{LimitsConfig, WorkerConfig};
@@ -62,15 +62,7 @@ impl Stack {
         let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), sim)
             .await
             .unwrap();
-        let publisher = CodeRequestPublisher::new(
-            &t.kafka,
-            PublisherConfig {
-                topics: t.topics.clone(),
-                ..PublisherConfig::default()
-            },
-            PhoneHasher::new(HASH_KEY),
-        )
-        .unwrap();
+        let publisher = t.publisher(PhoneHasher::new(HASH_KEY));
         Self { t, sim, publisher }
     }
 

@@ -3,7 +3,6 @@
 //! level) nor `/metrics` hold a phone number or a code.
 
 use otp_events::{Channel, PhoneHasher, Submission};
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_provider_sim::SimConfig;
 use otp_test_support::{collect_json_until, shared_broker, TestTopics};
 use std::process::{Child, Command, Stdio};
@@ -79,15 +78,7 @@ async fn sigterm_under_load_then_restart_ends_every_request_once() {
     let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), sim_config)
         .await
         .unwrap();
-    let publisher = CodeRequestPublisher::new(
-        &t.kafka,
-        PublisherConfig {
-            topics: t.topics.clone(),
-            ..PublisherConfig::default()
-        },
-        PhoneHasher::new(b"sigterm-test"),
-    )
-    .unwrap();
+    let publisher = t.publisher(PhoneHasher::new(b"sigterm-test"));
     let mut ids = Vec::new();
     for i in 0..N {
         let s = Submission::new(

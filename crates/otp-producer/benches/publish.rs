@@ -10,7 +10,6 @@ use criterion::{criterion_group, Criterion, Throughput};
 use futures_util::future::join_all;
 use otp_events::{Channel, PhoneHasher, Submission};
 use otp_events::{CODE_REQUEST_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA};
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_test_support::{shared_broker, TestTopics};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -37,17 +36,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = rt.block_on(TestTopics::create(shared_broker(), 4));
     let hasher = PhoneHasher::new(b"bench");
-    let publisher = rt.block_on(async {
-        CodeRequestPublisher::new(
-            &t.kafka,
-            PublisherConfig {
-                topics: t.topics.clone(),
-                ..PublisherConfig::default()
-            },
-            hasher.clone(),
-        )
-        .unwrap()
-    });
+    let publisher = rt.block_on(async { t.publisher(hasher.clone()) });
     let bare: FutureProducer = rt.block_on(async {
         ClientConfig::new()
             .set("bootstrap.servers", &t.kafka.brokers)

@@ -21,11 +21,7 @@ fn hasher() -> PhoneHasher {
 }
 
 fn publisher(t: &TestTopics) -> CodeRequestPublisher {
-    let config = PublisherConfig {
-        topics: t.topics.clone(),
-        ..PublisherConfig::default()
-    };
-    CodeRequestPublisher::new(&t.kafka, config, hasher()).unwrap()
+    t.publisher(hasher())
 }
 
 fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {

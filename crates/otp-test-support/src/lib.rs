@@ -39,4 +39,14 @@ impl TestTopics {
             .expect("create test topics on tansu");
         Self { kafka, topics }
     }
+
+    /// A publisher writing to these topics, with the default settings.
+    pub fn publisher(&self, hasher: otp_events::PhoneHasher) -> otp_producer::CodeRequestPublisher {
+        let config = otp_producer::PublisherConfig {
+            topics: self.topics.clone(),
+            ..otp_producer::PublisherConfig::default()
+        };
+        otp_producer::CodeRequestPublisher::new(&self.kafka, config, hasher)
+            .expect("a publisher for the test topics")
+    }
 }
