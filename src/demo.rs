@@ -6,6 +6,7 @@
 //! every request has its final status, and prints a summary. It exits non-zero if any request
 //! is left without one.
 
+use crate::follow::{count_messages, StatusFollower};
 use crate::stack::{sms_client, whatsapp_client, Worker};
 use anyhow::Context;
 use chrono::Utc;
@@ -16,10 +17,7 @@ use otp_producer::kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_provider_sim::SimConfig;
 use otp_worker::{LimitsConfig, WorkerConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -274,16 +272,7 @@ async fn follow(
     expected: &HashSet<String>,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "otp-demo-follower")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions(&consumer, topic)? {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let follower = StatusFollower::new(brokers, topic)?;
     let bar = ProgressBar::new(expected.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests final  {msg}")
             .expect("valid template"),
@@ -295,13 +284,8 @@ async fn follow(
     };
     let deadline = Instant::now() + timeout;
     while outcome.finals.len() < expected.len() && Instant::now() < deadline {
-        let polled = tokio::task::block_in_place(|| {
-            consumer
-                .poll(Duration::from_millis(100))
-                .map(|r| r.map(|m| m.detach()))
-        });
-        let Some(Ok(m)) = polled else { continue };
-        let status: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        let polled = tokio::task::block_in_place(|| follower.next(Duration::from_millis(100)))?;
+        let Some(status) = polled else { continue };
         match status["status"].as_str() {
             Some("fallback") => outcome.fallbacks += 1,
             Some("duplicate") => outcome.duplicates += 1,
@@ -319,26 +303,6 @@ async fn follow(
     }
     bar.finish();
     Ok(outcome)
-}
-
-fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(md
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len() as i32))
-}
-
-fn count_messages(brokers: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let mut n = 0;
-    for p in 0..partitions(&consumer, topic)? {
-        let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        n += hi - lo;
-    }
-    Ok(n)
 }
 
 fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim::Stats) {

@@ -22,8 +22,15 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline on an embedded Kafka and the provider simulator, and report.
     Demo(otp::demo::DemoArgs),
+    /// Publish requests at a rate to a real broker, run the workers, and measure the pipeline.
+    Load(Box<otp::load::LoadArgs>),
     /// Publish one code request and print its request_id once the broker acknowledged it.
     Send(SendArgs),
+    /// Run a delivery worker: the same program as `otp-whatsapp-worker` / `otp-sms-worker`.
+    Worker {
+        #[command(subcommand)]
+        channel: WorkerCommand,
+    },
     /// Manage the pipeline's topics.
     Topics {
         #[command(subcommand)]
@@ -57,6 +64,14 @@ struct SendArgs {
 }
 
 #[derive(Subcommand)]
+enum WorkerCommand {
+    /// Deliver over WhatsApp (Cloud API); see `otp-whatsapp-worker --help`.
+    Whatsapp(Box<otp_channel_whatsapp::WorkerCli>),
+    /// Deliver by SMS (Twilio Messages API); see `otp-sms-worker --help`.
+    Sms(Box<otp_channel_sms::WorkerCli>),
+}
+
+#[derive(Subcommand)]
 enum TopicsCommand {
     /// Create the request, status and dead-letter topics; existing ones are left as they are.
     Create {
@@ -71,15 +86,28 @@ enum TopicsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    // A worker sets up its own logging, exactly as its binary does.
+    match command {
+        Command::Worker {
+            channel: WorkerCommand::Whatsapp(cli),
+        } => return cli.run().await,
+        Command::Worker {
+            channel: WorkerCommand::Sms(cli),
+        } => return cli.run().await,
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    match Cli::parse().command {
+    match command {
         Command::Demo(args) => otp::demo::run(args).await,
+        Command::Load(args) => otp::load::run(*args).await,
         Command::Send(args) => send(args).await,
+        Command::Worker { .. } => unreachable!("handled above"),
         Command::Topics {
             command:
                 TopicsCommand::Create {

@@ -5,6 +5,8 @@
 mod client;
 mod config;
 pub mod errors;
+mod worker;
 
 pub use client::SmsClient;
 pub use config::{default_limits, SmsArgs};
+pub use worker::WorkerCli;

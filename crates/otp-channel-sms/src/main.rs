@@ -2,8 +2,6 @@
 //! API. Everything but the client is `otp-worker`'s.
 
 use clap::Parser;
-use otp_channel_sms::{default_limits, SmsArgs, SmsClient};
-use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 
 #[derive(Parser)]
 #[command(
@@ -12,15 +10,10 @@ use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 )]
 struct Cli {
     #[command(flatten)]
-    worker: WorkerArgs,
-    #[command(flatten)]
-    sms: SmsArgs,
+    worker: otp_channel_sms::WorkerCli,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.worker.log_json);
-    let client = SmsClient::new(cli.sms, secret("OTP_SMS_AUTH_TOKEN")?)?;
-    run_binary(&cli.worker, default_limits(), client).await
+    Cli::parse().worker.run().await
 }

@@ -5,6 +5,8 @@
 mod client;
 mod config;
 pub mod errors;
+mod worker;
 
 pub use client::WhatsappClient;
 pub use config::{default_limits, WhatsappArgs};
+pub use worker::WorkerCli;

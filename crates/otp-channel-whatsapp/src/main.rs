@@ -2,8 +2,6 @@
 //! WhatsApp Cloud API. Everything but the client is `otp-worker`'s.
 
 use clap::Parser;
-use otp_channel_whatsapp::{default_limits, WhatsappArgs, WhatsappClient};
-use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 
 #[derive(Parser)]
 #[command(
@@ -12,15 +10,10 @@ use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
 )]
 struct Cli {
     #[command(flatten)]
-    worker: WorkerArgs,
-    #[command(flatten)]
-    whatsapp: WhatsappArgs,
+    worker: otp_channel_whatsapp::WorkerCli,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.worker.log_json);
-    let client = WhatsappClient::new(cli.whatsapp, secret("OTP_WHATSAPP_TOKEN")?)?;
-    run_binary(&cli.worker, default_limits(), client).await
+    Cli::parse().worker.run().await
 }

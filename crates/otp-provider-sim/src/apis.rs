@@ -107,6 +107,7 @@ pub(crate) async fn whatsapp(
     body: Bytes,
 ) -> Response {
     let _in_progress = InProgress::new(&sim);
+    let arrived_ms = now_ms();
     delay(&sim).await;
     let expected = format!("Bearer {}", sim.config.whatsapp_token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
@@ -128,7 +129,7 @@ pub(crate) async fn whatsapp(
         to: format!("+{to}"),
         code,
         request_id: json["biz_opaque_callback_data"].as_str().map(str::to_owned),
-        received_at_ms: now_ms(),
+        received_at_ms: arrived_ms,
         outcome: String::new(),
         provider_message_id: None,
     };
@@ -210,6 +211,7 @@ pub(crate) async fn sms(
     body: Bytes,
 ) -> Response {
     let _in_progress = InProgress::new(&sim);
+    let arrived_ms = now_ms();
     delay(&sim).await;
     if sid != sim.config.sms_account_sid
         || !basic_auth_ok(
@@ -256,7 +258,7 @@ pub(crate) async fn sms(
         to: to.clone(),
         code: text.split_whitespace().next().unwrap_or("").to_string(),
         request_id,
-        received_at_ms: now_ms(),
+        received_at_ms: arrived_ms,
         outcome: String::new(),
         provider_message_id: None,
     };

@@ -31,7 +31,7 @@ pub struct Received {
     pub to: String,
     pub code: String,
     pub request_id: Option<String>,
-    /// Milliseconds since the Unix epoch.
+    /// When the request arrived (before the simulated latency), ms since the Unix epoch.
     pub received_at_ms: i64,
     /// `accepted`, or the provider error code it answered.
     pub outcome: String,

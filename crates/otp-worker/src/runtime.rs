@@ -330,6 +330,7 @@ impl<C: ChannelClient> State<C> {
         .ok()
         .flatten();
         let owned = self.assigned.iter().filter(|(t, _)| t == topic).count();
+        metrics::gauge!("otp_assigned_partitions").set(owned as f64);
         match total {
             Some(total) => self.pipeline.limiter.set_sender_share(owned, total),
             None => tracing::warn!("topic metadata unavailable; keeping the sender share"),

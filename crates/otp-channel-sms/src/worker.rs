@@ -1,0 +1,23 @@
+//! The SMS worker as a command: its flags and its `main`, shared by the `otp-sms-worker`
+//! binary and `otp worker sms`, so both are the same program.
+
+use crate::{default_limits, SmsArgs, SmsClient};
+use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
+
+/// Delivers one-time codes by SMS (Twilio Messages API).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerCli {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub sms: SmsArgs,
+}
+
+impl WorkerCli {
+    /// Log, build the client (auth token from `OTP_SMS_AUTH_TOKEN[_FILE]`), run until SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        init_logging(self.worker.log_json);
+        let client = SmsClient::new(self.sms, secret("OTP_SMS_AUTH_TOKEN")?)?;
+        run_binary(&self.worker, default_limits(), client).await
+    }
+}

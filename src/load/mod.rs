@@ -1,0 +1,422 @@
+//! `otp load`: measure the pipeline on a real broker.
+//!
+//! It creates a fresh set of topics, starts the provider simulator in this process and the
+//! workers as child processes (`otp worker <channel>`, the binaries' code), waits until they
+//! own every partition, then publishes N requests at a target rate (or, with `--backlog`, all
+//! of them before the workers start) and follows the status topic until every request is
+//! final. It reports throughput, latency from `created_at` to the final status and to the
+//! provider, the simulator's rate-limit violations, and each worker's CPU time and peak
+//! memory ([`figures`]); `--plot` draws latency and throughput over time ([`plot`]).
+
+mod figures;
+mod fleet;
+mod plot;
+
+use crate::follow::StatusFollower;
+use anyhow::Context;
+use chrono::Utc;
+use fleet::{FleetSpec, WorkerProcess};
+use indicatif::{ProgressBar, ProgressStyle};
+use otp_events::{Channel, PhoneHasher, Submission};
+use otp_producer::admin::create_topics;
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use otp_provider_sim::SimConfig;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// The Kafka cluster to load.
+    #[arg(long, env = "OTP_KAFKA_BROKERS")]
+    brokers: String,
+    /// Topic prefix for this run. Default: a fresh one per run (`otp-load-<time>.`), so that
+    /// runs never read each other's requests.
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// Partitions of each topic created for the run.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Code requests to publish.
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    /// Requests published per second; 0 publishes as fast as the broker acknowledges.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// First channel of every request: `whatsapp` (with SMS to fall back to) or `sms`.
+    #[arg(long, default_value = "whatsapp")]
+    channel: Channel,
+    /// Percent of WhatsApp recipients who are not on WhatsApp (they fall back to SMS).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    not_on_whatsapp: u8,
+    /// Messages each worker handles at once (1 is the consumer most teams write first: one
+    /// awaited send per message).
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Provider sends per second, per channel, enforced by the workers and checked by the
+    /// simulator; 0 means no limit.
+    #[arg(long, default_value_t = 0)]
+    sender_rate: u32,
+    /// The simulated providers' answer time.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    sim_latency: Duration,
+    /// Random extra answer time, up to this much.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    sim_jitter: Duration,
+    /// Publish every request before starting the workers (a backlog waiting in the topic).
+    #[arg(long)]
+    backlog: bool,
+    /// Stop after this long even if requests are left unfinished (for backlog and memory
+    /// runs); without it, the run waits until every request is final.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Give up (and fail) when requests are still unfinished after this long.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Life of each code.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    expires_in: Duration,
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw latency and throughput over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// What the follower learned of one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Final {
+    pub status: String,
+    pub channel: String,
+    /// Unix ms of the final status event.
+    pub at_ms: i64,
+}
+
+/// Shared between the follower thread and the run.
+#[derive(Default)]
+pub(crate) struct Observed {
+    pub finals: HashMap<String, Final>,
+    pub fallbacks: usize,
+    pub duplicates: usize,
+}
+
+/// One published request: when it was created, and the recipient it was sent to.
+pub(crate) struct Sent {
+    pub created_at_ms: i64,
+    pub phone: String,
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let prefix = args
+        .topic_prefix
+        .clone()
+        .unwrap_or_else(|| format!("otp-load-{}.", Utc::now().timestamp_millis()));
+    let mut kafka = KafkaArgs::new(args.brokers.clone());
+    kafka.topic_prefix = prefix.clone();
+    let topics = kafka.topics();
+    create_topics(&kafka, &topics.all(), args.partitions, 1)
+        .await
+        .context("create the run's topics")?;
+
+    let unlimited = args.sender_rate == 0;
+    let (rate, burst) = if unlimited {
+        (1_000_000, 100_000)
+    } else {
+        (args.sender_rate, (args.sender_rate / 20).max(1))
+    };
+    let sim = otp_provider_sim::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            latency: args.sim_latency,
+            latency_jitter: args.sim_jitter,
+            whatsapp_rate: rate,
+            whatsapp_burst: burst,
+            sms_rate: rate,
+            sms_burst: burst,
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+
+    let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
+    std::fs::create_dir_all(&dir)?;
+    let config_toml = |channel: Channel| worker_toml(&args, channel, rate, burst);
+    let sim_url = sim.base_url();
+    let spec = FleetSpec {
+        brokers: &args.brokers,
+        topic_prefix: &prefix,
+        sim_url: &sim_url,
+        config_toml: &config_toml,
+        dir: &dir,
+    };
+    let channels: &[Channel] = match args.channel {
+        Channel::Whatsapp => &[Channel::Whatsapp, Channel::Sms],
+        Channel::Sms => &[Channel::Sms],
+    };
+
+    let (hasher, _) = PhoneHasher::from_env();
+    let publisher = Arc::new(CodeRequestPublisher::new(
+        &kafka,
+        PublisherConfig {
+            topics: topics.clone(),
+            ..PublisherConfig::default()
+        },
+        hasher,
+    )?);
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let sent = Arc::new(Mutex::new(HashMap::<String, Sent>::new()));
+    let bar = progress(args.requests, args.json);
+
+    let mut workers = Vec::new();
+    if !args.backlog {
+        workers = start_fleet(&spec, channels, args.partitions).await?;
+    }
+    let started = Instant::now();
+    let started_ms = Utc::now().timestamp_millis();
+    let mut publishing = Some(tokio::spawn(publish(
+        args.clone(),
+        publisher.clone(),
+        sent.clone(),
+        bar.clone(),
+    )));
+    if args.backlog {
+        if let Some(p) = publishing.take() {
+            p.await??;
+        }
+        bar.set_message("backlog published; starting the workers");
+        workers = start_fleet(&spec, channels, args.partitions).await?;
+    }
+    // A backlog run measures from the moment the workers own their partitions.
+    let (measured_from, measured_from_ms) = if args.backlog {
+        (Instant::now(), Utc::now().timestamp_millis())
+    } else {
+        (started, started_ms)
+    };
+
+    // Follow the status topic on its own thread until every request is final or time is up.
+    let done = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (brokers, topic) = (args.brokers.clone(), topics.delivery_status());
+        let (observed, done, requests) = (observed.clone(), done.clone(), args.requests);
+        std::thread::spawn(move || follow(&brokers, &topic, requests, &observed, &done))
+    };
+    let limit = args.duration.unwrap_or(args.timeout);
+    let mut timeline = Vec::new();
+    while !follower.is_finished() && measured_from.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        bar.set_position(observed.lock().expect("observed lock").finals.len() as u64);
+        let rss_bytes = workers
+            .iter()
+            .map(|w| w.usage().map_or(0, |u| u.rss_bytes))
+            .sum();
+        timeline.push(figures::Sample {
+            at_s: started.elapsed().as_secs_f64(),
+            rss_bytes,
+        });
+    }
+    done.store(true, Ordering::SeqCst);
+    follower.join().expect("follower thread")?;
+    bar.finish_and_clear();
+    let usage: Vec<(Channel, fleet::Usage)> = workers
+        .iter()
+        .map(|w| Ok((w.channel, w.usage()?)))
+        .collect::<anyhow::Result<_>>()?;
+    for w in workers {
+        w.stop().await?;
+    }
+    if let Some(p) = publishing {
+        p.await??;
+    }
+
+    let observed = std::mem::take(&mut *observed.lock().expect("observed lock"));
+    let sent = std::mem::take(&mut *sent.lock().expect("sent lock"));
+    let report = figures::Report::compute(figures::Inputs {
+        requests: args.requests,
+        measured_from_ms,
+        observed: &observed,
+        sent: &sent,
+        sim_messages: &sim.messages(),
+        sim_stats: &sim.stats(),
+        usage: &usage,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print_table();
+        eprintln!("worker logs: {}", dir.display());
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &observed, &sent, &timeline, started_ms)?;
+    }
+    if args.duration.is_none() && report.finished < args.requests {
+        anyhow::bail!(
+            "{} of {} requests have no final status after {:?}",
+            args.requests - report.finished,
+            args.requests,
+            args.timeout
+        );
+    }
+    Ok(())
+}
+
+async fn start_fleet(
+    spec: &FleetSpec<'_>,
+    channels: &[Channel],
+    partitions: i32,
+) -> anyhow::Result<Vec<WorkerProcess>> {
+    let mut workers = Vec::new();
+    for channel in channels {
+        workers.push(WorkerProcess::start(spec, *channel).await?);
+    }
+    fleet::wait_assigned(&mut workers, partitions, Duration::from_secs(60)).await?;
+    Ok(workers)
+}
+
+/// The workers' settings for this run: the channel's limits at the run's rate, abuse limits
+/// that real traffic would not trip (every recipient is distinct), the rest as shipped.
+fn worker_toml(args: &LoadArgs, channel: Channel, rate: u32, burst: u32) -> String {
+    let recipient = match channel {
+        Channel::Whatsapp => "recipient_period = \"6s\"\n",
+        Channel::Sms => "",
+    };
+    format!(
+        "max_in_flight = {}\n\
+         [limits]\nsender_per_second = {rate}\nsender_burst = {burst}\n{recipient}\
+         [abuse]\nper_phone = {{ count = 5, window = \"10m\" }}\n\
+         per_prefix = {{ count = {}, window = \"10m\" }}\n",
+        args.max_in_flight,
+        args.requests.max(20)
+    )
+}
+
+/// Publish `args.requests` requests, paced to `args.rate` per second when it is not 0. Each
+/// request's `created_at` is the moment it is handed to the producer, so pacing lag is not
+/// counted as pipeline latency.
+async fn publish(
+    args: LoadArgs,
+    publisher: Arc<CodeRequestPublisher>,
+    sent: Arc<Mutex<HashMap<String, Sent>>>,
+    bar: ProgressBar,
+) -> anyhow::Result<()> {
+    // Enough acknowledgements outstanding to keep the producer's batches full.
+    let window = Arc::new(Semaphore::new(2_000));
+    let ttl = chrono::Duration::from_std(args.expires_in)?;
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.requests {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        let permit = window.clone().acquire_owned().await?;
+        let (phone, channels) = recipient(&args, i);
+        let code = format!("{:06}", (i * 104_729 + 17) % 1_000_000);
+        let request = Submission::new(phone.clone(), code, channels, ttl).complete(Utc::now());
+        sent.lock().expect("sent lock").insert(
+            request.request_id.clone(),
+            Sent {
+                created_at_ms: request.created_at.timestamp_millis(),
+                phone,
+            },
+        );
+        let publisher = publisher.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            publisher.publish_request(&request).await
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+        if args.backlog {
+            bar.set_message(format!("{} published", i + 1));
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// The i-th recipient: a distinct number each, staged "not on WhatsApp" (last digits 0026)
+/// for the requested share, the others ordinary.
+fn recipient(args: &LoadArgs, i: usize) -> (String, Vec<Channel>) {
+    match args.channel {
+        Channel::Sms => (ordinary(i), vec![Channel::Sms]),
+        Channel::Whatsapp => {
+            // 37 is prime to 100: any 100 consecutive requests hold exactly the share.
+            let phone = if (i * 37) % 100 < args.not_on_whatsapp as usize {
+                // GB mobiles, +44 7xxxxx 0026: 100,000 distinct numbers.
+                format!("+447{:05}0026", i % 100_000)
+            } else {
+                ordinary(i)
+            };
+            (phone, vec![Channel::Whatsapp, Channel::Sms])
+        }
+    }
+}
+
+/// +1 555 NNN NNNN with the last four digits from 2000 to 9999, clear of the simulator's
+/// staged recipients: eight million distinct numbers.
+fn ordinary(i: usize) -> String {
+    format!("+1555{:03}{:04}", (i / 8000) % 1000, 2000 + i % 8000)
+}
+
+fn follow(
+    brokers: &str,
+    topic: &str,
+    requests: usize,
+    observed: &Mutex<Observed>,
+    done: &AtomicBool,
+) -> anyhow::Result<()> {
+    let follower = StatusFollower::new(brokers, topic)?;
+    while !done.load(Ordering::SeqCst) {
+        let Some(status) = follower.next(Duration::from_millis(100))? else {
+            continue;
+        };
+        let mut o = observed.lock().expect("observed lock");
+        match status["status"].as_str() {
+            Some("fallback") => o.fallbacks += 1,
+            Some("duplicate") => o.duplicates += 1,
+            _ => {}
+        }
+        if status["final"] == true {
+            let id = str_of(&status, "request_id");
+            let at_ms = status["occurred_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(0, |t| t.timestamp_millis());
+            o.finals.insert(
+                id,
+                Final {
+                    status: str_of(&status, "status"),
+                    channel: str_of(&status, "channel"),
+                    at_ms,
+                },
+            );
+            if o.finals.len() >= requests {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn str_of(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_string()
+}
+
+fn progress(requests: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(requests as u64).with_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests final  {msg}")
+            .expect("valid template"),
+    )
+}
