@@ -143,3 +143,51 @@ fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
         "{stdout}"
     );
 }
+
+/// `otp load` end to end on the test broker: its workers are real processes, every request
+/// ends final, the figures add up, and the plot is written.
+#[tokio::test]
+async fn load_measures_a_run_and_draws_it() {
+    let broker = shared_broker();
+    let bootstrap = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
+    let out = otp(&[
+        "load",
+        "--brokers",
+        &bootstrap,
+        "--partitions",
+        "2",
+        "--requests",
+        "60",
+        "--not-on-whatsapp",
+        "20",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--timeout",
+        "120s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["finished"], 60, "{report:#}");
+    assert_eq!(report["finals"]["sent/whatsapp"], 48, "{report:#}");
+    assert_eq!(report["finals"]["sent/sms"], 12, "{report:#}");
+    assert_eq!(report["fallbacks"], 12);
+    assert_eq!(report["rate_limit_violations"], 0);
+    assert_eq!(report["latency_to_provider_ms"]["count"], 60);
+    assert_eq!(report["latency_to_fallback_sms_ms"]["count"], 12);
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert!(w["cpu_seconds"].as_f64().unwrap() > 0.0, "{w}");
+        assert!(w["peak_rss_mb"].as_f64().unwrap() > 1.0, "{w}");
+    }
+    assert_eq!(workers[1]["sends"], 12, "the SMS worker sent the fallbacks");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("Throughput"));
+}

@@ -14,6 +14,7 @@ pub struct FleetSpec<'a> {
     pub brokers: &'a str,
     pub topic_prefix: &'a str,
     pub sim_url: &'a str,
+    pub log_filter: &'a str,
     /// The worker's TOML settings, the same for every channel but `[limits]`.
     pub config_toml: &'a dyn Fn(Channel) -> String,
     /// Where configs and the workers' logs go.
@@ -53,7 +54,7 @@ impl WorkerProcess {
             .arg(&config)
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--api-base-url", spec.sim_url])
-            .env("RUST_LOG", "warn,rdkafka=error")
+            .env("RUST_LOG", spec.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

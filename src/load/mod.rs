@@ -81,6 +81,10 @@ pub struct LoadArgs {
     /// Life of each code.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     expires_in: Duration,
+    /// The workers' log filter (`RUST_LOG` syntax); their logs go to files in the run's
+    /// directory, named at the end of the run.
+    #[arg(long, default_value = "warn,rdkafka=error")]
+    worker_log: String,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -152,6 +156,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         brokers: &args.brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,
+        log_filter: &args.worker_log,
         config_toml: &config_toml,
         dir: &dir,
     };

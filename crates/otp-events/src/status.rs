@@ -134,6 +134,25 @@ impl DeliveryStatus {
         channel: Channel,
         hasher: &PhoneHasher,
     ) -> Self {
+        let phone_hash = hasher.hash(&request.phone);
+        Self::about_recipient(
+            request,
+            status,
+            channel,
+            phone_hash,
+            country_of(&request.phone),
+        )
+    }
+
+    /// [`DeliveryStatus::about`] for a caller that already derived the phone's hash and
+    /// country (the worker does, once per message: parsing a number is not cheap).
+    pub fn about_recipient(
+        request: &CodeRequest,
+        status: StatusKind,
+        channel: Channel,
+        phone_hash: String,
+        country: Option<String>,
+    ) -> Self {
         let now = Utc::now();
         let latency = (now - request.created_at).num_milliseconds().max(0) as u64;
         Self {
@@ -146,8 +165,8 @@ impl DeliveryStatus {
             tries: None,
             provider_message_id: None,
             error: None,
-            country: country_of(&request.phone),
-            phone_hash: Some(hasher.hash(&request.phone)),
+            country,
+            phone_hash: Some(phone_hash),
             occurred_at: now,
             latency_ms: Some(latency),
             next_channel: None,

@@ -8,10 +8,10 @@
 //!
 //! The same thread applies back-pressure. The runtime runs at most `max_in_flight` messages
 //! at once and keeps as many again waiting, so a finished send is replaced without a fetch
-//! round trip; when both are full the thread pauses fetching on every assigned partition, and
-//! resumes once fewer than `max_in_flight` are handed over. (Pausing drops librdkafka's
-//! prefetched messages, so pausing and resuming on every message would cost a broker round
-//! trip per message.)
+//! round trip; when both are full the thread stops polling until there is room, and
+//! librdkafka's own prefetch queue (bounded by `queued.max.messages.kbytes`) stops fetching.
+//! Only a stall longer than a second pauses the partitions: pausing drops the prefetched
+//! messages, which are fetched again on resume.
 
 use crate::offsets::PartitionKey;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -127,9 +127,17 @@ pub fn offset_list(offsets: &[(PartitionKey, i64)]) -> TopicPartitionList {
     tpl
 }
 
-/// Poll until `stop`, forwarding messages to the runtime; pause when `handed_over` (messages
-/// forwarded and not finished) reaches twice `max_in_flight`, resume below `max_in_flight`.
-/// Runs on its own thread.
+/// How long a full hand-over may hold the poll thread before fetching is paused. Waiting
+/// keeps librdkafka's prefetched messages; pausing throws them away, to be fetched again on
+/// resume, which under steady saturation made the broker read everything twice. Pausing is
+/// for a long stall (a slow provider), where it bounds memory. Rebalance callbacks, which run
+/// inside `poll`, wait at most this long.
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Poll until `stop`, forwarding messages to the runtime. When `handed_over` (messages
+/// forwarded and not finished) reaches twice `max_in_flight`, stop polling until there is
+/// room; if there is none within [`HOLD_BEFORE_PAUSE`], pause fetching until fewer than
+/// `max_in_flight` are handed over. Runs on its own thread.
 pub fn poll_loop(
     consumer: Arc<WorkerConsumer>,
     events: mpsc::UnboundedSender<ConsumerEvent>,
@@ -137,27 +145,25 @@ pub fn poll_loop(
     max_in_flight: usize,
     stop: Arc<AtomicBool>,
 ) {
+    let full = || handed_over.load(Ordering::SeqCst) >= 2 * max_in_flight;
     let mut paused = false;
     while !stop.load(Ordering::SeqCst) {
-        let n = handed_over.load(Ordering::SeqCst);
-        let busy = if paused {
-            n >= max_in_flight
-        } else {
-            n >= 2 * max_in_flight
-        };
-        if busy || paused {
-            // Re-applied while busy, so partitions assigned meanwhile are paused too.
-            if let Ok(assignment) = consumer.assignment() {
-                let result = if busy {
-                    consumer.pause(&assignment)
-                } else {
-                    consumer.resume(&assignment)
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, busy, "pause/resume failed");
-                }
+        if paused && handed_over.load(Ordering::SeqCst) < max_in_flight {
+            set_paused(&consumer, false);
+            paused = false;
+        } else if paused {
+            // Re-applied while paused, so partitions assigned meanwhile are paused too.
+            set_paused(&consumer, true);
+        } else if full() {
+            let since = std::time::Instant::now();
+            while full() && since.elapsed() < HOLD_BEFORE_PAUSE && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            paused = busy;
+            if full() {
+                set_paused(&consumer, true);
+                paused = true;
+            }
+            continue;
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
@@ -174,8 +180,19 @@ pub fn poll_loop(
         }
     }
     // Messages fetched but not forwarded are simply not committed: they are read again.
+    set_paused(&consumer, true);
+}
+
+fn set_paused(consumer: &WorkerConsumer, pause: bool) {
     if let Ok(assignment) = consumer.assignment() {
-        let _ = consumer.pause(&assignment);
+        let result = if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pause, "pause/resume failed");
+        }
     }
 }
 

@@ -55,11 +55,15 @@ impl<C: ChannelClient> Pipeline<C> {
             return self.reject(message, Some(&request), reason).await;
         }
 
+        // Everything derived from the phone number, once: libphonenumber's parse is the
+        // costliest step of a message.
+        let subject = self.subject_of(&request);
+
         // guard: expiry, then duplicates
         let now = Utc::now();
         if now >= request.expires_at {
             return self
-                .report(&request, StatusKind::Expired, 0, None, None)
+                .report(&request, &subject, StatusKind::Expired, 0, None, None)
                 .await;
         }
         let source = (
@@ -72,16 +76,23 @@ impl<C: ChannelClient> Pipeline<C> {
             .first_sight(&request.request_id, source, request.expires_at, now)
         {
             return self
-                .report(&request, StatusKind::Duplicate, 0, None, None)
+                .report(&request, &subject, StatusKind::Duplicate, 0, None, None)
                 .await;
         }
 
         // send, retrying transient failures while time allows
-        let stop = match self.send_with_retries(&request).await {
+        let stop = match self.send_with_retries(&request, &subject).await {
             Ok((provider_message_id, tries)) => {
                 let status = StatusKind::Sent;
                 return self
-                    .report(&request, status, tries, Some(provider_message_id), None)
+                    .report(
+                        &request,
+                        &subject,
+                        status,
+                        tries,
+                        Some(provider_message_id),
+                        None,
+                    )
                     .await;
             }
             Err(SendEnd::Invalid(failure, tries)) => {
@@ -90,30 +101,44 @@ impl<C: ChannelClient> Pipeline<C> {
                     failure.code, failure.message
                 );
                 return self
-                    .reject_after_send(message, &request, failure, tries, &reason)
+                    .reject_after_send(message, &request, &subject, failure, tries, &reason)
                     .await;
             }
             Err(SendEnd::Refused(stop)) => {
                 let status = StatusKind::Failed;
                 return self
-                    .report(&request, status, stop.tries, None, Some(stop.error))
+                    .report(
+                        &request,
+                        &subject,
+                        status,
+                        stop.tries,
+                        None,
+                        Some(stop.error),
+                    )
                     .await;
             }
             Err(SendEnd::Stop(stop)) => stop,
         };
 
         // fall back, or fail
-        self.fall_back_or_fail(&request, stop).await
+        self.fall_back_or_fail(&request, &subject, stop).await
     }
 
-    async fn send_with_retries(&self, request: &CodeRequest) -> Result<(String, u32), SendEnd> {
+    fn subject_of(&self, request: &CodeRequest) -> Subject {
         let facts = phone_facts(&request.phone);
-        let subject = Subject {
+        Subject {
             phone_key: self.hasher.hash(&request.phone),
             prefix_key: self.hasher.hash(number_range(&request.phone)),
             country: facts.country,
             premium: facts.premium,
-        };
+        }
+    }
+
+    async fn send_with_retries(
+        &self,
+        request: &CodeRequest,
+        subject: &Subject,
+    ) -> Result<(String, u32), SendEnd> {
         let latest = latest_useful(request, self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
         let channel = self.client.channel().as_str();
@@ -123,7 +148,7 @@ impl<C: ChannelClient> Pipeline<C> {
                 (0, _) => Attempt::Fallback,
                 _ => Attempt::Retry,
             };
-            if let Err(limited) = self.limiter.acquire(&subject, latest, attempt).await {
+            if let Err(limited) = self.limiter.acquire(subject, latest, attempt).await {
                 let stop = Stop {
                     error: StatusError {
                         category: limited.category,
@@ -197,17 +222,18 @@ impl<C: ChannelClient> Pipeline<C> {
         }
     }
 
-    async fn fall_back_or_fail(&self, request: &CodeRequest, stop: Stop) {
+    async fn fall_back_or_fail(&self, request: &CodeRequest, subject: &Subject, stop: Stop) {
         if Utc::now() >= request.expires_at {
             let status = StatusKind::Expired;
             return self
-                .report(request, status, stop.tries, None, Some(stop.error))
+                .report(request, subject, status, stop.tries, None, Some(stop.error))
                 .await;
         }
         let Some(next) = request.for_next_channel() else {
             return self
                 .report(
                     request,
+                    subject,
                     StatusKind::Failed,
                     stop.tries,
                     None,
@@ -217,8 +243,13 @@ impl<C: ChannelClient> Pipeline<C> {
         };
         match self.reporter.fallback(&next).await {
             Ok(()) => {
-                let mut status =
-                    self.status(request, StatusKind::Fallback, stop.tries, Some(stop.error));
+                let mut status = self.status(
+                    request,
+                    subject,
+                    StatusKind::Fallback,
+                    stop.tries,
+                    Some(stop.error),
+                );
                 status.next_channel = next.current_channel();
                 self.reporter.status(&status).await;
             }
@@ -228,8 +259,15 @@ impl<C: ChannelClient> Pipeline<C> {
                     code: "fallback_refused".to_string(),
                     message: e.to_string(),
                 };
-                self.report(request, StatusKind::Failed, stop.tries, None, Some(error))
-                    .await
+                self.report(
+                    request,
+                    subject,
+                    StatusKind::Failed,
+                    stop.tries,
+                    None,
+                    Some(error),
+                )
+                .await
             }
         }
     }
@@ -237,11 +275,18 @@ impl<C: ChannelClient> Pipeline<C> {
     fn status(
         &self,
         request: &CodeRequest,
+        subject: &Subject,
         kind: StatusKind,
         tries: u32,
         error: Option<StatusError>,
     ) -> DeliveryStatus {
-        let mut status = DeliveryStatus::about(request, kind, self.client.channel(), &self.hasher);
+        let mut status = DeliveryStatus::about_recipient(
+            request,
+            kind,
+            self.client.channel(),
+            subject.phone_key.clone(),
+            subject.country.clone(),
+        );
         status.tries = (tries > 0).then_some(tries);
         status.error = error;
         status
@@ -250,12 +295,13 @@ impl<C: ChannelClient> Pipeline<C> {
     async fn report(
         &self,
         request: &CodeRequest,
+        subject: &Subject,
         kind: StatusKind,
         tries: u32,
         provider_message_id: Option<String>,
         error: Option<StatusError>,
     ) {
-        let mut status = self.status(request, kind, tries, error);
+        let mut status = self.status(request, subject, kind, tries, error);
         status.provider_message_id = provider_message_id;
         if kind.is_final() {
             metrics::histogram!(
@@ -297,7 +343,10 @@ impl<C: ChannelClient> Pipeline<C> {
             message: reason.to_string(),
         };
         let status = match request {
-            Some(request) => self.status(request, StatusKind::Rejected, 0, Some(error)),
+            Some(request) => {
+                let subject = self.subject_of(request);
+                self.status(request, &subject, StatusKind::Rejected, 0, Some(error))
+            }
             None => match readable_request_id(message) {
                 Some(id) => DeliveryStatus::rejected(id, self.client.channel(), error),
                 None => return,
@@ -310,6 +359,7 @@ impl<C: ChannelClient> Pipeline<C> {
         &self,
         message: &OwnedMessage,
         request: &CodeRequest,
+        subject: &Subject,
         failure: SendFailure,
         tries: u32,
         reason: &str,
@@ -320,8 +370,15 @@ impl<C: ChannelClient> Pipeline<C> {
             code: failure.code,
             message: failure.message,
         };
-        self.report(request, StatusKind::Rejected, tries, None, Some(error))
-            .await;
+        self.report(
+            request,
+            subject,
+            StatusKind::Rejected,
+            tries,
+            None,
+            Some(error),
+        )
+        .await;
     }
 }
 
