@@ -12,5 +12,6 @@ pub mod admin;
 pub mod ingress;
 pub mod kafka;
 mod publisher;
+pub mod session;
 
 pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig};

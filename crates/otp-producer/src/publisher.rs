@@ -9,9 +9,11 @@ use otp_events::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use crate::session::ProducerSession;
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ impl Default for PublisherConfig {
 /// ```
 #[derive(Clone)]
 pub struct CodeRequestPublisher {
-    producer: FutureProducer,
+    producer: Arc<ProducerSession>,
     config: PublisherConfig,
     hasher: PhoneHasher,
 }
@@ -94,7 +96,7 @@ impl CodeRequestPublisher {
             )
             .set("linger.ms", "2");
         kafka.apply_overrides(&mut client);
-        let producer = client.create().map_err(PublishError::Setup)?;
+        let producer = Arc::new(ProducerSession::new(client).map_err(PublishError::Setup)?);
         Ok(Self {
             producer,
             config,
@@ -136,8 +138,15 @@ impl CodeRequestPublisher {
         let timeout = self.config.ack_timeout;
         // librdkafka gives up at message.timeout.ms; the outer bound only guards against a
         // delivery report that never comes.
-        let delivery = self.producer.send(record, Timeout::After(timeout));
-        match tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await {
+        let lease = self.producer.lease();
+        let delivery = lease.producer.send(record, Timeout::After(timeout));
+        let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await;
+        match &outcome {
+            Ok(Ok(_)) => self.producer.succeeded(&lease),
+            Ok(Err((e, _))) => self.producer.failed(&lease, e),
+            Err(_) => {}
+        }
+        match outcome {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
                 Err(PublishError::Timeout {
@@ -158,7 +167,7 @@ impl CodeRequestPublisher {
 
     /// True when the broker answers a metadata request within `timeout` (for `/readyz`).
     pub async fn broker_reachable(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.producer.lease().producer;
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -175,6 +184,6 @@ impl CodeRequestPublisher {
 
     /// Wait for queued messages to be delivered (call before exit).
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(Timeout::After(timeout));
+        self.producer.flush(timeout);
     }
 }

@@ -118,14 +118,11 @@ async fn start_ingress(kafka: &KafkaArgs, topics: &otp_events::Topics) -> Socket
     let publisher = CodeRequestPublisher::new(kafka, config, hasher()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            otp_producer::ingress::router(publisher, 16 * 1024),
-        )
-        .await
-        .unwrap()
-    });
+    let app = otp_producer::ingress::router(
+        publisher,
+        &otp_producer::ingress::IngressConfig::new(addr, kafka.clone()),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }
 
@@ -331,14 +328,11 @@ async fn ingress_answers_503_when_the_broker_does_not_ack() {
     let publisher = CodeRequestPublisher::new(&kafka, config, hasher()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            otp_producer::ingress::router(publisher, 16 * 1024),
-        )
-        .await
-        .unwrap()
-    });
+    let app = otp_producer::ingress::router(
+        publisher,
+        &otp_producer::ingress::IngressConfig::new(addr, kafka.clone()),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::new();
     let mut body = fresh_body();
     body["request_id"] = json!("retry-me");

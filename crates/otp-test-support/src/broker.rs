@@ -83,6 +83,12 @@ impl TansuBroker {
         self.launch();
     }
 
+    /// The end of the broker's log, for a failing test to show.
+    pub fn log_tail(&self, bytes: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log[log.len().saturating_sub(bytes)..].to_string()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("tansu.log")
     }

@@ -6,9 +6,11 @@
 //! messages. Brokers die with the test process (`PR_SET_PDEATHSIG`), even on a panic or abort.
 
 mod broker;
+pub mod invariants;
 mod read;
 
 pub use broker::{shared_broker, Storage, TansuBroker};
+pub use invariants::{check as check_invariants, Verdict};
 pub use read::{
     collect_json_until, message_count, payload_json, read_messages, read_messages_blocking,
 };

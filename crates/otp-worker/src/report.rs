@@ -9,7 +9,8 @@ use otp_producer::kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublishError};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use otp_producer::session::ProducerSession;
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use std::future::Future;
@@ -22,7 +23,7 @@ pub const DLQ_SOURCE_PARTITION: &str = "otp-dlq-source-partition";
 pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
 
 pub struct Reporter {
-    producer: FutureProducer,
+    producer: ProducerSession,
     topics: Topics,
     fallback: CodeRequestPublisher,
 }
@@ -37,7 +38,7 @@ impl Reporter {
             .set("message.timeout.ms", "30000");
         kafka.apply_overrides(&mut config);
         Ok(Self {
-            producer: config.create()?,
+            producer: ProducerSession::new(config)?,
             topics: kafka.topics(),
             fallback,
         })
@@ -54,12 +55,9 @@ impl Reporter {
             });
             let record = FutureRecord::to(&topic)
                 .key(status.request_id.as_bytes())
-                .payload(&payload)
+                .payload(payload.as_slice())
                 .headers(headers);
-            let send = self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(5)));
-            async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
+            self.send(record)
         })
         .await;
         metrics::counter!(
@@ -111,13 +109,29 @@ impl Reporter {
             if let Some(payload) = original.payload() {
                 record = record.payload(payload);
             }
-            let send = self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(5)));
-            async move { send.await.map(|_| ()).map_err(|(e, _)| e.to_string()) }
+            self.send(record)
         })
         .await;
         metrics::counter!("otp_dead_letters_total").increment(1);
+    }
+
+    /// One send on the current producer session; a broken session is replaced for the retry.
+    async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), String> {
+        let lease = self.producer.lease();
+        let sent = lease
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await;
+        match sent {
+            Ok(_) => {
+                self.producer.succeeded(&lease);
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.producer.failed(&lease, &e);
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Hand a request on to its next channel's topic. A request the contract refuses cannot be

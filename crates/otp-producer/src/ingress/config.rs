@@ -14,6 +14,16 @@ pub struct IngressConfig {
     #[arg(long, env = "OTP_INGRESS_BODY_LIMIT", default_value_t = default_body_limit())]
     pub body_limit: usize,
 
+    /// Longest time one request may take, reading its body included; a slower client gets
+    /// 408. Keep it above `--ack-timeout`.
+    #[arg(long, env = "OTP_INGRESS_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests handled at once; more wait (within their timeout), so a flood cannot take
+    /// unbounded memory.
+    #[arg(long, env = "OTP_INGRESS_MAX_CONCURRENT", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
     /// How long to wait for the broker's acknowledgement before answering 503.
     #[arg(long, env = "OTP_INGRESS_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
@@ -36,6 +46,8 @@ impl IngressConfig {
         Self {
             listen,
             body_limit: default_body_limit(),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
             ack_timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(30 * 60),
             kafka,

@@ -23,19 +23,28 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 struct AppState {
     publisher: CodeRequestPublisher,
 }
 
-/// The ingress's routes, around a publisher.
-pub fn router(publisher: CodeRequestPublisher, body_limit: usize) -> Router {
+/// The ingress's routes, around a publisher, with `config`'s body limit, request timeout
+/// and bound on requests handled at once.
+pub fn router(publisher: CodeRequestPublisher, config: &IngressConfig) -> Router {
     let state = Arc::new(AppState { publisher });
     Router::new()
         .route("/v1/code-requests", post(submit))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(ConcurrencyLimitLayer::new(config.max_concurrent_requests))
+        // Outermost, so that a request waiting for a slot times out too.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
         .with_state(state)
 }
 
@@ -58,7 +67,7 @@ pub async fn serve(
     )?;
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "ingress listening");
-    axum::serve(listener, router(publisher.clone(), config.body_limit))
+    axum::serve(listener, router(publisher.clone(), &config))
         .with_graceful_shutdown(shutdown)
         .await?;
     publisher.flush(Duration::from_secs(5));

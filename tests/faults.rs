@@ -1,0 +1,499 @@
+//! Faults production brings, each under a steady load against tansu and the provider
+//! simulator, each ending with the invariant checker (`otp_test_support::invariants`): no
+//! acknowledged request lost, every fallback followed, no code sent after it expired, and the
+//! duplicates counted and bounded. Workers are real processes (`otp worker <channel>`), so a
+//! SIGKILL is a real crash. The figures printed here are the README's "Guarantees" table.
+
+mod common;
+
+use otp_events::{Channel, CodeRequest, PhoneHasher, Submission};
+use otp_producer::CodeRequestPublisher;
+use otp_provider_sim::{SimConfig, SimHandle};
+use otp_test_support::{
+    check_invariants, collect_json_until, read_messages, shared_broker, TestTopics, Verdict,
+};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HASH_KEY: &str = "faults-test-key";
+/// Messages a worker handles at once in these scenarios; it bounds what a crash can repeat.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// The i-th recipient, each distinct, clear of the simulator's staged last digits.
+fn phone(i: usize) -> String {
+    format!("+1555{:03}{:04}", (i / 8000) % 1000, 2000 + i % 8000)
+}
+
+/// Ten digits: no timestamp, offset or counter in a log line is that long a digit run.
+fn code(i: usize) -> String {
+    format!("97{:08}", i)
+}
+
+fn worker_config(dir: &Path) -> PathBuf {
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "max_in_flight = {MAX_IN_FLIGHT}\n\
+             commit_interval = \"200ms\"\n\
+             revoke_grace = \"5s\"\n\
+             shutdown_grace = \"10s\"\n\
+             [retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\nsafety_margin = \"1s\"\n\
+             [limits]\nsender_per_second = 5000\nsender_burst = 500\n\
+             [abuse]\nper_prefix = {{ count = 1000000, window = \"10m\" }}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A worker process: `otp worker <channel>` with debug logs to `log`.
+fn spawn_worker(
+    t: &TestTopics,
+    channel: Channel,
+    sim: &SimHandle,
+    config: &Path,
+    log: &Path,
+) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+    cmd.args(["worker", channel.as_str()])
+        .args(["--brokers", &t.kafka.brokers])
+        .args(["--topic-prefix", &t.kafka.topic_prefix])
+        .arg("--config")
+        .arg(config)
+        .args(["--api-base-url", &sim.base_url()])
+        .env("OTP_PHONE_HASH_KEY", HASH_KEY)
+        .env("OTP_WHATSAPP_TOKEN", "sim-token")
+        .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    match channel {
+        Channel::Whatsapp => cmd.args(["--phone-number-id", "1055500000"]),
+        Channel::Sms => cmd.args(["--account-sid", "ACsim", "--from", "+15557654321"]),
+    };
+    cmd.spawn().expect("start otp worker")
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+async fn wait(mut child: Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Publish `n` requests at about `per_second`, from `first` on; returns them as published.
+async fn publish_steady(
+    publisher: Arc<CodeRequestPublisher>,
+    first: usize,
+    n: usize,
+    per_second: u64,
+    channels: Vec<Channel>,
+) -> Vec<CodeRequest> {
+    let mut out = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = (per_second / 10).max(1) as usize;
+    for chunk_start in (first..first + n).step_by(per_tick) {
+        tick.tick().await;
+        let chunk: Vec<CodeRequest> = (chunk_start..(chunk_start + per_tick).min(first + n))
+            .map(|i| {
+                Submission::new(phone(i), code(i), channels.clone(), chrono::Duration::minutes(10))
+                    .complete(chrono::Utc::now())
+            })
+            .collect();
+        let acks =
+            futures_util::future::join_all(chunk.iter().map(|r| publisher.publish_request(r)))
+                .await;
+        for (r, ack) in chunk.into_iter().zip(acks) {
+            ack.expect("publish");
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The status topic read back until `n` distinct requests have a final status.
+async fn finals(t: &TestTopics, n: usize, within: Duration) -> Vec<Value> {
+    collect_json_until(
+        &t.kafka.brokers,
+        &t.topics.delivery_status(),
+        within,
+        move |got| distinct_finals(got) >= n,
+    )
+    .await
+}
+
+fn distinct_finals(statuses: &[Value]) -> usize {
+    statuses
+        .iter()
+        .filter(|s| s["final"] == true)
+        .filter_map(|s| s["request_id"].as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+async fn sim(config: SimConfig) -> SimHandle {
+    otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap()
+}
+
+fn roomy(latency_ms: u64) -> SimConfig {
+    SimConfig {
+        latency: Duration::from_millis(latency_ms),
+        ..common::roomy_sim()
+    }
+}
+
+fn report(scenario: &str, v: &Verdict) {
+    println!("[{scenario}] {v}");
+}
+
+/// No phone number and no code in the workers' debug logs, their metrics, the status topic
+/// or the dead-letter topic.
+async fn assert_private(t: &TestTopics, requests: &[CodeRequest], texts: &[String]) {
+    let dead = read_messages(&t.kafka.brokers, &t.topics.dead_letter(), 0, Duration::from_secs(2))
+        .await;
+    let statuses =
+        read_messages(&t.kafka.brokers, &t.topics.delivery_status(), 0, Duration::from_secs(2))
+            .await;
+    let mut haystacks: Vec<String> = texts.to_vec();
+    for m in dead.iter().chain(&statuses) {
+        use rdkafka::Message;
+        haystacks.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    }
+    for r in requests {
+        let digits = r.phone.trim_start_matches('+');
+        for h in &haystacks {
+            assert!(!h.contains(digits), "a phone number leaked: {digits}");
+            assert!(!h.contains(&r.code), "a code leaked: {}", r.code);
+        }
+    }
+}
+
+/// A worker killed with SIGKILL mid-load, then restarted: nothing lost; what the crash can
+/// repeat is bounded by what was in flight or finished but not yet committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sigkill_mid_load_then_restart() {
+    let t = TestTopics::create(shared_broker(), 4).await;
+    let sim = sim(roomy(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker_config(dir.path());
+    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+    let first = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("first.log"));
+    let load = tokio::spawn(publish_steady(
+        publisher,
+        0,
+        3000,
+        400,
+        vec![Channel::Sms],
+    ));
+
+    finals(&t, 800, Duration::from_secs(120)).await;
+    signal(&first, libc::SIGKILL);
+    wait(first).await;
+    let second = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("second.log"));
+    let requests = load.await.unwrap();
+    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+
+    let v = check_invariants(&requests, &statuses, &sim.messages());
+    report("worker SIGKILL + restart", &v);
+    v.assert_nothing_lost();
+    // Redone after the crash: the in-flight and handed-over messages, plus what finished
+    // since the last commit (200 ms at 400/s).
+    let bound = 2 * MAX_IN_FLIGHT + 400 / 5;
+    assert!(v.duplicate_sends <= bound, "{v}; bound {bound}");
+    assert_eq!(v.extra_finals, v.duplicate_sends, "a repeat send is a repeat status");
+
+    signal(&second, libc::SIGTERM);
+    assert!(wait(second).await.success(), "SIGTERM drains and exits 0");
+    let logs: Vec<String> = ["first.log", "second.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+        .collect();
+    assert!(logs[1].contains("DEBUG"), "the scan must cover debug logs");
+    assert_private(&t, &requests, &logs).await;
+}
+
+/// A second worker joins the group under load, then leaves it (SIGTERM): two rebalances,
+/// nothing lost, and the revoked partitions' work is finished before they move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_joins_and_leaves_under_load() {
+    let t = TestTopics::create(shared_broker(), 4).await;
+    let sim = sim(roomy(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker_config(dir.path());
+    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+    let steady = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("a.log"));
+    let load = tokio::spawn(publish_steady(
+        publisher,
+        0,
+        3000,
+        400,
+        vec![Channel::Sms],
+    ));
+
+    finals(&t, 600, Duration::from_secs(120)).await;
+    let joiner = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("b.log"));
+    finals(&t, 1800, Duration::from_secs(120)).await;
+    signal(&joiner, libc::SIGTERM);
+    assert!(wait(joiner).await.success(), "the leaver drains and exits 0");
+    let requests = load.await.unwrap();
+    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    signal(&steady, libc::SIGTERM);
+    assert!(wait(steady).await.success());
+
+    let v = check_invariants(&requests, &statuses, &sim.messages());
+    report("worker joins and leaves", &v);
+    v.assert_nothing_lost();
+    let b = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(b.contains("partitions assigned"), "the joiner took partitions");
+}
+
+/// The broker goes down and comes back, staged with librdkafka's mock cluster (tansu 0.6,
+/// restarted on its SQLite store, panics when an idempotent producer resumes its sequence, so
+/// a real restart cannot be staged with it). The ingress answers 503 while the broker is down
+/// and 202 again after; the worker resumes; every request the ingress acknowledged reaches a
+/// final status. Request errors on produce (retriable) are staged on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_then_up() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let mock = MockCluster::new(1).unwrap();
+    let kafka = otp_producer::kafka::KafkaArgs::new(mock.bootstrap_servers());
+    let topics = kafka.topics();
+    for topic in topics.all() {
+        mock.create_topic(&topic, 2, 1).unwrap();
+    }
+    let sim = sim(roomy(10)).await;
+    let worker = otp::stack::Worker::start(
+        &kafka,
+        common::test_config(),
+        common::open_limits(),
+        PhoneHasher::new(HASH_KEY.as_bytes()),
+        otp::stack::sms_client(&sim),
+    );
+
+    let publisher = otp_producer::CodeRequestPublisher::new(
+        &kafka,
+        otp_producer::PublisherConfig {
+            topics: topics.clone(),
+            ack_timeout: Duration::from_secs(2),
+            ..otp_producer::PublisherConfig::default()
+        },
+        PhoneHasher::new(HASH_KEY.as_bytes()),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/v1/code-requests");
+    let app = otp_producer::ingress::router(
+        publisher,
+        &otp_producer::ingress::IngressConfig::new(addr, kafka.clone()),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let post = |i: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let expires_at = chrono::Utc::now() + chrono::Duration::minutes(10);
+            let body = serde_json::json!({
+                "phone": phone(i), "code": code(i), "channels": ["sms"],
+                "expires_at": expires_at.to_rfc3339(),
+            });
+            let r = http.post(&url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let answer: Value = r.json().await.unwrap_or(Value::Null);
+            (status, answer["request_id"].as_str().map(str::to_string))
+        }
+    };
+
+    let mut accepted: Vec<CodeRequest> = Vec::new();
+    let mut record = |i: usize, id: String| {
+        let mut s = Submission::new(phone(i), code(i), vec![Channel::Sms], chrono::Duration::minutes(10));
+        s.request_id = Some(id);
+        accepted.push(s.complete(chrono::Utc::now()));
+    };
+    let mut i = 0;
+    while i < 300 {
+        let (status, id) = post(i).await;
+        assert_eq!(status, 202, "broker up: accepted");
+        record(i, id.unwrap());
+        i += 1;
+    }
+    mock.broker_down(1).unwrap();
+    for _ in 0..3 {
+        let (status, _) = post(i).await;
+        assert_eq!(status, 503, "broker down: 503, so the login system can retry or fall back");
+        i += 1;
+    }
+    mock.broker_up(1).unwrap();
+    // Retriable produce errors right after: the idempotent producer retries them.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 5],
+    );
+    let (mut after, mut refused_after) = (0, 0);
+    let recover_by = std::time::Instant::now() + Duration::from_secs(60);
+    while after < 300 {
+        assert!(
+            std::time::Instant::now() < recover_by,
+            "the ingress did not recover within 60 s ({after} accepted since the broker came back)"
+        );
+        let (status, id) = post(i).await;
+        if status == 202 {
+            record(i, id.unwrap());
+            after += 1;
+        } else {
+            assert_eq!(status, 503, "only 503 while the producer reconnects");
+            refused_after += 1;
+        }
+        i += 1;
+    }
+    let statuses = collect_json_until(
+        &kafka.brokers,
+        &topics.delivery_status(),
+        Duration::from_secs(120),
+        {
+            let n = accepted.len();
+            move |got| distinct_finals(got) >= n
+        },
+    )
+    .await;
+    worker.stop().await.expect("the worker rode out the outage");
+
+    let v = check_invariants(&accepted, &statuses, &sim.messages());
+    report(
+        &format!("broker down and up ({refused_after} refused while reconnecting)"),
+        &v,
+    );
+    v.assert_nothing_lost();
+}
+
+/// WhatsApp answers 500 for 30 s, then heals: requests are retried, fall back to SMS within
+/// their life, and after the outage WhatsApp delivers again. Nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_outage_then_heal() {
+    let t = TestTopics::create(shared_broker(), 4).await;
+    let sim = sim(roomy(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker_config(dir.path());
+    let wa = spawn_worker(&t, Channel::Whatsapp, &sim, &config, &dir.path().join("wa.log"));
+    let sms = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("sms.log"));
+    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+
+    sim.set_whatsapp_outage(Some((500, 131000)));
+    let during = publish_steady(
+        publisher.clone(),
+        0,
+        3000,
+        100,
+        vec![Channel::Whatsapp, Channel::Sms],
+    )
+    .await; // 30 s at 100/s
+    sim.set_whatsapp_outage(None);
+    let after = publish_steady(publisher, 3000, 500, 100, vec![Channel::Whatsapp, Channel::Sms])
+        .await;
+    let requests: Vec<CodeRequest> = during.iter().chain(&after).cloned().collect();
+    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    for w in [wa, sms] {
+        signal(&w, libc::SIGTERM);
+        assert!(wait(w).await.success());
+    }
+
+    let v = check_invariants(&requests, &statuses, &sim.messages());
+    report("provider outage 30 s", &v);
+    v.assert_nothing_lost();
+    let fell_back = statuses.iter().filter(|s| s["status"] == "fallback").count();
+    assert!(fell_back > 0, "requests during the outage fell back");
+    let healed = after
+        .iter()
+        .filter(|r| {
+            statuses.iter().any(|s| {
+                s["request_id"] == r.request_id.as_str()
+                    && s["status"] == "sent"
+                    && s["channel"] == "whatsapp"
+            })
+        })
+        .count();
+    assert!(healed > 0, "after the outage WhatsApp delivers again");
+}
+
+/// A slow provider: answers take longer than the client's timeout for many requests. They
+/// time out, are retried, and the provider never sees more requests at once than the
+/// workers' in-flight bound. A timed-out request the provider completed anyway is a
+/// duplicate: counted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_provider_times_out_and_retries_within_bounds() {
+    let t = TestTopics::create(shared_broker(), 4).await;
+    let sim = sim(SimConfig {
+        latency: Duration::from_millis(200),
+        latency_jitter: Duration::from_millis(600),
+        ..common::roomy_sim()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker_config(dir.path());
+    let log = dir.path().join("w.log");
+    let worker = spawn_worker_with_timeout(&t, &sim, &config, &log, "500ms");
+    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+    let requests = publish_steady(publisher, 0, 2000, 200, vec![Channel::Sms]).await;
+    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    signal(&worker, libc::SIGTERM);
+    assert!(wait(worker).await.success());
+
+    let v = check_invariants(&requests, &statuses, &sim.messages());
+    let stats = sim.stats();
+    report(
+        &format!(
+            "slow provider ({} provider requests for {} codes, at most {} at once)",
+            stats.received,
+            requests.len(),
+            stats.max_concurrent_requests
+        ),
+        &v,
+    );
+    v.assert_nothing_lost();
+    assert!(
+        stats.received > requests.len() as u64,
+        "some requests timed out and were retried"
+    );
+    assert!(
+        stats.max_concurrent_requests <= MAX_IN_FLIGHT as u64,
+        "in flight stays bounded: {}",
+        stats.max_concurrent_requests
+    );
+}
+
+fn spawn_worker_with_timeout(
+    t: &TestTopics,
+    sim: &SimHandle,
+    config: &Path,
+    log: &Path,
+    timeout: &str,
+) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+    cmd.args(["worker", "sms", "--request-timeout", timeout])
+        .args(["--brokers", &t.kafka.brokers])
+        .args(["--topic-prefix", &t.kafka.topic_prefix])
+        .arg("--config")
+        .arg(config)
+        .args(["--api-base-url", &sim.base_url()])
+        .args(["--account-sid", "ACsim", "--from", "+15557654321"])
+        .env("OTP_PHONE_HASH_KEY", HASH_KEY)
+        .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd.spawn().expect("start otp worker")
+}
