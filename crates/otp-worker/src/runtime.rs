@@ -89,6 +89,10 @@ pub async fn run<C: ChannelClient>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // A crashed worker's partitions move after 10 s, not Kafka's default 45 s: a code
+        // lives minutes and its user is waiting.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
         // Fetched-but-unhandled messages are what pausing cannot stop; keep that buffer small.
         .set("queued.max.messages.kbytes", "8192");
     kafka.apply_overrides(&mut client_config);
