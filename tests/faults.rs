@@ -54,15 +54,17 @@ fn worker_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// A worker process: `otp worker <channel>` with debug logs to `log`.
+/// A worker process: `otp worker <channel>` with debug logs to `log`, and `env` on top.
 fn spawn_worker(
     t: &TestTopics,
     channel: Channel,
     sim: &SimHandle,
     config: &Path,
     log: &Path,
+    env: &[(&str, &str)],
 ) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+    cmd.envs(env.iter().copied());
     cmd.args(["worker", channel.as_str()])
         .args(["--brokers", &t.kafka.brokers])
         .args(["--topic-prefix", &t.kafka.topic_prefix])
@@ -112,8 +114,13 @@ async fn publish_steady(
         tick.tick().await;
         let chunk: Vec<CodeRequest> = (chunk_start..(chunk_start + per_tick).min(first + n))
             .map(|i| {
-                Submission::new(phone(i), code(i), channels.clone(), chrono::Duration::minutes(10))
-                    .complete(chrono::Utc::now())
+                Submission::new(
+                    phone(i),
+                    code(i),
+                    channels.clone(),
+                    chrono::Duration::minutes(10),
+                )
+                .complete(chrono::Utc::now())
             })
             .collect();
         let acks =
@@ -175,6 +182,63 @@ fn roomy(latency_ms: u64) -> SimConfig {
     }
 }
 
+/// What every worker scenario starts from: its topics, a simulator, a directory for worker
+/// configs and logs, and a publisher.
+struct Scenario {
+    t: TestTopics,
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    publisher: Arc<CodeRequestPublisher>,
+}
+
+impl Scenario {
+    async fn start(sim_config: SimConfig) -> Self {
+        let t = TestTopics::create(shared_broker(), 4).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = worker_config(dir.path());
+        let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+        Self {
+            sim: sim(sim_config).await,
+            t,
+            dir,
+            config,
+            publisher,
+        }
+    }
+
+    /// A worker process logging to `<name>.log` in the scenario's directory.
+    fn worker(&self, channel: Channel, name: &str) -> Child {
+        self.worker_with(channel, name, &[])
+    }
+
+    fn worker_with(&self, channel: Channel, name: &str, env: &[(&str, &str)]) -> Child {
+        spawn_worker(
+            &self.t,
+            channel,
+            &self.sim,
+            &self.config,
+            &self.log(name),
+            env,
+        )
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// `n` SMS requests at `per_second`, published in the background.
+    fn load(&self, n: usize, per_second: u64) -> tokio::task::JoinHandle<Vec<CodeRequest>> {
+        tokio::spawn(publish_steady(
+            self.publisher.clone(),
+            0,
+            n,
+            per_second,
+            vec![Channel::Sms],
+        ))
+    }
+}
+
 fn report(scenario: &str, v: &Verdict) {
     println!("[{scenario}] {v}");
 }
@@ -182,11 +246,20 @@ fn report(scenario: &str, v: &Verdict) {
 /// No phone number and no code in the workers' debug logs, their metrics, the status topic
 /// or the dead-letter topic.
 async fn assert_private(t: &TestTopics, requests: &[CodeRequest], texts: &[String]) {
-    let dead = read_messages(&t.kafka.brokers, &t.topics.dead_letter(), 0, Duration::from_secs(2))
-        .await;
-    let statuses =
-        read_messages(&t.kafka.brokers, &t.topics.delivery_status(), 0, Duration::from_secs(2))
-            .await;
+    let dead = read_messages(
+        &t.kafka.brokers,
+        &t.topics.dead_letter(),
+        0,
+        Duration::from_secs(2),
+    )
+    .await;
+    let statuses = read_messages(
+        &t.kafka.brokers,
+        &t.topics.delivery_status(),
+        0,
+        Duration::from_secs(2),
+    )
+    .await;
     let mut haystacks: Vec<String> = texts.to_vec();
     for m in dead.iter().chain(&statuses) {
         use rdkafka::Message;
@@ -206,38 +279,19 @@ async fn assert_private(t: &TestTopics, requests: &[CodeRequest], texts: &[Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigkill_mid_load_then_restart() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let t = TestTopics::create(shared_broker(), 4).await;
-    let sim = sim(roomy(20)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = worker_config(dir.path());
-    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
-    let first = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("first.log"));
-    let load = tokio::spawn(publish_steady(
-        publisher,
-        0,
-        3000,
-        300,
-        vec![Channel::Sms],
-    ));
+    let sc = Scenario::start(roomy(20)).await;
+    let first = sc.worker(Channel::Sms, "first");
+    let load = sc.load(3000, 300);
 
-    finals(&t, 800, Duration::from_secs(120)).await;
+    finals(&sc.t, 800, Duration::from_secs(120)).await;
     signal(&first, libc::SIGKILL);
     wait(first).await;
-    let second = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("second.log"));
+    let second = sc.worker(Channel::Sms, "second");
     let requests = load.await.unwrap();
-    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    let statuses = finals(&sc.t, requests.len(), Duration::from_secs(180)).await;
 
-    let v = check_invariants(&requests, &statuses, &sim.messages());
+    let v = check_invariants(&requests, &statuses, &sc.sim.messages());
     report("worker SIGKILL + restart", &v);
-    if !v.lost.is_empty() {
-        let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
-        let interesting: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("assigned") || l.contains("revoked") || l.contains("WARN"))
-            .take(20)
-            .collect();
-        eprintln!("second worker's log:\n{}", interesting.join("\n"));
-    }
     v.assert_nothing_lost();
     // Redone after the crash: the in-flight and handed-over messages, plus what finished
     // since the last commit took effect (the 200 ms interval plus the broker's answer; a
@@ -250,12 +304,12 @@ async fn worker_sigkill_mid_load_then_restart() {
 
     signal(&second, libc::SIGTERM);
     assert!(wait(second).await.success(), "SIGTERM drains and exits 0");
-    let logs: Vec<String> = ["first.log", "second.log"]
+    let logs: Vec<String> = ["first", "second"]
         .iter()
-        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+        .map(|f| std::fs::read_to_string(sc.log(f)).unwrap())
         .collect();
     assert!(logs[1].contains("DEBUG"), "the scan must cover debug logs");
-    assert_private(&t, &requests, &logs).await;
+    assert_private(&sc.t, &requests, &logs).await;
 }
 
 /// A second worker joins the group under load, then leaves it (SIGTERM): two rebalances,
@@ -263,35 +317,31 @@ async fn worker_sigkill_mid_load_then_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_joins_and_leaves_under_load() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let t = TestTopics::create(shared_broker(), 4).await;
-    let sim = sim(roomy(20)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = worker_config(dir.path());
-    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
-    let steady = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("a.log"));
-    let load = tokio::spawn(publish_steady(
-        publisher,
-        0,
-        3000,
-        300,
-        vec![Channel::Sms],
-    ));
+    let sc = Scenario::start(roomy(20)).await;
+    let steady = sc.worker(Channel::Sms, "a");
+    let load = sc.load(3000, 300);
 
-    finals(&t, 600, Duration::from_secs(120)).await;
-    let joiner = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("b.log"));
-    finals(&t, 1800, Duration::from_secs(120)).await;
+    finals(&sc.t, 600, Duration::from_secs(120)).await;
+    let joiner = sc.worker(Channel::Sms, "b");
+    finals(&sc.t, 1800, Duration::from_secs(120)).await;
     signal(&joiner, libc::SIGTERM);
-    assert!(wait(joiner).await.success(), "the leaver drains and exits 0");
+    assert!(
+        wait(joiner).await.success(),
+        "the leaver drains and exits 0"
+    );
     let requests = load.await.unwrap();
-    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    let statuses = finals(&sc.t, requests.len(), Duration::from_secs(180)).await;
     signal(&steady, libc::SIGTERM);
     assert!(wait(steady).await.success());
 
-    let v = check_invariants(&requests, &statuses, &sim.messages());
+    let v = check_invariants(&requests, &statuses, &sc.sim.messages());
     report("worker joins and leaves", &v);
     v.assert_nothing_lost();
-    let b = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
-    assert!(b.contains("partitions assigned"), "the joiner took partitions");
+    let b = std::fs::read_to_string(sc.log("b")).unwrap();
+    assert!(
+        b.contains("partitions assigned"),
+        "the joiner took partitions"
+    );
 }
 
 /// The broker goes down and comes back, staged with librdkafka's mock cluster (tansu 0.6,
@@ -356,7 +406,12 @@ async fn broker_down_then_up() {
 
     let mut accepted: Vec<CodeRequest> = Vec::new();
     let mut record = |i: usize, id: String| {
-        let mut s = Submission::new(phone(i), code(i), vec![Channel::Sms], chrono::Duration::minutes(10));
+        let mut s = Submission::new(
+            phone(i),
+            code(i),
+            vec![Channel::Sms],
+            chrono::Duration::minutes(10),
+        );
         s.request_id = Some(id);
         accepted.push(s.complete(chrono::Utc::now()));
     };
@@ -370,7 +425,10 @@ async fn broker_down_then_up() {
     mock.broker_down(1).unwrap();
     for _ in 0..3 {
         let (status, _) = post(i).await;
-        assert_eq!(status, 503, "broker down: 503, so the login system can retry or fall back");
+        assert_eq!(
+            status, 503,
+            "broker down: 503, so the login system can retry or fall back"
+        );
         i += 1;
     }
     mock.broker_up(1).unwrap();
@@ -421,17 +479,14 @@ async fn broker_down_then_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_outage_then_heal() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let t = TestTopics::create(shared_broker(), 4).await;
-    let sim = sim(roomy(10)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = worker_config(dir.path());
-    let wa = spawn_worker(&t, Channel::Whatsapp, &sim, &config, &dir.path().join("wa.log"));
-    let sms = spawn_worker(&t, Channel::Sms, &sim, &config, &dir.path().join("sms.log"));
-    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+    let sc = Scenario::start(roomy(10)).await;
+    let (t, sim) = (&sc.t, &sc.sim);
+    let wa = sc.worker(Channel::Whatsapp, "wa");
+    let sms = sc.worker(Channel::Sms, "sms");
 
     sim.set_whatsapp_outage(Some((500, 131000)));
     let during = publish_steady(
-        publisher.clone(),
+        sc.publisher.clone(),
         0,
         3000,
         100,
@@ -439,10 +494,16 @@ async fn provider_outage_then_heal() {
     )
     .await; // 30 s at 100/s
     sim.set_whatsapp_outage(None);
-    let after = publish_steady(publisher, 3000, 500, 100, vec![Channel::Whatsapp, Channel::Sms])
-        .await;
+    let after = publish_steady(
+        sc.publisher.clone(),
+        3000,
+        500,
+        100,
+        vec![Channel::Whatsapp, Channel::Sms],
+    )
+    .await;
     let requests: Vec<CodeRequest> = during.iter().chain(&after).cloned().collect();
-    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    let statuses = finals(t, requests.len(), Duration::from_secs(180)).await;
     for w in [wa, sms] {
         signal(&w, libc::SIGTERM);
         assert!(wait(w).await.success());
@@ -451,7 +512,10 @@ async fn provider_outage_then_heal() {
     let v = check_invariants(&requests, &statuses, &sim.messages());
     report("provider outage 30 s", &v);
     v.assert_nothing_lost();
-    let fell_back = statuses.iter().filter(|s| s["status"] == "fallback").count();
+    let fell_back = statuses
+        .iter()
+        .filter(|s| s["status"] == "fallback")
+        .count();
     assert!(fell_back > 0, "requests during the outage fell back");
     let healed = after
         .iter()
@@ -473,20 +537,16 @@ async fn provider_outage_then_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_provider_times_out_and_retries_within_bounds() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let t = TestTopics::create(shared_broker(), 4).await;
-    let sim = sim(SimConfig {
+    let sc = Scenario::start(SimConfig {
         latency: Duration::from_millis(200),
         latency_jitter: Duration::from_millis(600),
         ..common::roomy_sim()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = worker_config(dir.path());
-    let log = dir.path().join("w.log");
-    let worker = spawn_worker_with_timeout(&t, &sim, &config, &log, "500ms");
-    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
-    let requests = publish_steady(publisher, 0, 2000, 200, vec![Channel::Sms]).await;
-    let statuses = finals(&t, requests.len(), Duration::from_secs(180)).await;
+    let sim = &sc.sim;
+    let worker = sc.worker_with(Channel::Sms, "w", &[("OTP_SMS_REQUEST_TIMEOUT", "500ms")]);
+    let requests = sc.load(2000, 200).await.unwrap();
+    let statuses = finals(&sc.t, requests.len(), Duration::from_secs(180)).await;
     signal(&worker, libc::SIGTERM);
     assert!(wait(worker).await.success());
 
@@ -515,27 +575,4 @@ async fn slow_provider_times_out_and_retries_within_bounds() {
         "in flight stays bounded: {}",
         stats.max_concurrent_requests
     );
-}
-
-fn spawn_worker_with_timeout(
-    t: &TestTopics,
-    sim: &SimHandle,
-    config: &Path,
-    log: &Path,
-    timeout: &str,
-) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
-    cmd.args(["worker", "sms", "--request-timeout", timeout])
-        .args(["--brokers", &t.kafka.brokers])
-        .args(["--topic-prefix", &t.kafka.topic_prefix])
-        .arg("--config")
-        .arg(config)
-        .args(["--api-base-url", &sim.base_url()])
-        .args(["--account-sid", "ACsim", "--from", "+15557654321"])
-        .env("OTP_PHONE_HASH_KEY", HASH_KEY)
-        .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    cmd.spawn().expect("start otp worker")
 }

@@ -10,7 +10,8 @@ use crate::{
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-const FIELDS: &[&str] = &[
+/// Every field of `otp.code_request.v1`.
+pub const CODE_REQUEST_FIELDS: &[&str] = &[
     "schema",
     "request_id",
     "phone",
@@ -31,7 +32,7 @@ const WORKER_FIELDS: &[&str] = &["attempt", "tried_channels"];
 /// Decode and validate a code request event as it travels on a request topic.
 pub fn decode_code_request(bytes: &[u8], rules: &Rules) -> Result<CodeRequest, ValidationError> {
     let obj = parse_object(bytes)?;
-    check_field_names(&obj, FIELDS)?;
+    check_field_names(&obj, CODE_REQUEST_FIELDS)?;
     let submission = submission_from(&obj)?;
     let request = CodeRequest {
         schema: required(&obj, "schema", as_string)?,
@@ -53,7 +54,7 @@ pub fn decode_submission(
     rules: &Rules,
 ) -> Result<CodeRequest, ValidationError> {
     let obj = parse_object(bytes)?;
-    let allowed: Vec<&str> = FIELDS
+    let allowed: Vec<&str> = CODE_REQUEST_FIELDS
         .iter()
         .copied()
         .filter(|f| !WORKER_FIELDS.contains(f))

@@ -21,7 +21,7 @@ mod topics;
 mod validate;
 
 pub use channel::Channel;
-pub use decode::{decode_code_request, decode_submission};
+pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;
 pub use pii::{country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher};
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};

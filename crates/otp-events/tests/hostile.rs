@@ -2,24 +2,13 @@
 //! every rejection names a field (or `$`, the whole body) and the rule it broke, and no
 //! rejection quotes a digit run it was given, which could be a phone number or a code.
 
-use otp_events::{decode_code_request, decode_submission, Rules, ValidationError};
+use otp_events::{
+    decode_code_request, decode_submission, Rules, ValidationError, CODE_REQUEST_FIELDS,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
-const FIELDS: &[&str] = &[
-    "schema",
-    "request_id",
-    "phone",
-    "code",
-    "channels",
-    "locale",
-    "created_at",
-    "expires_at",
-    "app",
-    "user_ref",
-    "attempt",
-    "tried_channels",
-];
+const FIELDS: &[&str] = CODE_REQUEST_FIELDS;
 
 fn valid() -> Value {
     serde_json::from_str(include_str!("../../../schemas/examples/valid/full.json")).unwrap()
@@ -36,7 +25,10 @@ fn assert_names_a_rule(e: &ValidationError) -> Result<(), TestCaseError> {
 
 fn assert_does_not_quote(e: &ValidationError, secret: &str) -> Result<(), TestCaseError> {
     let shown = format!("{} {}", e.field, e.message);
-    prop_assert!(!shown.contains(secret), "the error quotes the input: {shown}");
+    prop_assert!(
+        !shown.contains(secret),
+        "the error quotes the input: {shown}"
+    );
     Ok(())
 }
 
@@ -108,8 +100,8 @@ proptest! {
 fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
     for depth in [200, 10_000, 100_000] {
         let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-        let e = decode_submission(body.as_bytes(), chrono::Utc::now(), &Rules::default())
-            .unwrap_err();
+        let e =
+            decode_submission(body.as_bytes(), chrono::Utc::now(), &Rules::default()).unwrap_err();
         assert_eq!(e.field, "$", "{e:?}");
     }
 }

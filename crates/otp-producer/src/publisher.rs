@@ -2,6 +2,7 @@
 //! only once the broker acknowledged.
 
 use crate::kafka::KafkaArgs;
+use crate::session::ProducerSession;
 use chrono::Utc;
 use otp_events::{
     CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, CODE_REQUEST_SCHEMA,
@@ -9,7 +10,6 @@ use otp_events::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use crate::session::ProducerSession;
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;

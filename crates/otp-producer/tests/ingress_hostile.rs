@@ -39,7 +39,10 @@ async fn slow_client(addr: SocketAddr) -> (String, Duration) {
         .expect("the server answers a stalled client within its request timeout")
         .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
-    (text.lines().next().unwrap_or("").to_string(), started.elapsed())
+    (
+        text.lines().next().unwrap_or("").to_string(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,5 +96,9 @@ async fn bad_requests_do_not_starve_good_ones() {
         assert!(took < Duration::from_secs(5), "answered after {took:?}");
     }
     let topic = t.topics.requests(otp_events::Channel::Sms);
-    assert_eq!(message_count(&t.kafka.brokers, &topic), 20, "only the valid ones");
+    assert_eq!(
+        message_count(&t.kafka.brokers, &topic),
+        20,
+        "only the valid ones"
+    );
 }

@@ -82,7 +82,10 @@ pub fn check(requests: &[CodeRequest], statuses: &[Value], sends: &[Received]) -
         ..Verdict::default()
     };
     for r in requests {
-        let story = by_id.get(r.request_id.as_str()).cloned().unwrap_or_default();
+        let story = by_id
+            .get(r.request_id.as_str())
+            .cloned()
+            .unwrap_or_default();
         let finals = story.iter().filter(|s| s["final"] == true).count();
         if finals == 0 {
             v.lost.push(r.request_id.clone());
@@ -146,7 +149,11 @@ mod tests {
 
     #[test]
     fn counts_what_went_wrong() {
-        let (a, b, c) = (request("+15550001"), request("+15550002"), request("+15550003"));
+        let (a, b, c) = (
+            request("+15550001"),
+            request("+15550002"),
+            request("+15550003"),
+        );
         let now = chrono::Utc::now().timestamp_millis();
         let statuses = vec![
             json!({"request_id": a.request_id, "status": "sent", "channel": "sms", "final": true}),

@@ -6,10 +6,10 @@
 
 use otp_events::{CodeRequest, DeliveryStatus, Topics, HEADER_SCHEMA};
 use otp_producer::kafka::KafkaArgs;
+use otp_producer::session::ProducerSession;
 use otp_producer::{CodeRequestPublisher, PublishError};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use otp_producer::session::ProducerSession;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
