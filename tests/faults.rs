@@ -488,22 +488,22 @@ async fn provider_outage_then_heal() {
     let during = publish_steady(
         sc.publisher.clone(),
         0,
-        3000,
-        100,
+        1500,
+        50,
         vec![Channel::Whatsapp, Channel::Sms],
     )
-    .await; // 30 s at 100/s
+    .await; // 30 s at 50/s: each costs five tries, a fallback and an SMS
     sim.set_whatsapp_outage(None);
     let after = publish_steady(
         sc.publisher.clone(),
-        3000,
+        1500,
         500,
-        100,
+        50,
         vec![Channel::Whatsapp, Channel::Sms],
     )
     .await;
     let requests: Vec<CodeRequest> = during.iter().chain(&after).cloned().collect();
-    let statuses = finals(t, requests.len(), Duration::from_secs(180)).await;
+    let statuses = finals(t, requests.len(), Duration::from_secs(300)).await;
     for w in [wa, sms] {
         signal(&w, libc::SIGTERM);
         assert!(wait(w).await.success());
