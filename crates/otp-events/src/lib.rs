@@ -15,7 +15,9 @@ mod channel;
 mod decode;
 mod error;
 mod pii;
+mod receipt;
 mod request;
+pub mod signature;
 mod status;
 mod topics;
 mod validate;
@@ -24,6 +26,10 @@ pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;
 pub use pii::{country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher};
+pub use receipt::{
+    ConfirmationState, PendingConfirmation, Receipt, ReceiptError, ReceiptStatus,
+    PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
+};
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;

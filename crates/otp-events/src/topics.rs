@@ -38,11 +38,24 @@ impl Topics {
         format!("{}otp.dead-letter", self.prefix)
     }
 
+    /// Provider receipts from the webhook ingress, keyed by request_id.
+    pub fn delivery_receipts(&self) -> String {
+        format!("{}otp.delivery-receipts", self.prefix)
+    }
+
+    /// Sends awaiting their receipts (compacted), keyed by request_id. Must have as many
+    /// partitions as the receipts topic: the tracker reads the two co-partitioned.
+    pub fn pending_confirmations(&self) -> String {
+        format!("{}otp.pending-confirmations", self.prefix)
+    }
+
     /// Every topic the pipeline needs, for `otp topics create`.
     pub fn all(&self) -> Vec<String> {
         let mut all: Vec<String> = Channel::ALL.iter().map(|c| self.requests(*c)).collect();
         all.push(self.delivery_status());
         all.push(self.dead_letter());
+        all.push(self.delivery_receipts());
+        all.push(self.pending_confirmations());
         all
     }
 }

@@ -25,7 +25,16 @@ pub async fn create_topics(
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let new_topics: Vec<NewTopic> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .map(|n| {
+            let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
+            // The pending confirmations are the tracker's state: only the latest record per
+            // request_id matters, and a tombstone removes it.
+            if n.ends_with("otp.pending-confirmations") {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(&new_topics, &options).await?;

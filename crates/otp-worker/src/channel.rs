@@ -101,6 +101,12 @@ impl ErrorTable {
         out
     }
 
+    /// The class and meaning of a provider code, when the table knows it.
+    pub fn describe(&self, code: i64) -> Option<(ErrorClass, &'static str)> {
+        self.entry(code)
+            .map(|(_, class, meaning)| (*class, *meaning))
+    }
+
     fn entry(&self, code: i64) -> Option<&(i64, ErrorClass, &'static str)> {
         self.entries.iter().find(|(c, _, _)| *c == code)
     }

@@ -26,6 +26,10 @@ pub struct WorkerArgs {
     /// Consumer group id.
     #[arg(long, env = "OTP_GROUP_ID")]
     pub group_id: Option<String>,
+    /// Confirm deliveries by receipt, falling back when none comes within this window
+    /// (e.g. `15s`). Needs `otp-receipts` and its tracker; see README, "Delivery receipts".
+    #[arg(long, env = "OTP_CONFIRM_WINDOW", value_parser = humantime::parse_duration)]
+    pub confirm_window: Option<std::time::Duration>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OTP_LOG_JSON")]
     pub log_json: bool,
@@ -54,6 +58,11 @@ impl WorkerArgs {
         }
         if let Some(group) = &self.group_id {
             config.group_id = Some(group.clone());
+        }
+        if let Some(window) = self.confirm_window {
+            let mut confirmation = config.confirmation.clone().unwrap_or_default();
+            confirmation.window = window;
+            config.confirmation = Some(confirmation);
         }
         if let Some(rate) = self.sender_rate {
             let mut limits = config

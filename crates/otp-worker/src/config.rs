@@ -44,9 +44,44 @@ pub struct WorkerConfig {
     /// When a broken channel stops being tried.
     #[serde(default)]
     pub circuit: CircuitConfig,
+    /// Receipt-driven confirmation; off when absent. Turn it on only once the provider's
+    /// status webhooks reach `otp-receipts` and the confirmation tracker runs: otherwise
+    /// every accepted send would fall back when its window ends.
+    #[serde(default)]
+    pub confirmation: Option<ConfirmationConfig>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; not served when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// When a send is accepted, wait for the provider's receipt before calling it delivered; a
+/// failed receipt, or none within the window, hands the request to the next channel.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationConfig {
+    /// How long after acceptance a `delivered` receipt may take before the request falls back.
+    #[serde(default = "default_confirm_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// What the next channel needs: the window always ends this long before `expires_at`,
+    /// and when less is left at acceptance no fallback is armed (the send is final).
+    #[serde(default = "default_fallback_time", with = "humantime_serde")]
+    pub fallback_time: Duration,
+}
+
+impl Default for ConfirmationConfig {
+    fn default() -> Self {
+        Self {
+            window: default_confirm_window(),
+            fallback_time: default_fallback_time(),
+        }
+    }
+}
+
+fn default_confirm_window() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_fallback_time() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_max_in_flight() -> usize {
@@ -132,5 +167,13 @@ mod tests {
         assert_eq!(c.revoke_grace, Duration::from_secs(10));
         assert_eq!(c.retry.safety_margin, Duration::from_secs(5));
         assert!(c.limits.is_none() && c.metrics_listen.is_none());
+        assert!(
+            c.confirmation.is_none(),
+            "off until webhooks are registered"
+        );
+        let on = WorkerConfig::from_toml("[confirmation]").unwrap();
+        let confirmation = on.confirmation.unwrap();
+        assert_eq!(confirmation.window, Duration::from_secs(15));
+        assert_eq!(confirmation.fallback_time, Duration::from_secs(10));
     }
 }

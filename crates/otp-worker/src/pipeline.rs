@@ -4,14 +4,16 @@
 
 use crate::channel::{ChannelClient, ErrorClass, SendFailure, SendOutcome};
 use crate::circuit::{Admission, Circuit, Verdict};
+use crate::config::ConfirmationConfig;
 use crate::dedup::Dedup;
 use crate::limits::{Attempt, Limiter, Subject};
 use crate::report::Reporter;
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
 use otp_events::{
-    decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
-    DeliveryStatus, ErrorCategory, PhoneHasher, Rules, StatusError, StatusKind, HEADER_REQUEST_ID,
+    decode_code_request, is_valid_request_id, number_range, phone_facts, Channel, CodeRequest,
+    ConfirmationState, DeliveryStatus, ErrorCategory, PendingConfirmation, PhoneHasher, Rules,
+    StatusError, StatusKind, HEADER_REQUEST_ID, PENDING_CONFIRMATION_SCHEMA,
 };
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
@@ -27,6 +29,8 @@ pub struct Pipeline<C> {
     pub reporter: Reporter,
     pub rules: Rules,
     pub hasher: PhoneHasher,
+    /// Receipt-driven confirmation of accepted sends; off when `None`.
+    pub confirmation: Option<ConfirmationConfig>,
 }
 
 /// Why a channel stopped trying: decides between fallback and `failed`.
@@ -83,16 +87,8 @@ impl<C: ChannelClient> Pipeline<C> {
         // send, retrying transient failures while time allows
         let stop = match self.send_with_retries(&request, &subject).await {
             Ok((provider_message_id, tries)) => {
-                let status = StatusKind::Sent;
                 return self
-                    .report(
-                        &request,
-                        &subject,
-                        status,
-                        tries,
-                        Some(provider_message_id),
-                        None,
-                    )
+                    .accepted(&request, &subject, provider_message_id, tries)
                     .await;
             }
             Err(SendEnd::Invalid(failure, tries)) => {
@@ -122,6 +118,34 @@ impl<C: ChannelClient> Pipeline<C> {
 
         // fall back, or fail
         self.fall_back_or_fail(&request, &subject, stop).await
+    }
+
+    /// The provider took it. Without confirmation that is the final word (`sent`). With it,
+    /// the send is recorded as pending first, so the tracker reports its receipts; when a
+    /// channel is left and time allows, a fallback is armed and the status is `accepted`
+    /// (not final: the tracker ends the request's life).
+    async fn accepted(
+        &self,
+        request: &CodeRequest,
+        subject: &Subject,
+        provider_message_id: String,
+        tries: u32,
+    ) {
+        let mut kind = StatusKind::Sent;
+        if let Some(confirmation) = &self.confirmation {
+            let record = pending_record(
+                request,
+                self.client.channel(),
+                &provider_message_id,
+                confirmation,
+            );
+            if record.state == ConfirmationState::Awaiting {
+                kind = StatusKind::Accepted;
+            }
+            self.reporter.pending(&record).await;
+        }
+        let id = Some(provider_message_id);
+        self.report(request, subject, kind, tries, id, None).await
     }
 
     fn subject_of(&self, request: &CodeRequest) -> Subject {
@@ -406,6 +430,35 @@ fn expired_error() -> StatusError {
         category: ErrorCategory::Expired,
         code: "expired".to_string(),
         message: "the code expired before it could be sent".to_string(),
+    }
+}
+
+/// The pending confirmation of a send accepted now: a fallback is armed when a channel is
+/// left and the window can end `fallback_time` before the code expires.
+fn pending_record(
+    request: &CodeRequest,
+    channel: Channel,
+    provider_message_id: &str,
+    confirmation: &ConfirmationConfig,
+) -> PendingConfirmation {
+    let now = Utc::now();
+    let window = chrono::Duration::from_std(confirmation.window).unwrap_or_default();
+    let reserve = chrono::Duration::from_std(confirmation.fallback_time).unwrap_or_default();
+    let confirm_by = (now + window).min(request.expires_at - reserve);
+    let armed = request.next_channel().is_some() && confirm_by > now;
+    PendingConfirmation {
+        schema: PENDING_CONFIRMATION_SCHEMA.to_string(),
+        request: request.clone(),
+        channel,
+        provider_message_id: provider_message_id.to_string(),
+        accepted_at: now,
+        confirm_by: armed.then_some(confirm_by),
+        state: if armed {
+            ConfirmationState::Awaiting
+        } else {
+            ConfirmationState::ReportOnly
+        },
+        reported: Vec::new(),
     }
 }
 

@@ -1,10 +1,14 @@
-//! Everything a worker writes to Kafka: delivery statuses, dead letters, and fallback requests.
+//! Everything a worker (or the confirmation tracker) writes to Kafka: delivery statuses, dead
+//! letters, fallback requests and pending confirmations.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
 //! message that caused it counts as finished, and is retried until it is: a status that was
 //! never written would leave a request without its final word.
 
-use otp_events::{CodeRequest, DeliveryStatus, Topics, HEADER_SCHEMA};
+use otp_events::{
+    CodeRequest, DeliveryStatus, PendingConfirmation, Topics, HEADER_SCHEMA,
+    PENDING_CONFIRMATION_SCHEMA,
+};
 use otp_producer::kafka::KafkaArgs;
 use otp_producer::session::ProducerSession;
 use otp_producer::{CodeRequestPublisher, PublishError};
@@ -46,26 +50,70 @@ impl Reporter {
 
     /// Write a status, keyed by request_id.
     pub async fn status(&self, status: &DeliveryStatus) {
-        let payload = status.to_json();
         let topic = self.topics.delivery_status();
-        retry_until_acked("status", || {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: HEADER_SCHEMA,
-                value: Some(otp_events::DELIVERY_STATUS_SCHEMA),
-            });
-            let record = FutureRecord::to(&topic)
-                .key(status.request_id.as_bytes())
-                .payload(payload.as_slice())
-                .headers(headers);
-            self.send(record)
-        })
-        .await;
+        let payload = status.to_json();
+        let schema = otp_events::DELIVERY_STATUS_SCHEMA;
+        self.keyed("status", &topic, &status.request_id, Some(&payload), schema)
+            .await;
         metrics::counter!(
             "otp_statuses_total",
             "channel" => status.channel.as_str(),
             "status" => status.status.as_str()
         )
         .increment(1);
+    }
+
+    /// Write (or overwrite: the topic is compacted) a send's pending confirmation.
+    pub async fn pending(&self, record: &PendingConfirmation) {
+        let topic = self.topics.pending_confirmations();
+        let payload = record.to_json();
+        let id = &record.request.request_id;
+        self.keyed(
+            "pending",
+            &topic,
+            id,
+            Some(&payload),
+            PENDING_CONFIRMATION_SCHEMA,
+        )
+        .await;
+    }
+
+    /// Delete a pending confirmation: a tombstone for its key.
+    pub async fn forget_pending(&self, request_id: &str) {
+        let topic = self.topics.pending_confirmations();
+        self.keyed(
+            "pending",
+            &topic,
+            request_id,
+            None,
+            PENDING_CONFIRMATION_SCHEMA,
+        )
+        .await;
+    }
+
+    /// One keyed write with the schema header, retried until acknowledged. `None` is a
+    /// tombstone.
+    async fn keyed(
+        &self,
+        what: &'static str,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        schema: &str,
+    ) {
+        retry_until_acked(what, || {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(schema),
+            });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).key(key.as_bytes()).headers(headers);
+            if let Some(payload) = payload {
+                record = record.payload(payload);
+            }
+            self.send(record)
+        })
+        .await;
     }
 
     /// Write the original message to the dead-letter topic: same key, payload and headers,

@@ -75,6 +75,7 @@ pub async fn run<C: ChannelClient>(
         reporter: Reporter::new(&kafka, publisher)?,
         rules,
         hasher,
+        confirmation: config.confirmation.clone(),
     });
 
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -1,0 +1,125 @@
+//! Delivery receipts and pending confirmations: what closes the loop after a provider
+//! accepted a send.
+//!
+//! A [`Receipt`] is one status a provider reported by webhook (WhatsApp `statuses[]`, Twilio's
+//! status callback), as the receipts ingress writes it to `otp.delivery-receipts`, keyed by
+//! request_id. A [`PendingConfirmation`] is what a worker writes to the compacted
+//! `otp.pending-confirmations` topic, same key, when a send was accepted and its delivery is
+//! still to be confirmed; the confirmation tracker keeps it up to date there (its state is
+//! the tracker's memory, rebuilt from the topic) and deletes it with a tombstone when the
+//! code has expired. Neither carries the phone number in any field besides the request
+//! itself, which the pending record must keep to be able to fall back.
+
+use crate::{Channel, CodeRequest, ErrorCategory};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const RECEIPT_SCHEMA: &str = "otp.delivery_receipt.v1";
+pub const PENDING_CONFIRMATION_SCHEMA: &str = "otp.pending_confirmation.v1";
+
+/// What a provider says happened to a message it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptStatus {
+    /// Twilio: queued at the provider (nothing for the user yet).
+    Queued,
+    /// Handed to the carrier / WhatsApp's servers.
+    Sent,
+    /// On the user's device.
+    Delivered,
+    /// WhatsApp: the user opened it.
+    Read,
+    /// Will not be delivered (WhatsApp `failed`, Twilio `failed` or `undelivered`).
+    Failed,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Queued => "queued",
+            ReceiptStatus::Sent => "sent",
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Read => "read",
+            ReceiptStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The error a provider attached to a `failed` receipt, classified by our error tables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptError {
+    /// The provider's code, e.g. "131026" or "30005".
+    pub code: String,
+    pub category: ErrorCategory,
+    /// From our error table, never the provider's text (it may echo the number).
+    pub message: String,
+}
+
+/// One provider status for one message, on `otp.delivery-receipts` keyed by request_id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub schema: String,
+    pub request_id: String,
+    pub channel: Channel,
+    pub provider_message_id: String,
+    pub status: ReceiptStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReceiptError>,
+    /// When the provider says it happened, when it said (WhatsApp's `timestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_timestamp: Option<DateTime<Utc>>,
+    /// When the ingress received the webhook.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Receipt {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Receipt always serialises")
+    }
+}
+
+/// Where a pending confirmation stands. Every state but `Awaiting` is settled: the tracker
+/// only reports further receipts (with `final=false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmationState {
+    /// A fallback is armed: a failed receipt, or none by `confirm_by`, fires it.
+    Awaiting,
+    /// The worker already reported the final status (no channel left to fall back to); the
+    /// tracker reports receipts only.
+    ReportOnly,
+    /// A delivered or read receipt confirmed it in time; `delivered`/`read` was final.
+    Confirmed,
+    /// Handed on to the next channel (`receipt_failed` or `receipt_timeout`).
+    FellBack,
+    /// A failed receipt came and no channel (or no time) was left; `failed`/`expired` was final.
+    Failed,
+}
+
+/// A send that was accepted and waits for its receipts, on `otp.pending-confirmations`
+/// (compacted) keyed by request_id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingConfirmation {
+    pub schema: String,
+    /// The request as the accepting worker handled it (its fallback state included), so the
+    /// tracker can hand it on without any other lookup.
+    pub request: CodeRequest,
+    pub channel: Channel,
+    pub provider_message_id: String,
+    pub accepted_at: DateTime<Utc>,
+    /// No delivered receipt by then: fall back. `None` in `ReportOnly`.
+    pub confirm_by: Option<DateTime<Utc>>,
+    pub state: ConfirmationState,
+    /// Receipt statuses already reported, so a replayed receipt is not reported twice.
+    #[serde(default)]
+    pub reported: Vec<ReceiptStatus>,
+}
+
+impl PendingConfirmation {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a PendingConfirmation always serialises")
+    }
+}

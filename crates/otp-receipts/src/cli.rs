@@ -1,0 +1,63 @@
+//! `otp-receipts serve` (the webhook ingress) and `otp-receipts track` (the confirmation
+//! tracker): two deployments, scaled apart: the ingress behind a load balancer, the tracker
+//! as a consumer group.
+
+use crate::config::{ServeArgs, WebhookSecrets};
+use crate::tracker::TrackerConfig;
+use otp_producer::kafka::KafkaArgs;
+use otp_worker::cli::{init_logging, shutdown_signal};
+use std::sync::Arc;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReceiptsCommand {
+    /// Receive the providers' status webhooks and write them to otp.delivery-receipts.
+    Serve(ServeArgs),
+    /// Turn receipts (and their absence) into delivered/read statuses and fallbacks.
+    Track {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        config: TrackerConfig,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "OTP_LOG_JSON")]
+        log_json: bool,
+    },
+}
+
+impl ReceiptsCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            ReceiptsCommand::Serve(args) => {
+                init_logging(args.log_json);
+                let secrets = WebhookSecrets::from_env();
+                tracing::info!(?secrets, "webhook secrets");
+                let ingress = crate::ingress::Ingress::new(
+                    &args.kafka,
+                    secrets,
+                    &args.public_url,
+                    args.kafka_timeout,
+                )?;
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                tracing::info!(listen = %listener.local_addr()?, public_url = %args.public_url, "receipts ingress listening");
+                axum::serve(listener, crate::ingress::router(Arc::new(ingress)))
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await?;
+                Ok(())
+            }
+            ReceiptsCommand::Track {
+                kafka,
+                config,
+                log_json,
+            } => {
+                init_logging(log_json);
+                let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
+                if dev_key {
+                    tracing::warn!(
+                        "OTP_PHONE_HASH_KEY is not set: using the public development key"
+                    );
+                }
+                crate::tracker::run(kafka, config, hasher, shutdown_signal()).await
+            }
+        }
+    }
+}

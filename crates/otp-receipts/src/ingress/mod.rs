@@ -1,0 +1,237 @@
+//! The webhook ingress: providers POST delivery statuses here; each authentic one becomes a
+//! [`Receipt`] on `otp.delivery-receipts`, keyed by request_id.
+//!
+//! Order of checks, per call: signature over the raw bytes (missing → 401, wrong → 403),
+//! then the body (malformed → 400), then Kafka (acks=all; not written in time → 503). A 200
+//! is answered only once every receipt of the call is acknowledged, so a crash or a broker
+//! outage makes the provider retry (Meta retries for days); a repeated receipt is harmless
+//! because the tracker applies each status once.
+
+pub mod parse;
+
+use crate::config::WebhookSecrets;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use otp_events::{Receipt, Topics, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::session::ProducerSession;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Ingress {
+    producer: ProducerSession,
+    topics: Topics,
+    secrets: WebhookSecrets,
+    /// Scheme, host and path prefix the providers call, e.g. `https://otp.example.com`.
+    public_url: String,
+    kafka_timeout: Duration,
+}
+
+impl Ingress {
+    pub fn new(
+        kafka: &KafkaArgs,
+        secrets: WebhookSecrets,
+        public_url: &str,
+        kafka_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut config: ClientConfig = kafka.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", &kafka_timeout.as_millis().to_string());
+        kafka.apply_overrides(&mut config);
+        Ok(Self {
+            producer: ProducerSession::new(config)?,
+            topics: kafka.topics(),
+            secrets,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            kafka_timeout,
+        })
+    }
+
+    /// Write every receipt and wait for all acknowledgements.
+    async fn write(&self, receipts: &[Receipt]) -> Result<(), String> {
+        let topic = self.topics.delivery_receipts();
+        let lease = self.producer.lease();
+        let payloads: Vec<Vec<u8>> = receipts.iter().map(Receipt::to_json).collect();
+        let sends = receipts.iter().zip(&payloads).map(|(r, payload)| {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: HEADER_SCHEMA,
+                    value: Some(RECEIPT_SCHEMA),
+                })
+                .insert(Header {
+                    key: HEADER_REQUEST_ID,
+                    value: Some(&r.request_id),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(r.request_id.as_bytes())
+                .payload(payload.as_slice())
+                .headers(headers);
+            lease
+                .producer
+                .send(record, Timeout::After(self.kafka_timeout))
+        });
+        for result in futures_util::future::join_all(sends).await {
+            if let Err((e, _)) = result {
+                self.producer.failed(&lease, &e);
+                return Err(e.to_string());
+            }
+        }
+        self.producer.succeeded(&lease);
+        Ok(())
+    }
+}
+
+/// The ingress's routes; `/metrics` and `/healthz` beside the webhooks.
+pub fn router(ingress: Arc<Ingress>) -> Router {
+    let prometheus = otp_worker::observe::prometheus();
+    Router::new()
+        .route(
+            "/webhooks/whatsapp",
+            get(whatsapp_handshake).post(whatsapp_statuses),
+        )
+        .route("/webhooks/sms/status", post(sms_status))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { prometheus.render() }))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(ingress)
+}
+
+/// The outcome of one webhook call, counted by provider and outcome.
+fn answer(provider: &'static str, outcome: &'static str, status: StatusCode) -> Response {
+    metrics::counter!("otp_webhooks_total", "provider" => provider, "outcome" => outcome)
+        .increment(1);
+    if status != StatusCode::OK {
+        tracing::info!(
+            provider,
+            outcome,
+            status = status.as_u16(),
+            "webhook refused"
+        );
+    }
+    (status, outcome).into_response()
+}
+
+/// Meta's subscription handshake: echo `hub.challenge` when the verify token matches.
+async fn whatsapp_handshake(
+    State(ingress): State<Arc<Ingress>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(expected) = &ingress.secrets.whatsapp_verify_token else {
+        return answer("whatsapp", "not_configured", StatusCode::NOT_FOUND);
+    };
+    let token_ok = query
+        .get("hub.verify_token")
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+    match (
+        query.get("hub.mode").map(String::as_str),
+        token_ok,
+        query.get("hub.challenge"),
+    ) {
+        (Some("subscribe"), true, Some(challenge)) => {
+            metrics::counter!("otp_webhooks_total", "provider" => "whatsapp", "outcome" => "subscribed")
+                .increment(1);
+            (StatusCode::OK, challenge.clone()).into_response()
+        }
+        _ => answer("whatsapp", "handshake_refused", StatusCode::FORBIDDEN),
+    }
+}
+
+async fn whatsapp_statuses(
+    State(ingress): State<Arc<Ingress>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = &ingress.secrets.whatsapp_app_secret else {
+        return answer("whatsapp", "not_configured", StatusCode::NOT_FOUND);
+    };
+    let Some(signature) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return answer("whatsapp", "missing_signature", StatusCode::UNAUTHORIZED);
+    };
+    if !otp_events::signature::meta_signature_valid(secret.as_bytes(), &body, signature) {
+        return answer("whatsapp", "bad_signature", StatusCode::FORBIDDEN);
+    }
+    match parse::whatsapp(&body, Utc::now()) {
+        Ok(parsed) => deliver(&ingress, "whatsapp", parsed).await,
+        Err(e) => malformed("whatsapp", e),
+    }
+}
+
+async fn sms_status(
+    State(ingress): State<Arc<Ingress>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = &ingress.secrets.sms_auth_token else {
+        return answer("sms", "not_configured", StatusCode::NOT_FOUND);
+    };
+    let Some(signature) = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return answer("sms", "missing_signature", StatusCode::UNAUTHORIZED);
+    };
+    // An unreadable form cannot be signed over; a forgery is the likelier story, so the
+    // signature is what refuses it.
+    let form = otp_events::signature::form_pairs(&body).unwrap_or_default();
+    let path = uri
+        .path_and_query()
+        .map_or("/webhooks/sms/status", |p| p.as_str());
+    let url = format!("{}{}", ingress.public_url, path);
+    if !otp_events::signature::twilio_signature_valid(token.as_bytes(), &url, &form, signature) {
+        return answer("sms", "bad_signature", StatusCode::FORBIDDEN);
+    }
+    let query: HashMap<String, String> = uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    let request_id = query.get("request_id").map(String::as_str);
+    match parse::twilio(&form, request_id, Utc::now()) {
+        Ok(parsed) => deliver(&ingress, "sms", parsed).await,
+        Err(e) => malformed("sms", e),
+    }
+}
+
+fn malformed(provider: &'static str, e: parse::ParseError) -> Response {
+    metrics::counter!("otp_webhooks_total", "provider" => provider, "outcome" => "malformed")
+        .increment(1);
+    tracing::info!(provider, error = %e, "malformed webhook refused");
+    (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+}
+
+async fn deliver(ingress: &Ingress, provider: &'static str, parsed: parse::Parsed) -> Response {
+    if parsed.skipped > 0 {
+        metrics::counter!("otp_receipts_skipped_total", "provider" => provider)
+            .increment(parsed.skipped as u64);
+    }
+    if let Err(e) = ingress.write(&parsed.receipts).await {
+        tracing::warn!(provider, error = %e, "receipts not written to Kafka; the provider will retry");
+        return answer(provider, "kafka_error", StatusCode::SERVICE_UNAVAILABLE);
+    }
+    for r in &parsed.receipts {
+        tracing::debug!(request_id = %r.request_id, channel = r.channel.as_str(), status = r.status.as_str(), "receipt");
+        metrics::counter!("otp_receipts_total", "channel" => r.channel.as_str(), "status" => r.status.as_str())
+            .increment(1);
+    }
+    answer(provider, "accepted", StatusCode::OK)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

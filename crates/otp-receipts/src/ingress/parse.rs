@@ -1,0 +1,384 @@
+//! Provider webhook bodies → [`Receipt`]s. Pure functions: the handlers check signatures
+//! first and call these only on authentic bytes.
+//!
+//! Both providers put the recipient's number in their callbacks (WhatsApp `recipient_id`,
+//! Twilio `To`); it is never read into a receipt. Error texts come from our tables.
+
+use chrono::{DateTime, Utc};
+use otp_events::{
+    is_valid_request_id, Channel, ErrorCategory, Receipt, ReceiptError, ReceiptStatus,
+    RECEIPT_SCHEMA,
+};
+use otp_worker::{ErrorClass, ErrorTable};
+use serde_json::Value;
+
+/// Why a webhook body was refused (answered 400): the field and the rule it broke.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("body is not JSON")]
+    NotJson,
+    #[error("body is not form-encoded")]
+    NotForm,
+    #[error("{field}: {rule}")]
+    Field { field: String, rule: &'static str },
+}
+
+fn field(field: impl Into<String>, rule: &'static str) -> ParseError {
+    ParseError::Field {
+        field: field.into(),
+        rule,
+    }
+}
+
+/// What one webhook call held.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub receipts: Vec<Receipt>,
+    /// Statuses we cannot tie to a request (no or unreadable callback data), or of a kind we
+    /// do not track: acknowledged and counted, not emitted.
+    pub skipped: usize,
+}
+
+/// Meta's `messages` webhook: `entry[].changes[].value.statuses[]`. Calls with no statuses
+/// (incoming messages, other fields) are valid and hold no receipts.
+pub fn whatsapp(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseError> {
+    let json: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
+    if json["object"] != "whatsapp_business_account" {
+        return Err(field("object", "must be \"whatsapp_business_account\""));
+    }
+    let entries = json["entry"]
+        .as_array()
+        .ok_or_else(|| field("entry", "must be an array"))?;
+    let mut parsed = Parsed::default();
+    for (e, entry) in entries.iter().enumerate() {
+        let changes = entry["changes"]
+            .as_array()
+            .ok_or_else(|| field(format!("entry[{e}].changes"), "must be an array"))?;
+        for (c, change) in changes.iter().enumerate() {
+            let Some(statuses) = change["value"].get("statuses") else {
+                continue;
+            };
+            let statuses = statuses.as_array().ok_or_else(|| {
+                field(
+                    format!("entry[{e}].changes[{c}].value.statuses"),
+                    "must be an array",
+                )
+            })?;
+            for (s, status) in statuses.iter().enumerate() {
+                let at = format!("entry[{e}].changes[{c}].value.statuses[{s}]");
+                match whatsapp_status(status, &at, received_at)? {
+                    Some(receipt) => parsed.receipts.push(receipt),
+                    None => parsed.skipped += 1,
+                }
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn whatsapp_status(
+    status: &Value,
+    at: &str,
+    received_at: DateTime<Utc>,
+) -> Result<Option<Receipt>, ParseError> {
+    let id = status["id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| field(format!("{at}.id"), "is required (the wamid)"))?;
+    let kind = status["status"]
+        .as_str()
+        .ok_or_else(|| field(format!("{at}.status"), "is required"))?;
+    let kind = match kind {
+        "sent" => ReceiptStatus::Sent,
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        "failed" => ReceiptStatus::Failed,
+        _ => return Ok(None), // "deleted", "warning", ...: not about delivery
+    };
+    let provider_timestamp = match status.get("timestamp") {
+        None => None,
+        Some(t) => Some(
+            t.as_str()
+                .and_then(|t| t.parse::<i64>().ok())
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .ok_or_else(|| {
+                    field(
+                        format!("{at}.timestamp"),
+                        "must be Unix seconds as a string",
+                    )
+                })?,
+        ),
+    };
+    let Some(request_id) = status["biz_opaque_callback_data"]
+        .as_str()
+        .filter(|id| is_valid_request_id(id))
+    else {
+        return Ok(None); // not sent by us, or sent without correlation
+    };
+    let error = if kind == ReceiptStatus::Failed {
+        let code = status["errors"][0]["code"].as_i64();
+        Some(classify(&otp_channel_whatsapp::errors::ERRORS, code))
+    } else {
+        None
+    };
+    Ok(Some(Receipt {
+        schema: RECEIPT_SCHEMA.to_string(),
+        request_id: request_id.to_string(),
+        channel: Channel::Whatsapp,
+        provider_message_id: id.to_string(),
+        status: kind,
+        error,
+        provider_timestamp,
+        received_at,
+    }))
+}
+
+/// Twilio's status callback: form fields `MessageSid`, `MessageStatus`, `ErrorCode`; the
+/// request_id comes from the callback URL's query, which the signature covers.
+pub fn twilio(
+    form: &[(String, String)],
+    request_id: Option<&str>,
+    received_at: DateTime<Utc>,
+) -> Result<Parsed, ParseError> {
+    let get = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let sid = get("MessageSid")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| field("MessageSid", "is required"))?;
+    let status = get("MessageStatus").ok_or_else(|| field("MessageStatus", "is required"))?;
+    let kind = match status {
+        "accepted" | "scheduled" | "queued" | "sending" => ReceiptStatus::Queued,
+        "sent" => ReceiptStatus::Sent,
+        "delivered" => ReceiptStatus::Delivered,
+        "read" => ReceiptStatus::Read,
+        "undelivered" | "failed" | "canceled" => ReceiptStatus::Failed,
+        _ => {
+            return Ok(Parsed {
+                receipts: Vec::new(),
+                skipped: 1,
+            })
+        }
+    };
+    let code = match get("ErrorCode").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| field("ErrorCode", "must be an integer"))?,
+        ),
+    };
+    let Some(request_id) = request_id.filter(|id| is_valid_request_id(id)) else {
+        return Ok(Parsed {
+            receipts: Vec::new(),
+            skipped: 1,
+        });
+    };
+    let error =
+        (kind == ReceiptStatus::Failed).then(|| classify(&otp_channel_sms::errors::ERRORS, code));
+    Ok(Parsed {
+        receipts: vec![Receipt {
+            schema: RECEIPT_SCHEMA.to_string(),
+            request_id: request_id.to_string(),
+            channel: Channel::Sms,
+            provider_message_id: sid.to_string(),
+            status: kind,
+            error,
+            provider_timestamp: None,
+            received_at,
+        }],
+        skipped: 0,
+    })
+}
+
+/// A failed receipt's error, by our table. A code the table does not know is a delivery
+/// failure for this recipient: the message will not arrive.
+fn classify(table: &ErrorTable, code: Option<i64>) -> ReceiptError {
+    let known = code.and_then(|c| table.describe(c));
+    let (class, message) = match known {
+        Some((class, meaning)) => (class, meaning.to_string()),
+        None => (
+            ErrorClass::Recipient,
+            "delivery failed (code not in our table)".to_string(),
+        ),
+    };
+    ReceiptError {
+        code: code.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+        category: class.category(),
+        message,
+    }
+}
+
+/// The category a failed receipt without a table entry gets.
+pub const UNKNOWN_FAILURE: ErrorCategory = ErrorCategory::Recipient;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn meta(statuses: Value) -> Vec<u8> {
+        json!({"object":"whatsapp_business_account","entry":[{"id":"WABA","changes":[{"field":"messages",
+          "value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"1055500000"},
+          "statuses": statuses}}]}]})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn several_whatsapp_statuses_in_one_call_in_any_order() {
+        let body = meta(json!([
+            {"id":"wamid.A","status":"read","timestamp":"1750857390","recipient_id":"15551230001","biz_opaque_callback_data":"req-1"},
+            {"id":"wamid.A","status":"delivered","timestamp":"1750857384","recipient_id":"15551230001","biz_opaque_callback_data":"req-1"},
+            {"id":"wamid.B","status":"failed","timestamp":"1750857384","recipient_id":"15551230026","biz_opaque_callback_data":"req-2",
+             "errors":[{"code":131026,"title":"Message undeliverable"}]},
+            {"id":"wamid.C","status":"sent","timestamp":"1750857384","recipient_id":"15550000000"},
+            {"id":"wamid.D","status":"deleted","biz_opaque_callback_data":"req-4"}
+        ]));
+        let parsed = whatsapp(&body, now()).unwrap();
+        assert_eq!(parsed.skipped, 2, "no callback data; not a delivery status");
+        let kinds: Vec<_> = parsed
+            .receipts
+            .iter()
+            .map(|r| (r.request_id.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("req-1", ReceiptStatus::Read),
+                ("req-1", ReceiptStatus::Delivered),
+                ("req-2", ReceiptStatus::Failed)
+            ]
+        );
+        let failed = &parsed.receipts[2];
+        let error = failed.error.as_ref().unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.category),
+            ("131026", ErrorCategory::Recipient)
+        );
+        assert_eq!(
+            parsed.receipts[0].provider_timestamp.unwrap().timestamp(),
+            1750857390
+        );
+        let text = serde_json::to_string(&parsed.receipts).unwrap();
+        assert!(
+            !text.contains("15551230001") && !text.contains("15551230026"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn whatsapp_calls_without_statuses_hold_no_receipts() {
+        let body = json!({"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages",
+            "value":{"messages":[{"from":"1555","text":{"body":"hi"}}]}}]}]});
+        let parsed = whatsapp(body.to_string().as_bytes(), now()).unwrap();
+        assert_eq!(parsed, Parsed::default());
+    }
+
+    #[test]
+    fn malformed_whatsapp_bodies_name_the_field() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "body is not JSON"),
+            (br#"{"object":"page","entry":[]}"#.to_vec(), "object:"),
+            (
+                br#"{"object":"whatsapp_business_account"}"#.to_vec(),
+                "entry: must be an array",
+            ),
+            (
+                br#"{"object":"whatsapp_business_account","entry":[{"changes":{}}]}"#.to_vec(),
+                "entry[0].changes: must be an array",
+            ),
+            (meta(json!({"id":"x"})), "value.statuses: must be an array"),
+            (
+                meta(json!([{"status":"sent"}])),
+                "statuses[0].id: is required",
+            ),
+            (meta(json!([{"id":"w"}])), "statuses[0].status: is required"),
+            (
+                meta(json!([{"id":"w","status":"sent","timestamp":12}])),
+                "statuses[0].timestamp: must be Unix seconds",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = whatsapp(&body, now()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        }
+    }
+
+    fn form(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn twilio_statuses_map_and_failures_are_classified() {
+        let cases = [
+            ("queued", ReceiptStatus::Queued),
+            ("sent", ReceiptStatus::Sent),
+            ("delivered", ReceiptStatus::Delivered),
+            ("undelivered", ReceiptStatus::Failed),
+            ("failed", ReceiptStatus::Failed),
+        ];
+        for (status, kind) in cases {
+            let f = form(&[
+                ("MessageSid", "SM1"),
+                ("MessageStatus", status),
+                ("To", "+15551230001"),
+            ]);
+            let parsed = twilio(&f, Some("req-9"), now()).unwrap();
+            assert_eq!(parsed.receipts[0].status, kind, "{status}");
+            assert_eq!(parsed.receipts[0].channel, Channel::Sms);
+        }
+        let f = form(&[
+            ("MessageSid", "SM1"),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "30005"),
+        ]);
+        let receipt = &twilio(&f, Some("req-9"), now()).unwrap().receipts[0];
+        let error = receipt.error.as_ref().unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.category),
+            ("30005", ErrorCategory::Recipient)
+        );
+        let f = form(&[
+            ("MessageSid", "SM1"),
+            ("MessageStatus", "failed"),
+            ("ErrorCode", "30007"),
+        ]);
+        let error = twilio(&f, Some("r"), now()).unwrap().receipts[0]
+            .error
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.category),
+            ("30007", UNKNOWN_FAILURE)
+        );
+    }
+
+    #[test]
+    fn twilio_callbacks_we_cannot_use_are_skipped_or_refused() {
+        let f = form(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")]);
+        assert_eq!(twilio(&f, None, now()).unwrap().skipped, 1, "no request_id");
+        let f = form(&[("MessageSid", "SM1"), ("MessageStatus", "receiving")]);
+        assert_eq!(twilio(&f, Some("r"), now()).unwrap().skipped, 1);
+        let err = twilio(&form(&[("MessageStatus", "sent")]), Some("r"), now()).unwrap_err();
+        assert_eq!(err.to_string(), "MessageSid: is required");
+        let err = twilio(&form(&[("MessageSid", "SM1")]), Some("r"), now()).unwrap_err();
+        assert_eq!(err.to_string(), "MessageStatus: is required");
+        let f = form(&[
+            ("MessageSid", "SM1"),
+            ("MessageStatus", "failed"),
+            ("ErrorCode", "x"),
+        ]);
+        assert_eq!(
+            twilio(&f, Some("r"), now()).unwrap_err().to_string(),
+            "ErrorCode: must be an integer"
+        );
+    }
+}

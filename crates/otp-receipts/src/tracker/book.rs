@@ -1,0 +1,327 @@
+//! The confirmation tracker's memory and decisions, without Kafka: which sends await a
+//! receipt, what each receipt means for them, and which deadlines have passed.
+//!
+//! The book is rebuilt from `otp.pending-confirmations` on assignment and kept in step with
+//! it: every decision comes back as [`Action`]s, which the runtime ([`super`]) executes in
+//! order (fallback request first, then statuses, then the record's new state), so a crash
+//! repeats a decision rather than losing it.
+//!
+//! One request can have a record per channel (the WhatsApp send that fell back, then the
+//! SMS send). The topic keeps only the latest per request_id, so after a restart only the
+//! latest channel's receipts are reported: those of an earlier, settled channel are
+//! informational and may be missed.
+
+use chrono::{DateTime, Duration, Utc};
+use otp_events::{
+    Channel, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory, PendingConfirmation,
+    PhoneHasher, Receipt, ReceiptStatus, StatusError, StatusKind,
+};
+use std::collections::HashMap;
+
+/// Where a receipt sits in the receipts topic, so its offset is committed only once it has
+/// been applied (an orphan is held until its record arrives or it is given up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag {
+    pub partition: i32,
+    pub offset: i64,
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Hand the request to its next channel (acks=all), then report `status`.
+    FallBack {
+        next: CodeRequest,
+        status: DeliveryStatus,
+    },
+    Status(DeliveryStatus),
+    /// Write the record's new state to the compacted topic.
+    Save(PendingConfirmation),
+    /// Tombstone the request's records.
+    Forget(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub actions: Vec<Action>,
+    /// Receipts now applied or given up: their offsets may be committed.
+    pub released: Vec<Tag>,
+}
+
+struct Entry {
+    record: PendingConfirmation,
+    partition: i32,
+}
+
+pub struct Book {
+    hasher: PhoneHasher,
+    /// How long a record outlives its code, for late delivered/read receipts.
+    keep_after_expiry: Duration,
+    /// How long a receipt waits for its record (the webhook can beat the worker's write).
+    orphan_ttl: Duration,
+    entries: HashMap<String, HashMap<Channel, Entry>>,
+    orphans: HashMap<String, Vec<(Receipt, Tag)>>,
+}
+
+/// How far a record has come: settled beats awaiting, then more receipts reported. Records
+/// only move forward, so an older copy read back from the topic is recognised and ignored.
+fn progress(r: &PendingConfirmation) -> (bool, usize) {
+    let settled = !matches!(
+        r.state,
+        ConfirmationState::Awaiting | ConfirmationState::ReportOnly
+    );
+    (settled, r.reported.len())
+}
+
+impl Book {
+    pub fn new(hasher: PhoneHasher, keep_after_expiry: Duration, orphan_ttl: Duration) -> Self {
+        Self {
+            hasher,
+            keep_after_expiry,
+            orphan_ttl,
+            entries: HashMap::new(),
+            orphans: HashMap::new(),
+        }
+    }
+
+    /// Sends awaiting a receipt that can still cause a fallback.
+    pub fn awaiting(&self) -> usize {
+        self.records()
+            .filter(|r| r.state == ConfirmationState::Awaiting)
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn records(&self) -> impl Iterator<Item = &PendingConfirmation> {
+        self.entries
+            .values()
+            .flat_map(|m| m.values().map(|e| &e.record))
+    }
+
+    /// A record read from the topic (`None`: a tombstone for `request_id`).
+    pub fn record(
+        &mut self,
+        request_id: &str,
+        record: Option<PendingConfirmation>,
+        partition: i32,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let Some(record) = record else {
+            self.entries.remove(request_id);
+            return Outcome::default();
+        };
+        let channels = self.entries.entry(request_id.to_string()).or_default();
+        let newer = channels
+            .get(&record.channel)
+            .is_none_or(|known| progress(&record) > progress(&known.record));
+        if newer {
+            channels.insert(record.channel, Entry { record, partition });
+        }
+        // Receipts that arrived before the record apply now.
+        let mut out = Outcome::default();
+        if let Some(waiting) = self.orphans.remove(request_id) {
+            for (receipt, tag) in waiting {
+                let applied = self.receipt(receipt, tag, now);
+                out.actions.extend(applied.actions);
+                out.released.extend(applied.released);
+            }
+        }
+        out
+    }
+
+    /// A receipt read from the receipts topic.
+    pub fn receipt(&mut self, receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
+        let mut out = Outcome::default();
+        let entry = self
+            .entries
+            .get_mut(&receipt.request_id)
+            .and_then(|m| m.get_mut(&receipt.channel));
+        let Some(entry) = entry else {
+            self.orphans
+                .entry(receipt.request_id.clone())
+                .or_default()
+                .push((receipt, tag));
+            return out;
+        };
+        out.released.push(tag);
+        let record = &mut entry.record;
+        if receipt.status == ReceiptStatus::Queued || record.reported.contains(&receipt.status) {
+            return out; // nothing for analysts, or already reported
+        }
+        record.reported.push(receipt.status);
+        let awaiting = record.state == ConfirmationState::Awaiting;
+        let status = |kind: StatusKind, is_final: bool| {
+            let mut s = DeliveryStatus::about(&record.request, kind, record.channel, &self.hasher);
+            s.provider_message_id = Some(receipt.provider_message_id.clone());
+            s.is_final = is_final;
+            s
+        };
+        match receipt.status {
+            ReceiptStatus::Queued => unreachable!("returned above"),
+            // With no fallback armed, the worker already reported `sent` as final.
+            ReceiptStatus::Sent if record.state == ConfirmationState::ReportOnly => {}
+            ReceiptStatus::Sent => out
+                .actions
+                .push(Action::Status(status(StatusKind::Sent, false))),
+            ReceiptStatus::Delivered | ReceiptStatus::Read => {
+                let kind = if receipt.status == ReceiptStatus::Read {
+                    StatusKind::Read
+                } else {
+                    StatusKind::Delivered
+                };
+                out.actions.push(Action::Status(status(kind, awaiting)));
+                if awaiting {
+                    record.state = ConfirmationState::Confirmed;
+                }
+            }
+            ReceiptStatus::Failed => {
+                let error = receipt
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| otp_events::ReceiptError {
+                        code: "unknown".into(),
+                        category: ErrorCategory::Recipient,
+                        message: "delivery failed".into(),
+                    });
+                let reported = StatusError {
+                    category: error.category,
+                    code: error.code.clone(),
+                    message: error.message.clone(),
+                };
+                if awaiting {
+                    let reason = StatusError {
+                        category: error.category,
+                        code: "receipt_failed".into(),
+                        message: format!(
+                            "{} reported the message failed: {} ({})",
+                            record.channel, error.code, error.message
+                        ),
+                    };
+                    out.actions
+                        .extend(settle(record, reason, &self.hasher, now));
+                } else {
+                    let mut s = status(StatusKind::Failed, false);
+                    s.error = Some(reported);
+                    out.actions.push(Action::Status(s));
+                }
+            }
+        }
+        out.actions.push(Action::Save(record.clone()));
+        out
+    }
+
+    /// Deadlines passed by `now` on the partitions `ready` allows (a partition is ready once
+    /// its records and receipts have been read back after assignment): fallbacks to fire,
+    /// records to forget, orphans to give up.
+    pub fn due(&mut self, now: DateTime<Utc>, ready: impl Fn(i32) -> bool) -> Outcome {
+        let mut out = Outcome::default();
+        for channels in self.entries.values_mut() {
+            for entry in channels.values_mut() {
+                let record = &mut entry.record;
+                let fire = record.state == ConfirmationState::Awaiting
+                    && record.confirm_by.is_some_and(|t| t <= now)
+                    && ready(entry.partition);
+                if fire {
+                    let reason = StatusError {
+                        category: ErrorCategory::Recipient,
+                        code: "receipt_timeout".into(),
+                        message: format!(
+                            "no delivered receipt from {} within the confirmation window",
+                            record.channel
+                        ),
+                    };
+                    out.actions
+                        .extend(settle(record, reason, &self.hasher, now));
+                    out.actions.push(Action::Save(record.clone()));
+                }
+            }
+        }
+        let keep = self.keep_after_expiry;
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, channels)| {
+                channels.values().all(|e| {
+                    e.record.request.expires_at + keep <= now
+                        && e.record.state != ConfirmationState::Awaiting
+                        && ready(e.partition)
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.entries.remove(&id);
+            out.actions.push(Action::Forget(id));
+        }
+        let ttl = self.orphan_ttl;
+        self.orphans.retain(|_, waiting| {
+            waiting.retain(|(receipt, tag)| {
+                let keep = receipt.received_at + ttl > now;
+                if !keep {
+                    metrics::counter!("otp_receipts_unmatched_total", "channel" => receipt.channel.as_str())
+                        .increment(1);
+                    out.released.push(*tag);
+                }
+                keep
+            });
+            !waiting.is_empty()
+        });
+        out
+    }
+
+    /// Forget everything of a partition given up (its new owner rebuilds it).
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.entries.retain(|_, channels| {
+            channels.retain(|_, e| e.partition != partition);
+            !channels.is_empty()
+        });
+        self.orphans.retain(|_, waiting| {
+            waiting.retain(|(_, tag)| tag.partition != partition);
+            !waiting.is_empty()
+        });
+    }
+}
+
+/// End an awaiting record's wait without a confirmation: hand the request on when a channel
+/// and time are left, else end its life here (`failed`, or `expired` once the code is dead).
+fn settle(
+    record: &mut PendingConfirmation,
+    reason: StatusError,
+    hasher: &PhoneHasher,
+    now: DateTime<Utc>,
+) -> Vec<Action> {
+    let status = |kind| DeliveryStatus::about(&record.request, kind, record.channel, hasher);
+    let mut actions = Vec::new();
+    match record.request.for_next_channel() {
+        Some(next) if now < record.request.expires_at => {
+            let mut s = status(StatusKind::Fallback).with_error(reason);
+            s.next_channel = next.current_channel();
+            s.provider_message_id = Some(record.provider_message_id.clone());
+            actions.push(Action::FallBack { next, status: s });
+            record.state = ConfirmationState::FellBack;
+        }
+        _ => {
+            let kind = if now >= record.request.expires_at {
+                StatusKind::Expired
+            } else {
+                StatusKind::Failed
+            };
+            let mut s = status(kind).with_error(reason);
+            s.is_final = true;
+            s.provider_message_id = Some(record.provider_message_id.clone());
+            actions.push(Action::Status(s));
+            record.state = ConfirmationState::Failed;
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests;

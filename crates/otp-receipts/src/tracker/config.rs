@@ -1,0 +1,46 @@
+//! Settings of the confirmation tracker (`otp-receipts track`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrackerConfig {
+    /// Consumer group of the trackers; run as many as the topics have partitions.
+    #[arg(
+        long,
+        env = "OTP_TRACKER_GROUP_ID",
+        default_value = "otp-confirmation-tracker"
+    )]
+    pub group_id: String,
+    /// How often deadlines are checked.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub tick: Duration,
+    /// How long a record is kept after its code expired, for late delivered/read receipts.
+    #[arg(long, env = "OTP_TRACKER_KEEP_AFTER_EXPIRY", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub keep_after_expiry: Duration,
+    /// How long a receipt waits for its pending record (a webhook can beat the worker's
+    /// write); then it is counted in `otp_receipts_unmatched_total` and dropped.
+    #[arg(long, env = "OTP_TRACKER_ORPHAN_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub orphan_ttl: Duration,
+    /// After assignment, deadlines wait until both topics are read back; at most this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ready_within: Duration,
+    /// Longest code life accepted when handing a request on (as the workers' `max_ttl`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+    /// Serve /metrics and /healthz here.
+    #[arg(long, env = "OTP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: TrackerConfig,
+        }
+        Wrapper::parse_from(["tracker"]).config
+    }
+}

@@ -1,0 +1,378 @@
+//! The confirmation tracker: consumes `otp.pending-confirmations` and `otp.delivery-receipts`
+//! co-partitioned (same partition count, same key, `range` assignment, so partition N of
+//! both lands on one member), and turns receipts and silence into statuses and fallbacks.
+//!
+//! Its memory is the [`Book`]; the compacted topic is the book's durable copy. The pending
+//! topic is never committed, so every assignment reads it from the start and rebuilds the
+//! partition's records; receipts are committed only once applied. No deadline of a partition
+//! fires until both of its topics have been read up to where they stood at assignment: a
+//! delivered receipt written while the tracker was down is seen before the timer that it
+//! cancels.
+//!
+//! The Kafka side reuses the worker's consumer bridge (`otp_worker::consumer`): polling on
+//! its own thread, revokes answered by this loop before the partitions go.
+
+mod book;
+pub mod config;
+
+pub use book::{Action, Book, Outcome, Tag};
+pub use config::TrackerConfig;
+
+use anyhow::Context;
+use chrono::Utc;
+use otp_events::{PendingConfirmation, PhoneHasher, Receipt, Rules, Topics};
+use otp_producer::kafka::KafkaArgs;
+use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use otp_worker::consumer::{self, ConsumerEvent, WorkerConsumer};
+use otp_worker::offsets::{OffsetTracker, PartitionKey};
+use otp_worker::report::Reporter;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Run the tracker until `shutdown` resolves; then commit and leave the group.
+pub async fn run(
+    kafka: KafkaArgs,
+    config: TrackerConfig,
+    hasher: PhoneHasher,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let topics = kafka.topics();
+    let rules = Rules {
+        max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+    };
+    let publisher = CodeRequestPublisher::new(
+        &kafka,
+        PublisherConfig {
+            topics: topics.clone(),
+            rules,
+            ack_timeout: Duration::from_secs(10),
+        },
+        hasher.clone(),
+    )?;
+    let reporter = Reporter::new(&kafka, publisher)?;
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut client_config: ClientConfig = kafka.client_config();
+    client_config
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Co-partitioning: partition N of both topics goes to the same member.
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000");
+    kafka.apply_overrides(&mut client_config);
+    let consumer: Arc<WorkerConsumer> = Arc::new(
+        client_config
+            .create_with_context(consumer::context(
+                events_tx.clone(),
+                Duration::from_secs(15),
+            ))
+            .context("create the Kafka consumer")?,
+    );
+    let (pending_topic, receipts_topic) =
+        (topics.pending_confirmations(), topics.delivery_receipts());
+    consumer
+        .subscribe(&[&pending_topic, &receipts_topic])
+        .context("subscribe")?;
+    tracing::info!(group = %config.group_id, window_from = "worker", "confirmation tracker started");
+    if let Some(listen) = config.metrics_listen {
+        otp_worker::observe::prometheus();
+        tokio::spawn(async move {
+            if let Err(e) = otp_worker::observe::serve(listen, || true).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let handed_over = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (consumer, handed_over, stop) = (consumer.clone(), handed_over.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("otp-tracker-consumer".into())
+            .spawn(move || consumer::poll_loop(consumer, events_tx, handed_over, 1024, stop))?
+    };
+
+    let mut state = Tracker {
+        book: Book::new(
+            hasher,
+            chrono::Duration::from_std(config.keep_after_expiry)?,
+            chrono::Duration::from_std(config.orphan_ttl)?,
+        ),
+        reporter,
+        offsets: OffsetTracker::default(),
+        catching_up: HashMap::new(),
+        consumer: consumer.clone(),
+        topics,
+        ready_within: config.ready_within,
+    };
+    let mut tick = tokio::time::interval(config.tick);
+    let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                let waiting = state.not_ready();
+                let outcome = state.book.due(Utc::now(), |p| !waiting.contains(&p));
+                state.execute(outcome).await;
+                metrics::gauge!("otp_confirmations_awaiting").set(state.book.awaiting() as f64);
+                metrics::gauge!("otp_confirmations_held").set(state.book.len() as f64);
+            }
+            _ = commit_tick.tick() => state.commit(),
+            event = events.recv() => match event {
+                Some(ConsumerEvent::Message(m)) => {
+                    state.message(&m).await;
+                    handed_over.fetch_sub(1, Ordering::SeqCst);
+                }
+                Some(ConsumerEvent::Assigned(parts)) => state.assigned(&parts).await,
+                Some(ConsumerEvent::Revoked { partitions, reply }) => {
+                    let _ = reply.send(state.give_up(&partitions));
+                }
+                None => break,
+            },
+        }
+    }
+
+    tracing::info!("confirmation tracker stopping");
+    stop.store(true, Ordering::SeqCst);
+    let offsets = state.offsets.committable(None);
+    consumer.context().closing.store(true, Ordering::SeqCst);
+    while let Ok(event) = events.try_recv() {
+        if let ConsumerEvent::Revoked { reply, .. } = event {
+            let _ = reply.send(Vec::new());
+        }
+    }
+    drop(state);
+    tokio::task::spawn_blocking(move || {
+        let _ = poller.join();
+        if !offsets.is_empty() {
+            if let Err(e) = consumer.commit(&consumer::offset_list(&offsets), CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+        drop(consumer);
+    })
+    .await?;
+    tracing::info!("confirmation tracker stopped");
+    Ok(())
+}
+
+struct Tracker {
+    book: Book,
+    reporter: Reporter,
+    /// Receipts' offsets: committed up to the lowest one not yet applied.
+    offsets: OffsetTracker,
+    /// Per partition number: where each topic stood at assignment, until read up to there.
+    catching_up: HashMap<i32, CatchUp>,
+    consumer: Arc<WorkerConsumer>,
+    topics: Topics,
+    ready_within: Duration,
+}
+
+struct CatchUp {
+    /// Topic → the offset that must be read before the partition is ready.
+    targets: HashMap<String, i64>,
+    since: Instant,
+}
+
+impl Tracker {
+    /// Partitions whose deadlines must wait: still being read back after assignment. One
+    /// that takes longer than `ready_within` is let go with a warning.
+    fn not_ready(&mut self) -> HashSet<i32> {
+        let limit = self.ready_within;
+        self.catching_up.retain(|partition, c| {
+            let late = c.since.elapsed() >= limit;
+            if late {
+                tracing::warn!(
+                    partition,
+                    "not caught up in time; its deadlines fire anyway"
+                );
+            }
+            !late
+        });
+        self.catching_up.keys().copied().collect()
+    }
+
+    fn seen(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(c) = self.catching_up.get_mut(&partition) {
+            if c.targets.get(topic).is_some_and(|t| offset + 1 >= *t) {
+                c.targets.remove(topic);
+            }
+            if c.targets.is_empty() {
+                self.catching_up.remove(&partition);
+                tracing::info!(partition, "partition caught up; its deadlines are live");
+            }
+        }
+    }
+
+    async fn message(&mut self, m: &OwnedMessage) {
+        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        let now = Utc::now();
+        let outcome = if topic == self.topics.pending_confirmations() {
+            let key = m
+                .key()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .to_string();
+            match m
+                .payload()
+                .map(serde_json::from_slice::<PendingConfirmation>)
+            {
+                None => self.book.record(&key, None, partition, now),
+                Some(Ok(record)) => self.book.record(&key, Some(record), partition, now),
+                Some(Err(e)) => {
+                    tracing::error!(partition, offset, error = %e, "unreadable pending record skipped");
+                    Outcome::default()
+                }
+            }
+        } else {
+            let generation = self.offsets.started(&topic, partition, offset);
+            let tag = Tag {
+                partition,
+                offset,
+                generation,
+            };
+            match m.payload().map(serde_json::from_slice::<Receipt>) {
+                Some(Ok(receipt)) => self.book.receipt(receipt, tag, now),
+                _ => {
+                    tracing::error!(partition, offset, "unreadable receipt skipped");
+                    Outcome {
+                        actions: Vec::new(),
+                        released: vec![tag],
+                    }
+                }
+            }
+        };
+        self.execute(outcome).await;
+        self.seen(&topic, partition, offset);
+    }
+
+    /// Carry out the book's decisions in order; each write is acknowledged before the next.
+    async fn execute(&mut self, outcome: Outcome) {
+        for action in outcome.actions {
+            match action {
+                Action::FallBack { next, status } => {
+                    let reason = status
+                        .error
+                        .as_ref()
+                        .map_or("", |e| e.code.as_str())
+                        .to_string();
+                    match self.reporter.fallback(&next).await {
+                        Ok(()) => {
+                            metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
+                            tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
+                            self.reporter.status(&status).await;
+                        }
+                        Err(e) => {
+                            let mut failed = status.clone();
+                            failed.status = otp_events::StatusKind::Failed;
+                            failed.is_final = true;
+                            failed.next_channel = None;
+                            failed.error = Some(otp_events::StatusError {
+                                category: otp_events::ErrorCategory::Internal,
+                                code: "fallback_refused".into(),
+                                message: e.to_string(),
+                            });
+                            self.reporter.status(&failed).await;
+                        }
+                    }
+                }
+                Action::Status(status) => self.reporter.status(&status).await,
+                Action::Save(record) => self.reporter.pending(&record).await,
+                Action::Forget(request_id) => self.reporter.forget_pending(&request_id).await,
+            }
+        }
+        let topic = self.topics.delivery_receipts();
+        for tag in outcome.released {
+            self.offsets
+                .finished(&topic, tag.partition, tag.offset, tag.generation);
+        }
+    }
+
+    fn commit(&self) {
+        let offsets = self.offsets.committable(None);
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .consumer
+            .commit(&consumer::offset_list(&offsets), CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "commit failed; repeated on the next tick");
+        }
+    }
+
+    /// Note where both topics stand for each new partition: its deadlines wait until the
+    /// tracker has read that far.
+    async fn assigned(&mut self, partitions: &[PartitionKey]) {
+        let consumer = self.consumer.clone();
+        let parts = partitions.to_vec();
+        let targets = tokio::task::spawn_blocking(move || {
+            parts
+                .into_iter()
+                .filter_map(|(topic, p)| {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                        .ok()?;
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    tpl.add_partition(&topic, p);
+                    let committed = consumer
+                        .committed_offsets(tpl, Duration::from_secs(5))
+                        .ok()
+                        .and_then(|c| c.elements().first().and_then(|e| e.offset().to_raw()))
+                        .filter(|o| *o >= 0)
+                        .unwrap_or(low);
+                    (high > committed.max(low)).then_some((topic, p, high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (topic, p) in partitions {
+            self.catching_up.entry(*p).or_insert_with(|| CatchUp {
+                targets: HashMap::new(),
+                since: Instant::now(),
+            });
+            let _ = topic;
+        }
+        for (topic, p, high) in targets {
+            if let Some(c) = self.catching_up.get_mut(&p) {
+                c.targets.insert(topic, high);
+            }
+        }
+        self.catching_up.retain(|_, c| !c.targets.is_empty());
+        tracing::info!(
+            ?partitions,
+            catching_up = self.catching_up.len(),
+            "partitions assigned"
+        );
+    }
+
+    /// A revoke: forget the partitions' records (the new owner rebuilds them) and return the
+    /// receipts' offsets to commit.
+    fn give_up(&mut self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)> {
+        let receipts = self.topics.delivery_receipts();
+        let mine: Vec<PartitionKey> = partitions
+            .iter()
+            .filter(|(t, _)| *t == receipts)
+            .cloned()
+            .collect();
+        let offsets = self.offsets.committable(Some(&mine));
+        for (topic, p) in partitions {
+            self.book.drop_partition(*p);
+            self.catching_up.remove(p);
+            self.offsets.remove(&(topic.clone(), *p));
+        }
+        offsets
+    }
+}
