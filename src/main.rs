@@ -31,6 +31,12 @@ enum Command {
         #[command(subcommand)]
         channel: WorkerCommand,
     },
+    /// Provider receipts: the same program as `otp-receipts` (`serve` the webhooks, `track`
+    /// confirmations).
+    Receipts {
+        #[command(subcommand)]
+        command: otp_receipts::ReceiptsCommand,
+    },
     /// Manage the pipeline's topics.
     Topics {
         #[command(subcommand)]
@@ -95,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker {
             channel: WorkerCommand::Sms(cli),
         } => return cli.run().await,
+        Command::Receipts { command } => return command.run().await,
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -107,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => otp::demo::run(args).await,
         Command::Load(args) => otp::load::run(*args).await,
         Command::Send(args) => send(args).await,
-        Command::Worker { .. } => unreachable!("handled above"),
+        Command::Worker { .. } | Command::Receipts { .. } => unreachable!("handled above"),
         Command::Topics {
             command:
                 TopicsCommand::Create {

@@ -27,12 +27,17 @@ pub fn whatsapp_client(sim: &SimHandle) -> WhatsappClient {
 
 /// The SMS client as `otp-sms-worker` builds it, pointed at `sim`.
 pub fn sms_client(sim: &SimHandle) -> SmsClient {
+    sms_client_reporting_to(sim, None)
+}
+
+/// [`sms_client`] asking for status callbacks at `status_callback_url`.
+pub fn sms_client_reporting_to(sim: &SimHandle, status_callback_url: Option<String>) -> SmsClient {
     let args = SmsArgs {
         api_base_url: sim.base_url(),
         account_sid: "ACsim".into(),
         from: Some("+15557654321".into()),
         messaging_service_sid: None,
-        status_callback_url: None,
+        status_callback_url,
         body_templates: Vec::new(),
         default_locale: "en".into(),
         request_timeout: Duration::from_secs(5),
@@ -68,6 +73,90 @@ impl Worker {
     }
 
     /// Stop fetching, drain, commit, leave the group; returns the worker's result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
+}
+
+/// The receipts ingress in this process, on a free loopback port, with the simulator's
+/// secrets; its public URL is its own address.
+pub struct ReceiptsIngress {
+    pub addr: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// The secrets the simulator signs with, as the ingress must know them.
+pub fn sim_webhook_secrets() -> otp_receipts::config::WebhookSecrets {
+    otp_receipts::config::WebhookSecrets {
+        whatsapp_app_secret: Some("sim-app-secret".into()),
+        whatsapp_verify_token: Some("sim-verify-token".into()),
+        sms_auth_token: Some("sim-auth-token".into()),
+    }
+}
+
+impl ReceiptsIngress {
+    pub async fn start(kafka: &KafkaArgs) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let ingress = otp_receipts::ingress::Ingress::new(
+            kafka,
+            sim_webhook_secrets(),
+            &format!("http://{addr}"),
+            Duration::from_secs(10),
+        )?;
+        let app = otp_receipts::ingress::router(std::sync::Arc::new(ingress));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Where the simulator sends WhatsApp statuses.
+    pub fn whatsapp_webhook(&self) -> String {
+        format!("{}/webhooks/whatsapp", self.url())
+    }
+
+    /// What the SMS worker puts in `StatusCallback`.
+    pub fn sms_status_callback(&self) -> String {
+        format!("{}/webhooks/sms/status", self.url())
+    }
+}
+
+impl Drop for ReceiptsIngress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The confirmation tracker in this process; [`Tracker::stop`] is what SIGTERM does.
+pub struct Tracker {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Tracker {
+    pub fn start(
+        kafka: &KafkaArgs,
+        config: otp_receipts::tracker::TrackerConfig,
+        hasher: PhoneHasher,
+    ) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(otp_receipts::tracker::run(
+            kafka.clone(),
+            config,
+            hasher,
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
+        Self { stop, task }
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.task.await?

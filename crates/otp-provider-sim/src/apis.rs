@@ -2,7 +2,7 @@
 //! random errors and latency, answered in each provider's own format.
 
 use crate::behaviour::{self, Staged};
-use crate::{InProgress, Received, Sim};
+use crate::{webhooks, InProgress, Received, Sim};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -163,7 +163,11 @@ pub(crate) async fn whatsapp(
             let id = format!("wamid.SIM{:016}", sim.message_id());
             received.outcome = "accepted".into();
             received.provider_message_id = Some(id.clone());
+            let target = webhooks::Target::Whatsapp {
+                request_id: received.request_id.clone(),
+            };
             sim.record(received);
+            webhooks::after_accept(&sim, target, id.clone(), to.clone());
             Json(json!({
                 "messaging_product": "whatsapp",
                 "contacts": [ { "input": to, "wa_id": to } ],
@@ -280,6 +284,12 @@ pub(crate) async fn sms(
             received.outcome = "accepted".into();
             received.provider_message_id = Some(sid.clone());
             sim.record(received);
+            if let Some(callback) = form.get("StatusCallback") {
+                let target = webhooks::Target::Sms {
+                    callback: callback.clone(),
+                };
+                webhooks::after_accept(&sim, target, sid.clone(), digits.to_string());
+            }
             let body = json!({ "sid": sid, "status": "queued", "to": to, "body": text, "error_code": null });
             (StatusCode::CREATED, Json(body)).into_response()
         }

@@ -10,6 +10,16 @@
 //! | `1211` | delivered | 21211 invalid number |
 //! | `0100` | 100 invalid parameter | 21602 body required (invalid) |
 //! | anything else | accepted | accepted |
+//!
+//! And what the status webhooks then say about an accepted message (see [`receipts`]):
+//!
+//! | last digits | WhatsApp webhooks | SMS status callbacks |
+//! |---|---|---|
+//! | `2026` | `sent`, then `failed` 131026 (not on WhatsApp) after the failure delay (2 s) | delivered |
+//! | `0404` | `sent`, never delivered | `sent`, never delivered |
+//! | `0777` | `sent`, `delivered` after the receipt delay (1 s), then `read` | delivered |
+//! | `3005` | delivered | `undelivered` 30005 after the receipt delay |
+//! | anything else | `sent`, then `delivered` after the receipt delay | same |
 
 /// What the simulator answers for a phone number on its `n`th call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,4 +78,24 @@ pub fn sms(phone_digits: &str, call: u32) -> Staged {
 
 fn last4(digits: &str) -> &str {
     &digits[digits.len().saturating_sub(4)..]
+}
+
+/// What the status webhooks say about an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptPlan {
+    Delivered,
+    DeliveredThenRead,
+    SentOnly,
+    /// `failed` with this code, after the failure delay.
+    FailedAfter(i64),
+}
+
+pub fn receipts(api: &str, phone_digits: &str) -> ReceiptPlan {
+    match (api, last4(phone_digits)) {
+        ("whatsapp", "2026") => ReceiptPlan::FailedAfter(131026),
+        (_, "0404") => ReceiptPlan::SentOnly,
+        ("whatsapp", "0777") => ReceiptPlan::DeliveredThenRead,
+        ("sms", "3005") => ReceiptPlan::FailedAfter(30005),
+        _ => ReceiptPlan::Delivered,
+    }
 }

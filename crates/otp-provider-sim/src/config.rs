@@ -41,6 +41,30 @@ pub struct SimConfig {
     pub sms_account_sid: String,
     #[arg(long, default_value = "sim-auth-token")]
     pub sms_auth_token: String,
+    /// Where WhatsApp status webhooks go (Meta's app-level callback URL); none when absent.
+    /// SMS status callbacks go to each message's own `StatusCallback`.
+    #[arg(long)]
+    pub whatsapp_webhook_url: Option<String>,
+    /// The app secret that signs WhatsApp webhooks (`X-Hub-Signature-256`).
+    #[arg(long, default_value = "sim-app-secret")]
+    pub whatsapp_app_secret: String,
+    /// After acceptance, when `delivered` is reported (and `read` as long again after it).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub receipt_delay: Duration,
+    /// After acceptance, when a staged `failed` receipt is reported.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub receipt_failure_delay: Duration,
+    /// Probability that a webhook is never sent (lost).
+    #[arg(long, default_value_t = 0.0)]
+    pub receipt_loss: f64,
+    /// Probability that a webhook is sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub receipt_duplication: f64,
+    /// Probability that a message's statuses are reported together, in reverse order, in
+    /// one call at the time of the last (WhatsApp batches statuses; SMS gets them one by one,
+    /// reversed).
+    #[arg(long, default_value_t = 0.0)]
+    pub receipt_reorder: f64,
 }
 
 impl Default for SimConfig {

@@ -11,6 +11,7 @@
 mod apis;
 pub mod behaviour;
 mod config;
+mod webhooks;
 
 pub use config::SimConfig;
 
@@ -48,6 +49,8 @@ pub struct Stats {
     pub rate_limit_violations: BTreeMap<String, u64>,
     /// Most provider requests ever in progress at once (back-pressure checks).
     pub max_concurrent_requests: u64,
+    /// Status webhooks by outcome: `delivered` (answered 200), `retried`, `given_up`, `lost`.
+    pub webhooks: BTreeMap<String, u64>,
 }
 
 pub(crate) struct Sim {
@@ -63,6 +66,7 @@ pub(crate) struct Sim {
     pub in_progress: AtomicU64,
     /// When set, every WhatsApp send gets this (HTTP status, code): a broken channel.
     pub whatsapp_outage: Mutex<Option<(u16, i64)>>,
+    pub webhook_client: reqwest::Client,
 }
 
 /// Counts a provider request in progress for as long as it lives.
@@ -107,6 +111,10 @@ impl Sim {
             next_id: AtomicU64::new(1),
             in_progress: AtomicU64::new(0),
             whatsapp_outage: Mutex::new(None),
+            webhook_client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
         }
     }
 
@@ -123,6 +131,11 @@ impl Sim {
         }
         drop(stats);
         self.messages.lock().expect("messages lock").push(received);
+    }
+
+    pub(crate) fn webhook_outcome(&self, outcome: &str) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        *stats.webhooks.entry(outcome.to_string()).or_default() += 1;
     }
 
     pub(crate) fn violation(&self, limit: &str) {

@@ -49,7 +49,7 @@ impl Ingress {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
-            .set("message.timeout.ms", &kafka_timeout.as_millis().to_string());
+            .set("message.timeout.ms", kafka_timeout.as_millis().to_string());
         kafka.apply_overrides(&mut config);
         Ok(Self {
             producer: ProducerSession::new(config)?,

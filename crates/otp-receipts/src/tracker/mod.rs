@@ -111,6 +111,7 @@ pub async fn run(
         reporter,
         offsets: OffsetTracker::default(),
         catching_up: HashMap::new(),
+        deferred: HashMap::new(),
         consumer: consumer.clone(),
         topics,
         ready_within: config.ready_within,
@@ -123,6 +124,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = tick.tick() => {
                 let waiting = state.not_ready();
+                state.apply_deferred().await;
                 let outcome = state.book.due(Utc::now(), |p| !waiting.contains(&p));
                 state.execute(outcome).await;
                 metrics::gauge!("otp_confirmations_awaiting").set(state.book.awaiting() as f64);
@@ -131,7 +133,7 @@ pub async fn run(
             _ = commit_tick.tick() => state.commit(),
             event = events.recv() => match event {
                 Some(ConsumerEvent::Message(m)) => {
-                    state.message(&m).await;
+                    state.message(m).await;
                     handed_over.fetch_sub(1, Ordering::SeqCst);
                 }
                 Some(ConsumerEvent::Assigned(parts)) => state.assigned(&parts).await,
@@ -174,6 +176,8 @@ struct Tracker {
     offsets: OffsetTracker,
     /// Per partition number: where each topic stood at assignment, until read up to there.
     catching_up: HashMap<i32, CatchUp>,
+    /// Receipts read before their partition's records were: applied once those are in.
+    deferred: HashMap<i32, Vec<OwnedMessage>>,
     consumer: Arc<WorkerConsumer>,
     topics: Topics,
     ready_within: Duration,
@@ -215,7 +219,42 @@ impl Tracker {
         }
     }
 
-    async fn message(&mut self, m: &OwnedMessage) {
+    /// Whether the partition's records are still being read back after assignment.
+    fn records_behind(&self, partition: i32) -> bool {
+        let topic = self.topics.pending_confirmations();
+        self.catching_up
+            .get(&partition)
+            .is_some_and(|c| c.targets.contains_key(&topic))
+    }
+
+    async fn message(&mut self, m: OwnedMessage) {
+        // A receipt applied to a record older than the one still unread would be reported
+        // (or acted on) twice: receipts wait until the partition's records are all in.
+        let receipts = m.topic() == self.topics.delivery_receipts();
+        if receipts && self.records_behind(m.partition()) {
+            self.deferred.entry(m.partition()).or_default().push(m);
+            return;
+        }
+        self.apply(&m).await;
+        self.apply_deferred().await;
+    }
+
+    /// Apply the deferred receipts of partitions whose records are all in.
+    async fn apply_deferred(&mut self) {
+        let ready: Vec<i32> = self
+            .deferred
+            .keys()
+            .copied()
+            .filter(|p| !self.records_behind(*p))
+            .collect();
+        for p in ready {
+            for m in self.deferred.remove(&p).unwrap_or_default() {
+                self.apply(&m).await;
+            }
+        }
+    }
+
+    async fn apply(&mut self, m: &OwnedMessage) {
         let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
         let now = Utc::now();
         let outcome = if topic == self.topics.pending_confirmations() {
@@ -371,6 +410,7 @@ impl Tracker {
         for (topic, p) in partitions {
             self.book.drop_partition(*p);
             self.catching_up.remove(p);
+            self.deferred.remove(p);
             self.offsets.remove(&(topic.clone(), *p));
         }
         offsets

@@ -1,1 +1,246 @@
+use super::*;
+use otp_events::{ReceiptError, Submission, PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA};
 
+fn book() -> Book {
+    Book::new(
+        PhoneHasher::new(b"k"),
+        Duration::minutes(2),
+        Duration::minutes(2),
+    )
+}
+
+fn record(id: &str, channels: Vec<Channel>, state: ConfirmationState) -> PendingConfirmation {
+    let mut s = Submission::new("+15551230001", "123456", channels, Duration::minutes(5));
+    s.request_id = Some(id.into());
+    let request = s.complete(Utc::now());
+    PendingConfirmation {
+        schema: PENDING_CONFIRMATION_SCHEMA.into(),
+        channel: request.current_channel().unwrap(),
+        request,
+        provider_message_id: "wamid.1".into(),
+        accepted_at: Utc::now(),
+        confirm_by: (state == ConfirmationState::Awaiting)
+            .then(|| Utc::now() + Duration::seconds(15)),
+        state,
+        reported: Vec::new(),
+    }
+}
+
+fn receipt(id: &str, status: ReceiptStatus) -> Receipt {
+    Receipt {
+        schema: RECEIPT_SCHEMA.into(),
+        request_id: id.into(),
+        channel: Channel::Whatsapp,
+        provider_message_id: "wamid.1".into(),
+        status,
+        error: (status == ReceiptStatus::Failed).then(|| ReceiptError {
+            code: "131026".into(),
+            category: ErrorCategory::Recipient,
+            message: "not on WhatsApp".into(),
+        }),
+        provider_timestamp: None,
+        received_at: Utc::now(),
+    }
+}
+
+fn tag(offset: i64) -> Tag {
+    Tag {
+        partition: 0,
+        offset,
+        generation: 0,
+    }
+}
+
+/// The statuses an outcome reports, as (status, final), fallbacks included.
+fn reported(out: &Outcome) -> Vec<(StatusKind, bool)> {
+    out.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Status(s) | Action::FallBack { status: s, .. } => Some((s.status, s.is_final)),
+            _ => None,
+        })
+        .collect()
+}
+
+const WA_SMS: fn() -> Vec<Channel> = || vec![Channel::Whatsapp, Channel::Sms];
+
+#[test]
+fn delivered_in_time_is_final_and_cancels_the_fallback() {
+    let mut b = book();
+    let now = Utc::now();
+    b.record(
+        "r",
+        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
+        0,
+        now,
+    );
+    let out = b.receipt(receipt("r", ReceiptStatus::Sent), tag(0), now);
+    assert_eq!(reported(&out), vec![(StatusKind::Sent, false)]);
+    let out = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(1), now);
+    assert_eq!(reported(&out), vec![(StatusKind::Delivered, true)]);
+    assert!(
+        matches!(out.actions.last(), Some(Action::Save(r)) if r.state == ConfirmationState::Confirmed)
+    );
+    let out = b.receipt(receipt("r", ReceiptStatus::Read), tag(2), now);
+    assert_eq!(reported(&out), vec![(StatusKind::Read, false)]);
+    let later = b.due(now + Duration::seconds(60), |_| true);
+    assert!(reported(&later).is_empty(), "no fallback after delivery");
+    assert_eq!(b.awaiting(), 0);
+}
+
+#[test]
+fn a_failed_receipt_falls_back_once_and_a_repeat_changes_nothing() {
+    let mut b = book();
+    let now = Utc::now();
+    b.record(
+        "r",
+        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
+        0,
+        now,
+    );
+    let out = b.receipt(receipt("r", ReceiptStatus::Failed), tag(0), now);
+    let Some(Action::FallBack { next, status }) = out.actions.first() else {
+        panic!("{:?}", out.actions)
+    };
+    assert_eq!(next.current_channel(), Some(Channel::Sms));
+    assert_eq!(status.error.as_ref().unwrap().code, "receipt_failed");
+    assert_eq!(status.next_channel, Some(Channel::Sms));
+    assert_eq!(out.released, vec![tag(0)]);
+    let again = b.receipt(receipt("r", ReceiptStatus::Failed), tag(1), now);
+    assert!(reported(&again).is_empty(), "{:?}", again.actions);
+    assert_eq!(
+        again.released,
+        vec![tag(1)],
+        "a duplicate is still committed"
+    );
+    assert!(reported(&b.due(now + Duration::seconds(60), |_| true)).is_empty());
+}
+
+#[test]
+fn silence_falls_back_at_the_deadline_only_on_ready_partitions() {
+    let mut b = book();
+    let now = Utc::now();
+    b.record(
+        "r",
+        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
+        0,
+        now,
+    );
+    assert!(reported(&b.due(now + Duration::seconds(5), |_| true)).is_empty());
+    let late = now + Duration::seconds(16);
+    assert!(
+        reported(&b.due(late, |_| false)).is_empty(),
+        "partition still catching up"
+    );
+    let out = b.due(late, |_| true);
+    assert_eq!(reported(&out), vec![(StatusKind::Fallback, false)]);
+    let Some(Action::FallBack { status, .. }) = out.actions.first() else {
+        unreachable!()
+    };
+    assert_eq!(status.error.as_ref().unwrap().code, "receipt_timeout");
+    assert!(reported(&b.due(late, |_| true)).is_empty(), "fires once");
+}
+
+#[test]
+fn with_no_channel_left_a_failure_is_final_and_after_expiry_it_is_expired() {
+    let mut b = book();
+    let now = Utc::now();
+    let mut only = record("r", vec![Channel::Whatsapp], ConfirmationState::Awaiting);
+    only.confirm_by = Some(now);
+    b.record("r", Some(only.clone()), 0, now);
+    let out = b.receipt(receipt("r", ReceiptStatus::Failed), tag(0), now);
+    assert_eq!(reported(&out), vec![(StatusKind::Failed, true)]);
+
+    let mut b = book();
+    b.record(
+        "r",
+        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
+        0,
+        now,
+    );
+    let dead = now + Duration::minutes(6);
+    assert_eq!(
+        reported(&b.due(dead, |_| true)),
+        vec![(StatusKind::Expired, true)]
+    );
+}
+
+#[test]
+fn report_only_records_report_receipts_without_finals() {
+    let mut b = book();
+    let now = Utc::now();
+    b.record(
+        "r",
+        Some(record(
+            "r",
+            vec![Channel::Sms],
+            ConfirmationState::ReportOnly,
+        )),
+        0,
+        now,
+    );
+    let mut sms = receipt("r", ReceiptStatus::Sent);
+    sms.channel = Channel::Sms;
+    assert!(
+        reported(&b.receipt(sms.clone(), tag(0), now)).is_empty(),
+        "the worker said sent"
+    );
+    sms.status = ReceiptStatus::Failed;
+    sms.error = Some(ReceiptError {
+        code: "30005".into(),
+        category: ErrorCategory::Recipient,
+        message: "unknown handset".into(),
+    });
+    assert_eq!(
+        reported(&b.receipt(sms, tag(1), now)),
+        vec![(StatusKind::Failed, false)]
+    );
+}
+
+#[test]
+fn receipts_before_their_record_wait_for_it_or_are_given_up() {
+    let mut b = book();
+    let now = Utc::now();
+    let early = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(0), now);
+    assert!(
+        early.actions.is_empty() && early.released.is_empty(),
+        "held, not committed"
+    );
+    let out = b.record(
+        "r",
+        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
+        0,
+        now,
+    );
+    assert_eq!(reported(&out), vec![(StatusKind::Delivered, true)]);
+    assert_eq!(out.released, vec![tag(0)]);
+
+    b.receipt(receipt("stray", ReceiptStatus::Read), tag(5), now);
+    let out = b.due(now + Duration::minutes(3), |_| true);
+    assert!(
+        out.released.contains(&tag(5)),
+        "given up after the orphan TTL"
+    );
+}
+
+#[test]
+fn older_copies_of_a_record_read_back_are_ignored_and_expired_ones_forgotten() {
+    let mut b = book();
+    let now = Utc::now();
+    let first = record("r", WA_SMS(), ConfirmationState::Awaiting);
+    b.record("r", Some(first.clone()), 0, now);
+    b.receipt(receipt("r", ReceiptStatus::Delivered), tag(0), now);
+    b.record("r", Some(first), 0, now); // the worker's record, read again (e.g. a redelivery)
+    assert_eq!(b.awaiting(), 0, "still confirmed");
+    let out = b.due(now + Duration::minutes(8), |_| true);
+    assert!(matches!(out.actions.as_slice(), [Action::Forget(id)] if id == "r"));
+    assert!(b.is_empty());
+    b.record(
+        "x",
+        Some(record("x", WA_SMS(), ConfirmationState::Awaiting)),
+        1,
+        now,
+    );
+    b.drop_partition(1);
+    assert!(b.is_empty());
+}

@@ -1,0 +1,586 @@
+//! Receipts end to end, on a real broker (tansu), the simulator over HTTP and the receipts
+//! ingress over HTTP: webhooks drive fallbacks, delivered users get one code, forged webhooks
+//! emit nothing, and a tracker killed mid-window still fires what was pending.
+
+mod common;
+
+use common::*;
+use otp::stack::{sms_client_reporting_to, ReceiptsIngress, Tracker, Worker};
+use otp_events::Channel::{Sms, Whatsapp};
+use otp_events::PhoneHasher;
+use otp_provider_sim::SimConfig;
+use otp_receipts::tracker::TrackerConfig;
+use otp_test_support::{collect_json_until, message_count, shared_broker, TestTopics};
+use otp_worker::{ConfirmationConfig, WorkerConfig};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// The pipeline with receipts: topics, ingress, simulator posting webhooks to it.
+struct Loop {
+    stack: Stack,
+    ingress: ReceiptsIngress,
+}
+
+async fn start(tweak: impl FnOnce(&mut SimConfig)) -> Loop {
+    let t = TestTopics::create(shared_broker(), 2).await;
+    let ingress = ReceiptsIngress::start(&t.kafka).await.unwrap();
+    let mut config = roomy_sim();
+    config.whatsapp_webhook_url = Some(ingress.whatsapp_webhook());
+    tweak(&mut config);
+    let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let publisher = t.publisher(PhoneHasher::new(HASH_KEY));
+    Loop {
+        stack: Stack { t, sim, publisher },
+        ingress,
+    }
+}
+
+fn confirming(window: Duration) -> WorkerConfig {
+    let mut c = test_config();
+    c.confirmation = Some(ConfirmationConfig {
+        window,
+        fallback_time: Duration::from_secs(2),
+    });
+    c
+}
+
+impl Loop {
+    /// Both workers with confirmation on; the SMS one asks for status callbacks.
+    fn workers(&self, window: Duration) -> Vec<Worker> {
+        let s = &self.stack;
+        let sms = sms_client_reporting_to(&s.sim, Some(self.ingress.sms_status_callback()));
+        vec![
+            s.worker(Whatsapp, confirming(window)),
+            Worker::start(
+                &s.t.kafka,
+                confirming(window),
+                open_limits(),
+                PhoneHasher::new(HASH_KEY),
+                sms,
+            ),
+        ]
+    }
+
+    fn tracker(&self) -> Tracker {
+        let mut config = tracker_config();
+        config.group_id = format!("{}tracker", self.stack.t.kafka.topic_prefix);
+        Tracker::start(&self.stack.t.kafka, config, PhoneHasher::new(HASH_KEY))
+    }
+
+    /// Statuses until `done` holds.
+    async fn statuses_until(&self, done: impl Fn(&[Value]) -> bool + Send + 'static) -> Vec<Value> {
+        let t = &self.stack.t;
+        collect_json_until(&t.kafka.brokers, &t.topics.delivery_status(), WITHIN, done).await
+    }
+}
+
+fn tracker_config() -> TrackerConfig {
+    TrackerConfig {
+        tick: Duration::from_millis(50),
+        ..TrackerConfig::default()
+    }
+}
+
+/// Whether `id` has a status `kind` on `channel`.
+fn has(statuses: &[Value], id: &str, kind: &str, channel: &str) -> bool {
+    statuses
+        .iter()
+        .any(|s| s["request_id"] == id && s["status"] == kind && s["channel"] == channel)
+}
+
+fn the(statuses: &[Value], id: &str, kind: &str, channel: &str) -> Value {
+    let found: Vec<&Value> = statuses
+        .iter()
+        .filter(|s| s["request_id"] == id && s["status"] == kind && s["channel"] == channel)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{id}: one {kind} on {channel} in {statuses:#?}"
+    );
+    found[0].clone()
+}
+
+fn sends_to(l: &Loop, phone: &str) -> Vec<otp_provider_sim::Received> {
+    l.stack
+        .sim
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == phone && m.outcome == "accepted")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reported_only_by_webhook_sends_the_code_by_sms() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(30));
+    let tracker = l.tracker();
+    let phone = "+15551232026"; // accepted, then `failed` 131026 by webhook after 2 s
+    let id = l.stack.publish(phone, "640213", &[Whatsapp, Sms]).await;
+
+    let wait = id.clone();
+    let statuses = l
+        .statuses_until(move |got| has(got, &wait, "delivered", "sms"))
+        .await;
+    let accepted = the(&statuses, &id, "accepted", "whatsapp");
+    assert_eq!(accepted["final"], false, "a fallback is still possible");
+    let fallback = the(&statuses, &id, "fallback", "whatsapp");
+    assert_eq!(fallback["error"]["code"], "receipt_failed");
+    assert_eq!(fallback["error"]["category"], "recipient");
+    assert!(fallback["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("131026"));
+    assert_eq!(fallback["next_channel"], "sms");
+    let sent = exactly_one_final(&statuses, &id);
+    assert_eq!(
+        (sent["status"].as_str(), sent["channel"].as_str()),
+        (Some("sent"), Some("sms"))
+    );
+    assert_eq!(sent["attempt"], 2);
+    assert_eq!(the(&statuses, &id, "delivered", "sms")["final"], false);
+
+    let sends = sends_to(&l, phone);
+    let apis: Vec<&str> = sends.iter().map(|m| m.api.as_str()).collect();
+    assert_eq!(apis, ["whatsapp", "sms"], "one WhatsApp send, then one SMS");
+    let expires = chrono::Utc::now().timestamp_millis() + 4 * 60 * 1000;
+    assert!(
+        sends[1].received_at_ms < expires,
+        "the SMS went before the code expired"
+    );
+    let wa_at = sends[0].received_at_ms;
+    assert!(
+        sends[1].received_at_ms - wa_at >= 1_900,
+        "the fallback waited for the webhook (2 s), not for the window (30 s): {} ms",
+        sends[1].received_at_ms - wa_at
+    );
+    assert!(sends[1].received_at_ms - wa_at < 20_000);
+    assert_valid_and_private(&statuses, &[phone, "640213"]);
+    assert_receipts_private(&l, &[phone]).await;
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_whatsapp_user_gets_the_code_by_sms_after_the_window() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(3));
+    let tracker = l.tracker();
+    let phone = "+15551230404"; // accepted, `sent`, never delivered
+    let id = l.stack.publish(phone, "118822", &[Whatsapp, Sms]).await;
+
+    let wait = id.clone();
+    let statuses = l
+        .statuses_until(move |got| {
+            got.iter()
+                .any(|s| s["request_id"] == wait && s["final"] == true)
+        })
+        .await;
+    let fallback = the(&statuses, &id, "fallback", "whatsapp");
+    assert_eq!(fallback["error"]["code"], "receipt_timeout");
+    let accepted = the(&statuses, &id, "accepted", "whatsapp");
+    let waited =
+        fallback["latency_ms"].as_u64().unwrap() - accepted["latency_ms"].as_u64().unwrap();
+    assert!(
+        (2_900..15_000).contains(&waited),
+        "fell back {waited} ms after acceptance (window 3 s)"
+    );
+    let sent = exactly_one_final(&statuses, &id);
+    assert_eq!(
+        (sent["status"].as_str(), sent["channel"].as_str()),
+        (Some("sent"), Some("sms"))
+    );
+    assert_eq!(sends_to(&l, phone).len(), 2);
+    assert_valid_and_private(&statuses, &[phone, "118822"]);
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_user_gets_exactly_one_code() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(4));
+    let tracker = l.tracker();
+    let delivered = "+15551230777"; // delivered after 1 s, read after 2 s
+    let silent = "+15551240404";
+    let id = l.stack.publish(delivered, "300111", &[Whatsapp, Sms]).await;
+    // Published after it with the same window, its fallback proves the first's window passed.
+    let later = l.stack.publish(silent, "300222", &[Whatsapp, Sms]).await;
+
+    let (a, b) = (id.clone(), later.clone());
+    let statuses = l
+        .statuses_until(move |got| has(got, &b, "sent", "sms") && has(got, &a, "read", "whatsapp"))
+        .await;
+    let story: Vec<(String, bool)> = statuses
+        .iter()
+        .filter(|s| s["request_id"] == id.as_str())
+        .map(|s| {
+            (
+                s["status"].as_str().unwrap().to_string(),
+                s["final"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        story.contains(&("delivered".to_string(), true)),
+        "{story:?}"
+    );
+    assert!(story.contains(&("read".to_string(), false)), "{story:?}");
+    assert!(!story.iter().any(|(s, _)| s == "fallback"), "{story:?}");
+    exactly_one_final(&statuses, &id);
+    let sends = sends_to(&l, delivered);
+    assert_eq!(sends.len(), 1, "one code only: {sends:?}");
+    assert_valid_and_private(&statuses, &[delivered, "300111", silent, "300222"]);
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_receipts_are_reported_once() {
+    let l = start(|c| {
+        c.receipt_duplication = 1.0;
+        c.receipt_reorder = 1.0;
+    })
+    .await;
+    let workers = l.workers(Duration::from_secs(20));
+    let tracker = l.tracker();
+    let phone = "+15551250777"; // sent, delivered, read: all in one call, newest first, twice
+    let id = l.stack.publish(phone, "424242", &[Whatsapp, Sms]).await;
+
+    let wait = id.clone();
+    let statuses = l
+        .statuses_until(move |got| {
+            has(got, &wait, "read", "whatsapp") && has(got, &wait, "delivered", "whatsapp")
+        })
+        .await;
+    // Give the duplicate call time to be applied too: it follows the first at once, and the
+    // second request's statuses come after it on the same tracker.
+    let second = l.stack.publish("+15551260404", "424243", &[Sms]).await;
+    let s2 = second.clone();
+    let statuses_after = l
+        .statuses_until(move |got| {
+            got.iter()
+                .any(|s| s["request_id"] == s2 && s["final"] == true)
+        })
+        .await;
+    for kind in ["read", "delivered", "sent"] {
+        the(&statuses_after, &id, kind, "whatsapp");
+    }
+    let fin = exactly_one_final(&statuses_after, &id);
+    assert_eq!(
+        fin["status"], "read",
+        "read came first and confirmed delivery"
+    );
+    assert!(!has(&statuses, &id, "fallback", "whatsapp"));
+    assert_eq!(sends_to(&l, phone).len(), 1);
+    assert!(
+        l.stack
+            .sim
+            .stats()
+            .webhooks
+            .get("delivered")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+async fn assert_receipts_private(l: &Loop, phones: &[&str]) {
+    let t = &l.stack.t;
+    let receipts = otp_test_support::read_messages(
+        &t.kafka.brokers,
+        &t.topics.delivery_receipts(),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!receipts.is_empty(), "receipts were written");
+    for m in &receipts {
+        let text = otp_test_support::payload_json(m).to_string();
+        for p in phones {
+            assert!(
+                !text.contains(p.trim_start_matches('+')),
+                "receipt leaks a number: {text}"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------ signatures, over HTTP
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_missing_and_altered_signatures_are_refused_and_emit_nothing() {
+    use otp_events::signature::{meta_signature, twilio_signature};
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let ingress = ReceiptsIngress::start(&t.kafka).await.unwrap();
+    let http = reqwest::Client::new();
+
+    // Meta's handshake.
+    let hub = |mode: &str, token: &str| {
+        http.get(ingress.whatsapp_webhook()).query(&[
+            ("hub.mode", mode),
+            ("hub.verify_token", token),
+            ("hub.challenge", "1158201444"),
+        ])
+    };
+    let ok = hub("subscribe", "sim-verify-token").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    assert_eq!(
+        hub("subscribe", "guess").send().await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        hub("unsubscribe", "sim-verify-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    // WhatsApp statuses.
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages","value":{"statuses":[{"id":"wamid.X","status":"delivered","timestamp":"1750857384","recipient_id":"15551230001","biz_opaque_callback_data":"req-sig-1"}]}}]}]}"#;
+    let altered = body.replace("delivered", "failed\",\"x\":\"");
+    let wa = |body: String, signature: Option<String>| {
+        let mut r = http.post(ingress.whatsapp_webhook()).body(body);
+        if let Some(s) = signature {
+            r = r.header("X-Hub-Signature-256", s);
+        }
+        r.send()
+    };
+    let good = meta_signature(b"sim-app-secret", body.as_bytes());
+    let cases = [
+        (body.to_string(), None, 401, "missing"),
+        (
+            body.to_string(),
+            Some(meta_signature(b"not-the-secret", body.as_bytes())),
+            403,
+            "forged",
+        ),
+        (
+            altered.clone(),
+            Some(good.clone()),
+            403,
+            "replayed with an altered body",
+        ),
+        (
+            body.to_string(),
+            Some("sha256=zz".to_string()),
+            403,
+            "not hex",
+        ),
+        (body.to_string(), Some(good.clone()), 200, "authentic"),
+    ];
+    for (body, signature, expected, what) in cases {
+        assert_eq!(
+            wa(body, signature).await.unwrap().status(),
+            expected,
+            "{what}"
+        );
+    }
+    let malformed = r#"{"object":"whatsapp_business_account","entry":"x"}"#;
+    let signed = meta_signature(b"sim-app-secret", malformed.as_bytes());
+    let answer = wa(malformed.to_string(), Some(signed)).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer
+        .text()
+        .await
+        .unwrap()
+        .contains("entry: must be an array"));
+
+    // Twilio status callbacks: the URL (with its request_id) and every parameter are signed.
+    let url = format!("{}?request_id=req-sig-2", ingress.sms_status_callback());
+    let form = vec![
+        ("MessageSid".to_string(), "SM0001".to_string()),
+        ("MessageStatus".to_string(), "delivered".to_string()),
+        ("To".to_string(), "+15551230001".to_string()),
+    ];
+    let good = twilio_signature(b"sim-auth-token", &url, &form);
+    let sms = |url: String, form: Vec<(String, String)>, signature: Option<String>| {
+        let mut r = http.post(url).form(&form);
+        if let Some(s) = signature {
+            r = r.header("X-Twilio-Signature", s);
+        }
+        r.send()
+    };
+    let mut altered = form.clone();
+    altered[1].1 = "undelivered".into();
+    let other_request = format!("{}?request_id=req-sig-3", ingress.sms_status_callback());
+    let cases = [
+        (url.clone(), form.clone(), None, 401, "missing"),
+        (
+            url.clone(),
+            form.clone(),
+            Some(twilio_signature(b"guess", &url, &form)),
+            403,
+            "forged",
+        ),
+        (
+            url.clone(),
+            altered,
+            Some(good.clone()),
+            403,
+            "altered parameter",
+        ),
+        (
+            other_request,
+            form.clone(),
+            Some(good.clone()),
+            403,
+            "altered request_id",
+        ),
+        (
+            url.clone(),
+            form.clone(),
+            Some(good.clone()),
+            200,
+            "authentic",
+        ),
+    ];
+    for (url, form, signature, expected, what) in cases {
+        assert_eq!(
+            sms(url, form, signature).await.unwrap().status(),
+            expected,
+            "{what}"
+        );
+    }
+
+    // Only the two authentic calls reached Kafka.
+    let receipts = otp_test_support::read_messages(
+        &t.kafka.brokers,
+        &t.topics.delivery_receipts(),
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    let ids: Vec<String> = receipts
+        .iter()
+        .map(|m| {
+            otp_test_support::payload_json(m)["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"req-sig-1".to_string()) && ids.contains(&"req-sig-2".to_string()));
+    assert_eq!(
+        message_count(&t.kafka.brokers, &t.topics.delivery_receipts()),
+        2
+    );
+    let metrics = http
+        .get(format!("{}/metrics", ingress.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outcome=\"bad_signature\""), "{metrics}");
+    assert!(metrics.contains("outcome=\"missing_signature\""));
+}
+
+// ------------------------------------------------------------------ a tracker crash
+
+fn spawn_tracker(t: &TestTopics, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_otp"))
+        .args(["receipts", "track", "--tick", "50ms"])
+        .args(["--brokers", &t.kafka.brokers])
+        .args(["--topic-prefix", &t.kafka.topic_prefix])
+        .args(["--group-id", &format!("{}tracker", t.kafka.topic_prefix)])
+        .env("OTP_PHONE_HASH_KEY", std::str::from_utf8(HASH_KEY).unwrap())
+        .env("RUST_LOG", "info")
+        .env("OTP_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("OTP_KAFKA__HEARTBEAT_INTERVAL_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start otp receipts track")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_mid_window_still_fires_the_pending_fallbacks() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(8));
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path();
+    let tracker = spawn_tracker(&l.stack.t, &dir.join("tracker-1.log"));
+    const N: usize = 20;
+    let mut silent = Vec::new();
+    let mut delivered = Vec::new();
+    for i in 0..N {
+        let s = format!("+1555{:03}0404", 100 + i);
+        let d = format!("+1555{:03}0001", 100 + i);
+        silent.push((l.stack.publish(&s, "515151", &[Whatsapp, Sms]).await, s));
+        delivered.push((l.stack.publish(&d, "626262", &[Whatsapp, Sms]).await, d));
+    }
+    let ids: Vec<String> = silent
+        .iter()
+        .chain(&delivered)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let all = ids.clone();
+    l.statuses_until(move |got| all.iter().all(|id| has(got, id, "accepted", "whatsapp")))
+        .await;
+    let mut tracker = tracker;
+    tracker.kill().unwrap(); // SIGKILL, mid-window: no fallback has fired yet
+    tracker.wait().unwrap();
+    let mut restarted = spawn_tracker(&l.stack.t, &dir.join("tracker-2.log"));
+
+    let all = ids.clone();
+    let statuses = l
+        .statuses_until(move |got| {
+            all.iter().all(|id| {
+                got.iter()
+                    .any(|s| s["request_id"] == id.as_str() && s["final"] == true)
+            })
+        })
+        .await;
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    let mut second_codes = 0;
+    for (id, phone) in &silent {
+        let fin = exactly_one_final(&statuses, id);
+        assert_eq!(
+            (fin["status"].as_str(), fin["channel"].as_str()),
+            (Some("sent"), Some("sms")),
+            "{id}"
+        );
+        assert_eq!(
+            the(&statuses, id, "fallback", "whatsapp")["error"]["code"],
+            "receipt_timeout"
+        );
+        assert!(sends_to(&l, phone).iter().any(|m| m.api == "sms"));
+    }
+    for (id, phone) in &delivered {
+        let fin = exactly_one_final(&statuses, id);
+        assert_eq!(
+            (fin["status"].as_str(), fin["channel"].as_str()),
+            (Some("delivered"), Some("whatsapp")),
+            "{id}"
+        );
+        second_codes += sends_to(&l, phone).len() - 1;
+    }
+    println!("tracker SIGKILL mid-window: {N} pending fallbacks fired, {second_codes} second codes to {N} delivered users");
+    assert_eq!(second_codes, 0, "a delivered user got a second code");
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
