@@ -13,17 +13,22 @@ pub const DELIVERY_STATUS_SCHEMA: &str = "otp.delivery_status.v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusKind {
-    /// The provider took the request; delivery is not yet known.
+    /// The provider took the request and a receipt will confirm it (delivery confirmation
+    /// on); not final: the confirmation tracker ends the request's life.
     Accepted,
-    /// The provider accepted the message for delivery.
+    /// The provider accepted the message for delivery (final from a worker), or its `sent`
+    /// receipt (from the tracker, not final).
     Sent,
+    /// The provider's receipt: on the device. Final when it confirmed an `accepted` send.
     Delivered,
+    /// WhatsApp's receipt: opened. Final when it was the first confirmation.
     Read,
     /// No channel could deliver it; final.
     Failed,
     /// Handed on to the next channel in the user's list.
     Fallback,
-    /// Its `expires_at` passed before it could be delivered; final, never sent.
+    /// Its `expires_at` passed before it could be delivered (never sent, or sent and never
+    /// confirmed while no channel was left); final.
     Expired,
     /// The event was invalid and went to the dead-letter topic; final.
     Rejected,
@@ -46,7 +51,8 @@ impl StatusKind {
         }
     }
 
-    /// Whether this status ends the request's life: each request gets exactly one.
+    /// Whether this status ends the request's life when a worker reports it: each request
+    /// gets exactly one final status. The confirmation tracker sets `final` itself.
     pub fn is_final(self) -> bool {
         matches!(
             self,

@@ -160,6 +160,26 @@ fn delivery_status_examples_validate_and_round_trip() {
 }
 
 #[test]
+fn delivery_receipt_examples_validate_and_round_trip() {
+    let schema = validator("delivery-receipt.v1.json");
+    for (name, bytes) in examples("delivery-receipt") {
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(schema.is_valid(&json), "{name}: schema refused it");
+        let receipt: otp_events::Receipt = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            serde_json::to_value(&receipt).unwrap(),
+            json,
+            "{name}: round trip changed it"
+        );
+    }
+    let mut unknown: Value =
+        serde_json::from_slice(&examples("delivery-receipt")[0].1).unwrap();
+    unknown["recipient_id"] = Value::from("15551230001");
+    assert!(!schema.is_valid(&unknown), "no room for the provider's recipient field");
+    assert!(serde_json::from_value::<otp_events::Receipt>(unknown).is_err());
+}
+
+#[test]
 fn statuses_built_by_rust_validate_against_the_schema() {
     use otp_events::{Channel, ErrorCategory, PhoneHasher, StatusError, StatusKind};
     let schema = validator("delivery-status.v1.json");
