@@ -97,7 +97,12 @@ pub fn sim_webhook_secrets() -> otp_receipts::config::WebhookSecrets {
 
 impl ReceiptsIngress {
     pub async fn start(kafka: &KafkaArgs) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(kafka, "127.0.0.1:0".parse()?).await
+    }
+
+    /// [`ReceiptsIngress::start`] on a given address (to bring one back where it was).
+    pub async fn start_at(kafka: &KafkaArgs, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let ingress = otp_receipts::ingress::Ingress::new(
             kafka,

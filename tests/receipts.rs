@@ -321,6 +321,62 @@ async fn assert_receipts_private(l: &Loop, phones: &[&str]) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_sent_while_the_ingress_is_down_arrive_by_the_providers_retries() {
+    let t = TestTopics::create(shared_broker(), 2).await;
+    // Where the ingress will be; nothing listens there yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = roomy_sim();
+    config.whatsapp_webhook_url = Some(format!("http://{addr}/webhooks/whatsapp"));
+    let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let publisher = t.publisher(PhoneHasher::new(HASH_KEY));
+    let stack = Stack { t, sim, publisher };
+    let worker = stack.worker(Whatsapp, confirming(Duration::from_secs(30)));
+    let mut tracker_config = tracker_config();
+    tracker_config.group_id = format!("{}tracker", stack.t.kafka.topic_prefix);
+    let tracker = Tracker::start(&stack.t.kafka, tracker_config, PhoneHasher::new(HASH_KEY));
+    let phone = "+15551270001";
+    let id = stack.publish(phone, "737373", &[Whatsapp, Sms]).await;
+
+    // The provider's first webhook finds no one, and is retried.
+    while stack
+        .sim
+        .stats()
+        .webhooks
+        .get("retried")
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ingress = ReceiptsIngress::start_at(&stack.t.kafka, addr)
+        .await
+        .unwrap();
+    let wait = id.clone();
+    let statuses = collect_json_until(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.delivery_status(),
+        WITHIN,
+        move |got| has(got, &wait, "delivered", "whatsapp"),
+    )
+    .await;
+    let fin = exactly_one_final(&statuses, &id);
+    assert_eq!(fin["status"], "delivered");
+    the(&statuses, &id, "sent", "whatsapp");
+    assert!(!has(&statuses, &id, "fallback", "whatsapp"));
+    let webhooks = stack.sim.stats().webhooks;
+    assert_eq!(webhooks.get("given_up"), None, "{webhooks:?}");
+    drop(ingress);
+    tracker.stop().await.unwrap();
+    worker.stop().await.unwrap();
+}
+
 // ------------------------------------------------------------------ signatures, over HTTP
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

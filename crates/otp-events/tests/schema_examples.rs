@@ -172,10 +172,12 @@ fn delivery_receipt_examples_validate_and_round_trip() {
             "{name}: round trip changed it"
         );
     }
-    let mut unknown: Value =
-        serde_json::from_slice(&examples("delivery-receipt")[0].1).unwrap();
+    let mut unknown: Value = serde_json::from_slice(&examples("delivery-receipt")[0].1).unwrap();
     unknown["recipient_id"] = Value::from("15551230001");
-    assert!(!schema.is_valid(&unknown), "no room for the provider's recipient field");
+    assert!(
+        !schema.is_valid(&unknown),
+        "no room for the provider's recipient field"
+    );
     assert!(serde_json::from_value::<otp_events::Receipt>(unknown).is_err());
 }
 
