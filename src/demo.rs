@@ -7,7 +7,7 @@
 //! is left without one.
 
 use crate::follow::{count_messages, StatusFollower};
-use crate::stack::{sms_client, whatsapp_client, Worker};
+use crate::stack::{sms_client_reporting_to, whatsapp_client, ReceiptsIngress, Tracker, Worker};
 use anyhow::Context;
 use chrono::Utc;
 use hdrhistogram::Histogram;
@@ -16,7 +16,8 @@ use otp_events::{Channel, CodeRequest, PhoneHasher, Submission, CODE_REQUEST_SCH
 use otp_producer::kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_provider_sim::SimConfig;
-use otp_worker::{LimitsConfig, WorkerConfig};
+use otp_receipts::tracker::TrackerConfig;
+use otp_worker::{ConfirmationConfig, LimitsConfig, WorkerConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,7 @@ pub struct DemoArgs {
 }
 
 const PARTITIONS: i32 = 4;
+const CONFIRMATION_WINDOW: Duration = Duration::from_secs(3);
 
 /// One recipient of the mix: who they are and what the simulator will make of them.
 struct Persona {
@@ -63,6 +65,33 @@ const MIX: &[(u32, Persona)] = &[
             label: "not on WhatsApp",
             channels: &[Channel::Whatsapp, Channel::Sms],
             suffix: Some("0026"),
+            expired: false,
+        },
+    ),
+    (
+        6,
+        Persona {
+            label: "not on WhatsApp, told by webhook",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: Some("2026"),
+            expired: false,
+        },
+    ),
+    (
+        4,
+        Persona {
+            label: "WhatsApp never delivered",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: Some("0404"),
+            expired: false,
+        },
+    ),
+    (
+        6,
+        Persona {
+            label: "reads WhatsApp",
+            channels: &[Channel::Whatsapp, Channel::Sms],
+            suffix: Some("0777"),
             expired: false,
         },
     ),
@@ -131,7 +160,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     );
 
+    // Receipts: the webhook ingress the simulator posts to, and the confirmation tracker.
+    let ingress = ReceiptsIngress::start(&kafka).await?;
+    println!("Receipts ingress: {}", ingress.url());
     let sim_config = SimConfig {
+        whatsapp_webhook_url: Some(ingress.whatsapp_webhook()),
         latency: Duration::from_millis(20),
         latency_jitter: Duration::from_millis(40),
         sms_rate: 200,
@@ -144,6 +177,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (hasher, _) = PhoneHasher::from_env();
     let mut config = WorkerConfig::default();
     config.retry.initial_delay = Duration::from_millis(100);
+    // Deliveries are confirmed by receipt; a short window so silent users fall back quickly.
+    config.confirmation = Some(ConfirmationConfig {
+        window: CONFIRMATION_WINDOW,
+        ..ConfirmationConfig::default()
+    });
+    let tracker = Tracker::start(&kafka, TrackerConfig::default(), hasher.clone());
     let whatsapp_limits = otp_channel_whatsapp::default_limits();
     // A short code's throughput: the demo would take minutes at a long code's 1/s.
     let sms_limits = LimitsConfig {
@@ -159,7 +198,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             hasher.clone(),
             whatsapp_client(&sim),
         ),
-        Worker::start(&kafka, config, sms_limits, hasher.clone(), sms_client(&sim)),
+        Worker::start(
+            &kafka,
+            config,
+            sms_limits,
+            hasher.clone(),
+            sms_client_reporting_to(&sim, Some(ingress.sms_status_callback())),
+        ),
     ];
 
     let publisher = CodeRequestPublisher::new(
@@ -180,6 +225,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for w in workers {
         w.stop().await?;
     }
+    tracker.stop().await?;
+    ingress.stop().await;
     let dead_letters = count_messages(&brokers, &topics.dead_letter())?;
     let stats = sim.stats();
     print_summary(&outcome, dead_letters, &stats);
@@ -263,7 +310,11 @@ async fn publish_mix(
 struct Outcome {
     finals: HashMap<String, Value>,
     fallbacks: usize,
+    /// Fallbacks by why: a provider code, `receipt_failed` or `receipt_timeout`.
+    fallback_reasons: BTreeMap<String, usize>,
     duplicates: usize,
+    /// Statuses reported from receipts, by status and channel (final or not).
+    receipts: BTreeMap<(String, String), usize>,
 }
 
 async fn follow(
@@ -280,15 +331,28 @@ async fn follow(
     let mut outcome = Outcome {
         finals: HashMap::new(),
         fallbacks: 0,
+        fallback_reasons: BTreeMap::new(),
         duplicates: 0,
+        receipts: BTreeMap::new(),
     };
     let deadline = Instant::now() + timeout;
     while outcome.finals.len() < expected.len() && Instant::now() < deadline {
         let polled = tokio::task::block_in_place(|| follower.next(Duration::from_millis(100)))?;
         let Some(status) = polled else { continue };
         match status["status"].as_str() {
-            Some("fallback") => outcome.fallbacks += 1,
+            Some("fallback") => {
+                outcome.fallbacks += 1;
+                let why = status["error"]["code"].as_str().unwrap_or("?").to_string();
+                *outcome.fallback_reasons.entry(why).or_default() += 1;
+            }
             Some("duplicate") => outcome.duplicates += 1,
+            Some(kind @ ("delivered" | "read")) => {
+                let channel = status["channel"].as_str().unwrap_or("?").to_string();
+                *outcome
+                    .receipts
+                    .entry((kind.to_string(), channel))
+                    .or_default() += 1;
+            }
             _ => {}
         }
         let id = status["request_id"]
@@ -308,14 +372,18 @@ async fn follow(
 fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim::Stats) {
     let mut table: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut latency = Histogram::<u64>::new(3).expect("valid histogram");
+    let mut confirmed = Histogram::<u64>::new(3).expect("valid histogram");
     for s in outcome.finals.values() {
         let key = (
             s["status"].as_str().unwrap_or("?").to_string(),
             s["channel"].as_str().unwrap_or("?").to_string(),
         );
         *table.entry(key).or_default() += 1;
-        if s["status"] == "sent" {
-            let _ = latency.record(s["latency_ms"].as_u64().unwrap_or(0));
+        let ms = s["latency_ms"].as_u64().unwrap_or(0);
+        match s["status"].as_str() {
+            Some("sent") => drop(latency.record(ms)),
+            Some("delivered" | "read") => drop(confirmed.record(ms)),
+            _ => {}
         }
     }
     println!("\nFinal status by channel");
@@ -323,7 +391,14 @@ fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim:
     for ((status, channel), n) in &table {
         println!("  {status:<10} {channel:<10} {n:>8}");
     }
+    println!("\nReported from provider receipts (final or not)");
+    for ((status, channel), n) in &outcome.receipts {
+        println!("  {status:<10} {channel:<10} {n:>8}");
+    }
     println!("\n  fallbacks            {:>6}", outcome.fallbacks);
+    for (why, n) in &outcome.fallback_reasons {
+        println!("    {why:<18} {n:>6}");
+    }
     println!("  duplicates refused   {:>6}", outcome.duplicates);
     println!("  dead letters         {:>6}", dead_letters);
     println!(
@@ -337,6 +412,15 @@ fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim:
             latency.value_at_quantile(0.50),
             latency.value_at_quantile(0.95),
             latency.value_at_quantile(0.99)
+        );
+    }
+    if !confirmed.is_empty() {
+        println!(
+            "Confirmed by receipt (created_at to the delivered/read status; the simulator \n\
+             reports delivery after 1 s): p50 {} ms, p95 {} ms, p99 {} ms",
+            confirmed.value_at_quantile(0.50),
+            confirmed.value_at_quantile(0.95),
+            confirmed.value_at_quantile(0.99)
         );
     }
 }

@@ -121,6 +121,12 @@ impl ReceiptsIngress {
         format!("http://{}", self.addr)
     }
 
+    /// Stop serving and let go of the Kafka producer.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Where the simulator sends WhatsApp statuses.
     pub fn whatsapp_webhook(&self) -> String {
         format!("{}/webhooks/whatsapp", self.url())

@@ -129,12 +129,20 @@ fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
     );
     assert!(stdout.contains("embedded"), "{stdout}");
     for row in [
-        "sent       whatsapp",
+        "delivered  whatsapp", // confirmed by the simulator's webhooks
         "sent       sms",
         "expired    sms",
         "failed     sms",
+        "read       whatsapp",
+        "delivered  sms",
     ] {
         assert!(stdout.contains(row), "summary lacks {row}: {stdout}");
+    }
+    for reason in ["131026", "receipt_failed", "receipt_timeout"] {
+        assert!(
+            stdout.contains(reason),
+            "no fallback for {reason}: {stdout}"
+        );
     }
     assert!(stdout.contains("dead letters              1"), "{stdout}");
     assert!(stdout.contains("duplicates refused        1"), "{stdout}");
