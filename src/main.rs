@@ -79,7 +79,8 @@ enum WorkerCommand {
 
 #[derive(Subcommand)]
 enum TopicsCommand {
-    /// Create the request, status and dead-letter topics; existing ones are left as they are.
+    /// Create the request, status, dead-letter, receipts and pending-confirmation topics;
+    /// existing ones are left as they are.
     Create {
         #[command(flatten)]
         kafka: KafkaArgs,
