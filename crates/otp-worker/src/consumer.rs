@@ -199,3 +199,45 @@ fn set_paused(consumer: &WorkerConsumer, pause: bool) {
 pub fn message_key(message: &OwnedMessage) -> PartitionKey {
     (message.topic().to_string(), message.partition())
 }
+
+/// Commit `offsets` without waiting; a commit that fails at the broker is simply offered again
+/// by the caller's next tick.
+pub fn commit_async(consumer: &WorkerConsumer, offsets: &[(PartitionKey, i64)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.commit(&offset_list(offsets), CommitMode::Async) {
+        tracing::warn!(error = %e, "commit failed; repeated on the next tick");
+    }
+}
+
+/// The end of a consumer's life, once the poll thread was told to stop and the caller
+/// dropped its other handles: answer a revoke still waiting on the poll thread, join it,
+/// commit `offsets` for good, and close the consumer (leaving the group). Messages the poll
+/// thread forwarded but nobody handled are simply read again by the next owner.
+pub async fn close(
+    consumer: Arc<WorkerConsumer>,
+    poller: std::thread::JoinHandle<()>,
+    offsets: Vec<(PartitionKey, i64)>,
+    events: &mut mpsc::UnboundedReceiver<ConsumerEvent>,
+) -> std::io::Result<()> {
+    consumer.context().closing.store(true, Ordering::SeqCst);
+    while let Ok(event) = events.try_recv() {
+        if let ConsumerEvent::Revoked { reply, .. } = event {
+            let _ = reply.send(Vec::new());
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        let _ = poller.join();
+        if !offsets.is_empty() {
+            if let Err(e) = consumer.commit(&offset_list(&offsets), CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+        drop(consumer); // the last handle: closes the consumer and leaves the group
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    events.close();
+    Ok(())
+}

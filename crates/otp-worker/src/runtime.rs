@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use otp_events::{PhoneHasher, Rules};
 use otp_producer::kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 use std::collections::{HashMap, HashSet};
@@ -177,26 +177,8 @@ pub async fn run<C: ChannelClient>(
     }
     state.tasks.clear(); // aborts what is left
     let offsets = state.tracker.committable(None);
-    consumer.context().closing.store(true, Ordering::SeqCst);
-    // A revoke that arrived during the drain is waiting on the poll thread: answer it.
-    while let Ok(event) = events.try_recv() {
-        if let ConsumerEvent::Revoked { reply, .. } = event {
-            let _ = reply.send(Vec::new());
-        }
-    }
-    drop(state); // its consumer handle too, so the close below is the last one
-    tokio::task::spawn_blocking(move || {
-        let _ = poller.join();
-        if !offsets.is_empty() {
-            if let Err(e) = consumer.commit(&consumer::offset_list(&offsets), CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit failed");
-            }
-        }
-        drop(consumer); // closes the consumer and leaves the group
-    })
-    .await?;
-    // Messages the poller sent but the runtime never started are redelivered.
-    events.close();
+    drop(state); // its consumer handle too, so the close is the last one
+    consumer::close(consumer, poller, offsets, &mut events).await?;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -279,16 +261,7 @@ impl<C: ChannelClient> State<C> {
     /// Commit every partition's position, moved or not: an async commit that failed at the
     /// broker is then repeated on the next tick.
     fn commit_async(&mut self) {
-        let offsets = self.tracker.committable(None);
-        if offsets.is_empty() {
-            return;
-        }
-        if let Err(e) = self
-            .consumer
-            .commit(&consumer::offset_list(&offsets), CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "commit failed; repeated on the next tick");
-        }
+        consumer::commit_async(&self.consumer, &self.tracker.committable(None));
     }
 
     /// Let in-flight work of `partitions` finish within the grace period, abandon the rest,

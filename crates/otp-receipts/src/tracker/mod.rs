@@ -148,23 +148,8 @@ pub async fn run(
     tracing::info!("confirmation tracker stopping");
     stop.store(true, Ordering::SeqCst);
     let offsets = state.offsets.committable(None);
-    consumer.context().closing.store(true, Ordering::SeqCst);
-    while let Ok(event) = events.try_recv() {
-        if let ConsumerEvent::Revoked { reply, .. } = event {
-            let _ = reply.send(Vec::new());
-        }
-    }
     drop(state);
-    tokio::task::spawn_blocking(move || {
-        let _ = poller.join();
-        if !offsets.is_empty() {
-            if let Err(e) = consumer.commit(&consumer::offset_list(&offsets), CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit failed");
-            }
-        }
-        drop(consumer);
-    })
-    .await?;
+    consumer::close(consumer, poller, offsets, &mut events).await?;
     tracing::info!("confirmation tracker stopped");
     Ok(())
 }
