@@ -48,6 +48,22 @@ impl Reporter {
         })
     }
 
+    /// A reporter whose fallbacks go to the next channel's topic under `rules` (a request the
+    /// contract refuses is not handed on), keyed by `hasher` like a login system's publish.
+    pub fn for_fallbacks(
+        kafka: &KafkaArgs,
+        rules: otp_events::Rules,
+        hasher: otp_events::PhoneHasher,
+    ) -> anyhow::Result<Self> {
+        let config = otp_producer::PublisherConfig {
+            topics: kafka.topics(),
+            rules,
+            ack_timeout: Duration::from_secs(10),
+        };
+        let publisher = CodeRequestPublisher::new(kafka, config, hasher)?;
+        Ok(Self::new(kafka, publisher)?)
+    }
+
     /// Write a status, keyed by request_id.
     pub async fn status(&self, status: &DeliveryStatus) {
         let topic = self.topics.delivery_status();

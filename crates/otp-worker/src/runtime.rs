@@ -15,7 +15,6 @@ use anyhow::Context;
 use futures_util::FutureExt;
 use otp_events::{PhoneHasher, Rules};
 use otp_producer::kafka::KafkaArgs;
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
@@ -54,15 +53,6 @@ pub async fn run<C: ChannelClient>(
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
     };
-    let publisher = CodeRequestPublisher::new(
-        &kafka,
-        PublisherConfig {
-            topics: topics.clone(),
-            rules: rules.clone(),
-            ack_timeout: Duration::from_secs(10),
-        },
-        hasher.clone(),
-    )?;
     let pipeline = Arc::new(Pipeline {
         client,
         limiter: Limiter::new(
@@ -72,7 +62,7 @@ pub async fn run<C: ChannelClient>(
         circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
         dedup: Dedup::new(config.dedup_capacity),
         retry: config.retry.clone(),
-        reporter: Reporter::new(&kafka, publisher)?,
+        reporter: Reporter::for_fallbacks(&kafka, rules.clone(), hasher.clone())?,
         rules,
         hasher,
         confirmation: config.confirmation.clone(),

@@ -22,7 +22,6 @@ use anyhow::Context;
 use chrono::Utc;
 use otp_events::{PendingConfirmation, PhoneHasher, Receipt, Rules, Topics};
 use otp_producer::kafka::KafkaArgs;
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_worker::consumer::{self, ConsumerEvent, WorkerConsumer};
 use otp_worker::offsets::{OffsetTracker, PartitionKey};
 use otp_worker::report::Reporter;
@@ -47,16 +46,7 @@ pub async fn run(
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
     };
-    let publisher = CodeRequestPublisher::new(
-        &kafka,
-        PublisherConfig {
-            topics: topics.clone(),
-            rules,
-            ack_timeout: Duration::from_secs(10),
-        },
-        hasher.clone(),
-    )?;
-    let reporter = Reporter::new(&kafka, publisher)?;
+    let reporter = Reporter::for_fallbacks(&kafka, rules, hasher.clone())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut client_config: ClientConfig = kafka.client_config();
