@@ -7,7 +7,7 @@ fn compose_file_is_valid_yaml_with_the_promised_services() {
         .unwrap();
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("valid YAML");
     let services = doc["services"].as_mapping().expect("a services map");
-    for name in ["kafka", "topics", "ingress"] {
+    for name in ["kafka", "topics", "ingress", "receipts", "tracker"] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     let kafka_env = format!("{:?}", doc["services"]["kafka"]["environment"]);
