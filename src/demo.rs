@@ -161,7 +161,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     // Receipts: the webhook ingress the simulator posts to, and the confirmation tracker.
-    let ingress = ReceiptsIngress::start(&kafka).await?;
+    let (hasher, _) = PhoneHasher::from_env();
+    let ingress = ReceiptsIngress::start(&kafka, hasher.clone()).await?;
     println!("Receipts ingress: {}", ingress.url());
     let sim_config = SimConfig {
         whatsapp_webhook_url: Some(ingress.whatsapp_webhook()),
@@ -174,7 +175,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sim = otp_provider_sim::start("127.0.0.1:0".parse()?, sim_config).await?;
     println!("Provider simulator: {}", sim.base_url());
 
-    let (hasher, _) = PhoneHasher::from_env();
     let mut config = WorkerConfig::default();
     config.retry.initial_delay = Duration::from_millis(100);
     // Deliveries are confirmed by receipt; a short window so silent users fall back quickly.

@@ -96,12 +96,16 @@ pub fn sim_webhook_secrets() -> otp_receipts::config::WebhookSecrets {
 }
 
 impl ReceiptsIngress {
-    pub async fn start(kafka: &KafkaArgs) -> anyhow::Result<Self> {
-        Self::start_at(kafka, "127.0.0.1:0".parse()?).await
+    pub async fn start(kafka: &KafkaArgs, hasher: PhoneHasher) -> anyhow::Result<Self> {
+        Self::start_at(kafka, "127.0.0.1:0".parse()?, hasher).await
     }
 
     /// [`ReceiptsIngress::start`] on a given address (to bring one back where it was).
-    pub async fn start_at(kafka: &KafkaArgs, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start_at(
+        kafka: &KafkaArgs,
+        listen: std::net::SocketAddr,
+        hasher: PhoneHasher,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let ingress = otp_receipts::ingress::Ingress::new(
@@ -109,6 +113,7 @@ impl ReceiptsIngress {
             sim_webhook_secrets(),
             &format!("http://{addr}"),
             Duration::from_secs(10),
+            hasher,
         )?;
         let app = otp_receipts::ingress::router(std::sync::Arc::new(ingress));
         let task = tokio::spawn(async move {

@@ -32,10 +32,11 @@ async fn happy_path_on_each_channel() {
         (sent["status"].as_str(), sent["channel"].as_str()),
         (Some("sent"), Some("whatsapp"))
     );
+    // WhatsApp's ids embed the number: analysts get their keyed hash.
     assert!(sent["provider_message_id"]
         .as_str()
         .unwrap()
-        .starts_with("wamid."));
+        .starts_with(otp_events::WAMID_HASH_PREFIX));
     assert_eq!(sent["country"], "US");
     assert_eq!(
         sent["phone_hash"],

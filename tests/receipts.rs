@@ -26,7 +26,9 @@ struct Loop {
 
 async fn start(tweak: impl FnOnce(&mut SimConfig)) -> Loop {
     let t = TestTopics::create(shared_broker(), 2).await;
-    let ingress = ReceiptsIngress::start(&t.kafka).await.unwrap();
+    let ingress = ReceiptsIngress::start(&t.kafka, PhoneHasher::new(HASH_KEY))
+        .await
+        .unwrap();
     let mut config = roomy_sim();
     config.whatsapp_webhook_url = Some(ingress.whatsapp_webhook());
     tweak(&mut config);
@@ -355,7 +357,7 @@ async fn receipts_sent_while_the_ingress_is_down_arrive_by_the_providers_retries
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ingress = ReceiptsIngress::start_at(&stack.t.kafka, addr)
+    let ingress = ReceiptsIngress::start_at(&stack.t.kafka, addr, PhoneHasher::new(HASH_KEY))
         .await
         .unwrap();
     let wait = id.clone();
@@ -383,7 +385,9 @@ async fn receipts_sent_while_the_ingress_is_down_arrive_by_the_providers_retries
 async fn forged_missing_and_altered_signatures_are_refused_and_emit_nothing() {
     use otp_events::signature::{meta_signature, twilio_signature};
     let t = TestTopics::create(shared_broker(), 1).await;
-    let ingress = ReceiptsIngress::start(&t.kafka).await.unwrap();
+    let ingress = ReceiptsIngress::start(&t.kafka, PhoneHasher::new(HASH_KEY))
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
 
     // Meta's handshake.

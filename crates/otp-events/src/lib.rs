@@ -25,7 +25,9 @@ mod validate;
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;
-pub use pii::{country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher};
+pub use pii::{
+    country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
+};
 pub use receipt::{
     ConfirmationState, PendingConfirmation, Receipt, ReceiptError, ReceiptStatus,
     PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,

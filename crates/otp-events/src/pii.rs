@@ -42,6 +42,18 @@ impl PhoneHasher {
         }
     }
 
+    /// The provider's message id as analysts may see it. WhatsApp's ids (`wamid.` + base64)
+    /// embed the recipient's number, so they are replaced by their keyed hash
+    /// (`wamid-hash-` + 32 hex); other providers' ids (Twilio's `SM...`) are kept.
+    pub fn public_message_id(&self, channel: crate::Channel, id: &str) -> String {
+        match channel {
+            crate::Channel::Whatsapp if !id.starts_with(WAMID_HASH_PREFIX) => {
+                format!("{WAMID_HASH_PREFIX}{}", self.hash(id))
+            }
+            _ => id.to_string(),
+        }
+    }
+
     pub fn hash(&self, phone: &str) -> String {
         let mut mac = self.mac.clone();
         mac.update(phone.as_bytes());
@@ -108,6 +120,9 @@ pub fn number_range(phone: &str) -> &str {
     &phone[..phone.len().saturating_sub(4)]
 }
 
+/// Prefix of a hashed WhatsApp message id (see [`PhoneHasher::public_message_id`]).
+pub const WAMID_HASH_PREFIX: &str = "wamid-hash-";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +158,28 @@ mod tests {
         assert_eq!(country_of("+4915112345678").as_deref(), Some("DE"));
         assert_eq!(country_of("+15551234567").as_deref(), Some("US"));
         assert_eq!(country_of("+5511987654321").as_deref(), Some("BR"));
+    }
+
+    #[test]
+    fn whatsapp_message_ids_are_hashed_because_they_embed_the_number() {
+        let h = PhoneHasher::new(b"k");
+        // A real wamid: base64 of a blob that holds the recipient's number (15551234567).
+        let wamid = "wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA";
+        let public = h.public_message_id(crate::Channel::Whatsapp, wamid);
+        assert!(
+            public.starts_with(WAMID_HASH_PREFIX) && public.len() == 11 + 32,
+            "{public}"
+        );
+        assert_eq!(
+            public,
+            h.public_message_id(crate::Channel::Whatsapp, wamid),
+            "stable"
+        );
+        assert_eq!(
+            public,
+            h.public_message_id(crate::Channel::Whatsapp, &public),
+            "idempotent"
+        );
+        assert_eq!(h.public_message_id(crate::Channel::Sms, "SM123"), "SM123");
     }
 }

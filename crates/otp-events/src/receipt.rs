@@ -99,9 +99,10 @@ pub enum ConfirmationState {
 }
 
 /// A send that was accepted and waits for its receipts, on `otp.pending-confirmations`
-/// (compacted) keyed by request_id.
+/// (compacted) keyed by request_id. Unknown fields are ignored, not refused: workers and
+/// trackers are upgraded one after the other, and a record a tracker refused would lose
+/// its fallback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PendingConfirmation {
     pub schema: String,
     /// The request as the accepting worker handled it (its fallback state included), so the

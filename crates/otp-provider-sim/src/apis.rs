@@ -160,7 +160,9 @@ pub(crate) async fn whatsapp(
     };
     match answer {
         Ok(()) => {
-            let id = format!("wamid.SIM{:016}", sim.message_id());
+            // Real wamids embed the recipient's number (in base64); the simulator's carry it
+            // in plain digits, so a leak of the id is caught by any scan for the number.
+            let id = format!("wamid.SIM{to}.{:08}", sim.message_id());
             received.outcome = "accepted".into();
             received.provider_message_id = Some(id.clone());
             let target = webhooks::Target::Whatsapp {

@@ -31,11 +31,13 @@ impl ReceiptsCommand {
                 init_logging(args.log_json);
                 let secrets = WebhookSecrets::from_env();
                 tracing::info!(?secrets, "webhook secrets");
+                let hasher = phone_hasher();
                 let ingress = crate::ingress::Ingress::new(
                     &args.kafka,
                     secrets,
                     &args.public_url,
                     args.kafka_timeout,
+                    hasher,
                 )?;
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 tracing::info!(listen = %listener.local_addr()?, public_url = %args.public_url, "receipts ingress listening");
@@ -60,4 +62,13 @@ impl ReceiptsCommand {
             }
         }
     }
+}
+
+/// The keyed hash of the workers (`OTP_PHONE_HASH_KEY`), so hashed ids match theirs.
+fn phone_hasher() -> otp_events::PhoneHasher {
+    let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
+    if dev_key {
+        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
+    }
+    hasher
 }

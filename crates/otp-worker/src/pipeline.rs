@@ -144,7 +144,8 @@ impl<C: ChannelClient> Pipeline<C> {
             }
             self.reporter.pending(&record).await;
         }
-        let id = Some(provider_message_id);
+        let channel = self.client.channel();
+        let id = Some(self.hasher.public_message_id(channel, &provider_message_id));
         self.report(request, subject, kind, tries, id, None).await
     }
 

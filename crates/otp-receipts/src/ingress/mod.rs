@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use otp_events::{Receipt, Topics, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA};
+use otp_events::{PhoneHasher, Receipt, Topics, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA};
 use otp_producer::kafka::KafkaArgs;
 use otp_producer::session::ProducerSession;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -35,6 +35,8 @@ pub struct Ingress {
     /// Scheme, host and path prefix the providers call, e.g. `https://otp.example.com`.
     public_url: String,
     kafka_timeout: Duration,
+    /// WhatsApp's message ids embed the number: receipts carry their keyed hash.
+    hasher: PhoneHasher,
 }
 
 impl Ingress {
@@ -43,6 +45,7 @@ impl Ingress {
         secrets: WebhookSecrets,
         public_url: &str,
         kafka_timeout: Duration,
+        hasher: PhoneHasher,
     ) -> anyhow::Result<Self> {
         let mut config: ClientConfig = kafka.client_config();
         config
@@ -57,6 +60,7 @@ impl Ingress {
             secrets,
             public_url: public_url.trim_end_matches('/').to_string(),
             kafka_timeout,
+            hasher,
         })
     }
 
@@ -215,10 +219,20 @@ fn malformed(provider: &'static str, e: parse::ParseError) -> Response {
     (StatusCode::BAD_REQUEST, e.to_string()).into_response()
 }
 
-async fn deliver(ingress: &Ingress, provider: &'static str, parsed: parse::Parsed) -> Response {
+async fn deliver(ingress: &Ingress, provider: &'static str, mut parsed: parse::Parsed) -> Response {
+    for r in &mut parsed.receipts {
+        r.provider_message_id = ingress
+            .hasher
+            .public_message_id(r.channel, &r.provider_message_id);
+    }
     if parsed.skipped > 0 {
         metrics::counter!("otp_receipts_skipped_total", "provider" => provider)
             .increment(parsed.skipped as u64);
+    }
+    for e in &parsed.invalid {
+        metrics::counter!("otp_receipt_statuses_invalid_total", "provider" => provider)
+            .increment(1);
+        tracing::warn!(provider, error = %e, "a status of the call breaks the documented shape; skipped");
     }
     if let Err(e) = ingress.write(&parsed.receipts).await {
         tracing::warn!(provider, error = %e, "receipts not written to Kafka; the provider will retry");

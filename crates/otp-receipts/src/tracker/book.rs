@@ -60,7 +60,8 @@ pub struct Book {
     /// How long a receipt waits for its record (the webhook can beat the worker's write).
     orphan_ttl: Duration,
     entries: HashMap<String, HashMap<Channel, Entry>>,
-    orphans: HashMap<String, Vec<(Receipt, Tag)>>,
+    /// Receipts waiting for their record, with when they started waiting.
+    orphans: HashMap<String, Vec<(Receipt, Tag, DateTime<Utc>)>>,
 }
 
 /// How far a record has come: settled beats awaiting, then more receipts reported. Records
@@ -127,7 +128,7 @@ impl Book {
         // Receipts that arrived before the record apply now.
         let mut out = Outcome::default();
         if let Some(waiting) = self.orphans.remove(request_id) {
-            for (receipt, tag) in waiting {
+            for (receipt, tag, _) in waiting {
                 let applied = self.receipt(receipt, tag, now);
                 out.actions.extend(applied.actions);
                 out.released.extend(applied.released);
@@ -147,7 +148,7 @@ impl Book {
             self.orphans
                 .entry(receipt.request_id.clone())
                 .or_default()
-                .push((receipt, tag));
+                .push((receipt, tag, now));
             return out;
         };
         out.released.push(tag);
@@ -159,7 +160,10 @@ impl Book {
         let awaiting = record.state == ConfirmationState::Awaiting;
         let status = |kind: StatusKind, is_final: bool| {
             let mut s = DeliveryStatus::about(&record.request, kind, record.channel, &self.hasher);
-            s.provider_message_id = Some(receipt.provider_message_id.clone());
+            s.provider_message_id = Some(
+                self.hasher
+                    .public_message_id(receipt.channel, &receipt.provider_message_id),
+            );
             s.is_final = is_final;
             s
         };
@@ -262,8 +266,10 @@ impl Book {
         }
         let ttl = self.orphan_ttl;
         self.orphans.retain(|_, waiting| {
-            waiting.retain(|(receipt, tag)| {
-                let keep = receipt.received_at + ttl > now;
+            waiting.retain(|(receipt, tag, since)| {
+                // From when the tracker read it, not when the provider sent it: a lagging
+                // tracker must not give up receipts its records are about to meet.
+                let keep = *since + ttl > now;
                 if !keep {
                     metrics::counter!("otp_receipts_unmatched_total", "channel" => receipt.channel.as_str())
                         .increment(1);
@@ -283,7 +289,7 @@ impl Book {
             !channels.is_empty()
         });
         self.orphans.retain(|_, waiting| {
-            waiting.retain(|(_, tag)| tag.partition != partition);
+            waiting.retain(|(_, tag, _)| tag.partition != partition);
             !waiting.is_empty()
         });
     }
@@ -298,12 +304,13 @@ fn settle(
     now: DateTime<Utc>,
 ) -> Vec<Action> {
     let status = |kind| DeliveryStatus::about(&record.request, kind, record.channel, hasher);
+    let public_id = hasher.public_message_id(record.channel, &record.provider_message_id);
     let mut actions = Vec::new();
     match record.request.for_next_channel() {
         Some(next) if now < record.request.expires_at => {
             let mut s = status(StatusKind::Fallback).with_error(reason);
             s.next_channel = next.current_channel();
-            s.provider_message_id = Some(record.provider_message_id.clone());
+            s.provider_message_id = Some(public_id);
             actions.push(Action::FallBack { next, status: s });
             record.state = ConfirmationState::FellBack;
         }
@@ -315,7 +322,7 @@ fn settle(
             };
             let mut s = status(kind).with_error(reason);
             s.is_final = true;
-            s.provider_message_id = Some(record.provider_message_id.clone());
+            s.provider_message_id = Some(public_id);
             actions.push(Action::Status(s));
             record.state = ConfirmationState::Failed;
         }

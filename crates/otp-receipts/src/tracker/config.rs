@@ -22,7 +22,8 @@ pub struct TrackerConfig {
     /// write); then it is counted in `otp_receipts_unmatched_total` and dropped.
     #[arg(long, env = "OTP_TRACKER_ORPHAN_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
     pub orphan_ttl: Duration,
-    /// After assignment, deadlines wait until both topics are read back; at most this long.
+    /// After assignment, deadlines wait until both topics are read back; a read-back longer
+    /// than this is logged (the deadlines keep waiting).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_within: Duration,
     /// Longest code life accepted when handing a request on (as the workers' `max_ttl`).

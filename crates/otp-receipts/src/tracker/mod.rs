@@ -113,8 +113,15 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {
+                // A receipt already fetched may cancel a deadline: apply what is queued
+                // first (a bounded batch, so deadlines are not starved under load).
+                for _ in 0..TICK_DRAIN {
+                    match events.try_recv() {
+                        Ok(event) => state.event(event, &handed_over).await,
+                        Err(_) => break,
+                    }
+                }
                 let waiting = state.not_ready();
-                state.apply_deferred().await;
                 let outcome = state.book.due(Utc::now(), |p| !waiting.contains(&p));
                 state.execute(outcome).await;
                 metrics::gauge!("otp_confirmations_awaiting").set(state.book.awaiting() as f64);
@@ -122,14 +129,7 @@ pub async fn run(
             }
             _ = commit_tick.tick() => state.commit(),
             event = events.recv() => match event {
-                Some(ConsumerEvent::Message(m)) => {
-                    state.message(m).await;
-                    handed_over.fetch_sub(1, Ordering::SeqCst);
-                }
-                Some(ConsumerEvent::Assigned(parts)) => state.assigned(&parts).await,
-                Some(ConsumerEvent::Revoked { partitions, reply }) => {
-                    let _ = reply.send(state.give_up(&partitions));
-                }
+                Some(event) => state.event(event, &handed_over).await,
                 None => break,
             },
         }
@@ -158,27 +158,46 @@ struct Tracker {
     ready_within: Duration,
 }
 
+/// Events applied before each deadline check, at most.
+const TICK_DRAIN: usize = 4096;
+
 struct CatchUp {
     /// Topic → the offset that must be read before the partition is ready.
     targets: HashMap<String, i64>,
     since: Instant,
+    warned: bool,
 }
 
 impl Tracker {
-    /// Partitions whose deadlines must wait: still being read back after assignment. One
-    /// that takes longer than `ready_within` is let go with a warning.
+    async fn event(&mut self, event: ConsumerEvent, handed_over: &AtomicUsize) {
+        match event {
+            ConsumerEvent::Message(m) => {
+                self.message(m).await;
+                handed_over.fetch_sub(1, Ordering::SeqCst);
+            }
+            ConsumerEvent::Assigned(parts) => self.assigned(&parts).await,
+            ConsumerEvent::Revoked { partitions, reply } => {
+                let _ = reply.send(self.give_up(&partitions));
+            }
+        }
+    }
+
+    /// Partitions whose deadlines must wait: still being read back after assignment. They
+    /// wait however long that takes (a decision on a half-read partition could fall back
+    /// for a user already confirmed); past `ready_within` it is logged, once.
     fn not_ready(&mut self) -> HashSet<i32> {
         let limit = self.ready_within;
-        self.catching_up.retain(|partition, c| {
-            let late = c.since.elapsed() >= limit;
-            if late {
+        for (partition, c) in &mut self.catching_up {
+            if !c.warned && c.since.elapsed() >= limit {
+                c.warned = true;
                 tracing::warn!(
                     partition,
-                    "not caught up in time; its deadlines fire anyway"
+                    targets = ?c.targets,
+                    "partition still reading back its records; its deadlines wait"
                 );
             }
-            !late
-        });
+        }
+        metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
         self.catching_up.keys().copied().collect()
     }
 
@@ -245,7 +264,11 @@ impl Tracker {
                 None => self.book.record(&key, None, partition, now),
                 Some(Ok(record)) => self.book.record(&key, Some(record), partition, now),
                 Some(Err(e)) => {
-                    tracing::error!(partition, offset, error = %e, "unreadable pending record skipped");
+                    // serde's message can quote a value (a phone, a code): log its kind only.
+                    let kind = format!("{:?}", e.classify());
+                    tracing::error!(partition, offset, kind, "unreadable pending record skipped");
+                    metrics::counter!("otp_tracker_unreadable_total", "topic" => "pending")
+                        .increment(1);
                     Outcome::default()
                 }
             }
@@ -260,6 +283,8 @@ impl Tracker {
                 Some(Ok(receipt)) => self.book.receipt(receipt, tag, now),
                 _ => {
                     tracing::error!(partition, offset, "unreadable receipt skipped");
+                    metrics::counter!("otp_tracker_unreadable_total", "topic" => "receipts")
+                        .increment(1);
                     Outcome {
                         actions: Vec::new(),
                         released: vec![tag],
@@ -335,9 +360,17 @@ impl Tracker {
             parts
                 .into_iter()
                 .filter_map(|(topic, p)| {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                        .ok()?;
+                    // Where the partition stands; without it, no read-back can be trusted
+                    // complete, so keep asking (the broker is needed for anything anyway).
+                    let (low, high) = loop {
+                        match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                            Ok(w) => break w,
+                            Err(e) => {
+                                tracing::warn!(%topic, partition = p, error = %e, "watermarks unavailable; retrying");
+                                std::thread::sleep(Duration::from_millis(500));
+                            }
+                        }
+                    };
                     let mut tpl = rdkafka::TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
                     let committed = consumer
@@ -356,6 +389,7 @@ impl Tracker {
             self.catching_up.entry(*p).or_insert_with(|| CatchUp {
                 targets: HashMap::new(),
                 since: Instant::now(),
+                warned: false,
             });
             let _ = topic;
         }
