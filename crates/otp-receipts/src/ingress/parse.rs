@@ -305,6 +305,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_malformed_status_is_named_and_the_others_of_its_call_are_kept() {
+        let body = meta(json!([
+            {"status":"sent"},
+            {"id":"w"},
+            {"id":"w","status":"sent","timestamp":12},
+            {"id":"wamid.ok","status":"delivered","biz_opaque_callback_data":"req-ok"}
+        ]));
+        let parsed = whatsapp(&body, now()).unwrap();
+        let errors: Vec<String> = parsed.invalid.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("statuses[0].id: is required"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("statuses[1].status: is required"));
+        assert!(errors[2].contains("statuses[2].timestamp: must be Unix seconds"));
+        assert_eq!(parsed.receipts.len(), 1, "the valid status is kept");
+        assert_eq!(parsed.receipts[0].request_id, "req-ok");
+    }
+
     fn form(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
