@@ -88,12 +88,27 @@ fn spawn_worker(
     cmd.spawn().expect("start otp worker")
 }
 
-fn signal(child: &Child, signal: i32) {
+/// A worker process that is killed if the scenario ends without stopping it (a failed
+/// assertion must not leave it running into the next scenario).
+struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Proc, signal: i32) {
+    let child = child.0.as_ref().expect("running");
     // SAFETY: signalling our own child, not yet reaped.
     unsafe { libc::kill(child.id() as i32, signal) };
 }
 
-async fn wait(mut child: Child) -> std::process::ExitStatus {
+async fn wait(mut proc: Proc) -> std::process::ExitStatus {
+    let mut child = proc.0.take().expect("running");
     tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap()
@@ -208,19 +223,19 @@ impl Scenario {
     }
 
     /// A worker process logging to `<name>.log` in the scenario's directory.
-    fn worker(&self, channel: Channel, name: &str) -> Child {
+    fn worker(&self, channel: Channel, name: &str) -> Proc {
         self.worker_with(channel, name, &[])
     }
 
-    fn worker_with(&self, channel: Channel, name: &str, env: &[(&str, &str)]) -> Child {
-        spawn_worker(
+    fn worker_with(&self, channel: Channel, name: &str, env: &[(&str, &str)]) -> Proc {
+        Proc(Some(spawn_worker(
             &self.t,
             channel,
             &self.sim,
             &self.config,
             &self.log(name),
             env,
-        )
+        )))
     }
 
     fn log(&self, name: &str) -> PathBuf {

@@ -156,6 +156,10 @@ async fn a_failure_reported_only_by_webhook_sends_the_code_by_sms() {
         "the SMS went before the code expired"
     );
     let wa_at = sends[0].received_at_ms;
+    println!(
+        "failure by webhook (reported 2 s after acceptance): SMS sent {} ms after the WhatsApp send",
+        sends[1].received_at_ms - wa_at
+    );
     assert!(
         sends[1].received_at_ms - wa_at >= 1_900,
         "the fallback waited for the webhook (2 s), not for the window (30 s): {} ms",
