@@ -28,15 +28,10 @@ pub async fn create_topics(
         .map(|n| {
             let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
             // The pending confirmations are the tracker's state: only the latest record per
-            // request_id matters, and a tombstone removes it. Hourly segments and eager
-            // cleaning keep what a tracker reads back on assignment small, and the codes and
-            // numbers in it from lingering after their tombstones.
+            // request_id matters, and a tombstone removes it. (Segment and cleaning settings
+            // are left to the operator: see README, "Delivery receipts".)
             if n.ends_with("otp.pending-confirmations") {
-                topic
-                    .set("cleanup.policy", "compact")
-                    .set("segment.ms", "3600000")
-                    .set("min.cleanable.dirty.ratio", "0.1")
-                    .set("delete.retention.ms", "3600000")
+                topic.set("cleanup.policy", "compact")
             } else {
                 topic
             }

@@ -98,9 +98,15 @@ impl Ingress {
     }
 }
 
-/// The ingress's routes; `/metrics` and `/healthz` beside the webhooks.
+/// Webhook calls handled at once; more wait for a slot (within the request timeout).
+const MAX_CONCURRENT_REQUESTS: usize = 1024;
+
+/// The ingress's routes; `/metrics` and `/healthz` beside the webhooks. A call (body read
+/// included) that takes longer than the Kafka wait plus 5 s is answered 408, and the
+/// provider retries it: a stalled client cannot hold a slot.
 pub fn router(ingress: Arc<Ingress>) -> Router {
     let prometheus = otp_worker::observe::prometheus();
+    let request_timeout = ingress.kafka_timeout + Duration::from_secs(5);
     Router::new()
         .route(
             "/webhooks/whatsapp",
@@ -110,6 +116,14 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { prometheus.render() }))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        // Outermost, so that a call waiting for a slot times out too.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(ingress)
 }
 
