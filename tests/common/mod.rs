@@ -154,10 +154,7 @@ pub fn story(statuses: &[Value], id: &str) -> Vec<(String, String)> {
 }
 
 pub fn exactly_one_final(statuses: &[Value], id: &str) -> Value {
-    let finals: Vec<&Value> = statuses
-        .iter()
-        .filter(|s| s["request_id"] == id && s["final"] == true)
-        .collect();
+    let finals = distinct_events(statuses, |s| s["request_id"] == id && s["final"] == true);
     assert_eq!(
         finals.len(),
         1,
@@ -165,6 +162,19 @@ pub fn exactly_one_final(statuses: &[Value], id: &str) -> Value {
         finals.len()
     );
     finals[0].clone()
+}
+
+/// The statuses matching `keep`, one per `event_id`. The status topic is at least once: a
+/// write whose acknowledgement was lost is written again, with the same `event_id`, and
+/// analysts drop such replays by it (the contract says so). A second *decision* has an
+/// `event_id` of its own and is still counted.
+pub fn distinct_events(statuses: &[Value], keep: impl Fn(&Value) -> bool) -> Vec<&Value> {
+    let mut seen = std::collections::HashSet::new();
+    statuses
+        .iter()
+        .filter(|s| keep(s))
+        .filter(|s| seen.insert(s["event_id"].as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 /// Every status validates against the schema and holds no phone number or code.

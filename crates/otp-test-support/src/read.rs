@@ -110,3 +110,45 @@ pub async fn collect_json_until(
     .await
     .expect("reader thread")
 }
+
+/// Wait until consumer group `group` has committed `topic`/`partition` past `offset`, or
+/// `within` passes; returns whether it did. For consumers that commit only what they have
+/// finished (the confirmation tracker), this is the event that says a message was applied.
+pub async fn committed_past(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    within: Duration,
+) -> bool {
+    let (b, g, t) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        // Only asks the group's coordinator; never joins, so the group is not disturbed.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &g)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        let deadline = Instant::now() + within;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&t, partition);
+        loop {
+            let committed = consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(5))
+                .ok()
+                .and_then(|c| c.elements().first().and_then(|e| e.offset().to_raw()));
+            if committed.is_some_and(|c| c > offset) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // The group commits on its own tick; there is no event to wait on from outside.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .expect("offset reader thread")
+}
