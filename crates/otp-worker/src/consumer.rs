@@ -14,10 +14,11 @@
 //! messages, which are fetched again on resume.
 
 use crate::offsets::PartitionKey;
+use otp_producer::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientConfig, ClientContext, Message};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc};
 use std::time::Duration;
@@ -240,4 +241,21 @@ pub async fn close(
     .map_err(std::io::Error::other)?;
     events.close();
     Ok(())
+}
+
+/// What every consumer group member of ours shares: offsets stored and committed by hand (only
+/// what is finished), a new group reads from the start, and a crashed member's partitions
+/// move after 10 s rather than Kafka's default 45 s (a code lives minutes and its user is
+/// waiting). The caller adds its assignment strategy and then `kafka.apply_overrides`, so an
+/// operator's `--kafka-opt` has the last word.
+pub fn group_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000");
+    config
 }

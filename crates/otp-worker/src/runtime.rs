@@ -17,7 +17,7 @@ use otp_events::{PhoneHasher, Rules};
 use otp_producer::kafka::KafkaArgs;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -73,17 +73,9 @@ pub async fn run<C: ChannelClient>(
         .group_id
         .clone()
         .unwrap_or_else(|| format!("otp-{channel}-workers"));
-    let mut client_config: ClientConfig = kafka.client_config();
+    let mut client_config = consumer::group_config(&kafka, &group);
     client_config
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // A crashed worker's partitions move after 10 s, not Kafka's default 45 s: a code
-        // lives minutes and its user is waiting.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000")
         // Fetched-but-unhandled messages are what pausing cannot stop; keep that buffer small.
         .set("queued.max.messages.kbytes", "8192");
     kafka.apply_overrides(&mut client_config);

@@ -25,9 +25,9 @@ use otp_producer::kafka::KafkaArgs;
 use otp_worker::consumer::{self, ConsumerEvent, WorkerConsumer};
 use otp_worker::offsets::{OffsetTracker, PartitionKey};
 use otp_worker::report::Reporter;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,16 +49,9 @@ pub async fn run(
     let reporter = Reporter::for_fallbacks(&kafka, rules, hasher.clone())?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut client_config: ClientConfig = kafka.client_config();
-    client_config
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // Co-partitioning: partition N of both topics goes to the same member.
-        .set("partition.assignment.strategy", "range")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000");
+    // Co-partitioning: partition N of both topics goes to the same member.
+    let mut client_config = consumer::group_config(&kafka, &config.group_id);
+    client_config.set("partition.assignment.strategy", "range");
     kafka.apply_overrides(&mut client_config);
     let consumer: Arc<WorkerConsumer> = Arc::new(
         client_config
@@ -339,16 +332,7 @@ impl Tracker {
     }
 
     fn commit(&self) {
-        let offsets = self.offsets.committable(None);
-        if offsets.is_empty() {
-            return;
-        }
-        if let Err(e) = self
-            .consumer
-            .commit(&consumer::offset_list(&offsets), CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "commit failed; repeated on the next tick");
-        }
+        consumer::commit_async(&self.consumer, &self.offsets.committable(None));
     }
 
     /// Note where both topics stand for each new partition: its deadlines wait until the

@@ -64,16 +64,17 @@ fn reported(out: &Outcome) -> Vec<(StatusKind, bool)> {
 
 const WA_SMS: fn() -> Vec<Channel> = || vec![Channel::Whatsapp, Channel::Sms];
 
+/// The worker's record of a WhatsApp send with SMS behind it, read on partition 0.
+fn awaiting_whatsapp(b: &mut Book, id: &str, now: chrono::DateTime<Utc>) -> Outcome {
+    let r = record(id, WA_SMS(), ConfirmationState::Awaiting);
+    b.record(id, Some(r), 0, now)
+}
+
 #[test]
 fn delivered_in_time_is_final_and_cancels_the_fallback() {
     let mut b = book();
     let now = Utc::now();
-    b.record(
-        "r",
-        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
-        0,
-        now,
-    );
+    awaiting_whatsapp(&mut b, "r", now);
     let out = b.receipt(receipt("r", ReceiptStatus::Sent), tag(0), now);
     assert_eq!(reported(&out), vec![(StatusKind::Sent, false)]);
     let out = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(1), now);
@@ -92,12 +93,7 @@ fn delivered_in_time_is_final_and_cancels_the_fallback() {
 fn a_failed_receipt_falls_back_once_and_a_repeat_changes_nothing() {
     let mut b = book();
     let now = Utc::now();
-    b.record(
-        "r",
-        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
-        0,
-        now,
-    );
+    awaiting_whatsapp(&mut b, "r", now);
     let out = b.receipt(receipt("r", ReceiptStatus::Failed), tag(0), now);
     let Some(Action::FallBack { next, status }) = out.actions.first() else {
         panic!("{:?}", out.actions)
@@ -120,12 +116,7 @@ fn a_failed_receipt_falls_back_once_and_a_repeat_changes_nothing() {
 fn silence_falls_back_at_the_deadline_only_on_ready_partitions() {
     let mut b = book();
     let now = Utc::now();
-    b.record(
-        "r",
-        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
-        0,
-        now,
-    );
+    awaiting_whatsapp(&mut b, "r", now);
     assert!(reported(&b.due(now + Duration::seconds(5), |_| true)).is_empty());
     let late = now + Duration::seconds(16);
     assert!(
@@ -152,12 +143,7 @@ fn with_no_channel_left_a_failure_is_final_and_after_expiry_it_is_expired() {
     assert_eq!(reported(&out), vec![(StatusKind::Failed, true)]);
 
     let mut b = book();
-    b.record(
-        "r",
-        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
-        0,
-        now,
-    );
+    awaiting_whatsapp(&mut b, "r", now);
     let dead = now + Duration::minutes(6);
     assert_eq!(
         reported(&b.due(dead, |_| true)),
@@ -206,12 +192,7 @@ fn receipts_before_their_record_wait_for_it_or_are_given_up() {
         early.actions.is_empty() && early.released.is_empty(),
         "held, not committed"
     );
-    let out = b.record(
-        "r",
-        Some(record("r", WA_SMS(), ConfirmationState::Awaiting)),
-        0,
-        now,
-    );
+    let out = awaiting_whatsapp(&mut b, "r", now);
     assert_eq!(reported(&out), vec![(StatusKind::Delivered, true)]);
     assert_eq!(out.released, vec![tag(0)]);
 
