@@ -117,10 +117,13 @@ pub async fn run(
                 let waiting = state.not_ready();
                 let outcome = state.book.due(Utc::now(), |p| !waiting.contains(&p));
                 state.execute(outcome).await;
+            }
+            _ = commit_tick.tick() => {
+                state.commit();
+                // Counting walks everything held: once a second, not every tick.
                 metrics::gauge!("otp_confirmations_awaiting").set(state.book.awaiting() as f64);
                 metrics::gauge!("otp_confirmations_held").set(state.book.len() as f64);
             }
-            _ = commit_tick.tick() => state.commit(),
             event = events.recv() => match event {
                 Some(event) => state.event(event, &handed_over).await,
                 None => break,

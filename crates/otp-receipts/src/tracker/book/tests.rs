@@ -225,3 +225,27 @@ fn older_copies_of_a_record_read_back_are_ignored_and_expired_ones_forgotten() {
     b.drop_partition(1);
     assert!(b.is_empty());
 }
+
+#[test]
+fn a_deadline_follows_its_record_through_a_settled_copy_and_a_rebuild() {
+    let mut b = book();
+    let now = Utc::now();
+    let late = now + Duration::seconds(20);
+    // Settled by a copy read back (another tracker confirmed it): the deadline is void.
+    awaiting_whatsapp(&mut b, "settled", now);
+    let mut confirmed = record("settled", WA_SMS(), ConfirmationState::Confirmed);
+    confirmed.reported.push(ReceiptStatus::Delivered);
+    b.record("settled", Some(confirmed), 0, now);
+    // Given up with its partition, then rebuilt from the topic: it fires once.
+    let r = record("rebuilt", WA_SMS(), ConfirmationState::Awaiting);
+    b.record("rebuilt", Some(r.clone()), 1, now);
+    b.drop_partition(1);
+    assert!(reported(&b.due(late, |_| true)).is_empty(), "not held");
+    b.record("rebuilt", Some(r), 1, late);
+    let out = b.due(late, |_| true);
+    assert_eq!(reported(&out), vec![(StatusKind::Fallback, false)]);
+    assert!(
+        matches!(out.actions.first(), Some(Action::FallBack { next, .. }) if next.request_id == "rebuilt")
+    );
+    assert!(reported(&b.due(late, |_| true)).is_empty(), "fires once");
+}
