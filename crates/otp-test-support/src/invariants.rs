@@ -28,13 +28,18 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Whether what [`Self::assert_nothing_lost`] asserts holds.
+    pub fn promises_hold(&self) -> bool {
+        self.lost.is_empty()
+            && self.fallbacks_not_followed.is_empty()
+            && self.sends_after_expiry == 0
+    }
+
     /// The promises that hold whatever the fault: nothing lost, every fallback followed, no
     /// code sent after it expired.
     pub fn assert_nothing_lost(&self) {
         assert!(
-            self.lost.is_empty()
-                && self.fallbacks_not_followed.is_empty()
-                && self.sends_after_expiry == 0,
+            self.promises_hold(),
             "{self}\nlost (first 5): {:?}\nfallbacks not followed (first 5): {:?}",
             &self.lost[..self.lost.len().min(5)],
             &self.fallbacks_not_followed[..self.fallbacks_not_followed.len().min(5)],

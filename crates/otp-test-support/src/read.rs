@@ -8,9 +8,15 @@ use rdkafka::{ClientConfig, Message};
 use std::time::{Duration, Instant};
 
 fn consumer(bootstrap: &str) -> BaseConsumer {
+    consumer_of(bootstrap, "otp-test-reader")
+}
+
+/// A consumer that names `group` but never joins it (it only assigns or asks), so the group
+/// is not disturbed.
+fn consumer_of(bootstrap: &str, group: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "otp-test-reader")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
@@ -124,13 +130,7 @@ pub async fn committed_past(
 ) -> bool {
     let (b, g, t) = (bootstrap.to_string(), group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        // Only asks the group's coordinator; never joins, so the group is not disturbed.
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", &g)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("offset reader");
+        let consumer = consumer_of(&b, &g);
         let deadline = Instant::now() + within;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&t, partition);

@@ -286,13 +286,13 @@ impl Book {
             .cloned()
             .collect();
         for hint in due {
-            let (at, id) = &hint;
+            let (_, id) = &hint;
             let Some(channels) = self.entries.get(id) else {
                 self.forget_at.remove(&hint);
                 continue;
             };
             let settled = channels.values().all(|e| {
-                e.record.request.expires_at + self.keep_after_expiry <= *at
+                e.record.request.expires_at + self.keep_after_expiry <= now
                     && e.record.state != ConfirmationState::Awaiting
                     && ready(e.partition)
             });
