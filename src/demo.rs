@@ -13,7 +13,7 @@ use chrono::Utc;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use otp_events::{Channel, CodeRequest, PhoneHasher, Submission, CODE_REQUEST_SCHEMA};
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_provider_sim::SimConfig;
 use otp_receipts::tracker::TrackerConfig;

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use otp_events::{Channel, PhoneHasher, Rules, Submission};
-use otp_producer::admin::{create_topics, TopicOutcome};
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::admin::{create_topics, TopicOutcome};
+use otp_kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 use otp_channel_sms::{SmsArgs, SmsClient};
 use otp_channel_whatsapp::{WhatsappArgs, WhatsappClient};
 use otp_events::PhoneHasher;
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::KafkaArgs;
 use otp_provider_sim::SimHandle;
 use otp_worker::{ChannelClient, LimitsConfig, WorkerConfig, WorkerSetup};
 use std::time::Duration;

@@ -319,13 +319,16 @@ async fn assert_private(t: &TestTopics, requests: &[CodeRequest], texts: &[Strin
 async fn worker_sigkill_mid_load_then_restart() {
     let _one = ONE_AT_A_TIME.lock().await;
     let sc = Scenario::start(roomy(20)).await;
-    let first = sc.worker(Channel::Sms, "first");
+    // Static membership, as a StatefulSet runs it: the restarted process comes back under the
+    // crashed one's name and takes its partitions at once (no wait for the session timeout).
+    let slot = [("OTP_GROUP_INSTANCE_ID", "sms-worker-0")];
+    let first = sc.worker_with(Channel::Sms, "first", &slot);
     let load = sc.load(3000, 300);
 
     finals(&sc.t, 800, Duration::from_secs(120)).await;
     signal(&first, libc::SIGKILL);
     wait(first).await;
-    let second = sc.worker(Channel::Sms, "second");
+    let second = sc.worker_with(Channel::Sms, "second", &slot);
     let requests = load.await.unwrap();
     let statuses = finals(&sc.t, requests.len(), Duration::from_secs(180)).await;
 
@@ -395,7 +398,7 @@ async fn broker_down_then_up() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     let mock = MockCluster::new(1).unwrap();
-    let kafka = otp_producer::kafka::KafkaArgs::new(mock.bootstrap_servers());
+    let kafka = otp_kafka::KafkaArgs::new(mock.bootstrap_servers());
     let topics = kafka.topics();
     for topic in topics.all() {
         mock.create_topic(&topic, 2, 1).unwrap();

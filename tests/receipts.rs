@@ -601,6 +601,9 @@ fn spawn_tracker(t: &TestTopics, log: &std::path::Path) -> Child {
         .args(["--brokers", &t.kafka.brokers])
         .args(["--topic-prefix", &t.kafka.topic_prefix])
         .args(["--group-id", &format!("{}tracker", t.kafka.topic_prefix)])
+        // Static membership: the restarted tracker comes back under the killed one's name and
+        // takes its partitions at once.
+        .args(["--group-instance-id", "tracker-0"])
         .env("OTP_PHONE_HASH_KEY", std::str::from_utf8(HASH_KEY).unwrap())
         .env("RUST_LOG", "info")
         .env("OTP_KAFKA__SESSION_TIMEOUT_MS", "6000")

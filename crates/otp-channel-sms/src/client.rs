@@ -1,7 +1,6 @@
 //! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, basic auth.
 
 use crate::config::{SmsArgs, BUILT_IN_TEMPLATES};
-use crate::errors::ERRORS;
 use chrono::{DateTime, Utc};
 use otp_events::{Channel, CodeRequest};
 use otp_worker::channel::outcome_of;
@@ -102,7 +101,7 @@ impl ChannelClient for SmsClient {
             .await;
         outcome_of(
             response,
-            &ERRORS,
+            &otp_events::provider_errors::SMS,
             |body| body["sid"].as_str(),
             |body| body["code"].as_i64(),
         )

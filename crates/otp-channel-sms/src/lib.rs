@@ -2,11 +2,10 @@
 //! body per locale, and the error table that classifies Twilio's answers. The runtime that
 //! consumes, retries and falls back is `otp-worker`'s; this crate knows nothing about Kafka.
 
+mod cli;
 mod client;
 mod config;
-pub mod errors;
-mod worker;
 
+pub use cli::WorkerCli;
 pub use client::SmsClient;
 pub use config::{default_limits, SmsArgs};
-pub use worker::WorkerCli;

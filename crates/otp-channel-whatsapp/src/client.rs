@@ -2,7 +2,6 @@
 //! code in the body parameter and in the copy-code URL button parameter.
 
 use crate::config::WhatsappArgs;
-use crate::errors::ERRORS;
 use chrono::{DateTime, Utc};
 use otp_events::{Channel, CodeRequest};
 use otp_worker::channel::outcome_of;
@@ -82,7 +81,7 @@ impl ChannelClient for WhatsappClient {
             .await;
         outcome_of(
             response,
-            &ERRORS,
+            &otp_events::provider_errors::WHATSAPP,
             |body| body["messages"][0]["id"].as_str(),
             |body| body["error"]["code"].as_i64(),
         )

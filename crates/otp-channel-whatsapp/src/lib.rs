@@ -2,11 +2,10 @@
 //! template, and the error table that classifies Meta's answers. The runtime that consumes,
 //! retries and falls back is `otp-worker`'s; this crate knows nothing about Kafka.
 
+mod cli;
 mod client;
 mod config;
-pub mod errors;
-mod worker;
 
+pub use cli::WorkerCli;
 pub use client::WhatsappClient;
 pub use config::{default_limits, WhatsappArgs};
-pub use worker::WorkerCli;

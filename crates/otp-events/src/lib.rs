@@ -15,6 +15,7 @@ mod channel;
 mod decode;
 mod error;
 mod pii;
+pub mod provider_errors;
 mod receipt;
 mod request;
 pub mod signature;

@@ -5,7 +5,7 @@
 use otp_events::{
     decode_code_request, Channel, PhoneHasher, Rules, Submission, HEADER_REQUEST_ID, HEADER_SCHEMA,
 };
-use otp_producer::kafka::KafkaArgs;
+use otp_producer::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublishError, PublisherConfig};
 use otp_test_support::{message_count, payload_json, read_messages, shared_broker, TestTopics};
 use rdkafka::message::{Headers, OwnedMessage};

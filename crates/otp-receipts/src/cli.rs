@@ -4,8 +4,8 @@
 
 use crate::config::{ServeArgs, WebhookSecrets};
 use crate::tracker::TrackerConfig;
-use otp_producer::kafka::KafkaArgs;
-use otp_worker::cli::{init_logging, shutdown_signal};
+use otp_kafka::process::{init_logging, phone_hasher, shutdown_signal};
+use otp_kafka::KafkaArgs;
 use std::sync::Arc;
 
 #[derive(Debug, clap::Subcommand)]
@@ -31,13 +31,12 @@ impl ReceiptsCommand {
                 init_logging(args.log_json);
                 let secrets = WebhookSecrets::from_env();
                 tracing::info!(?secrets, "webhook secrets");
-                let hasher = phone_hasher();
                 let ingress = crate::ingress::Ingress::new(
                     &args.kafka,
                     secrets,
                     &args.public_url,
                     args.kafka_timeout,
-                    hasher,
+                    phone_hasher(),
                 )?;
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 tracing::info!(listen = %listener.local_addr()?, public_url = %args.public_url, "receipts ingress listening");
@@ -52,23 +51,8 @@ impl ReceiptsCommand {
                 log_json,
             } => {
                 init_logging(log_json);
-                let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
-                if dev_key {
-                    tracing::warn!(
-                        "OTP_PHONE_HASH_KEY is not set: using the public development key"
-                    );
-                }
-                crate::tracker::run(kafka, config, hasher, shutdown_signal()).await
+                crate::tracker::run(kafka, config, phone_hasher(), shutdown_signal()).await
             }
         }
     }
-}
-
-/// The keyed hash of the workers (`OTP_PHONE_HASH_KEY`), so hashed ids match theirs.
-fn phone_hasher() -> otp_events::PhoneHasher {
-    let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
-    if dev_key {
-        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
-    }
-    hasher
 }

@@ -1,7 +1,7 @@
 //! Settings of the webhook ingress (`otp-receipts serve`). Secrets are not flags: they come
 //! from the environment or from files named by `<NAME>_FILE`, like the workers' tokens.
 
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ impl WebhookSecrets {
     /// From `OTP_WHATSAPP_APP_SECRET`, `OTP_WHATSAPP_VERIFY_TOKEN`, `OTP_SMS_AUTH_TOKEN` (or
     /// their `_FILE` variants).
     pub fn from_env() -> Self {
-        let get = |name: &str| otp_worker::cli::secret(name).ok();
+        let get = |name: &str| otp_kafka::process::secret(name).ok();
         Self {
             whatsapp_app_secret: get("OTP_WHATSAPP_APP_SECRET"),
             whatsapp_verify_token: get("OTP_WHATSAPP_VERIFY_TOKEN"),

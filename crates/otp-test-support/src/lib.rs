@@ -16,7 +16,7 @@ pub use read::{
     read_messages_blocking,
 };
 
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::KafkaArgs;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A test's private set of pipeline topics on a broker.
@@ -37,19 +37,19 @@ impl TestTopics {
         let mut kafka = KafkaArgs::new(broker.bootstrap());
         kafka.topic_prefix = prefix;
         let topics = kafka.topics();
-        otp_producer::admin::create_topics(&kafka, &topics.all(), partitions, 1)
+        otp_kafka::admin::create_topics(&kafka, &topics.all(), partitions, 1)
             .await
             .expect("create test topics on tansu");
         Self { kafka, topics }
     }
 
     /// A publisher writing to these topics, with the default settings.
-    pub fn publisher(&self, hasher: otp_events::PhoneHasher) -> otp_producer::CodeRequestPublisher {
-        let config = otp_producer::PublisherConfig {
+    pub fn publisher(&self, hasher: otp_events::PhoneHasher) -> otp_kafka::CodeRequestPublisher {
+        let config = otp_kafka::PublisherConfig {
             topics: self.topics.clone(),
-            ..otp_producer::PublisherConfig::default()
+            ..otp_kafka::PublisherConfig::default()
         };
-        otp_producer::CodeRequestPublisher::new(&self.kafka, config, hasher)
+        otp_kafka::CodeRequestPublisher::new(&self.kafka, config, hasher)
             .expect("a publisher for the test topics")
     }
 }

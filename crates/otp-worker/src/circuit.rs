@@ -7,11 +7,11 @@
 //! again. State changes are logged once at error level, exported as the gauge
 //! `otp_channel_circuit_state` (0 closed, 1 half-open, 2 open) and counted.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitConfig {
     /// Consecutive channel-broken answers that open the circuit.

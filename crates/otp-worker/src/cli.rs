@@ -1,8 +1,9 @@
-//! What both worker binaries share: flags, config loading, logging, signals.
+//! What both worker binaries share: flags, config loading, and the start-up of `main`.
 
 use crate::config::WorkerConfig;
 use anyhow::Context;
-use otp_producer::kafka::KafkaArgs;
+use otp_kafka::process::{init_logging, phone_hasher, secret, shutdown_signal};
+use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -11,21 +12,24 @@ use std::path::PathBuf;
 pub struct WorkerArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// TOML file with the worker's settings (see README, "Worker configuration").
+    /// TOML file with the worker's settings (the fields of `WorkerConfig`; every one optional).
     #[arg(long, env = "OTP_WORKER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Messages handled at once (default 256).
+    /// Messages handled at once (TOML `max_in_flight`).
     #[arg(long, env = "OTP_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Provider sends per second for this worker (default: the channel's).
+    /// Provider sends per second for the whole fleet (TOML `limits.sender_per_second`).
     #[arg(long, env = "OTP_SENDER_RATE")]
     pub sender_rate: Option<u32>,
     /// Consumer group id.
     #[arg(long, env = "OTP_GROUP_ID")]
     pub group_id: Option<String>,
+    /// Static group membership: this process's stable name in the group (e.g. the pod name).
+    #[arg(long, env = "OTP_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Confirm deliveries by receipt, falling back when none comes within this window
     /// (e.g. `15s`). Needs `otp-receipts` and its tracker; see README, "Delivery receipts".
     #[arg(long, env = "OTP_CONFIRM_WINDOW", value_parser = humantime::parse_duration)]
@@ -33,6 +37,10 @@ pub struct WorkerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OTP_LOG_JSON")]
     pub log_json: bool,
+    /// Print the effective settings (defaults, then the file, then these flags) as TOML, and
+    /// exit without connecting to anything.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl WorkerArgs {
@@ -59,6 +67,9 @@ impl WorkerArgs {
         if let Some(group) = &self.group_id {
             config.group_id = Some(group.clone());
         }
+        if let Some(id) = &self.group_instance_id {
+            config.group_instance_id = Some(id.clone());
+        }
         if let Some(window) = self.confirm_window {
             let mut confirmation = config.confirmation.clone().unwrap_or_default();
             confirmation.window = window;
@@ -76,67 +87,31 @@ impl WorkerArgs {
     }
 }
 
-/// Logs to stderr, level from `RUST_LOG` (default info).
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,rdkafka=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutdown signal received");
-}
-
-/// Read a secret from env var `name`, or from the file named by `name_FILE`. Never from the
-/// command line (visible in `ps`), never logged.
-pub fn secret(name: &str) -> anyhow::Result<String> {
-    if let Ok(value) = std::env::var(name) {
-        if !value.is_empty() {
-            return Ok(value);
-        }
-    }
-    let file_var = format!("{name}_FILE");
-    if let Ok(path) = std::env::var(&file_var) {
-        let value = std::fs::read_to_string(&path)
-            .with_context(|| format!("read the secret file named by {file_var}"))?;
-        return Ok(value.trim().to_string());
-    }
-    anyhow::bail!("set {name} or {file_var} (a file holding it)")
-}
-
-/// The body of a worker binary's `main` once its channel client is built.
+/// The body of a worker binary's `main`: log, read the provider credential from env var
+/// `secret_name` (or the file named by `<secret_name>_FILE`), build the channel client with
+/// it, and run until SIGTERM or SIGINT.
 pub async fn run_binary<C: crate::ChannelClient>(
     args: &WorkerArgs,
     default_limits: crate::LimitsConfig,
-    client: C,
+    secret_name: &str,
+    client: impl FnOnce(String) -> anyhow::Result<C>,
 ) -> anyhow::Result<()> {
-    let config = args.load(&default_limits)?;
-    let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
-    if dev_key {
-        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
+    let mut config = args.load(&default_limits)?;
+    if args.print_config {
+        config.limits.get_or_insert_with(|| default_limits.clone());
+        print!("{}", config.to_toml()?);
+        return Ok(());
     }
+    init_logging(args.log_json);
+    let client = client(secret(secret_name)?)?;
     if config.metrics_listen.is_some() {
-        crate::observe::prometheus();
+        otp_kafka::observe::prometheus();
     }
     let setup = crate::WorkerSetup {
         kafka: args.kafka.clone(),
         config,
         default_limits,
-        hasher,
+        hasher: phone_hasher(),
     };
     crate::run(setup, client, shutdown_signal()).await
 }

@@ -4,16 +4,22 @@
 use crate::circuit::CircuitConfig;
 use crate::limits::{AbuseConfig, LimitsConfig};
 use crate::retry::RetryConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Consumer group; all workers of one channel share it. Default: `otp-<channel>-workers`.
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Static group membership (`group.instance.id`, Kafka's KIP-345): a stable name per
+    /// worker process, such as a StatefulSet pod's name. A worker restarted under the same name
+    /// takes its partitions back at once, without a rebalance or a wait for the session
+    /// timeout. Never give one name to two live processes. Dynamic membership when absent.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Messages handled at once across all assigned partitions; at the bound, fetching pauses.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -56,7 +62,7 @@ pub struct WorkerConfig {
 
 /// When a send is accepted, wait for the provider's receipt before calling it delivered; a
 /// failed receipt, or none within the window, hands the request to the next channel.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmationConfig {
     /// How long after acceptance a `delivered` receipt may take before the request falls back.
@@ -113,6 +119,11 @@ impl WorkerConfig {
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// The settings as a TOML file that [`WorkerConfig::from_toml`] reads back.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
 }
 
 #[cfg(test)]
@@ -149,8 +160,28 @@ mod tests {
     }
 
     #[test]
+    fn printed_settings_read_back_the_same() {
+        let config = WorkerConfig::from_toml(
+            r#"
+            max_in_flight = 64
+            metrics_listen = "127.0.0.1:9101"
+            [limits]
+            sender_per_second = 40
+            recipient_period = "6s"
+            [confirmation]
+            "#,
+        )
+        .unwrap();
+        let text = config.to_toml().unwrap();
+        let again = WorkerConfig::from_toml(&text).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{config:?}"), "{text}");
+        assert!(text.contains("max_in_flight = 64"), "{text}");
+        assert!(text.contains("revoke_grace = \"10s\""), "{text}");
+    }
+
+    #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../README.md");
         let start = readme
             .find("# otp-worker.toml")
             .expect("README has the example");

@@ -60,12 +60,10 @@ impl Dedup {
         true
     }
 
-    pub fn len(&self) -> usize {
+    /// Ids remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().expect("dedup lock").expiry_of.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -1,33 +1,33 @@
-//! The delivery runtime shared by every channel.
+//! The delivery logic shared by every channel.
 //!
 //! A channel (WhatsApp, SMS) is one [`ChannelClient`]: send one message, classify the answer
-//! with its [`ErrorTable`]. Everything else is here and is the same for both:
+//! with its provider's error table (`otp_events::provider_errors`). Everything else is here
+//! and is the same for both:
 //!
-//! - [`runtime`]: consume with a consumer group, many messages in flight, commit what is
-//!   finished, hand partitions over cleanly, drain on shutdown;
-//! - [`pipeline`]: the data path of one message, decode → guard → limit → send → classify →
-//!   report / fall back / retry;
-//! - [`limits`], [`retry`], [`dedup`]: the guards and the retry policy;
-//! - [`report`]: statuses, dead letters and fallbacks written to Kafka;
-//! - [`observe`], [`cli`]: metrics endpoints and what the binaries share.
+//! - `pipeline`: the data path of one message, decode → guard → limit → send → classify →
+//!   retry, then *settle*: the one place its outcome is written to Kafka;
+//! - `decide`: the decisions of that path as pure functions, tested without a broker;
+//! - `limits`, `retry`, `dedup`, `circuit`: the guards and the retry policy;
+//! - `runtime`: the worker as a consumer-group member (`otp_kafka::group`), one task per
+//!   message, positions that follow what finished;
+//! - [`cli`]: the flags, config loading and `main` that both worker binaries share.
 //!
-//! Nothing here knows WhatsApp or SMS.
+//! Nothing here knows WhatsApp, SMS or how Kafka is polled.
 
 pub mod channel;
-pub mod circuit;
+mod circuit;
 pub mod cli;
-pub mod config;
-pub mod consumer;
-pub mod dedup;
-pub mod limits;
-pub mod observe;
-pub mod offsets;
-pub mod pipeline;
-pub mod report;
-pub mod retry;
-pub mod runtime;
+mod config;
+mod decide;
+mod dedup;
+mod limits;
+mod pipeline;
+mod retry;
+mod runtime;
 
-pub use channel::{ChannelClient, ErrorClass, ErrorTable, SendFailure, SendOutcome};
+pub use channel::{ChannelClient, SendOutcome};
+pub use circuit::CircuitConfig;
 pub use config::{ConfirmationConfig, WorkerConfig};
 pub use limits::{AbuseConfig, LimitsConfig, WindowRule};
+pub use retry::RetryConfig;
 pub use runtime::{run, WorkerSetup};

@@ -3,11 +3,11 @@
 //! The only module that touches the `backoff` crate (unmaintained, RUSTSEC-2025-0012), so it
 //! can be swapped in one place.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How transient failures are retried.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Delay before the first retry.

@@ -1,6 +1,6 @@
 //! Settings of the HTTP ingress (`otp-producer serve`).
 
-use crate::kafka::KafkaArgs;
+use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 

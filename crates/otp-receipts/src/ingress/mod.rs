@@ -18,8 +18,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use otp_events::{PhoneHasher, Receipt, Topics, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA};
-use otp_producer::kafka::KafkaArgs;
-use otp_producer::session::ProducerSession;
+use otp_kafka::session::ProducerSession;
+use otp_kafka::KafkaArgs;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -105,7 +105,7 @@ const MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// included) that takes longer than the Kafka wait plus 5 s is answered 408, and the
 /// provider retries it: a stalled client cannot hold a slot.
 pub fn router(ingress: Arc<Ingress>) -> Router {
-    let prometheus = otp_worker::observe::prometheus();
+    let prometheus = otp_kafka::observe::prometheus();
     let request_timeout = ingress.kafka_timeout + Duration::from_secs(5);
     Router::new()
         .route(
@@ -185,7 +185,7 @@ async fn whatsapp_statuses(
         return answer("whatsapp", "bad_signature", StatusCode::FORBIDDEN);
     }
     match parse::whatsapp(&body, Utc::now()) {
-        Ok(parsed) => deliver(&ingress, "whatsapp", parsed).await,
+        Ok(parsed) => publish_receipts(&ingress, "whatsapp", parsed).await,
         Err(e) => malformed("whatsapp", e),
     }
 }
@@ -221,7 +221,7 @@ async fn sms_status(
         .unwrap_or_default();
     let request_id = query.get("request_id").map(String::as_str);
     match parse::twilio(&form, request_id, Utc::now()) {
-        Ok(parsed) => deliver(&ingress, "sms", parsed).await,
+        Ok(parsed) => publish_receipts(&ingress, "sms", parsed).await,
         Err(e) => malformed("sms", e),
     }
 }
@@ -233,7 +233,11 @@ fn malformed(provider: &'static str, e: parse::ParseError) -> Response {
     (StatusCode::BAD_REQUEST, e.to_string()).into_response()
 }
 
-async fn deliver(ingress: &Ingress, provider: &'static str, mut parsed: parse::Parsed) -> Response {
+async fn publish_receipts(
+    ingress: &Ingress,
+    provider: &'static str,
+    mut parsed: parse::Parsed,
+) -> Response {
     for r in &mut parsed.receipts {
         r.provider_message_id = ingress
             .hasher

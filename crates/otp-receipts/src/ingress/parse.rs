@@ -5,11 +5,11 @@
 //! Twilio `To`); it is never read into a receipt. Error texts come from our tables.
 
 use chrono::{DateTime, Utc};
+use otp_events::provider_errors::{self, ErrorClass, ErrorTable};
 use otp_events::{
     is_valid_request_id, Channel, ErrorCategory, Receipt, ReceiptError, ReceiptStatus,
     RECEIPT_SCHEMA,
 };
-use otp_worker::{ErrorClass, ErrorTable};
 use serde_json::Value;
 
 /// Why a webhook body was refused (answered 400): the field and the rule it broke.
@@ -121,7 +121,7 @@ fn whatsapp_status(
     };
     let error = if kind == ReceiptStatus::Failed {
         let code = status["errors"][0]["code"].as_i64();
-        Some(classify(&otp_channel_whatsapp::errors::ERRORS, code))
+        Some(classify(&provider_errors::WHATSAPP, code))
     } else {
         None
     };
@@ -179,8 +179,7 @@ pub fn twilio(
             ..Parsed::default()
         });
     };
-    let error =
-        (kind == ReceiptStatus::Failed).then(|| classify(&otp_channel_sms::errors::ERRORS, code));
+    let error = (kind == ReceiptStatus::Failed).then(|| classify(&provider_errors::SMS, code));
     Ok(Parsed {
         receipts: vec![Receipt {
             schema: RECEIPT_SCHEMA.to_string(),

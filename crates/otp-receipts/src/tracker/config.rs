@@ -12,6 +12,11 @@ pub struct TrackerConfig {
         default_value = "otp-confirmation-tracker"
     )]
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per tracker process (a
+    /// StatefulSet pod's name); restarted under it, a tracker takes its partitions back at once.
+    /// Never shared by two live processes.
+    #[arg(long, env = "OTP_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// How often deadlines are checked.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub tick: Duration,

@@ -9,8 +9,9 @@
 //! delivered receipt written while the tracker was down is seen before the timer that it
 //! cancels.
 //!
-//! The Kafka side reuses the worker's consumer bridge (`otp_worker::consumer`): polling on
-//! its own thread, revokes answered by this loop before the partitions go.
+//! The Kafka side is the consumer-group runner the delivery worker uses too
+//! (`otp_kafka::group`); the book decides, and [`Tracker::execute`] is the one place its
+//! decisions are written.
 
 mod book;
 pub mod config;
@@ -18,22 +19,19 @@ pub mod config;
 pub use book::{Action, Book, Outcome, Tag};
 pub use config::TrackerConfig;
 
-use anyhow::Context;
 use chrono::Utc;
 use otp_events::{PendingConfirmation, PhoneHasher, Receipt, Rules, Topics};
-use otp_producer::kafka::KafkaArgs;
-use otp_worker::consumer::{self, ConsumerEvent, WorkerConsumer};
-use otp_worker::offsets::{OffsetTracker, PartitionKey};
-use otp_worker::report::Reporter;
+use otp_kafka::group::{
+    self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
+};
+use otp_kafka::writer::KafkaWriter;
+use otp_kafka::KafkaArgs;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Run the tracker until `shutdown` resolves; then commit and leave the group.
 pub async fn run(
@@ -46,116 +44,61 @@ pub async fn run(
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
     };
-    let reporter = Reporter::for_fallbacks(&kafka, rules, hasher.clone())?;
-
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    // Co-partitioning: partition N of both topics goes to the same member.
-    let mut client_config = consumer::group_config(&kafka, &config.group_id);
-    client_config.set("partition.assignment.strategy", "range");
-    kafka.apply_overrides(&mut client_config);
-    let consumer: Arc<WorkerConsumer> = Arc::new(
-        client_config
-            .create_with_context(consumer::context(
-                events_tx.clone(),
-                Duration::from_secs(15),
-            ))
-            .context("create the Kafka consumer")?,
-    );
-    let (pending_topic, receipts_topic) =
-        (topics.pending_confirmations(), topics.delivery_receipts());
-    consumer
-        .subscribe(&[&pending_topic, &receipts_topic])
-        .context("subscribe")?;
-    tracing::info!(group = %config.group_id, window_from = "worker", "confirmation tracker started");
-    if let Some(listen) = config.metrics_listen {
-        otp_worker::observe::prometheus();
-        tokio::spawn(async move {
-            if let Err(e) = otp_worker::observe::serve(listen, || true).await {
-                tracing::error!(error = %e, %listen, "metrics endpoint failed");
-            }
-        });
+    let writer = KafkaWriter::for_fallbacks(&kafka, rules, hasher.clone())?;
+    if config.metrics_listen.is_some() {
+        otp_kafka::observe::prometheus();
     }
-
-    let handed_over = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let (consumer, handed_over, stop) = (consumer.clone(), handed_over.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("otp-tracker-consumer".into())
-            .spawn(move || consumer::poll_loop(consumer, events_tx, handed_over, 1024, stop))?
+    let settings = GroupSettings {
+        group_id: config.group_id.clone(),
+        instance_id: config.group_instance_id.clone(),
+        topics: vec![topics.pending_confirmations(), topics.delivery_receipts()],
+        // Co-partitioning: partition N of both topics goes to the same member.
+        assignment: "range",
+        client: Vec::new(),
+        // Messages are applied one at a time; this bounds what waits in the queue.
+        max_in_flight: 1024,
+        commit_interval: Duration::from_secs(1),
+        revoke_reply_within: Duration::from_secs(15),
+        // Nothing runs beside the loop: stopping is committing and leaving.
+        shutdown_grace: Duration::from_secs(1),
+        tick: Some(config.tick),
+        metrics_listen: config.metrics_listen,
+        name: "otp-tracker-consumer".into(),
     };
-
-    let mut state = Tracker {
+    tracing::info!(group = %config.group_id, window_from = "worker", "confirmation tracker started");
+    let tracker = Tracker {
         book: Book::new(
             hasher,
             chrono::Duration::from_std(config.keep_after_expiry)?,
             chrono::Duration::from_std(config.orphan_ttl)?,
         ),
-        reporter,
-        offsets: OffsetTracker::default(),
+        writer,
+        ledger: OffsetLedger::default(),
         catching_up: HashMap::new(),
         deferred: HashMap::new(),
-        consumer: consumer.clone(),
         topics,
         ready_within: config.ready_within,
+        last_gauges: Instant::now(),
     };
-    let mut tick = tokio::time::interval(config.tick);
-    let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                // A receipt already fetched may cancel a deadline: apply what is queued
-                // first (a bounded batch, so deadlines are not starved under load).
-                for _ in 0..TICK_DRAIN {
-                    match events.try_recv() {
-                        Ok(event) => state.event(event, &handed_over).await,
-                        Err(_) => break,
-                    }
-                }
-                let waiting = state.not_ready();
-                let outcome = state.book.due(Utc::now(), |p| !waiting.contains(&p));
-                state.execute(outcome).await;
-            }
-            _ = commit_tick.tick() => {
-                state.commit();
-                // Counting walks everything held: once a second, not every tick.
-                metrics::gauge!("otp_confirmations_awaiting").set(state.book.awaiting() as f64);
-                metrics::gauge!("otp_confirmations_held").set(state.book.len() as f64);
-            }
-            event = events.recv() => match event {
-                Some(event) => state.event(event, &handed_over).await,
-                None => break,
-            },
-        }
-    }
-
-    tracing::info!("confirmation tracker stopping");
-    stop.store(true, Ordering::SeqCst);
-    let offsets = state.offsets.committable(None);
-    drop(state);
-    consumer::close(consumer, poller, offsets, &mut events).await?;
+    group::run(&kafka, settings, tracker, shutdown).await?;
     tracing::info!("confirmation tracker stopped");
     Ok(())
 }
 
 struct Tracker {
     book: Book,
-    reporter: Reporter,
+    writer: KafkaWriter,
     /// Receipts' offsets: committed up to the lowest one not yet applied.
-    offsets: OffsetTracker,
+    ledger: OffsetLedger,
     /// Per partition number: where each topic stood at assignment, until read up to there.
     catching_up: HashMap<i32, CatchUp>,
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
-    consumer: Arc<WorkerConsumer>,
     topics: Topics,
     ready_within: Duration,
+    /// When the gauges were last set: counting walks everything held, so once a second.
+    last_gauges: Instant,
 }
-
-/// Events applied before each deadline check, at most.
-const TICK_DRAIN: usize = 4096;
 
 struct CatchUp {
     /// Topic → the offset that must be read before the partition is ready.
@@ -164,20 +107,40 @@ struct CatchUp {
     warned: bool,
 }
 
-impl Tracker {
-    async fn event(&mut self, event: ConsumerEvent, handed_over: &AtomicUsize) {
-        match event {
-            ConsumerEvent::Message(m) => {
-                self.message(m).await;
-                handed_over.fetch_sub(1, Ordering::SeqCst);
-            }
-            ConsumerEvent::Assigned(parts) => self.assigned(&parts).await,
-            ConsumerEvent::Revoked { partitions, reply } => {
-                let _ = reply.send(self.give_up(&partitions));
-            }
-        }
+impl GroupMember for Tracker {
+    /// Applied at once (or deferred until the partition's records are in), so its place is
+    /// released at once: a deferred receipt must not hold back the records it waits for.
+    async fn message(&mut self, message: OwnedMessage, place: Permit) {
+        drop(place);
+        self.read(message).await;
     }
 
+    async fn assigned(&mut self, partitions: &[TopicPartition], group: &Group) {
+        self.start_read_back(partitions, group).await;
+    }
+
+    async fn revoked(&mut self, partitions: &[TopicPartition]) -> Vec<Position> {
+        self.give_up(partitions)
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.ledger.committable(None)
+    }
+
+    /// Fire what is due, on partitions whose records are all read back.
+    async fn tick(&mut self) {
+        let waiting = self.not_ready();
+        let outcome = self.book.due(Utc::now(), |p| !waiting.contains(&p));
+        self.execute(outcome).await;
+        if self.last_gauges.elapsed() >= Duration::from_secs(1) {
+            self.last_gauges = Instant::now();
+            metrics::gauge!("otp_confirmations_awaiting").set(self.book.awaiting() as f64);
+            metrics::gauge!("otp_confirmations_held").set(self.book.len() as f64);
+        }
+    }
+}
+
+impl Tracker {
     /// Partitions whose deadlines must wait: still being read back after assignment. They
     /// wait however long that takes (a decision on a half-read partition could fall back
     /// for a user already confirmed); past `ready_within` it is logged, once.
@@ -217,7 +180,7 @@ impl Tracker {
             .is_some_and(|c| c.targets.contains_key(&topic))
     }
 
-    async fn message(&mut self, m: OwnedMessage) {
+    async fn read(&mut self, m: OwnedMessage) {
         // A receipt applied to a record older than the one still unread would be reported
         // (or acted on) twice: receipts wait until the partition's records are all in.
         let receipts = m.topic() == self.topics.delivery_receipts();
@@ -269,7 +232,9 @@ impl Tracker {
                 }
             }
         } else {
-            let generation = self.offsets.started(&topic, partition, offset);
+            let generation = self
+                .ledger
+                .started(&TopicPartition::new(&topic, partition), offset);
             let tag = Tag {
                 partition,
                 offset,
@@ -302,11 +267,11 @@ impl Tracker {
                         .as_ref()
                         .map_or("", |e| e.code.as_str())
                         .to_string();
-                    match self.reporter.fallback(&next).await {
+                    match self.writer.fallback(&next).await {
                         Ok(()) => {
                             metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
                             tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
-                            self.reporter.status(&status).await;
+                            self.writer.status(&status).await;
                         }
                         Err(e) => {
                             let mut failed = status.clone();
@@ -318,35 +283,31 @@ impl Tracker {
                                 code: "fallback_refused".into(),
                                 message: e.to_string(),
                             });
-                            self.reporter.status(&failed).await;
+                            self.writer.status(&failed).await;
                         }
                     }
                 }
-                Action::Status(status) => self.reporter.status(&status).await,
-                Action::Save(record) => self.reporter.pending(&record).await,
-                Action::Forget(request_id) => self.reporter.forget_pending(&request_id).await,
+                Action::Status(status) => self.writer.status(&status).await,
+                Action::Save(record) => self.writer.pending(&record).await,
+                Action::Forget(request_id) => self.writer.forget_pending(&request_id).await,
             }
         }
         let topic = self.topics.delivery_receipts();
         for tag in outcome.released {
-            self.offsets
-                .finished(&topic, tag.partition, tag.offset, tag.generation);
+            let tp = TopicPartition::new(&topic, tag.partition);
+            self.ledger.finished(&tp, tag.offset, tag.generation);
         }
-    }
-
-    fn commit(&self) {
-        consumer::commit_async(&self.consumer, &self.offsets.committable(None));
     }
 
     /// Note where both topics stand for each new partition: its deadlines wait until the
     /// tracker has read that far.
-    async fn assigned(&mut self, partitions: &[PartitionKey]) {
-        let consumer = self.consumer.clone();
+    async fn start_read_back(&mut self, partitions: &[TopicPartition], group: &Group) {
+        let consumer = group.consumer();
         let parts = partitions.to_vec();
         let targets = tokio::task::spawn_blocking(move || {
             parts
                 .into_iter()
-                .filter_map(|(topic, p)| {
+                .filter_map(|TopicPartition { topic, partition: p }| {
                     // Where the partition stands; without it, no read-back can be trusted
                     // complete, so keep asking (the broker is needed for anything anyway).
                     let (low, high) = loop {
@@ -372,13 +333,14 @@ impl Tracker {
         })
         .await
         .unwrap_or_default();
-        for (topic, p) in partitions {
-            self.catching_up.entry(*p).or_insert_with(|| CatchUp {
-                targets: HashMap::new(),
-                since: Instant::now(),
-                warned: false,
-            });
-            let _ = topic;
+        for tp in partitions {
+            self.catching_up
+                .entry(tp.partition)
+                .or_insert_with(|| CatchUp {
+                    targets: HashMap::new(),
+                    since: Instant::now(),
+                    warned: false,
+                });
         }
         for (topic, p, high) in targets {
             if let Some(c) = self.catching_up.get_mut(&p) {
@@ -395,20 +357,20 @@ impl Tracker {
 
     /// A revoke: forget the partitions' records (the new owner rebuilds them) and return the
     /// receipts' offsets to commit.
-    fn give_up(&mut self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)> {
+    fn give_up(&mut self, partitions: &[TopicPartition]) -> Vec<Position> {
         let receipts = self.topics.delivery_receipts();
-        let mine: Vec<PartitionKey> = partitions
+        let mine: Vec<TopicPartition> = partitions
             .iter()
-            .filter(|(t, _)| *t == receipts)
+            .filter(|tp| tp.topic == receipts)
             .cloned()
             .collect();
-        let offsets = self.offsets.committable(Some(&mine));
-        for (topic, p) in partitions {
-            self.book.drop_partition(*p);
-            self.catching_up.remove(p);
-            self.deferred.remove(p);
-            self.offsets.remove(&(topic.clone(), *p));
+        let positions = self.ledger.committable(Some(&mine));
+        for tp in partitions {
+            self.book.drop_partition(tp.partition);
+            self.catching_up.remove(&tp.partition);
+            self.deferred.remove(&tp.partition);
+            self.ledger.remove(tp);
         }
-        offsets
+        positions
     }
 }

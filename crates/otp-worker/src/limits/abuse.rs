@@ -10,11 +10,11 @@ use super::provider::{decision, nonzero};
 use super::{Decision, Limit, Subject};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use otp_events::ErrorCategory;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// At most `count` codes per `window`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WindowRule {
     pub count: u32,
@@ -23,7 +23,7 @@ pub struct WindowRule {
 }
 
 /// Abuse limits. Every rule can be switched off; the defaults suit a consumer login system.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbuseConfig {
     /// Codes per phone number (default 5 per 10 minutes).

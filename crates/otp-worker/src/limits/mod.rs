@@ -13,12 +13,12 @@ pub use abuse::{AbuseConfig, WindowRule};
 pub use provider::{RecipientLimit, SenderLimit};
 
 use otp_events::ErrorCategory;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Provider rate limits of one worker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sends per second to the provider for the whole fleet of this channel's workers (the

@@ -2,7 +2,7 @@
 //! `otp-whatsapp-worker` binary and `otp worker whatsapp`, so both are the same program.
 
 use crate::{default_limits, WhatsappArgs, WhatsappClient};
-use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
+use otp_worker::cli::{run_binary, WorkerArgs};
 
 /// Delivers one-time codes over WhatsApp (Cloud API authentication templates).
 #[derive(Debug, Clone, clap::Args)]
@@ -16,8 +16,13 @@ pub struct WorkerCli {
 impl WorkerCli {
     /// Log, build the client (token from `OTP_WHATSAPP_TOKEN[_FILE]`), run until SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        init_logging(self.worker.log_json);
-        let client = WhatsappClient::new(self.whatsapp, secret("OTP_WHATSAPP_TOKEN")?)?;
-        run_binary(&self.worker, default_limits(), client).await
+        let whatsapp = self.whatsapp;
+        run_binary(
+            &self.worker,
+            default_limits(),
+            "OTP_WHATSAPP_TOKEN",
+            |token| WhatsappClient::new(whatsapp, token),
+        )
+        .await
     }
 }

@@ -1,8 +1,8 @@
 //! [`CodeRequestPublisher`]: validate, key by phone hash, produce with `acks=all`, and return
 //! only once the broker acknowledged.
 
-use crate::kafka::KafkaArgs;
 use crate::session::ProducerSession;
+use crate::KafkaArgs;
 use chrono::Utc;
 use otp_events::{
     CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, CODE_REQUEST_SCHEMA,
@@ -63,7 +63,7 @@ impl Default for PublisherConfig {
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use otp_events::{Channel, PhoneHasher, Submission};
-/// use otp_producer::{kafka::KafkaArgs, CodeRequestPublisher, PublisherConfig};
+/// use otp_kafka::{CodeRequestPublisher, KafkaArgs, PublisherConfig};
 ///
 /// let kafka = KafkaArgs::new("127.0.0.1:9092");
 /// let (hasher, _) = PhoneHasher::from_env();

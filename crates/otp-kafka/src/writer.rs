@@ -1,17 +1,17 @@
-//! Everything a worker (or the confirmation tracker) writes to Kafka: delivery statuses, dead
-//! letters, fallback requests and pending confirmations.
+//! The writer: everything a worker or the confirmation tracker writes to Kafka, delivery
+//! statuses, dead letters, fallback requests and pending confirmations. Their decisions are
+//! made elsewhere, as values; this is the one place that writes them.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
 //! message that caused it counts as finished, and is retried until it is: a status that was
 //! never written would leave a request without its final word.
 
+use crate::session::ProducerSession;
+use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
 use otp_events::{
     CodeRequest, DeliveryStatus, PendingConfirmation, Topics, HEADER_SCHEMA,
     PENDING_CONFIRMATION_SCHEMA,
 };
-use otp_producer::kafka::KafkaArgs;
-use otp_producer::session::ProducerSession;
-use otp_producer::{CodeRequestPublisher, PublishError};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -26,13 +26,13 @@ pub const DLQ_SOURCE_TOPIC: &str = "otp-dlq-source-topic";
 pub const DLQ_SOURCE_PARTITION: &str = "otp-dlq-source-partition";
 pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
 
-pub struct Reporter {
+pub struct KafkaWriter {
     producer: ProducerSession,
     topics: Topics,
     fallback: CodeRequestPublisher,
 }
 
-impl Reporter {
+impl KafkaWriter {
     pub fn new(kafka: &KafkaArgs, fallback: CodeRequestPublisher) -> Result<Self, KafkaError> {
         let mut config: ClientConfig = kafka.client_config();
         config
@@ -48,14 +48,14 @@ impl Reporter {
         })
     }
 
-    /// A reporter whose fallbacks go to the next channel's topic under `rules` (a request the
+    /// A writer whose fallbacks go to the next channel's topic under `rules` (a request the
     /// contract refuses is not handed on), keyed by `hasher` like a login system's publish.
     pub fn for_fallbacks(
         kafka: &KafkaArgs,
         rules: otp_events::Rules,
         hasher: otp_events::PhoneHasher,
     ) -> anyhow::Result<Self> {
-        let config = otp_producer::PublisherConfig {
+        let config = PublisherConfig {
             topics: kafka.topics(),
             rules,
             ack_timeout: Duration::from_secs(10),

@@ -1,9 +1,9 @@
 //! Twilio Messaging error codes and what the runtime does with each (DESIGN.md, "Error
 //! classes").
 
-use otp_worker::{ErrorClass::*, ErrorTable};
+use super::{ErrorClass::*, ErrorTable};
 
-pub static ERRORS: ErrorTable = ErrorTable {
+pub static SMS: ErrorTable = ErrorTable {
     entries: &[
         (20429, Transient, "too many concurrent requests"),
         (30001, Transient, "queue overflow"),
@@ -41,8 +41,8 @@ pub static ERRORS: ErrorTable = ErrorTable {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ErrorClass;
     use super::*;
-    use otp_worker::ErrorClass;
 
     /// Every code DESIGN.md lists, with its class: a change to the table must change this.
     #[test]
@@ -56,14 +56,14 @@ mod tests {
             (&[20003, 21606, 21608], ChannelBroken),
             (&[21602, 21604], InvalidRequest),
         ];
-        let differences = ERRORS.differences(expected);
+        let differences = SMS.differences(expected);
         assert!(differences.is_empty(), "{differences:#?}");
     }
 
     #[test]
     fn http_429_and_5xx_without_a_code_are_transient() {
-        assert_eq!(ERRORS.classify(429, None).class, Transient);
-        assert_eq!(ERRORS.classify(500, None).class, Transient);
-        assert_eq!(ERRORS.classify(400, Some(21614)).class, Recipient);
+        assert_eq!(SMS.classify(429, None).class, Transient);
+        assert_eq!(SMS.classify(500, None).class, Transient);
+        assert_eq!(SMS.classify(400, Some(21614)).class, Recipient);
     }
 }

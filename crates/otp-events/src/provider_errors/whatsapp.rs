@@ -1,9 +1,9 @@
 //! WhatsApp Cloud API error codes and what the runtime does with each (DESIGN.md, "Error
 //! classes"). Meta publishes no retry table; these classes are ours.
 
-use otp_worker::{ErrorClass::*, ErrorTable};
+use super::{ErrorClass::*, ErrorTable};
 
-pub static ERRORS: ErrorTable = ErrorTable {
+pub static WHATSAPP: ErrorTable = ErrorTable {
     entries: &[
         (1, Transient, "API unknown error"),
         (2, Transient, "API service temporarily unavailable"),
@@ -56,8 +56,8 @@ pub static ERRORS: ErrorTable = ErrorTable {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ErrorClass;
     use super::*;
-    use otp_worker::ErrorClass;
 
     /// Every code DESIGN.md lists, with its class: a change to the table must change this.
     #[test]
@@ -77,15 +77,15 @@ mod tests {
             ),
             (&[100], InvalidRequest),
         ];
-        let differences = ERRORS.differences(expected);
+        let differences = WHATSAPP.differences(expected);
         assert!(differences.is_empty(), "{differences:#?}");
     }
 
     #[test]
     fn unknown_codes_classify_by_http_status() {
-        assert_eq!(ERRORS.classify(503, None).class, Transient);
-        assert_eq!(ERRORS.classify(429, Some(999_999)).class, Transient);
-        assert_eq!(ERRORS.classify(400, Some(999_999)).class, Recipient);
-        assert_eq!(ERRORS.classify(400, Some(131026)).code, "131026");
+        assert_eq!(WHATSAPP.classify(503, None).class, Transient);
+        assert_eq!(WHATSAPP.classify(429, Some(999_999)).class, Transient);
+        assert_eq!(WHATSAPP.classify(400, Some(999_999)).class, Recipient);
+        assert_eq!(WHATSAPP.classify(400, Some(131026)).code, "131026");
     }
 }

@@ -2,7 +2,7 @@
 //! binary and `otp worker sms`, so both are the same program.
 
 use crate::{default_limits, SmsArgs, SmsClient};
-use otp_worker::cli::{init_logging, run_binary, secret, WorkerArgs};
+use otp_worker::cli::{run_binary, WorkerArgs};
 
 /// Delivers one-time codes by SMS (Twilio Messages API).
 #[derive(Debug, Clone, clap::Args)]
@@ -16,8 +16,13 @@ pub struct WorkerCli {
 impl WorkerCli {
     /// Log, build the client (auth token from `OTP_SMS_AUTH_TOKEN[_FILE]`), run until SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        init_logging(self.worker.log_json);
-        let client = SmsClient::new(self.sms, secret("OTP_SMS_AUTH_TOKEN")?)?;
-        run_binary(&self.worker, default_limits(), client).await
+        let sms = self.sms;
+        run_binary(
+            &self.worker,
+            default_limits(),
+            "OTP_SMS_AUTH_TOKEN",
+            |token| SmsClient::new(sms, token),
+        )
+        .await
     }
 }

@@ -1,7 +1,7 @@
 //! Creating the pipeline's topics (`otp topics create`). Running it twice is fine: a topic that
 //! already exists is reported, not an error.
 
-use crate::kafka::KafkaArgs;
+use crate::KafkaArgs;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;

@@ -1,0 +1,287 @@
+//! The Kafka consumer, kept off the async runtime.
+//!
+//! librdkafka's rebalance callback is synchronous and runs inside `poll`. A dedicated thread
+//! polls, so the callback may block *that* thread: on revoke it sends an event to the async
+//! runtime and waits for its acknowledgement, which comes once the revoked partitions' work has
+//! finished (or been abandoned) and their positions are known; it then commits them and lets
+//! the partitions go. No tokio worker thread ever blocks on Kafka (the Quickwit pattern).
+//!
+//! The same thread applies back-pressure through the in-flight bound ([`InFlight`]): it takes
+//! a place before it hands a message over, and the place travels with the message. At the
+//! bound it waits for a place instead of polling, and librdkafka's own prefetch queue (bounded
+//! by `queued.max.messages.kbytes`) stops fetching. Only a wait longer than
+//! [`HOLD_BEFORE_PAUSE`] pauses the partitions: pausing drops the prefetched messages, which
+//! are fetched again on resume.
+
+use super::in_flight::{InFlight, Permit};
+use super::{Position, TopicPartition};
+use crate::KafkaArgs;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::OwnedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as sync_mpsc, Arc};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the poll thread tells the async runtime.
+pub enum ConsumerEvent {
+    /// A message of an assigned partition, with its place under the in-flight bound.
+    Message(OwnedMessage, Permit),
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are being taken away. Reply with the positions to commit for them once
+    /// their work is finished or abandoned.
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        reply: sync_mpsc::Sender<Vec<Position>>,
+    },
+}
+
+/// The consumer's context: turns librdkafka's rebalance callbacks into [`ConsumerEvent`]s.
+pub struct RebalanceBridge {
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+    /// How long the callback waits for the runtime's reply.
+    reply_within: Duration,
+    /// Set once the runtime has committed for good; revokes during close need no reply.
+    closing: AtomicBool,
+}
+
+/// A consumer group member's consumer, polled only by its own thread.
+pub type GroupConsumer = BaseConsumer<RebalanceBridge>;
+
+impl RebalanceBridge {
+    pub fn new(events: mpsc::UnboundedSender<ConsumerEvent>, reply_within: Duration) -> Self {
+        Self {
+            events,
+            reply_within,
+            closing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ClientContext for RebalanceBridge {}
+
+impl ConsumerContext for RebalanceBridge {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = match rebalance {
+            Rebalance::Revoke(tpl) => partitions_of(tpl),
+            // librdkafka unassigns after a rebalance error: give up what we hold, like a revoke.
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error; giving up the assignment");
+                match consumer.assignment() {
+                    Ok(tpl) => partitions_of(&tpl),
+                    Err(_) => return,
+                }
+            }
+            Rebalance::Assign(_) => return,
+        };
+        if self.closing.load(Ordering::SeqCst) || partitions.is_empty() {
+            return;
+        }
+        tracing::info!(?partitions, "partitions revoked; finishing their work");
+        let (reply, replied) = sync_mpsc::channel();
+        if self
+            .events
+            .send(ConsumerEvent::Revoked { partitions, reply })
+            .is_err()
+        {
+            return; // the runtime is gone; nothing to wait for
+        }
+        // Blocking is fine here: this is the consumer's own thread, not a tokio worker.
+        match replied.recv_timeout(self.reply_within) {
+            Ok(positions) if !positions.is_empty() => {
+                if let Err(e) = consumer.commit(&position_list(&positions), CommitMode::Sync) {
+                    tracing::warn!(error = %e, "commit on revoke failed; the new owner may redeliver");
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("runtime did not answer the revoke in time; letting go"),
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            tracing::info!(?partitions, "partitions assigned");
+            let _ = self.events.send(ConsumerEvent::Assigned(partitions));
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            metrics::counter!("otp_commit_errors_total").increment(1);
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+fn position_list(positions: &[Position]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, offset) in positions {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+            .expect("valid offset");
+    }
+    tpl
+}
+
+/// How long the poll thread waits for a place under the in-flight bound before it pauses
+/// fetching. Waiting keeps librdkafka's prefetched messages; pausing throws them away, to be
+/// fetched again on resume, which under steady saturation made the broker read everything
+/// twice. Pausing is for a long stall (a slow provider), where it bounds memory. Rebalance
+/// callbacks, which run inside `poll`, wait at most this long.
+pub const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Poll until `stop`, handing each message to the runtime with its place under `in_flight`.
+/// Paused partitions resume once at least half the places are free. Runs on its own thread.
+pub fn poll_loop(
+    consumer: Arc<GroupConsumer>,
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+    in_flight: InFlight,
+    stop: Arc<AtomicBool>,
+) {
+    let mut paused = false;
+    let mut place: Option<Permit> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if place.is_none() {
+            // While paused, poll on (rebalances are served inside `poll`) and look again.
+            let within = if paused {
+                Duration::ZERO
+            } else {
+                HOLD_BEFORE_PAUSE
+            };
+            place = in_flight.acquire(within);
+        }
+        match (&place, paused) {
+            (None, false) => {
+                set_paused(&consumer, true);
+                paused = true;
+            }
+            (Some(_), true) if in_flight.held() <= in_flight.max().div_ceil(2) => {
+                set_paused(&consumer, false);
+                paused = false;
+            }
+            // Re-applied while paused, so partitions assigned meanwhile are paused too.
+            (_, true) => set_paused(&consumer, true),
+            (Some(_), false) => {}
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(message)) => {
+                // A partition assigned since the last pause can deliver while we hold no place:
+                // the message waits for one.
+                let Some(permit) = place.take().or_else(|| wait_for_place(&in_flight, &stop))
+                else {
+                    break;
+                };
+                if events
+                    .send(ConsumerEvent::Message(message.detach(), permit))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+    }
+    // Messages fetched but not handed over are simply not committed: they are read again.
+    set_paused(&consumer, true);
+}
+
+/// A place under the bound, or `None` once `stop` is set.
+fn wait_for_place(in_flight: &InFlight, stop: &AtomicBool) -> Option<Permit> {
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(permit) = in_flight.acquire(Duration::from_millis(100)) {
+            return Some(permit);
+        }
+    }
+    None
+}
+
+fn set_paused(consumer: &GroupConsumer, pause: bool) {
+    if let Ok(assignment) = consumer.assignment() {
+        let result = if pause {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pause, "pause/resume failed");
+        }
+    }
+}
+
+/// Commit `positions` without waiting; a commit that fails at the broker is simply offered
+/// again by the caller's next tick.
+pub fn commit_async(consumer: &GroupConsumer, positions: &[Position]) {
+    if positions.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.commit(&position_list(positions), CommitMode::Async) {
+        tracing::warn!(error = %e, "commit failed; repeated on the next tick");
+    }
+}
+
+/// The end of a consumer's life, once the poll thread was told to stop and the caller
+/// dropped its other handles: answer a revoke still waiting on the poll thread, join it,
+/// commit `positions` for good, and close the consumer (leaving the group). Messages the poll
+/// thread handed over but nobody finished are simply read again by the next owner.
+pub async fn close(
+    consumer: Arc<GroupConsumer>,
+    poller: std::thread::JoinHandle<()>,
+    positions: Vec<Position>,
+    events: &mut mpsc::UnboundedReceiver<ConsumerEvent>,
+) -> std::io::Result<()> {
+    consumer.context().closing.store(true, Ordering::SeqCst);
+    while let Ok(event) = events.try_recv() {
+        if let ConsumerEvent::Revoked { reply, .. } = event {
+            let _ = reply.send(Vec::new());
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        let _ = poller.join();
+        if !positions.is_empty() {
+            if let Err(e) = consumer.commit(&position_list(&positions), CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+        drop(consumer); // the last handle: closes the consumer and leaves the group
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    events.close();
+    Ok(())
+}
+
+/// What every consumer group member of ours shares: offsets stored and committed by hand (only
+/// what is finished), a new group reads from the start, and a crashed member's partitions
+/// move after 10 s rather than Kafka's default 45 s (a code lives minutes and its user is
+/// waiting). The caller adds its assignment strategy and then `kafka.apply_overrides`, so an
+/// operator's `--kafka-opt` has the last word.
+///
+/// With `instance_id` the member is *static* (`group.instance.id`, Kafka's KIP-345): a process
+/// restarted under the same id (a StatefulSet pod's name) takes its partitions back at once,
+/// with no rebalance and no wait for the session timeout; two live processes must never share
+/// one. A static member does not leave the group when it stops, so its partitions wait for it
+/// until the session timeout.
+pub fn group_config(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>) -> ClientConfig {
+    let mut config = kafka.client_config();
+    if let Some(id) = instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000");
+    config
+}

@@ -1,0 +1,285 @@
+//! The consumer-group runner that the delivery worker and the confirmation tracker share.
+//!
+//! A member ([`GroupMember`]) says what to do with a message, an assignment and a revoke, and
+//! which positions may be committed; the runner does the rest, the same way for both:
+//!
+//! - the consumer is polled on its own thread ([`bridge`]); its synchronous rebalance
+//!   callback becomes an event for the async loop and, on revoke, waits for the member's
+//!   answer (the positions of the revoked partitions, once their work is finished or
+//!   abandoned) before it commits them and lets go;
+//! - every message carries its place under the one in-flight bound ([`InFlight`]), released
+//!   when the member drops it; at the bound the poll thread stops polling;
+//! - the member's positions are committed every `commit_interval`;
+//! - `/metrics`, `/healthz` and `/readyz` (the broker answers for our first topic) are
+//!   served when asked;
+//! - shutdown is a signal: stop fetching, let the member drain within `shutdown_grace`,
+//!   commit its positions, close the consumer (leaving the group).
+
+mod bridge;
+mod in_flight;
+mod ledger;
+
+pub use bridge::{group_config, GroupConsumer};
+pub use in_flight::{InFlight, Permit};
+pub use ledger::{Generation, OffsetLedger};
+
+use crate::KafkaArgs;
+use anyhow::Context;
+use bridge::{ConsumerEvent, RebalanceBridge};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// The partition a message came from.
+    pub fn of(message: &OwnedMessage) -> Self {
+        use rdkafka::Message;
+        Self::new(message.topic(), message.partition())
+    }
+}
+
+/// Where consumption of a partition resumes: the next offset to read. What is committed.
+pub type Position = (TopicPartition, i64);
+
+/// How a member takes part in its group.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub group_id: String,
+    /// Static membership (`group.instance.id`); see [`group_config`].
+    pub instance_id: Option<String>,
+    pub topics: Vec<String>,
+    /// librdkafka's `partition.assignment.strategy`.
+    pub assignment: &'static str,
+    /// Consumer properties of this role, applied before the operator's passthrough settings.
+    pub client: Vec<(&'static str, String)>,
+    /// Messages handed to the member and not yet released, at most.
+    pub max_in_flight: usize,
+    pub commit_interval: Duration,
+    /// How long a revoke waits for the member's answer before the partitions go anyway.
+    pub revoke_reply_within: Duration,
+    /// How long the member may drain on shutdown.
+    pub shutdown_grace: Duration,
+    /// How often [`GroupMember::tick`] runs; never when `None`.
+    pub tick: Option<Duration>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Names the poll thread.
+    pub name: String,
+}
+
+/// What the runner gives a member to ask the cluster about its partitions.
+pub struct Group {
+    consumer: Arc<GroupConsumer>,
+}
+
+impl Group {
+    /// The consumer itself, for blocking calls (watermarks, committed offsets). Call it from
+    /// `spawn_blocking`, never on a tokio worker.
+    pub fn consumer(&self) -> Arc<GroupConsumer> {
+        self.consumer.clone()
+    }
+
+    /// How many partitions `topic` has, when the broker says within 5 s.
+    pub async fn partition_count(&self, topic: &str) -> Option<usize> {
+        let (consumer, topic) = (self.consumer.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// A consumer group member: the delivery worker, the confirmation tracker.
+pub trait GroupMember: Send {
+    /// A message of an assigned partition. Drop `place` when the message is finished (its
+    /// position may pass it) or abandoned: it is the message's place under the in-flight bound.
+    fn message(&mut self, message: OwnedMessage, place: Permit) -> impl Future<Output = ()> + Send;
+
+    /// Partitions were assigned.
+    fn assigned(
+        &mut self,
+        partitions: &[TopicPartition],
+        group: &Group,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Partitions are being taken away: finish or abandon their work and return their
+    /// positions, to be committed before they go.
+    fn revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> impl Future<Output = Vec<Position>> + Send;
+
+    /// After an assignment or a revoke was handled (and answered).
+    fn rebalanced(&mut self, _group: &Group) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Every position that may be committed now.
+    fn positions(&self) -> Vec<Position>;
+
+    /// Periodic work, every [`GroupSettings::tick`], after the events already fetched.
+    fn tick(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Finish the work in flight; the runner bounds this by `shutdown_grace`.
+    fn drain(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Events applied before each tick, at most, so a tick is not starved under load.
+const TICK_DRAIN: usize = 4096;
+
+/// Run `member` in its group until `shutdown` resolves; then drain, commit and leave.
+pub async fn run<M: GroupMember>(
+    kafka: &KafkaArgs,
+    settings: GroupSettings,
+    mut member: M,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut config = group_config(kafka, &settings.group_id, settings.instance_id.as_deref());
+    config.set("partition.assignment.strategy", settings.assignment);
+    for (name, value) in &settings.client {
+        config.set(*name, value);
+    }
+    kafka.apply_overrides(&mut config);
+    let bridge = RebalanceBridge::new(events_tx.clone(), settings.revoke_reply_within);
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        config
+            .create_with_context(bridge)
+            .context("create the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribe")?;
+    let group = Group {
+        consumer: consumer.clone(),
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = tokio::spawn(watch_broker(
+        consumer.clone(),
+        settings.topics.first().cloned().unwrap_or_default(),
+        ready.clone(),
+    ));
+    if let Some(listen) = settings.metrics_listen {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let ready = move || ready.load(Ordering::SeqCst);
+            if let Err(e) = crate::observe::serve(listen, ready).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let in_flight = InFlight::new(settings.max_in_flight, &settings.group_id);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (consumer, in_flight, stop) = (consumer.clone(), in_flight.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(settings.name.clone())
+            .spawn(move || bridge::poll_loop(consumer, events_tx, in_flight, stop))?
+    };
+
+    let mut commit_tick = tokio::time::interval(settings.commit_interval);
+    let mut tick = settings.tick.map(tokio::time::interval);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = commit_tick.tick() => bridge::commit_async(&consumer, &member.positions()),
+            _ = next_tick(&mut tick) => {
+                // What was already fetched may change what is due (a receipt cancels a
+                // deadline): apply it first.
+                for _ in 0..TICK_DRAIN {
+                    match events.try_recv() {
+                        Ok(event) => dispatch(&mut member, &group, event).await,
+                        Err(_) => break,
+                    }
+                }
+                member.tick().await;
+            }
+            event = events.recv() => match event {
+                Some(event) => dispatch(&mut member, &group, event).await,
+                None => break,
+            },
+        }
+    }
+
+    tracing::info!(in_flight = in_flight.held(), "draining");
+    stop.store(true, Ordering::SeqCst);
+    readiness.abort();
+    if tokio::time::timeout(settings.shutdown_grace, member.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; abandoning unfinished work (it will be redelivered)");
+    }
+    let positions = member.positions();
+    drop(member); // aborts what is left; its offsets were not finished, so they are read again
+    drop(group); // the close below must hold the last handle
+    bridge::close(consumer, poller, positions, &mut events).await?;
+    Ok(())
+}
+
+async fn dispatch<M: GroupMember>(member: &mut M, group: &Group, event: ConsumerEvent) {
+    match event {
+        ConsumerEvent::Message(message, place) => member.message(message, place).await,
+        ConsumerEvent::Assigned(partitions) => {
+            member.assigned(&partitions, group).await;
+            member.rebalanced(group).await;
+        }
+        ConsumerEvent::Revoked { partitions, reply } => {
+            let positions = member.revoked(&partitions).await;
+            let _ = reply.send(positions);
+            member.rebalanced(group).await;
+        }
+    }
+}
+
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Keep `ready` true while the broker answers metadata requests for `topic`.
+async fn watch_broker(consumer: Arc<GroupConsumer>, topic: String, ready: Arc<AtomicBool>) {
+    loop {
+        let (c, t) = (consumer.clone(), topic.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        ready.store(ok, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,27 @@
+//! The Kafka plumbing every otp binary shares, in one place.
+//!
+//! - [`KafkaArgs`]: where the brokers are, and any librdkafka property an operator passes
+//!   through (TLS, SASL) on top of each role's defaults;
+//! - [`session`]: an idempotent producer that replaces itself when broken;
+//! - [`CodeRequestPublisher`]: a code request validated, keyed by phone hash and acknowledged
+//!   (`acks=all`); what login systems publish with and what workers hand fallbacks on with;
+//! - [`writer`]: the one place a worker or the tracker writes its decisions (statuses,
+//!   fallbacks, dead letters, pending confirmations), each retried until acknowledged;
+//! - [`group`]: the consumer-group runner (poll thread, rebalance bridge, in-flight bound,
+//!   offset ledger, commits, drain) that the worker and the tracker implement;
+//! - [`admin`]: topic creation; [`observe`]: `/metrics` and health; [`process`]: logging,
+//!   signals and secrets for the binaries.
+//!
+//! Nothing here knows a channel or a provider.
+
+pub mod admin;
+pub mod group;
+pub mod observe;
+pub mod process;
+mod publisher;
+pub mod session;
+mod settings;
+pub mod writer;
+
+pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig};
+pub use settings::{KafkaArgs, ENV_PASSTHROUGH_PREFIX};

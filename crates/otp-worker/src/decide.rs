@@ -1,0 +1,262 @@
+//! The worker's decisions, as pure functions of a request, the clock and the guards' answers.
+//!
+//! Nothing here waits, sends or writes. [`crate::pipeline`] asks the guards (duplicate memory,
+//! limits, circuit) and the provider, hands their answers to these functions, and settles the
+//! [`Outcome`] they return: the one place where a decision is written to Kafka. So every rule
+//! of the data path (expiry, duplicates, error classes, the retry budget against the deadline,
+//! the fallback order, the last channel, confirmation) is tested here without a broker.
+
+use crate::circuit::Admission;
+use crate::config::ConfirmationConfig;
+use crate::limits::Limited;
+use crate::retry::RetrySchedule;
+use chrono::{DateTime, Utc};
+use otp_events::provider_errors::{ErrorClass, SendFailure};
+use otp_events::{
+    Channel, CodeRequest, ConfirmationState, ErrorCategory, PendingConfirmation, StatusError,
+    StatusKind, PENDING_CONFIRMATION_SCHEMA,
+};
+use std::time::Duration;
+
+/// How a message's life on this worker ends: what [`crate::pipeline`] settles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The event cannot be delivered as it is: dead-letter it (original bytes, `reason`),
+    /// then report `rejected` with `error`.
+    Reject {
+        reason: String,
+        error: StatusError,
+        tries: u32,
+    },
+    /// Report this status, and nothing else: `expired`, `duplicate`, `failed`.
+    Report {
+        kind: StatusKind,
+        tries: u32,
+        error: Option<StatusError>,
+    },
+    /// The provider took it. With a pending confirmation, record it first; then report
+    /// `accepted` (a fallback is armed) or `sent`.
+    Accepted {
+        provider_message_id: String,
+        tries: u32,
+        pending: Option<Box<PendingConfirmation>>,
+    },
+    /// Hand `next` to its channel's topic, then report `fallback`.
+    FallBack {
+        next: Box<CodeRequest>,
+        tries: u32,
+        error: StatusError,
+    },
+}
+
+/// A request on this worker's channel, at a moment: what every decision starts from.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub request: &'a CodeRequest,
+    pub channel: Channel,
+    pub now: DateTime<Utc>,
+}
+
+/// What to do after one try at the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// A transient failure, and time for another try after this wait.
+    RetryIn(Duration),
+    Done(Outcome),
+}
+
+/// Before anything is sent: the request must be for this worker's channel, alive, and seen
+/// for the first time (`first_sight` is asked only for a live request, since asking records
+/// it). `None`: go on to the send.
+pub fn guard(at: At<'_>, first_sight: impl FnOnce() -> bool) -> Option<Outcome> {
+    let At {
+        request,
+        channel,
+        now,
+    } = at;
+    if request.current_channel() != Some(channel) {
+        let reason = "tried_channels: the request's current channel is not this topic's channel";
+        return Some(Outcome::Reject {
+            reason: reason.to_string(),
+            error: invalid_event(reason),
+            tries: 0,
+        });
+    }
+    if now >= request.expires_at {
+        return Some(report(StatusKind::Expired, 0, None));
+    }
+    if !first_sight() {
+        return Some(report(StatusKind::Duplicate, 0, None));
+    }
+    None
+}
+
+/// Before each try: the limits' answer, the clock and the circuit's admission. `None`: send.
+pub fn before_send(
+    at: At<'_>,
+    limits: Result<(), Limited>,
+    circuit: Admission,
+    tries: u32,
+) -> Option<Outcome> {
+    let At {
+        request,
+        channel,
+        now,
+    } = at;
+    if let Err(limited) = limits {
+        let error = StatusError {
+            category: limited.category,
+            code: limited.rule.to_string(),
+            message: limited.to_string(),
+        };
+        // A provider limit's wait was too long: another channel may still make it. An abuse
+        // rule refused the request itself: no channel may send it.
+        return Some(if limited.waited_too_long {
+            stop(request, now, error, tries)
+        } else {
+            report(StatusKind::Failed, tries, Some(error))
+        });
+    }
+    if now >= request.expires_at {
+        return Some(stop(request, now, expired_error(), tries));
+    }
+    if circuit == Admission::Refuse {
+        let error = StatusError {
+            category: ErrorCategory::ChannelBroken,
+            code: "circuit_open".to_string(),
+            message: format!("the {channel} channel is failing; its circuit is open"),
+        };
+        return Some(stop(request, now, error, tries));
+    }
+    None
+}
+
+/// After a try (recorded in `schedule`): accepted, retried while `time_left` (before the
+/// latest useful start) and the retry budget allow, or stopped by the error's class.
+pub fn after_send(
+    at: At<'_>,
+    answer: Result<String, SendFailure>,
+    schedule: &mut RetrySchedule,
+    time_left: Duration,
+    confirmation: Option<&ConfirmationConfig>,
+) -> Next {
+    let At {
+        request,
+        channel,
+        now,
+    } = at;
+    let tries = schedule.tries();
+    let failure = match answer {
+        Ok(provider_message_id) => {
+            let pending = confirmation.map(|c| {
+                Box::new(pending_record(
+                    request,
+                    channel,
+                    &provider_message_id,
+                    c,
+                    now,
+                ))
+            });
+            return Next::Done(Outcome::Accepted {
+                provider_message_id,
+                tries,
+                pending,
+            });
+        }
+        Err(failure) => failure,
+    };
+    match failure.class {
+        ErrorClass::Transient => match schedule.next_delay(time_left) {
+            Some(delay) => Next::RetryIn(delay),
+            None => Next::Done(stop(request, now, error_of(failure), tries)),
+        },
+        ErrorClass::InvalidRequest => Next::Done(Outcome::Reject {
+            reason: format!(
+                "the provider refused the request as invalid ({}): {}",
+                failure.code, failure.message
+            ),
+            error: error_of(failure),
+            tries,
+        }),
+        ErrorClass::Recipient | ErrorClass::ChannelBroken => {
+            Next::Done(stop(request, now, error_of(failure), tries))
+        }
+    }
+}
+
+/// This channel is done with the request: past its deadline it expired; else it goes to the
+/// next channel it allows, and with none left it failed.
+pub fn stop(request: &CodeRequest, now: DateTime<Utc>, error: StatusError, tries: u32) -> Outcome {
+    if now >= request.expires_at {
+        return report(StatusKind::Expired, tries, Some(error));
+    }
+    match request.for_next_channel() {
+        Some(next) => Outcome::FallBack {
+            next: Box::new(next),
+            tries,
+            error,
+        },
+        None => report(StatusKind::Failed, tries, Some(error)),
+    }
+}
+
+/// The pending confirmation of a send accepted at `now`: a fallback is armed when a channel is
+/// left and the window can end `fallback_time` before the code expires.
+pub fn pending_record(
+    request: &CodeRequest,
+    channel: Channel,
+    provider_message_id: &str,
+    confirmation: &ConfirmationConfig,
+    now: DateTime<Utc>,
+) -> PendingConfirmation {
+    let window = chrono::Duration::from_std(confirmation.window).unwrap_or_default();
+    let reserve = chrono::Duration::from_std(confirmation.fallback_time).unwrap_or_default();
+    let confirm_by = (now + window).min(request.expires_at - reserve);
+    let armed = request.next_channel().is_some() && confirm_by > now;
+    PendingConfirmation {
+        schema: PENDING_CONFIRMATION_SCHEMA.to_string(),
+        request: request.clone(),
+        channel,
+        provider_message_id: provider_message_id.to_string(),
+        accepted_at: now,
+        confirm_by: armed.then_some(confirm_by),
+        state: if armed {
+            ConfirmationState::Awaiting
+        } else {
+            ConfirmationState::ReportOnly
+        },
+        reported: Vec::new(),
+    }
+}
+
+/// The status an error on an event (not on its delivery) is reported with.
+pub fn invalid_event(reason: &str) -> StatusError {
+    StatusError {
+        category: ErrorCategory::InvalidRequest,
+        code: "invalid_event".to_string(),
+        message: reason.to_string(),
+    }
+}
+
+fn report(kind: StatusKind, tries: u32, error: Option<StatusError>) -> Outcome {
+    Outcome::Report { kind, tries, error }
+}
+
+fn error_of(failure: SendFailure) -> StatusError {
+    StatusError {
+        category: failure.class.category(),
+        code: failure.code,
+        message: failure.message,
+    }
+}
+
+fn expired_error() -> StatusError {
+    StatusError {
+        category: ErrorCategory::Expired,
+        code: "expired".to_string(),
+        message: "the code expired before it could be sent".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! One test per outcome of the data path, without a broker or a provider.
+
+use super::*;
+use crate::retry::RetryConfig;
+use otp_events::Submission;
+
+const WA: Channel = Channel::Whatsapp;
+const SMS: Channel = Channel::Sms;
+
+/// A request for `channels`, created now, living `ttl_secs`.
+fn request(channels: &[Channel], ttl_secs: i64) -> CodeRequest {
+    Submission::new(
+        "+15551230001",
+        "123456",
+        channels.to_vec(),
+        chrono::Duration::seconds(ttl_secs),
+    )
+    .complete(Utc::now())
+}
+
+fn at(request: &CodeRequest, channel: Channel) -> At<'_> {
+    At {
+        request,
+        channel,
+        now: Utc::now(),
+    }
+}
+
+fn failure(class: ErrorClass, code: &str) -> SendFailure {
+    SendFailure {
+        class,
+        code: code.to_string(),
+        message: "from the table".to_string(),
+    }
+}
+
+/// A schedule that has recorded `tries` tries.
+fn schedule(tries: u32) -> RetrySchedule {
+    let mut s = RetrySchedule::new(&RetryConfig::default());
+    for _ in 0..tries {
+        s.record_try();
+    }
+    s
+}
+
+fn after(request: &CodeRequest, answer: Result<String, SendFailure>, left: Duration) -> Next {
+    after_send(at(request, WA), answer, &mut schedule(1), left, None)
+}
+
+fn fallback_to(outcome: &Outcome) -> Option<(Channel, &str)> {
+    match outcome {
+        Outcome::FallBack { next, error, .. } => {
+            Some((next.current_channel()?, error.code.as_str()))
+        }
+        _ => None,
+    }
+}
+
+fn reported(outcome: &Outcome) -> Option<(StatusKind, Option<&str>)> {
+    match outcome {
+        Outcome::Report { kind, error, .. } => {
+            Some((*kind, error.as_ref().map(|e| e.code.as_str())))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_live_first_sighted_request_for_this_channel_goes_on_to_the_send() {
+    let r = request(&[WA, SMS], 300);
+    assert_eq!(guard(at(&r, WA), || true), None);
+}
+
+#[test]
+fn a_request_for_another_channel_is_rejected() {
+    let r = request(&[SMS], 300);
+    let outcome = guard(at(&r, WA), || panic!("not asked"));
+    match outcome {
+        Some(Outcome::Reject { reason, error, .. }) => {
+            assert!(reason.starts_with("tried_channels:"), "{reason}");
+            assert_eq!(error.code, "invalid_event");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_expired_request_is_reported_expired_and_not_remembered() {
+    let r = request(&[WA, SMS], -1);
+    let outcome = guard(at(&r, WA), || panic!("an expired request is not recorded"));
+    assert_eq!(
+        reported(&outcome.unwrap()),
+        Some((StatusKind::Expired, None))
+    );
+}
+
+#[test]
+fn a_request_seen_before_is_a_duplicate() {
+    let r = request(&[WA, SMS], 300);
+    let outcome = guard(at(&r, WA), || false).unwrap();
+    assert_eq!(reported(&outcome), Some((StatusKind::Duplicate, None)));
+}
+
+#[test]
+fn with_the_limits_clear_and_the_circuit_closed_the_send_goes() {
+    let r = request(&[WA, SMS], 300);
+    assert_eq!(before_send(at(&r, WA), Ok(()), Admission::Send, 0), None);
+}
+
+#[test]
+fn an_abuse_refusal_fails_the_request_whatever_channels_are_left() {
+    let r = request(&[WA, SMS], 300);
+    let refused = Limited {
+        rule: "per_phone",
+        category: ErrorCategory::Blocked,
+        waited_too_long: false,
+    };
+    let outcome = before_send(at(&r, WA), Err(refused), Admission::Send, 0).unwrap();
+    assert_eq!(
+        reported(&outcome),
+        Some((StatusKind::Failed, Some("per_phone")))
+    );
+}
+
+#[test]
+fn a_provider_limit_that_would_pass_the_deadline_falls_back() {
+    let r = request(&[WA, SMS], 300);
+    let too_long = Limited {
+        rule: "recipient_pair_rate",
+        category: ErrorCategory::RateLimited,
+        waited_too_long: true,
+    };
+    let outcome = before_send(at(&r, WA), Err(too_long), Admission::Send, 0).unwrap();
+    assert_eq!(fallback_to(&outcome), Some((SMS, "recipient_pair_rate")));
+}
+
+#[test]
+fn an_open_circuit_falls_back_without_sending() {
+    let r = request(&[WA, SMS], 300);
+    let outcome = before_send(at(&r, WA), Ok(()), Admission::Refuse, 0).unwrap();
+    assert_eq!(fallback_to(&outcome), Some((SMS, "circuit_open")));
+}
+
+#[test]
+fn a_retry_due_after_the_deadline_is_not_sent() {
+    let r = request(&[WA, SMS], 300);
+    let late = At {
+        now: r.expires_at,
+        ..at(&r, WA)
+    };
+    let outcome = before_send(late, Ok(()), Admission::Send, 2).unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Report {
+            kind: StatusKind::Expired,
+            tries: 2,
+            error: Some(expired_error()),
+        }
+    );
+}
+
+#[test]
+fn an_accepted_send_without_confirmation_is_sent_with_no_pending_record() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(&r, Ok("wamid.1".into()), Duration::from_secs(60));
+    assert_eq!(
+        next,
+        Next::Done(Outcome::Accepted {
+            provider_message_id: "wamid.1".into(),
+            tries: 1,
+            pending: None,
+        })
+    );
+}
+
+#[test]
+fn with_confirmation_an_accepted_send_arms_a_fallback_when_a_channel_and_time_are_left() {
+    let confirmation = ConfirmationConfig::default();
+    for (channels, ttl, armed) in [
+        (&[WA, SMS][..], 300, true),
+        (&[WA][..], 300, false),    // no channel left
+        (&[WA, SMS][..], 5, false), // less than the fallback's time left
+    ] {
+        let r = request(channels, ttl);
+        let answer = Ok("wamid.1".to_string());
+        let next = after_send(
+            at(&r, WA),
+            answer,
+            &mut schedule(1),
+            Duration::from_secs(60),
+            Some(&confirmation),
+        );
+        let Next::Done(Outcome::Accepted {
+            pending: Some(p), ..
+        }) = next
+        else {
+            panic!("{next:?}");
+        };
+        let state = if armed {
+            ConfirmationState::Awaiting
+        } else {
+            ConfirmationState::ReportOnly
+        };
+        assert_eq!(
+            (p.state, p.confirm_by.is_some()),
+            (state, armed),
+            "{channels:?} {ttl}"
+        );
+        if let Some(by) = p.confirm_by {
+            assert!(by <= r.expires_at - chrono::Duration::seconds(10));
+        }
+    }
+}
+
+#[test]
+fn a_transient_failure_is_retried_while_time_allows() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::Transient, "http_503")),
+        Duration::from_secs(60),
+    );
+    assert!(matches!(next, Next::RetryIn(_)), "{next:?}");
+}
+
+#[test]
+fn a_transient_failure_with_no_time_for_a_retry_falls_back() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::Transient, "http_503")),
+        Duration::ZERO,
+    );
+    let Next::Done(outcome) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(fallback_to(&outcome), Some((SMS, "http_503")));
+}
+
+#[test]
+fn a_transient_failure_past_the_retry_budget_falls_back() {
+    let r = request(&[WA, SMS], 300);
+    let max = RetryConfig::default().max_tries;
+    let next = after_send(
+        at(&r, WA),
+        Err(failure(ErrorClass::Transient, "timeout")),
+        &mut schedule(max),
+        Duration::from_secs(600),
+        None,
+    );
+    let Next::Done(outcome) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(fallback_to(&outcome), Some((SMS, "timeout")));
+}
+
+#[test]
+fn a_recipient_error_falls_back_at_once_in_the_users_order() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::Recipient, "131026")),
+        Duration::from_secs(60),
+    );
+    let Next::Done(outcome) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(fallback_to(&outcome), Some((SMS, "131026")));
+    let Outcome::FallBack { next, tries, .. } = outcome else {
+        unreachable!()
+    };
+    assert_eq!(tries, 1);
+    assert_eq!(next.tried_channels, vec![WA]);
+    assert_eq!(next.expires_at, r.expires_at, "the deadline travels");
+    assert_eq!(next.request_id, r.request_id, "the id travels");
+}
+
+#[test]
+fn a_channel_error_falls_back() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::ChannelBroken, "190")),
+        Duration::from_secs(60),
+    );
+    let Next::Done(outcome) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(fallback_to(&outcome), Some((SMS, "190")));
+}
+
+#[test]
+fn on_the_last_channel_a_stop_fails_the_request() {
+    let r = request(&[WA], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::Recipient, "131026")),
+        Duration::from_secs(60),
+    );
+    let Next::Done(outcome) = next else {
+        panic!("{next:?}")
+    };
+    assert_eq!(
+        reported(&outcome),
+        Some((StatusKind::Failed, Some("131026")))
+    );
+}
+
+#[test]
+fn a_stop_after_the_deadline_is_expired_not_a_fallback() {
+    let r = request(&[WA, SMS], 300);
+    let error = error_of(failure(ErrorClass::Recipient, "131026"));
+    let outcome = stop(&r, r.expires_at, error, 1);
+    assert_eq!(
+        reported(&outcome),
+        Some((StatusKind::Expired, Some("131026")))
+    );
+}
+
+#[test]
+fn a_request_the_provider_calls_invalid_is_rejected_to_the_dead_letters() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::InvalidRequest, "100")),
+        Duration::from_secs(60),
+    );
+    let Next::Done(Outcome::Reject {
+        reason,
+        error,
+        tries,
+    }) = next
+    else {
+        panic!("{next:?}")
+    };
+    assert!(reason.contains("(100)"), "{reason}");
+    assert_eq!((error.code.as_str(), tries), ("100", 1));
+}
