@@ -11,17 +11,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The WhatsApp client as `otp-whatsapp-worker` builds it, pointed at `sim`.
+/// The WhatsApp client as `otp-whatsapp-worker` builds it, pointed at `sim`, its template
+/// approved in the simulator's languages.
 pub fn whatsapp_client(sim: &SimHandle) -> WhatsappClient {
-    let args = WhatsappArgs {
-        api_base_url: sim.base_url(),
-        api_version: "v21.0".into(),
-        phone_number_id: "1055500000".into(),
-        template: "otp_login".into(),
-        default_language: "en_US".into(),
-        request_timeout: Duration::from_secs(5),
-        per_message_ttl: false,
-    };
+    whatsapp_client_with(sim, sim.template_languages().to_vec())
+}
+
+/// [`whatsapp_client`] believing its template approved in `languages`.
+pub fn whatsapp_client_with(sim: &SimHandle, languages: Vec<String>) -> WhatsappClient {
+    let mut args = WhatsappArgs::new(&sim.base_url(), "1055500000");
+    args.template_languages = languages;
     WhatsappClient::new(args, "sim-token".into()).expect("whatsapp client")
 }
 

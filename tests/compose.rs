@@ -1,5 +1,5 @@
 //! docker-compose.yml is not run in CI (no Docker engine here); this checks it parses and names
-//! the services the README promises.
+//! the services docs/production.md promises.
 
 #[test]
 fn compose_file_is_valid_yaml_with_the_promised_services() {

@@ -2,7 +2,7 @@
 //! simulator, each ending with the invariant checker (`otp_test_support::invariants`): no
 //! acknowledged request lost, every fallback followed, no code sent after it expired, and the
 //! duplicates counted and bounded. Workers are real processes (`otp worker <channel>`), so a
-//! SIGKILL is a real crash. The figures printed here are the README's "Guarantees" table.
+//! SIGKILL is a real crash. The figures printed here are the table in docs/guarantees.md.
 
 mod common;
 

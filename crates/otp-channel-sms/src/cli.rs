@@ -21,7 +21,7 @@ impl WorkerCli {
             &self.worker,
             default_limits(),
             "OTP_SMS_AUTH_TOKEN",
-            |token| SmsClient::new(sms, token),
+            |_, token| SmsClient::new(sms, token),
         )
         .await
     }

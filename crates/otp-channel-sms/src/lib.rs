@@ -1,6 +1,7 @@
 //! The SMS channel: one Twilio Messages API client (form-encoded, basic auth) with a message
-//! body per locale, and the error table that classifies Twilio's answers. The runtime that
-//! consumes, retries and falls back is `otp-worker`'s; this crate knows nothing about Kafka.
+//! body per locale, classifying Twilio's answers with `otp_events::provider_errors::SMS`. The
+//! runtime that consumes, retries and falls back is `otp-worker`'s; this crate knows nothing
+//! about Kafka.
 
 mod cli;
 mod client;

@@ -7,15 +7,7 @@ use otp_events::{Channel, Submission};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
-    let args = WhatsappArgs {
-        api_base_url: "http://127.0.0.1:1".into(),
-        api_version: "v21.0".into(),
-        phone_number_id: "42".into(),
-        template: "otp_login".into(),
-        default_language: "en_US".into(),
-        request_timeout: std::time::Duration::from_secs(1),
-        per_message_ttl: true,
-    };
+    let args = WhatsappArgs::new("http://127.0.0.1:1", "42");
     let client = WhatsappClient::new(args, "token".into()).unwrap();
     let now = chrono::Utc::now();
     let request = Submission::new(
@@ -26,7 +18,10 @@ fn bench(c: &mut Criterion) {
     )
     .complete(now);
     c.bench_function("whatsapp_body", |b| {
-        b.iter(|| serde_json::to_vec(&client.body(black_box(&request), now)).unwrap())
+        b.iter(|| {
+            let request = black_box(&request);
+            serde_json::to_vec(&client.body(request, client.language_for(request))).unwrap()
+        })
     });
 }
 

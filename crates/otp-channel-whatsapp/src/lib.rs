@@ -1,10 +1,12 @@
 //! The WhatsApp channel: one Cloud API client that sends the code as an authentication
-//! template, and the error table that classifies Meta's answers. The runtime that consumes,
-//! retries and falls back is `otp-worker`'s; this crate knows nothing about Kafka.
+//! template, classifying Meta's answers with `otp_events::provider_errors::WHATSAPP`. The
+//! runtime that consumes, retries and falls back is `otp-worker`'s; this crate knows nothing
+//! about Kafka.
 
 mod cli;
 mod client;
 mod config;
+mod language;
 
 pub use cli::WorkerCli;
 pub use client::WhatsappClient;

@@ -29,7 +29,7 @@ pub async fn create_topics(
             let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
             // The pending confirmations are the tracker's state: only the latest record per
             // request_id matters, and a tombstone removes it. (Segment and cleaning settings
-            // are left to the operator: see README, "Delivery receipts".)
+            // are left to the operator: see docs/design-notes.md.)
             if n.ends_with("otp.pending-confirmations") {
                 topic.set("cleanup.policy", "compact")
             } else {

@@ -92,12 +92,25 @@ fn wa_shape(body: &Value) -> Result<(String, String), String> {
     if code.chars().count() > 15 {
         return Err("the code must be at most 15 characters".into());
     }
-    if let Some(ttl) = body.get("ttl_seconds") {
-        if !ttl.as_i64().is_some_and(|t| (30..=900).contains(&t)) {
-            return Err("ttl_seconds must be 30 to 900 for authentication messages".into());
-        }
+    // Meta, "Time-to-live" (authentication templates): the TTL is the template's
+    // `message_send_ttl_seconds`; a per-message `ttl_seconds` belongs to Direct Send, which also
+    // names a `category`, and is refused anywhere else with error 100.
+    if body.get("ttl_seconds").is_some() && body.get("category").is_none() {
+        return Err("TTL is only supported with Direct Send".into());
     }
     Ok((to.to_string(), code.to_string()))
+}
+
+/// Whether the template language asked for is one the template is approved in: exactly,
+/// codes are case-sensitive.
+fn approved_language(sim: &Sim, body: &Value) -> bool {
+    let asked = body["template"]["language"]["code"]
+        .as_str()
+        .unwrap_or_default();
+    sim.config
+        .whatsapp_template_languages
+        .iter()
+        .any(|code| code == asked)
 }
 
 pub(crate) async fn whatsapp(
@@ -132,6 +145,9 @@ pub(crate) async fn whatsapp(
         received_at_ms: arrived_ms,
         outcome: String::new(),
         provider_message_id: None,
+        language: json["template"]["language"]["code"]
+            .as_str()
+            .map(str::to_owned),
     };
     // Every request counts against the sender's throughput; only a message that would be
     // delivered counts against the pair limit (a refused one reached nobody).
@@ -141,6 +157,13 @@ pub(crate) async fn whatsapp(
     } else if sim.wa_sender.check().is_err() {
         sim.violation("whatsapp_sender");
         Err((400, 130429, "Rate limit hit"))
+    } else if !approved_language(&sim, &json) {
+        // Meta, "Error codes": 132001, HTTP 404, the template does not exist in that language.
+        Err((
+            404,
+            132001,
+            "Template name does not exist in the translation",
+        ))
     } else {
         match behaviour::whatsapp(&to, sim.call_number("whatsapp", &to)) {
             Staged::Error { http, code } => Err((http, code, "Staged error")),
@@ -267,6 +290,7 @@ pub(crate) async fn sms(
         received_at_ms: arrived_ms,
         outcome: String::new(),
         provider_message_id: None,
+        language: None,
     };
     let answer = if sim.sms_sender.check().is_err() {
         sim.violation("sms_sender");

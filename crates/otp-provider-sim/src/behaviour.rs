@@ -8,7 +8,7 @@
 //! | `0500` | HTTP 500 on the first two calls, then accepted | same |
 //! | `0614` | delivered | 21614 not a mobile number (landline) |
 //! | `1211` | delivered | 21211 invalid number |
-//! | `0100` | 100 invalid parameter | 21602 body required (invalid) |
+//! | `0100` | 100 invalid parameter (our payload: the channel is broken) | 21602 body required (the same) |
 //! | anything else | accepted | accepted |
 //!
 //! And what the status webhooks then say about an accepted message (see [`receipts`]):

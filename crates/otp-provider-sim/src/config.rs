@@ -33,6 +33,15 @@ pub struct SimConfig {
     /// Random SMS errors, `CODE=PROBABILITY` (e.g. `30001=0.05`); repeatable.
     #[arg(long = "sms-error", value_parser = parse_mix)]
     pub sms_errors: Vec<(i64, f64)>,
+    /// The languages the authentication template is approved in, as Meta spells them; a send
+    /// in any other gets 132001 (Meta, "Message templates": a template is sent only in a
+    /// language it is approved in).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "en_US,en_GB,de,fr,es,es_MX,pt_BR,it,nl"
+    )]
+    pub whatsapp_template_languages: Vec<String>,
     /// Bearer token the WhatsApp API accepts.
     #[arg(long, default_value = "sim-token")]
     pub whatsapp_token: String,

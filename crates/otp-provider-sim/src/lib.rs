@@ -37,6 +37,9 @@ pub struct Received {
     /// `accepted`, or the provider error code it answered.
     pub outcome: String,
     pub provider_message_id: Option<String>,
+    /// The WhatsApp template language asked for.
+    #[serde(default)]
+    pub language: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -211,6 +214,11 @@ impl SimHandle {
 
     pub fn stats(&self) -> Stats {
         self.sim.stats.lock().expect("stats lock").clone()
+    }
+
+    /// The languages the simulated authentication template is approved in.
+    pub fn template_languages(&self) -> &[String] {
+        &self.sim.config.whatsapp_template_languages
     }
 }
 

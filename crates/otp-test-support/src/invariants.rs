@@ -149,6 +149,7 @@ mod tests {
             received_at_ms: at_ms,
             outcome: outcome.into(),
             provider_message_id: None,
+            language: None,
         }
     }
 

@@ -50,7 +50,24 @@ pub async fn outcome_of(
             };
         }
     }
-    SendOutcome::Failed(table.classify(status, error_code(&body)))
+    let failure = table.classify(status, error_code(&body));
+    if failure.unknown_code {
+        // New codes are how ops learn what the provider changed: count and name them.
+        metrics::counter!(
+            "otp_unknown_provider_codes_total",
+            "channel" => table.provider,
+            "code" => failure.code.clone()
+        )
+        .increment(1);
+        tracing::warn!(
+            channel = table.provider,
+            code = %failure.code,
+            http_status = status,
+            class = failure.class.as_str(),
+            "provider answered with a code not in our table; classified by its HTTP status"
+        );
+    }
+    SendOutcome::Failed(failure)
 }
 
 /// Classify a transport error (no answer from the provider): always transient.
@@ -68,5 +85,6 @@ pub fn transport_failure(err: &reqwest::Error) -> SendFailure {
         // reqwest's Display includes the URL, which may carry ids but never the phone or code
         // (both travel in the body); keep only the kind to be safe.
         message: format!("no answer from the provider ({code})"),
+        unknown_code: false,
     }
 }

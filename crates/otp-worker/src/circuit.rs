@@ -56,10 +56,11 @@ pub enum Admission {
 /// How a send went, as far as the circuit cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Accepted, or refused for reasons that say the channel works.
+    /// Accepted.
     Healthy,
     ChannelBroken,
-    /// Transient trouble: says nothing about the channel's configuration.
+    /// Transient trouble, or a recipient's refusal: says nothing about the channel's
+    /// configuration, so it neither counts nor forgives a channel failure.
     Unknown,
 }
 

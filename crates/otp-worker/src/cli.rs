@@ -31,7 +31,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "OTP_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
     /// Confirm deliveries by receipt, falling back when none comes within this window
-    /// (e.g. `15s`). Needs `otp-receipts` and its tracker; see README, "Delivery receipts".
+    /// (e.g. `15s`). Needs `otp-receipts` and its tracker; see crates/otp-receipts/README.md.
     #[arg(long, env = "OTP_CONFIRM_WINDOW", value_parser = humantime::parse_duration)]
     pub confirm_window: Option<std::time::Duration>,
     /// Log as JSON lines instead of text.
@@ -88,13 +88,13 @@ impl WorkerArgs {
 }
 
 /// The body of a worker binary's `main`: log, read the provider credential from env var
-/// `secret_name` (or the file named by `<secret_name>_FILE`), build the channel client with
-/// it, and run until SIGTERM or SIGINT.
+/// `secret_name` (or the file named by `<secret_name>_FILE`), build the channel client from
+/// the settings and the credential, and run until SIGTERM or SIGINT.
 pub async fn run_binary<C: crate::ChannelClient>(
     args: &WorkerArgs,
     default_limits: crate::LimitsConfig,
     secret_name: &str,
-    client: impl FnOnce(String) -> anyhow::Result<C>,
+    client: impl FnOnce(&WorkerConfig, String) -> anyhow::Result<C>,
 ) -> anyhow::Result<()> {
     let mut config = args.load(&default_limits)?;
     if args.print_config {
@@ -103,7 +103,7 @@ pub async fn run_binary<C: crate::ChannelClient>(
         return Ok(());
     }
     init_logging(args.log_json);
-    let client = client(secret(secret_name)?)?;
+    let client = client(&config, secret(secret_name)?)?;
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }

@@ -21,8 +21,8 @@ use std::time::Duration;
 /// How a message's life on this worker ends: what [`crate::pipeline`] settles.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The event cannot be delivered as it is: dead-letter it (original bytes, `reason`),
-    /// then report `rejected` with `error`.
+    /// The event fails our own validation: dead-letter it (original bytes, `reason`), then
+    /// report `rejected` with `error`. A provider's answer never leads here.
     Reject {
         reason: String,
         error: StatusError,
@@ -170,14 +170,6 @@ pub fn after_send(
             Some(delay) => Next::RetryIn(delay),
             None => Next::Done(stop(request, now, error_of(failure), tries)),
         },
-        ErrorClass::InvalidRequest => Next::Done(Outcome::Reject {
-            reason: format!(
-                "the provider refused the request as invalid ({}): {}",
-                failure.code, failure.message
-            ),
-            error: error_of(failure),
-            tries,
-        }),
         ErrorClass::Recipient | ErrorClass::ChannelBroken => {
             Next::Done(stop(request, now, error_of(failure), tries))
         }

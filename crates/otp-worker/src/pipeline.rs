@@ -130,11 +130,18 @@ impl<C: ChannelClient> Pipeline<C> {
             }
             SendOutcome::Failed(failure) => failure,
         };
+        // A recipient's refusal says nothing about the channel: it must not reset the count
+        // of channel failures as an accepted send does.
         self.circuit.record(match failure.class {
             ErrorClass::ChannelBroken => Verdict::ChannelBroken,
-            ErrorClass::Transient => Verdict::Unknown,
-            ErrorClass::Recipient | ErrorClass::InvalidRequest => Verdict::Healthy,
+            ErrorClass::Transient | ErrorClass::Recipient => Verdict::Unknown,
         });
+        if failure.class == ErrorClass::ChannelBroken {
+            tracing::error!(
+                request_id = %request.request_id, channel, code = %failure.code,
+                reason = %failure.message, "the provider says the channel is broken"
+            );
+        }
         metrics::counter!("otp_send_errors_total", "channel" => channel, "class" => failure.class.as_str())
             .increment(1);
         tracing::info!(

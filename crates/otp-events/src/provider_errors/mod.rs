@@ -17,12 +17,13 @@ use crate::ErrorCategory;
 pub enum ErrorClass {
     /// Retry with backoff, within the deadline.
     Transient,
-    /// This recipient cannot get it on this channel: fall back now, no retry.
+    /// This recipient cannot get it on this channel: fall back now, no retry; says nothing
+    /// about the channel's health.
     Recipient,
-    /// The channel itself is broken (token, account): fall back now.
+    /// The channel itself is broken (token, account, sender quality, or a payload or template
+    /// the provider refuses): fall back now, and count it against the channel's circuit. A
+    /// provider's answer never dead-letters a valid request.
     ChannelBroken,
-    /// Our request was wrong: reject and dead-letter.
-    InvalidRequest,
 }
 
 impl ErrorClass {
@@ -31,7 +32,6 @@ impl ErrorClass {
             ErrorClass::Transient => ErrorCategory::Transient,
             ErrorClass::Recipient => ErrorCategory::Recipient,
             ErrorClass::ChannelBroken => ErrorCategory::ChannelBroken,
-            ErrorClass::InvalidRequest => ErrorCategory::InvalidRequest,
         }
     }
 
@@ -48,6 +48,8 @@ pub struct SendFailure {
     /// The provider's code ("131026", "21211"), or "http_503", "timeout", "connect".
     pub code: String,
     pub message: String,
+    /// The provider answered with a code the table does not know (classified by HTTP status).
+    pub unknown_code: bool,
 }
 
 /// A provider's error codes, their classes and what they mean, as data mirroring DESIGN.md.
@@ -55,12 +57,16 @@ pub struct SendFailure {
 /// Failure messages come from this table, never from the provider's answer: providers echo
 /// the recipient's number in their messages ("The 'To' number +1555... is not valid").
 pub struct ErrorTable {
+    /// The channel the table is for (a metric label).
+    pub provider: &'static str,
     pub entries: &'static [(i64, ErrorClass, &'static str)],
+    /// Ranges of codes with one class, first and last included (Meta's 200-299).
+    pub ranges: &'static [(i64, i64, ErrorClass, &'static str)],
 }
 
 impl ErrorTable {
     pub fn class_of(&self, code: i64) -> Option<ErrorClass> {
-        self.entry(code).map(|(_, class, _)| *class)
+        self.describe(code).map(|(class, _)| class)
     }
 
     /// How the table differs from a list of codes by class (for the channels' table tests):
@@ -87,29 +93,38 @@ impl ErrorTable {
 
     /// The class and meaning of a provider code, when the table knows it.
     pub fn describe(&self, code: i64) -> Option<(ErrorClass, &'static str)> {
-        self.entry(code)
-            .map(|(_, class, meaning)| (*class, *meaning))
-    }
-
-    fn entry(&self, code: i64) -> Option<&(i64, ErrorClass, &'static str)> {
-        self.entries.iter().find(|(c, _, _)| *c == code)
+        let exact = self
+            .entries
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map(|(_, class, meaning)| (*class, *meaning));
+        exact.or_else(|| {
+            self.ranges
+                .iter()
+                .find(|(first, last, _, _)| (*first..=*last).contains(&code))
+                .map(|(_, _, class, meaning)| (*class, *meaning))
+        })
     }
 
     /// Classify an HTTP error answer: by the provider's code when the table knows it, else by
-    /// HTTP status: 429 and 5xx are transient; any other unknown refusal falls back at once
-    /// (the user is better served by the next channel than by a retry we cannot justify).
+    /// HTTP status: 401 and 403 mean our credentials or permissions (the channel is broken),
+    /// 429 and 5xx are transient, and any other refusal falls back at once (the user is better
+    /// served by the next channel than by a retry we cannot justify).
     pub fn classify(&self, http_status: u16, provider_code: Option<i64>) -> SendFailure {
-        if let Some((code, class, meaning)) = provider_code.and_then(|c| self.entry(c)) {
-            return SendFailure {
-                class: *class,
-                code: code.to_string(),
-                message: (*meaning).to_string(),
-            };
+        if let Some(code) = provider_code {
+            if let Some((class, meaning)) = self.describe(code) {
+                return SendFailure {
+                    class,
+                    code: code.to_string(),
+                    message: meaning.to_string(),
+                    unknown_code: false,
+                };
+            }
         }
-        let class = if http_status == 429 || http_status >= 500 {
-            ErrorClass::Transient
-        } else {
-            ErrorClass::Recipient
+        let class = match http_status {
+            401 | 403 => ErrorClass::ChannelBroken,
+            429 | 500.. => ErrorClass::Transient,
+            _ => ErrorClass::Recipient,
         };
         let code = match provider_code {
             Some(c) => c.to_string(),
@@ -121,6 +136,7 @@ impl ErrorTable {
             message: format!(
                 "provider refused the send (HTTP {http_status}, code not in our table)"
             ),
+            unknown_code: true,
         }
     }
 }

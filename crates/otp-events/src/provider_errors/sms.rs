@@ -1,14 +1,39 @@
 //! Twilio Messaging error codes and what the runtime does with each (DESIGN.md, "Error
-//! classes").
+//! classes"; meanings from Twilio's "Error and Warning Dictionary"). The 300xx codes arrive
+//! only as delivery errors on status callbacks; the others answer the send itself.
 
 use super::{ErrorClass::*, ErrorTable};
 
 pub static SMS: ErrorTable = ErrorTable {
+    provider: "sms",
     entries: &[
+        // Too many concurrent API requests, or the sender's queue is full: a window on our
+        // side, retried within the deadline.
         (20429, Transient, "too many concurrent requests"),
+        (21611, Transient, "the sender's message queue is full"),
+        // Delivery errors reported later (callbacks).
         (30001, Transient, "queue overflow"),
+        (30003, Recipient, "handset unreachable"),
+        (30005, Recipient, "unknown destination handset"),
+        (30006, Recipient, "landline or unreachable carrier"),
+        (30007, Recipient, "filtered by the carrier"),
         (30008, Transient, "unknown delivery error"),
+        (30002, ChannelBroken, "account suspended"),
+        (30032, ChannelBroken, "toll-free number not verified"),
+        (30034, ChannelBroken, "A2P 10DLC registration missing"),
+        // Recipient: this number cannot get it by SMS from us; the channel is healthy.
         (21211, Recipient, "invalid 'To' phone number"),
+        (
+            21408,
+            Recipient,
+            "geo permission not enabled for this country",
+        ),
+        (
+            21606,
+            Recipient,
+            "'From' number cannot send to this destination",
+        ),
+        (21608, Recipient, "trial account: 'To' number not verified"),
         (21610, Recipient, "recipient replied STOP (unsubscribed)"),
         (
             21612,
@@ -17,26 +42,18 @@ pub static SMS: ErrorTable = ErrorTable {
         ),
         (21614, Recipient, "'To' number is not a mobile number"),
         (21635, Recipient, "'To' number cannot be reached by SMS"),
-        (30005, Recipient, "unknown destination handset"),
-        (30006, Recipient, "landline or unreachable carrier"),
+        // Channel broken: credentials, account, or our payload.
         (
             20003,
             ChannelBroken,
             "authentication failed (account SID or token)",
         ),
-        (
-            21606,
-            ChannelBroken,
-            "'From' number is not a valid SMS sender for this account",
-        ),
-        (
-            21608,
-            ChannelBroken,
-            "trial account: 'To' number not verified",
-        ),
-        (21602, InvalidRequest, "message body is required"),
-        (21604, InvalidRequest, "'To' phone number is required"),
+        (20404, ChannelBroken, "account or resource not found"),
+        (21602, ChannelBroken, "message body missing in our request"),
+        (21604, ChannelBroken, "'To' missing in our request"),
+        (21609, ChannelBroken, "invalid StatusCallback URL"),
     ],
+    ranges: &[],
 };
 
 #[cfg(test)]
@@ -48,13 +65,18 @@ mod tests {
     #[test]
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
-            (&[20429, 30001, 30008], Transient),
+            (&[20429, 21611, 30001, 30008], Transient),
             (
-                &[21211, 21610, 21612, 21614, 21635, 30005, 30006],
+                &[
+                    21211, 21408, 21606, 21608, 21610, 21612, 21614, 21635, 30003, 30005, 30006,
+                    30007,
+                ],
                 Recipient,
             ),
-            (&[20003, 21606, 21608], ChannelBroken),
-            (&[21602, 21604], InvalidRequest),
+            (
+                &[20003, 20404, 21602, 21604, 21609, 30002, 30032, 30034],
+                ChannelBroken,
+            ),
         ];
         let differences = SMS.differences(expected);
         assert!(differences.is_empty(), "{differences:#?}");
@@ -64,6 +86,7 @@ mod tests {
     fn http_429_and_5xx_without_a_code_are_transient() {
         assert_eq!(SMS.classify(429, None).class, Transient);
         assert_eq!(SMS.classify(500, None).class, Transient);
+        assert_eq!(SMS.classify(401, None).class, ChannelBroken);
         assert_eq!(SMS.classify(400, Some(21614)).class, Recipient);
     }
 }

@@ -1,57 +1,112 @@
 //! WhatsApp Cloud API error codes and what the runtime does with each (DESIGN.md, "Error
-//! classes"). Meta publishes no retry table; these classes are ours.
+//! classes"; meanings from Meta, "Error codes" for the Cloud API). Meta publishes no retry
+//! table: the classes are ours.
 
 use super::{ErrorClass::*, ErrorTable};
 
 pub static WHATSAPP: ErrorTable = ErrorTable {
+    provider: "whatsapp",
     entries: &[
+        // Transient: Meta's side, try again.
         (1, Transient, "API unknown error"),
         (2, Transient, "API service temporarily unavailable"),
+        (131000, Transient, "something went wrong at WhatsApp"),
+        (131016, Transient, "WhatsApp service unavailable"),
+        (131057, Transient, "business account in maintenance mode"),
+        (133004, Transient, "WhatsApp server temporarily unavailable"),
+        // Windows on our side ("try again later or reduce the frequency"): retried within the
+        // deadline like transient trouble.
         (4, Transient, "API too many calls (app rate limit)"),
         (80007, Transient, "WhatsApp Business Account rate limit hit"),
         (130429, Transient, "Cloud API throughput limit reached"),
-        (131000, Transient, "something went wrong at WhatsApp"),
-        (131016, Transient, "WhatsApp service unavailable"),
         (
             131056,
             Transient,
             "pair rate limit: too many messages to this recipient",
         ),
-        (133004, Transient, "WhatsApp server temporarily unavailable"),
+        // Recipient: this user cannot get it on WhatsApp; the channel is healthy.
         (
             131026,
             Recipient,
             "message undeliverable: recipient not on WhatsApp or cannot receive",
         ),
-        (131048, Recipient, "spam rate limit hit for this recipient"),
         (131021, Recipient, "recipient cannot be the sender"),
         (
             131030,
             Recipient,
             "recipient not in the allowed list (test number)",
         ),
-        (190, ChannelBroken, "access token expired or invalid"),
+        (131047, Recipient, "re-engagement window closed"),
+        (131049, Recipient, "Meta chose not to deliver this message"),
+        (130472, Recipient, "recipient is part of an experiment"),
+        (
+            130497,
+            Recipient,
+            "business restricted from messaging users in this country",
+        ),
+        // Channel broken: credentials, account, sender quality, or our payload or template.
+        (0, ChannelBroken, "authentication failed (AuthException)"),
+        (3, ChannelBroken, "capability or permission missing"),
         (10, ChannelBroken, "permission denied"),
-        (200, ChannelBroken, "permission not granted"),
+        (
+            100,
+            ChannelBroken,
+            "unsupported or misspelled parameter in our request",
+        ),
+        (190, ChannelBroken, "access token expired or invalid"),
         (
             368,
             ChannelBroken,
             "account temporarily blocked for policy violations",
         ),
+        (131005, ChannelBroken, "access denied"),
+        (
+            131008,
+            ChannelBroken,
+            "required parameter missing in our request",
+        ),
+        (
+            131009,
+            ChannelBroken,
+            "parameter value invalid in our request",
+        ),
         (131031, ChannelBroken, "business account locked"),
+        (131037, ChannelBroken, "display name not approved"),
         (131042, ChannelBroken, "business eligibility payment issue"),
+        (131045, ChannelBroken, "phone number certificate missing"),
+        (
+            131048,
+            ChannelBroken,
+            "messages from this number restricted: earlier ones were flagged as spam",
+        ),
+        (131051, ChannelBroken, "unsupported message type"),
         (132000, ChannelBroken, "template parameter count mismatch"),
         (
             132001,
             ChannelBroken,
-            "template does not exist in this language",
+            "template does not exist in its default language",
+        ),
+        (
+            132005,
+            ChannelBroken,
+            "template text too long once filled in",
+        ),
+        (
+            132007,
+            ChannelBroken,
+            "template format character policy violated",
         ),
         (132012, ChannelBroken, "template parameter format mismatch"),
         (132015, ChannelBroken, "template paused for low quality"),
         (132016, ChannelBroken, "template disabled for low quality"),
+        (
+            133000,
+            ChannelBroken,
+            "phone number deregistration incomplete",
+        ),
         (133010, ChannelBroken, "phone number not registered"),
-        (100, InvalidRequest, "invalid parameter in our request"),
     ],
+    ranges: &[(200, 299, ChannelBroken, "API permission missing")],
 };
 
 #[cfg(test)]
@@ -64,28 +119,52 @@ mod tests {
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
             (
-                &[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004],
+                &[
+                    1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004,
+                ],
                 Transient,
             ),
-            (&[131026, 131048, 131021, 131030], Recipient),
+            (
+                &[131021, 131026, 131030, 131047, 131049, 130472, 130497],
+                Recipient,
+            ),
             (
                 &[
-                    190, 10, 200, 368, 131031, 131042, 132000, 132001, 132012, 132015, 132016,
-                    133010,
+                    0, 3, 10, 100, 190, 368, 131005, 131008, 131009, 131031, 131037, 131042,
+                    131045, 131048, 131051, 132000, 132001, 132005, 132007, 132012, 132015, 132016,
+                    133000, 133010,
                 ],
                 ChannelBroken,
             ),
-            (&[100], InvalidRequest),
         ];
         let differences = WHATSAPP.differences(expected);
         assert!(differences.is_empty(), "{differences:#?}");
+        for code in [200, 250, 299] {
+            assert_eq!(WHATSAPP.class_of(code), Some(ChannelBroken), "{code}");
+        }
+        assert_eq!(WHATSAPP.class_of(300), None);
+    }
+
+    #[test]
+    fn a_sender_quality_restriction_is_the_channel_not_the_recipient() {
+        assert_eq!(WHATSAPP.class_of(131048), Some(ChannelBroken));
+    }
+
+    #[test]
+    fn our_payload_refused_breaks_the_channel_it_never_dead_letters() {
+        for code in [100, 131008, 131009, 131051, 132005, 132007] {
+            assert_eq!(WHATSAPP.class_of(code), Some(ChannelBroken), "{code}");
+        }
     }
 
     #[test]
     fn unknown_codes_classify_by_http_status() {
         assert_eq!(WHATSAPP.classify(503, None).class, Transient);
         assert_eq!(WHATSAPP.classify(429, Some(999_999)).class, Transient);
+        assert_eq!(WHATSAPP.classify(401, Some(999_999)).class, ChannelBroken);
+        assert_eq!(WHATSAPP.classify(403, None).class, ChannelBroken);
         assert_eq!(WHATSAPP.classify(400, Some(999_999)).class, Recipient);
         assert_eq!(WHATSAPP.classify(400, Some(131026)).code, "131026");
+        assert_eq!(WHATSAPP.classify(403, Some(250)).code, "250");
     }
 }

@@ -9,7 +9,7 @@ mod config;
 
 pub use config::IngressConfig;
 
-use crate::{CodeRequestPublisher, PublishError, PublisherConfig};
+use crate::{CodeRequestPublisher, PublisherConfig};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -115,10 +115,9 @@ async fn submit(
             )
                 .into_response()
         }
-        Err(PublishError::Invalid(e)) => {
-            metrics_outcome("invalid");
-            error_body(StatusCode::BAD_REQUEST, Some(&e.field), &e.message)
-        }
+        // `decode_submission` validated with the publisher's own rules, which do not depend on
+        // the clock, so the publisher cannot refuse the request as invalid: what fails here is
+        // the broker.
         Err(e) => {
             metrics_outcome("unavailable");
             tracing::warn!(request_id = %request.request_id, error = %e, "publish failed");
