@@ -646,7 +646,9 @@ async fn a_tracker_killed_mid_window_still_fires_the_pending_fallbacks() {
     // Killed while at work: every send accepted, and the tracker already reporting receipts.
     l.statuses_until(move |got| {
         all.iter().all(|id| has(got, id, "accepted", "whatsapp"))
-            && confirmed.iter().any(|id| has(got, id, "delivered", "whatsapp"))
+            && confirmed
+                .iter()
+                .any(|id| has(got, id, "delivered", "whatsapp"))
     })
     .await;
     let mut tracker = tracker;

@@ -10,3 +10,14 @@ mod config;
 pub use cli::WorkerCli;
 pub use client::SmsClient;
 pub use config::{default_limits, SmsArgs};
+
+#[cfg(test)]
+mod tests {
+    /// The README's error-class table is the one the code applies.
+    #[test]
+    fn the_readme_lists_the_error_classes_as_applied() {
+        let table = otp_events::provider_errors::SMS.markdown();
+        let readme = include_str!("../README.md");
+        assert!(readme.contains(&table), "put this in README.md:\n{table}");
+    }
+}

@@ -106,6 +106,43 @@ impl ErrorTable {
         })
     }
 
+    /// The table as Markdown, one row per class (codes in table order, then ranges), for the
+    /// channels' READMEs, which are tested to hold it.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("| class | what the worker does | codes |\n|---|---|---|\n");
+        for class in [
+            ErrorClass::Transient,
+            ErrorClass::Recipient,
+            ErrorClass::ChannelBroken,
+        ] {
+            let mut codes: Vec<String> = self
+                .entries
+                .iter()
+                .filter(|(_, c, _)| *c == class)
+                .map(|(code, _, _)| code.to_string())
+                .collect();
+            codes.extend(
+                self.ranges
+                    .iter()
+                    .filter(|(_, _, c, _)| *c == class)
+                    .map(|(first, last, _, _)| format!("{first}-{last}")),
+            );
+            let action = match class {
+                ErrorClass::Transient => "retry with backoff within the deadline, then fall back",
+                ErrorClass::Recipient => "fall back at once; the channel is healthy",
+                ErrorClass::ChannelBroken => {
+                    "fall back at once, count against the circuit, log an error"
+                }
+            };
+            out.push_str(&format!(
+                "| {} | {action} | {} |\n",
+                class.as_str(),
+                codes.join(", ")
+            ));
+        }
+        out
+    }
+
     /// Classify an HTTP error answer: by the provider's code when the table knows it, else by
     /// HTTP status: 401 and 403 mean our credentials or permissions (the channel is broken),
     /// 429 and 5xx are transient, and any other refusal falls back at once (the user is better

@@ -48,6 +48,14 @@ fn after(request: &CodeRequest, answer: Result<String, SendFailure>, left: Durat
     after_send(at(request, WA), answer, &mut schedule(1), left, None)
 }
 
+/// The outcome a try ended with (not a retry).
+fn done(next: Next) -> Outcome {
+    match next {
+        Next::Done(outcome) => outcome,
+        Next::RetryIn(delay) => panic!("a retry in {delay:?}"),
+    }
+}
+
 fn fallback_to(outcome: &Outcome) -> Option<(Channel, &str)> {
     match outcome {
         Outcome::FallBack { next, error, .. } => {
@@ -232,9 +240,7 @@ fn a_transient_failure_with_no_time_for_a_retry_falls_back() {
         Err(failure(ErrorClass::Transient, "http_503")),
         Duration::ZERO,
     );
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "http_503")));
 }
 
@@ -249,9 +255,7 @@ fn a_transient_failure_past_the_retry_budget_falls_back() {
         Duration::from_secs(600),
         None,
     );
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "timeout")));
 }
 
@@ -263,9 +267,7 @@ fn a_recipient_error_falls_back_at_once_in_the_users_order() {
         Err(failure(ErrorClass::Recipient, "131026")),
         Duration::from_secs(60),
     );
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "131026")));
     let Outcome::FallBack { next, tries, .. } = outcome else {
         unreachable!()
@@ -284,9 +286,7 @@ fn a_channel_error_falls_back() {
         Err(failure(ErrorClass::ChannelBroken, "190")),
         Duration::from_secs(60),
     );
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "190")));
 }
 
@@ -298,9 +298,7 @@ fn on_the_last_channel_a_stop_fails_the_request() {
         Err(failure(ErrorClass::Recipient, "131026")),
         Duration::from_secs(60),
     );
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(
         reported(&outcome),
         Some((StatusKind::Failed, Some("131026")))
@@ -324,8 +322,6 @@ fn a_payload_the_provider_refuses_falls_back_and_is_never_dead_lettered() {
     // Meta's 100: "unsupported or misspelled parameter" in our request.
     let class = otp_events::provider_errors::WHATSAPP.class_of(100).unwrap();
     let next = after(&r, Err(failure(class, "100")), Duration::from_secs(60));
-    let Next::Done(outcome) = next else {
-        panic!("{next:?}")
-    };
+    let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "100")));
 }
