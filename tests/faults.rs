@@ -278,6 +278,37 @@ impl Scenario {
     }
 }
 
+/// When a worker's log first says it was assigned partitions (a non-empty list).
+fn first_assignment(log: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("partitions assigned") && l.contains("TopicPartition {"))?;
+    // Lines start with the timestamp, possibly behind terminal colour codes.
+    let plain: String = strip_colours(line);
+    let stamp = plain.split_whitespace().next()?;
+    chrono::DateTime::parse_from_rfc3339(stamp)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn report(scenario: &str, v: &Verdict) {
     println!("[{scenario}] {v}");
 }
@@ -326,6 +357,7 @@ async fn worker_sigkill_mid_load_then_restart() {
     let load = sc.load(3000, 300);
 
     finals(&sc.t, 800, Duration::from_secs(120)).await;
+    let killed_at = chrono::Utc::now();
     signal(&first, libc::SIGKILL);
     wait(first).await;
     let second = sc.worker_with(Channel::Sms, "second", &slot);
@@ -334,6 +366,14 @@ async fn worker_sigkill_mid_load_then_restart() {
 
     let v = check_invariants(&requests, &statuses, &sc.sim.messages());
     report("worker SIGKILL + restart", &v);
+    let log = std::fs::read_to_string(sc.log("second")).unwrap_or_default();
+    match first_assignment(&log) {
+        Some(at) => println!(
+            "[worker SIGKILL + restart] the restarted worker owned partitions {:.1} s after the kill",
+            (at - killed_at).num_milliseconds() as f64 / 1000.0
+        ),
+        None => println!("[worker SIGKILL + restart] the restarted worker logged no assignment"),
+    }
     sc.assert_nothing_lost(&v, &["first", "second"]);
     // Redone after the crash: the in-flight and handed-over messages, plus what finished
     // since the last commit took effect (the 200 ms interval plus the broker's answer; a

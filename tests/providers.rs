@@ -7,7 +7,9 @@ use common::*;
 use otp::stack::{whatsapp_client_with, Worker};
 use otp_events::Channel::{Sms, Whatsapp};
 use otp_events::{PhoneHasher, Submission};
+use otp_provider_sim::SimConfig;
 use otp_test_support::read_messages;
+use otp_worker::LimitsConfig;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -181,6 +183,85 @@ async fn a_payload_the_provider_refuses_falls_back_and_is_never_dead_lettered() 
     )
     .await;
     assert!(dead.is_empty(), "{} dead letters", dead.len());
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+/// Meta lets 10 messages a second through; the worker was told 100. Meta answers 130429 over
+/// the rate: the worker slows its sender rate down and tries again within each code's life,
+/// without spending the request's tries, so every code goes out on WhatsApp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_slows_the_worker_down_and_every_code_goes_out() {
+    let sim = SimConfig {
+        whatsapp_rate: 10,
+        whatsapp_burst: 5,
+        ..roomy_sim()
+    };
+    let stack = Stack::start(2, sim).await;
+    let mut config = test_config();
+    config.limits = Some(LimitsConfig {
+        sender_per_second: 100,
+        sender_burst: 20,
+        recipient_period: None,
+    });
+    let whatsapp = stack.worker(Whatsapp, config);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let phone = format!("+1555250{:04}", 2000 + i);
+        ids.push(stack.publish(&phone, "975310", &[Whatsapp]).await);
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    for id in &ids {
+        let fin = exactly_one_final(&statuses, id);
+        assert_eq!(
+            (fin["status"].as_str(), fin["channel"].as_str()),
+            (Some("sent"), Some("whatsapp")),
+            "{fin}"
+        );
+    }
+    let stats = stack.sim.stats();
+    assert_eq!(stats.accepted, 60);
+    assert!(
+        stats.rate_limit_violations.contains_key("whatsapp_sender"),
+        "the worker met Meta's window: {stats:?}"
+    );
+    whatsapp.stop().await.unwrap();
+}
+
+/// Two codes for one user back to back, and a worker with no per-recipient limit of its own:
+/// Meta answers the second with 131056 (pair rate). It waits for the user's window and goes
+/// out on WhatsApp, instead of burning its retries inside the window and falling back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_limit_waits_for_the_users_window() {
+    let sim = SimConfig {
+        whatsapp_pair_period: Duration::from_secs(2),
+        ..roomy_sim()
+    };
+    let stack = Stack::start(2, sim).await;
+    let workers = stack.workers();
+    let phone = "+15551260001";
+    let first = stack.publish(phone, "111111", &[Whatsapp, Sms]).await;
+    let second = stack.publish(phone, "222222", &[Whatsapp, Sms]).await;
+    let statuses = stack
+        .statuses_until_final(&[first.clone(), second.clone()], WITHIN)
+        .await;
+    for id in [&first, &second] {
+        let fin = exactly_one_final(&statuses, id);
+        assert_eq!(
+            (fin["status"].as_str(), fin["channel"].as_str()),
+            (Some("sent"), Some("whatsapp")),
+            "{fin}"
+        );
+    }
+    let outcomes: Vec<String> = stack
+        .sim
+        .messages()
+        .into_iter()
+        .filter(|m| m.to == phone)
+        .map(|m| m.outcome)
+        .collect();
+    assert_eq!(outcomes, vec!["accepted", "131056", "accepted"]);
     for w in workers {
         w.stop().await.unwrap();
     }

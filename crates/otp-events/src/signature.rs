@@ -39,7 +39,10 @@ pub fn twilio_signature(auth_token: &[u8], url: &str, params: &[(String, String)
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Whether `header` is Twilio's signature of a POST to `url` with `params`.
+/// Whether `header` is Twilio's signature of a POST to `url` with `params`. The URL is tried
+/// as given and with its default port added or removed (`https://h/x` and `https://h:443/x`),
+/// as Twilio's own helper libraries do ("Webhooks security": the signing side is not
+/// consistent about the port).
 pub fn twilio_signature_valid(
     auth_token: &[u8],
     url: &str,
@@ -49,9 +52,35 @@ pub fn twilio_signature_valid(
     let Ok(given) = base64::engine::general_purpose::STANDARD.decode(header.trim()) else {
         return false;
     };
-    twilio_mac(auth_token, url, params)
-        .verify_slice(&given)
-        .is_ok()
+    std::iter::once(url.to_string())
+        .chain(with_other_port_spelling(url))
+        .any(|url| {
+            twilio_mac(auth_token, &url, params)
+                .verify_slice(&given)
+                .is_ok()
+        })
+}
+
+/// `url` with its scheme's default port added when absent, or removed when present; `None`
+/// for a URL with another port or scheme.
+fn with_other_port_spelling(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    // The port is after the last ':' that follows any IPv6 literal's ']'.
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    match authority[host_end..].rfind(':') {
+        Some(i) if &authority[host_end + i + 1..] == default => {
+            Some(format!("{scheme}://{}{tail}", &authority[..host_end + i]))
+        }
+        Some(_) => None,
+        None => Some(format!("{scheme}://{authority}:{default}{tail}")),
+    }
 }
 
 fn twilio_mac(auth_token: &[u8], url: &str, params: &[(String, String)]) -> HmacSha1 {
@@ -126,6 +155,45 @@ mod tests {
             "not base64!"
         ));
         assert!(!twilio_signature_valid(b"12345", url, &params, ""));
+    }
+
+    /// Signed by Twilio for the URL with its default port, checked against the URL without it,
+    /// and the other way round; any other port is a different URL.
+    #[test]
+    fn twilio_urls_match_with_and_without_the_default_port() {
+        let params = vec![("MessageSid".to_string(), "SM1".to_string())];
+        let bare = "https://otp.example.com/webhooks/sms/status?request_id=r1";
+        let ported = "https://otp.example.com:443/webhooks/sms/status?request_id=r1";
+        let signed_ported = twilio_signature(b"token", ported, &params);
+        let signed_bare = twilio_signature(b"token", bare, &params);
+        assert!(twilio_signature_valid(
+            b"token",
+            bare,
+            &params,
+            &signed_ported
+        ));
+        assert!(twilio_signature_valid(
+            b"token",
+            ported,
+            &params,
+            &signed_bare
+        ));
+        let other = "https://otp.example.com:8443/webhooks/sms/status?request_id=r1";
+        assert!(!twilio_signature_valid(
+            b"token",
+            bare,
+            &params,
+            &twilio_signature(b"token", other, &params)
+        ));
+        assert_eq!(
+            with_other_port_spelling("http://[::1]:80/x"),
+            Some("http://[::1]/x".to_string())
+        );
+        assert_eq!(
+            with_other_port_spelling("http://127.0.0.1:9500/x"),
+            None,
+            "a non-default port has no other spelling"
+        );
     }
 
     /// Meta publishes no vector for `X-Hub-Signature-256`; GitHub's webhook documentation

@@ -11,7 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Consumer group; all workers of one channel share it. Default: `otp-<channel>-workers`.
+    /// Consumer group; all workers of one channel share it. Default:
+    /// `<topic prefix>otp-<channel>-workers`.
     #[serde(default)]
     pub group_id: Option<String>,
     /// Static group membership (`group.instance.id`, Kafka's KIP-345): a stable name per

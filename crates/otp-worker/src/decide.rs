@@ -8,7 +8,7 @@
 
 use crate::circuit::Admission;
 use crate::config::ConfirmationConfig;
-use crate::limits::Limited;
+use crate::limits::{Attempt, Limited};
 use crate::retry::RetrySchedule;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{ErrorClass, SendFailure};
@@ -62,6 +62,9 @@ pub struct At<'a> {
 pub enum Next {
     /// A transient failure, and time for another try after this wait.
     RetryIn(Duration),
+    /// A rate window was hit (the fleet's sender rate, or the recipient's pair window): pass
+    /// the limits again as `attempt`, then send, without spending one of the request's tries.
+    Again(Attempt),
     Done(Outcome),
 }
 
@@ -170,9 +173,13 @@ pub fn after_send(
             Some(delay) => Next::RetryIn(delay),
             None => Next::Done(stop(request, now, error_of(failure), tries)),
         },
-        ErrorClass::Recipient | ErrorClass::ChannelBroken => {
-            Next::Done(stop(request, now, error_of(failure), tries))
-        }
+        // The limits wait, and refuse a wait past the deadline: that ends the channel.
+        ErrorClass::Throttled if schedule.requeue() => Next::Again(Attempt::Retry),
+        ErrorClass::PairLimited if schedule.requeue() => Next::Again(Attempt::AfterPairLimit),
+        ErrorClass::Throttled
+        | ErrorClass::PairLimited
+        | ErrorClass::Recipient
+        | ErrorClass::ChannelBroken => Next::Done(stop(request, now, error_of(failure), tries)),
     }
 }
 

@@ -86,12 +86,16 @@ impl<C: ChannelClient> Pipeline<C> {
 
         let latest = latest_useful(request, self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
+        let mut again = None;
         loop {
-            let attempt = match (schedule.tries(), request.attempt_number()) {
-                (0, 1) => Attempt::First,
-                (0, _) => Attempt::Fallback,
-                _ => Attempt::Retry,
-            };
+            let attempt =
+                again
+                    .take()
+                    .unwrap_or(match (schedule.tries(), request.attempt_number()) {
+                        (0, 1) => Attempt::First,
+                        (0, _) => Attempt::Fallback,
+                        _ => Attempt::Retry,
+                    });
             let limits = self.limiter.acquire(subject, latest, attempt).await;
             let admission = self.circuit.admit();
             if let Some(outcome) =
@@ -99,20 +103,23 @@ impl<C: ChannelClient> Pipeline<C> {
             {
                 return outcome;
             }
-            let answer = self.send_once(request, &mut schedule).await;
+            let answer = self.send_once(request, subject, &mut schedule).await;
             let left = latest.saturating_duration_since(Instant::now());
             let confirmation = self.confirmation.as_ref();
             match decide::after_send(at(Utc::now()), answer, &mut schedule, left, confirmation) {
                 Next::RetryIn(delay) => tokio::time::sleep(delay).await,
+                Next::Again(attempt) => again = Some(attempt),
                 Next::Done(outcome) => return outcome,
             }
         }
     }
 
-    /// One try at the provider, recorded in `schedule`, the circuit and the metrics.
+    /// One try at the provider, recorded in `schedule`, the circuit, the limits and the
+    /// metrics.
     async fn send_once(
         &self,
         request: &CodeRequest,
+        subject: &Subject,
         schedule: &mut RetrySchedule,
     ) -> Result<String, otp_events::provider_errors::SendFailure> {
         let channel = self.client.channel().as_str();
@@ -130,12 +137,22 @@ impl<C: ChannelClient> Pipeline<C> {
             }
             SendOutcome::Failed(failure) => failure,
         };
-        // A recipient's refusal says nothing about the channel: it must not reset the count
-        // of channel failures as an accepted send does.
+        // A recipient's refusal or a rate window says nothing about the channel: it must not
+        // reset the count of channel failures as an accepted send does.
         self.circuit.record(match failure.class {
             ErrorClass::ChannelBroken => Verdict::ChannelBroken,
-            ErrorClass::Transient | ErrorClass::Recipient => Verdict::Unknown,
+            ErrorClass::Transient
+            | ErrorClass::Throttled
+            | ErrorClass::PairLimited
+            | ErrorClass::Recipient => Verdict::Unknown,
         });
+        match failure.class {
+            // The window is the fleet's: every request of this worker slows down, not only
+            // this one.
+            ErrorClass::Throttled => self.limiter.throttled(),
+            ErrorClass::PairLimited => self.limiter.pair_limited(subject),
+            _ => {}
+        }
         if failure.class == ErrorClass::ChannelBroken {
             tracing::error!(
                 request_id = %request.request_id, channel, code = %failure.code,

@@ -28,6 +28,10 @@ pub struct RetryConfig {
     /// No retry is scheduled later than `expires_at` minus this margin.
     #[serde(default = "default_safety_margin", with = "humantime_serde")]
     pub safety_margin: Duration,
+    /// Most sends on one channel answered with a rate window (throttling, the pair limit),
+    /// each tried again after the limits without spending a try.
+    #[serde(default = "default_max_requeues")]
+    pub max_requeues: u32,
 }
 
 fn default_initial() -> Duration {
@@ -48,6 +52,9 @@ fn default_max_tries() -> u32 {
 fn default_safety_margin() -> Duration {
     Duration::from_secs(5)
 }
+fn default_max_requeues() -> u32 {
+    20
+}
 
 impl Default for RetryConfig {
     fn default() -> Self {
@@ -58,6 +65,7 @@ impl Default for RetryConfig {
             jitter: default_jitter(),
             max_tries: default_max_tries(),
             safety_margin: default_safety_margin(),
+            max_requeues: default_max_requeues(),
         }
     }
 }
@@ -65,8 +73,12 @@ impl Default for RetryConfig {
 /// The retry schedule of one request on one channel.
 pub struct RetrySchedule {
     backoff: backoff::ExponentialBackoff,
+    /// Sends made.
     tries: u32,
     max_tries: u32,
+    /// Sends answered with a rate window, tried again without spending a try.
+    requeues: u32,
+    max_requeues: u32,
 }
 
 impl RetrySchedule {
@@ -82,6 +94,8 @@ impl RetrySchedule {
             backoff,
             tries: 0,
             max_tries: config.max_tries,
+            requeues: 0,
+            max_requeues: config.max_requeues,
         }
     }
 
@@ -95,11 +109,21 @@ impl RetrySchedule {
         self.tries
     }
 
+    /// The last send met a rate window: it does not count against the tries. Returns false
+    /// once `max_requeues` were made (the cap on that loop).
+    pub fn requeue(&mut self) -> bool {
+        if self.requeues >= self.max_requeues {
+            return false;
+        }
+        self.requeues += 1;
+        true
+    }
+
     /// The delay before the next try, or `None` when tries are used up or the next try would
     /// start after `latest_start`.
     pub fn next_delay(&mut self, time_left_before_latest_start: Duration) -> Option<Duration> {
         use backoff::backoff::Backoff;
-        if self.tries >= self.max_tries {
+        if self.tries - self.requeues >= self.max_tries {
             return None;
         }
         let delay = self.backoff.next_backoff()?;

@@ -68,7 +68,9 @@ pub async fn run<C: ChannelClient>(
         group_id: config
             .group_id
             .clone()
-            .unwrap_or_else(|| format!("otp-{channel}-workers")),
+            // Behind the topic prefix too, so deployments that share a cluster by prefix do
+            // not share (and rebalance) each other's groups.
+            .unwrap_or_else(|| format!("{}otp-{channel}-workers", kafka.topic_prefix)),
         instance_id: config.group_instance_id.clone(),
         topics: vec![topic.clone()],
         assignment: "cooperative-sticky",

@@ -17,6 +17,13 @@ use crate::ErrorCategory;
 pub enum ErrorClass {
     /// Retry with backoff, within the deadline.
     Transient,
+    /// Over a rate window on our side (the sender's throughput, the app's or the account's
+    /// call rate): slow the worker's shared sender limit and try again within the deadline,
+    /// without spending one of the request's tries.
+    Throttled,
+    /// Over the per-recipient pair rate: try again once the recipient's window has passed, if
+    /// the deadline allows; else fall back.
+    PairLimited,
     /// This recipient cannot get it on this channel: fall back now, no retry; says nothing
     /// about the channel's health.
     Recipient,
@@ -30,13 +37,18 @@ impl ErrorClass {
     pub fn category(self) -> ErrorCategory {
         match self {
             ErrorClass::Transient => ErrorCategory::Transient,
+            ErrorClass::Throttled | ErrorClass::PairLimited => ErrorCategory::RateLimited,
             ErrorClass::Recipient => ErrorCategory::Recipient,
             ErrorClass::ChannelBroken => ErrorCategory::ChannelBroken,
         }
     }
 
     pub fn as_str(self) -> &'static str {
-        self.category().as_str()
+        match self {
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::PairLimited => "pair_limited",
+            other => other.category().as_str(),
+        }
     }
 }
 
@@ -112,6 +124,8 @@ impl ErrorTable {
         let mut out = String::from("| class | what the worker does | codes |\n|---|---|---|\n");
         for class in [
             ErrorClass::Transient,
+            ErrorClass::Throttled,
+            ErrorClass::PairLimited,
             ErrorClass::Recipient,
             ErrorClass::ChannelBroken,
         ] {
@@ -127,8 +141,17 @@ impl ErrorTable {
                     .filter(|(_, _, c, _)| *c == class)
                     .map(|(first, last, _, _)| format!("{first}-{last}")),
             );
+            if codes.is_empty() {
+                continue;
+            }
             let action = match class {
                 ErrorClass::Transient => "retry with backoff within the deadline, then fall back",
+                ErrorClass::Throttled => {
+                    "slow the fleet's sender rate, try again within the deadline without spending a try"
+                }
+                ErrorClass::PairLimited => {
+                    "wait for the recipient's window if the deadline allows, else fall back"
+                }
                 ErrorClass::Recipient => "fall back at once; the channel is healthy",
                 ErrorClass::ChannelBroken => {
                     "fall back at once, count against the circuit, log an error"
@@ -145,8 +168,8 @@ impl ErrorTable {
 
     /// Classify an HTTP error answer: by the provider's code when the table knows it, else by
     /// HTTP status: 401 and 403 mean our credentials or permissions (the channel is broken),
-    /// 429 and 5xx are transient, and any other refusal falls back at once (the user is better
-    /// served by the next channel than by a retry we cannot justify).
+    /// 429 is throttling, 5xx is transient, and any other refusal falls back at once (the user
+    /// is better served by the next channel than by a retry we cannot justify).
     pub fn classify(&self, http_status: u16, provider_code: Option<i64>) -> SendFailure {
         if let Some(code) = provider_code {
             if let Some((class, meaning)) = self.describe(code) {
@@ -160,7 +183,8 @@ impl ErrorTable {
         }
         let class = match http_status {
             401 | 403 => ErrorClass::ChannelBroken,
-            429 | 500.. => ErrorClass::Transient,
+            429 => ErrorClass::Throttled,
+            500.. => ErrorClass::Transient,
             _ => ErrorClass::Recipient,
         };
         let code = match provider_code {

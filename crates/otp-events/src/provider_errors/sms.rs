@@ -9,8 +9,8 @@ pub static SMS: ErrorTable = ErrorTable {
     entries: &[
         // Too many concurrent API requests, or the sender's queue is full: a window on our
         // side, retried within the deadline.
-        (20429, Transient, "too many concurrent requests"),
-        (21611, Transient, "the sender's message queue is full"),
+        (20429, Throttled, "too many concurrent requests"),
+        (21611, Throttled, "the sender's message queue is full"),
         // Delivery errors reported later (callbacks).
         (30001, Transient, "queue overflow"),
         (30003, Recipient, "handset unreachable"),
@@ -65,7 +65,8 @@ mod tests {
     #[test]
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
-            (&[20429, 21611, 30001, 30008], Transient),
+            (&[30001, 30008], Transient),
+            (&[20429, 21611], Throttled),
             (
                 &[
                     21211, 21408, 21606, 21608, 21610, 21612, 21614, 21635, 30003, 30005, 30006,
@@ -83,8 +84,8 @@ mod tests {
     }
 
     #[test]
-    fn http_429_and_5xx_without_a_code_are_transient() {
-        assert_eq!(SMS.classify(429, None).class, Transient);
+    fn http_429_without_a_code_is_throttling_and_5xx_transient() {
+        assert_eq!(SMS.classify(429, None).class, Throttled);
         assert_eq!(SMS.classify(500, None).class, Transient);
         assert_eq!(SMS.classify(401, None).class, ChannelBroken);
         assert_eq!(SMS.classify(400, Some(21614)).class, Recipient);

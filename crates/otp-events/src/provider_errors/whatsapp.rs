@@ -14,14 +14,14 @@ pub static WHATSAPP: ErrorTable = ErrorTable {
         (131016, Transient, "WhatsApp service unavailable"),
         (131057, Transient, "business account in maintenance mode"),
         (133004, Transient, "WhatsApp server temporarily unavailable"),
-        // Windows on our side ("try again later or reduce the frequency"): retried within the
-        // deadline like transient trouble.
-        (4, Transient, "API too many calls (app rate limit)"),
-        (80007, Transient, "WhatsApp Business Account rate limit hit"),
-        (130429, Transient, "Cloud API throughput limit reached"),
+        // Windows on our side ("try again later or reduce the frequency").
+        (4, Throttled, "API too many calls (app rate limit)"),
+        (80007, Throttled, "WhatsApp Business Account rate limit hit"),
+        (130429, Throttled, "Cloud API throughput limit reached"),
+        // One user, about one message per 6 s.
         (
             131056,
-            Transient,
+            PairLimited,
             "pair rate limit: too many messages to this recipient",
         ),
         // Recipient: this user cannot get it on WhatsApp; the channel is healthy.
@@ -118,12 +118,9 @@ mod tests {
     #[test]
     fn every_listed_code_has_its_class() {
         let expected: &[(&[i64], ErrorClass)] = &[
-            (
-                &[
-                    1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004,
-                ],
-                Transient,
-            ),
+            (&[1, 2, 131000, 131016, 131057, 133004], Transient),
+            (&[4, 80007, 130429], Throttled),
+            (&[131056], PairLimited),
             (
                 &[131021, 131026, 131030, 131047, 131049, 130472, 130497],
                 Recipient,
@@ -160,7 +157,7 @@ mod tests {
     #[test]
     fn unknown_codes_classify_by_http_status() {
         assert_eq!(WHATSAPP.classify(503, None).class, Transient);
-        assert_eq!(WHATSAPP.classify(429, Some(999_999)).class, Transient);
+        assert_eq!(WHATSAPP.classify(429, Some(999_999)).class, Throttled);
         assert_eq!(WHATSAPP.classify(401, Some(999_999)).class, ChannelBroken);
         assert_eq!(WHATSAPP.classify(403, None).class, ChannelBroken);
         assert_eq!(WHATSAPP.classify(400, Some(999_999)).class, Recipient);

@@ -52,7 +52,7 @@ fn after(request: &CodeRequest, answer: Result<String, SendFailure>, left: Durat
 fn done(next: Next) -> Outcome {
     match next {
         Next::Done(outcome) => outcome,
-        Next::RetryIn(delay) => panic!("a retry in {delay:?}"),
+        other => panic!("not done: {other:?}"),
     }
 }
 
@@ -324,4 +324,58 @@ fn a_payload_the_provider_refuses_falls_back_and_is_never_dead_lettered() {
     let next = after(&r, Err(failure(class, "100")), Duration::from_secs(60));
     let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "100")));
+}
+
+#[test]
+fn throttling_tries_again_after_the_limits_without_spending_a_try() {
+    let r = request(&[WA, SMS], 300);
+    let max = RetryConfig::default().max_tries;
+    // The last try of the budget is answered "throttled"...
+    let mut s = schedule(max);
+    let next = after_send(
+        at(&r, WA),
+        Err(failure(ErrorClass::Throttled, "130429")),
+        &mut s,
+        Duration::from_secs(60),
+        None,
+    );
+    assert_eq!(next, Next::Again(Attempt::Retry));
+    // ...so a transient failure of the send after it still has a retry.
+    s.record_try();
+    let next = after_send(
+        at(&r, WA),
+        Err(failure(ErrorClass::Transient, "http_503")),
+        &mut s,
+        Duration::from_secs(60),
+        None,
+    );
+    assert!(matches!(next, Next::RetryIn(_)), "{next:?}");
+}
+
+#[test]
+fn the_pair_limit_tries_again_through_the_recipients_window() {
+    let r = request(&[WA, SMS], 300);
+    let next = after(
+        &r,
+        Err(failure(ErrorClass::PairLimited, "131056")),
+        Duration::from_secs(60),
+    );
+    assert_eq!(next, Next::Again(Attempt::AfterPairLimit));
+}
+
+#[test]
+fn rate_windows_are_tried_again_a_bounded_number_of_times_then_fall_back() {
+    let r = request(&[WA, SMS], 300);
+    let mut s = schedule(1);
+    for _ in 0..RetryConfig::default().max_requeues {
+        assert!(s.requeue());
+    }
+    let next = after_send(
+        at(&r, WA),
+        Err(failure(ErrorClass::Throttled, "130429")),
+        &mut s,
+        Duration::from_secs(60),
+        None,
+    );
+    assert_eq!(fallback_to(&done(next)), Some((SMS, "130429")));
 }

@@ -112,11 +112,20 @@ pub enum Attempt {
     Fallback,
     /// A retry after a failed send.
     Retry,
+    /// A try after the provider's pair-rate answer: the recipient's window applies again.
+    AfterPairLimit,
 }
 
+/// The recipient window waited for after a pair-rate answer when no `recipient_period` is
+/// configured: Meta's figure, about one message per 6 s to one user.
+const DEFAULT_PAIR_PERIOD: Duration = Duration::from_secs(6);
+
 pub struct Limiter {
-    limits: Vec<Box<dyn Limit>>,
+    limits: Vec<Arc<dyn Limit>>,
     sender: Arc<SenderLimit>,
+    /// The recipient window a try waits for after the provider's pair-rate answer: the
+    /// configured per-recipient limit (the same one, shared), or one of Meta's period.
+    pair: Arc<RecipientLimit>,
 }
 
 impl Limiter {
@@ -125,20 +134,35 @@ impl Limiter {
             limits.sender_per_second,
             limits.sender_burst,
         ));
-        let mut all = abuse.limits();
-        all.push(Box::new(sender.clone()));
-        if let Some(period) = limits.recipient_period {
-            all.push(Box::new(RecipientLimit::new(period)));
+        let mut all: Vec<Arc<dyn Limit>> = abuse.limits().into_iter().map(Arc::from).collect();
+        all.push(Arc::new(sender.clone()));
+        let pair = Arc::new(RecipientLimit::new(
+            limits.recipient_period.unwrap_or(DEFAULT_PAIR_PERIOD),
+        ));
+        if limits.recipient_period.is_some() {
+            all.push(pair.clone());
         }
         Self {
             limits: all,
             sender,
+            pair,
         }
+    }
+
+    /// The provider refused a send to `subject` for its pair rate: its window starts now
+    /// (unless a send of ours already started it), and the next try waits for it.
+    pub fn pair_limited(&self, subject: &Subject) {
+        let _ = self.pair.check(subject);
     }
 
     /// Take `owned` of the topic's `total` partitions' share of the fleet's sender rate.
     pub fn set_sender_share(&self, owned: usize, total: usize) {
         self.sender.set_share(owned, total);
+    }
+
+    /// The provider says we are over a rate window: slow the sender rate down.
+    pub fn throttled(&self) {
+        self.sender.slow_down(Instant::now());
     }
 
     /// Pass every limit that applies to `attempt`, waiting as needed, never past `latest`.
@@ -151,9 +175,18 @@ impl Limiter {
         let applies = |l: &dyn Limit| match attempt {
             Attempt::First => true,
             Attempt::Fallback => l.applies_to_fallbacks(),
-            Attempt::Retry => l.applies_to_retries() && l.applies_to_fallbacks(),
+            Attempt::Retry | Attempt::AfterPairLimit => {
+                l.applies_to_retries() && l.applies_to_fallbacks()
+            }
         };
-        for limit in self.limits.iter().filter(|l| applies(l.as_ref())) {
+        // After a pair-rate answer the recipient's window comes first, whatever is configured.
+        let pair = (attempt == Attempt::AfterPairLimit).then(|| self.pair.as_ref() as &dyn Limit);
+        let others = self
+            .limits
+            .iter()
+            .map(|l| l.as_ref())
+            .filter(|l| applies(*l));
+        for limit in pair.into_iter().chain(others) {
             loop {
                 let refused = |category, waited_too_long| {
                     metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);

@@ -27,20 +27,45 @@ pub(super) fn decision(
 /// The provider's per-sender throughput (80/s on WhatsApp by default, 1/s on an SMS long
 /// code) is for the whole fleet: each worker limits itself to the share of the topic's
 /// partitions it owns, recomputed on every assignment change.
+///
+/// It also adapts: when the provider says we are over a window (130429, 429), the rate is
+/// halved (at most once per [`SLOW_DOWN_EVERY`], down to [`SLOWEST`] of the share), and it
+/// recovers by a quarter every [`RECOVER_EVERY`] without such an answer.
 pub struct SenderLimit {
     total_per_second: u32,
     total_burst: u32,
-    /// The share in force and its limiter. A new limiter starts with a full burst, so it is
-    /// replaced only when the share really changes.
-    limiter: RwLock<(f64, DefaultDirectRateLimiter)>,
+    current: RwLock<Current>,
 }
+
+/// The rate in force and its limiter. A new limiter starts with a full burst, so it is
+/// replaced only when the rate really changes.
+struct Current {
+    share: f64,
+    /// The fraction of the share in force: 1 unless the provider throttled us lately.
+    factor: f64,
+    /// When `factor` last changed.
+    changed: Instant,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// How often the rate may be halved: one burst of throttled answers is one signal.
+pub const SLOW_DOWN_EVERY: Duration = Duration::from_secs(1);
+/// How long without throttling before the rate grows back by a quarter.
+pub const RECOVER_EVERY: Duration = Duration::from_secs(5);
+/// The lowest fraction of the share the rate goes down to.
+pub const SLOWEST: f64 = 1.0 / 16.0;
 
 impl SenderLimit {
     pub fn new(per_second: u32, burst: u32) -> Self {
         Self {
             total_per_second: per_second,
             total_burst: burst,
-            limiter: RwLock::new((1.0, direct(per_second as f64, burst as f64))),
+            current: RwLock::new(Current {
+                share: 1.0,
+                factor: 1.0,
+                changed: Instant::now(),
+                limiter: direct(per_second as f64, burst as f64),
+            }),
         }
     }
 
@@ -52,15 +77,62 @@ impl SenderLimit {
         } else {
             owned.min(total) as f64 / total as f64
         };
-        let mut current = self.limiter.write().expect("sender limit lock");
-        if current.0 == share {
+        let mut current = self.current.write().expect("sender limit lock");
+        if current.share == share {
             return;
         }
-        let rate = self.total_per_second as f64 * share;
-        let burst = self.total_burst as f64 * share;
-        tracing::info!(owned, total, rate, "sender rate share");
+        tracing::info!(owned, total, "sender rate share");
+        current.share = share;
+        self.rebuild(&mut current);
+    }
+
+    /// The provider throttled us at `now`: halve the rate, unless it was just halved.
+    pub fn slow_down(&self, now: Instant) {
+        let mut current = self.current.write().expect("sender limit lock");
+        if current.factor <= SLOWEST
+            || (current.factor < 1.0 && now.duration_since(current.changed) < SLOW_DOWN_EVERY)
+        {
+            return;
+        }
+        current.factor = (current.factor / 2.0).max(SLOWEST);
+        current.changed = now;
+        metrics::counter!("otp_sender_slow_downs_total").increment(1);
+        tracing::warn!(
+            factor = current.factor,
+            "the provider throttled us; sender rate lowered"
+        );
+        self.rebuild(&mut current);
+    }
+
+    /// Grow back toward the full share after a quiet period.
+    fn recover(&self, now: Instant) {
+        let quiet = {
+            let current = self.current.read().expect("sender limit lock");
+            current.factor < 1.0 && now.duration_since(current.changed) >= RECOVER_EVERY
+        };
+        if quiet {
+            let mut current = self.current.write().expect("sender limit lock");
+            if current.factor < 1.0 && now.duration_since(current.changed) >= RECOVER_EVERY {
+                current.factor = (current.factor * 1.25).min(1.0);
+                current.changed = now;
+                self.rebuild(&mut current);
+            }
+        }
+    }
+
+    fn rebuild(&self, current: &mut Current) {
+        let scale = current.share * current.factor;
+        let rate = self.total_per_second as f64 * scale;
+        let burst = (self.total_burst as f64 * scale).max(1.0);
         metrics::gauge!("otp_sender_rate_share_per_second").set(rate);
-        *current = (share, direct(rate, burst));
+        current.limiter = direct(rate, burst);
+    }
+
+    /// The rate in force, per second.
+    #[cfg(test)]
+    fn rate(&self) -> f64 {
+        let current = self.current.read().expect("sender limit lock");
+        self.total_per_second as f64 * current.share * current.factor
     }
 }
 
@@ -78,7 +150,14 @@ impl Limit for Arc<SenderLimit> {
         "sender_rate"
     }
     fn check(&self, _: &Subject) -> Decision {
-        decision(self.limiter.read().expect("sender limit lock").1.check())
+        self.recover(Instant::now());
+        decision(
+            self.current
+                .read()
+                .expect("sender limit lock")
+                .limiter
+                .check(),
+        )
     }
 }
 
@@ -143,5 +222,32 @@ mod tests {
         );
         limit.set_share(1, 2);
         assert_eq!(goes(&limit), 5, "half the partitions: half the burst");
+    }
+
+    #[test]
+    fn throttling_halves_the_rate_once_per_burst_of_answers_and_quiet_brings_it_back() {
+        let limit = SenderLimit::new(80, 10);
+        let t0 = Instant::now();
+        limit.slow_down(t0);
+        limit.slow_down(t0 + Duration::from_millis(10)); // the same burst of throttled answers
+        assert_eq!(limit.rate(), 40.0);
+        limit.slow_down(t0 + SLOW_DOWN_EVERY);
+        assert_eq!(limit.rate(), 20.0);
+        for i in 2..10 {
+            limit.slow_down(t0 + SLOW_DOWN_EVERY * i);
+        }
+        assert_eq!(limit.rate(), 80.0 * SLOWEST, "never below the floor");
+        limit.recover(t0 + SLOW_DOWN_EVERY * 9 + RECOVER_EVERY);
+        assert_eq!(
+            limit.rate(),
+            80.0 * SLOWEST * 1.25,
+            "a quarter back after a quiet period"
+        );
+        let mut at = t0 + SLOW_DOWN_EVERY * 9 + RECOVER_EVERY;
+        for _ in 0..20 {
+            at += RECOVER_EVERY;
+            limit.recover(at);
+        }
+        assert_eq!(limit.rate(), 80.0, "the full share, and no more");
     }
 }
