@@ -10,7 +10,8 @@ use otp_events::{Channel, CodeRequest, PhoneHasher, Submission};
 use otp_producer::CodeRequestPublisher;
 use otp_provider_sim::{SimConfig, SimHandle};
 use otp_test_support::{
-    check_invariants, collect_json_until, read_messages, shared_broker, TestTopics, Verdict,
+    check_invariants, collect_json_until, read_messages, shared_broker, Storage, TansuBroker,
+    TestTopics, Verdict,
 };
 use serde_json::Value;
 use std::collections::HashSet;
@@ -656,5 +657,55 @@ async fn slow_provider_times_out_and_retries_within_bounds() {
         stats.max_concurrent_requests <= MAX_IN_FLIGHT as u64,
         "in flight stays bounded: {}",
         stats.max_concurrent_requests
+    );
+}
+
+/// The broker and the worker are stopped together, as `docker compose down` does: the worker
+/// still exits within its shutdown grace (10 s here) plus the close bound (5 s), and exits
+/// non-zero because its last commit could not be confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_is_down_exits_within_the_bound() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A broker of its own: this one is killed.
+    let broker = TansuBroker::start(Storage::Memory);
+    let t = TestTopics::create(&broker, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker_config(dir.path());
+    let sim = sim(roomy(10)).await;
+    let log = dir.path().join("w.log");
+    let worker = Proc(Some(spawn_worker(
+        &t,
+        Channel::Sms,
+        &sim,
+        &config,
+        &log,
+        &[],
+    )));
+    let publisher = Arc::new(t.publisher(PhoneHasher::new(HASH_KEY.as_bytes())));
+    let requests = publish_steady(publisher, 0, 20, 20, vec![Channel::Sms]).await;
+    // Working: every request has its final status, so it owns partitions and has offsets.
+    finals(&t, requests.len(), Duration::from_secs(60)).await;
+
+    broker.kill();
+    let signalled = std::time::Instant::now();
+    signal(&worker, libc::SIGTERM);
+    let pid = worker.0.as_ref().expect("running").id() as i32;
+    let exited = tokio::time::timeout(Duration::from_secs(60), wait(worker)).await;
+    let took = signalled.elapsed();
+    let Ok(status) = exited else {
+        // SAFETY: our own child, still running (its waiter has not reaped it).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("the worker still ran {took:?} after SIGTERM");
+    };
+    println!("[SIGTERM while the broker is down] exited after {took:?}: {status}");
+    assert!(
+        took < Duration::from_secs(10 + 5 + 3),
+        "shutdown took {took:?}: grace 10 s, close bound 5 s"
+    );
+    assert!(!status.success(), "the last commit could not be confirmed");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("the last commit could not be confirmed"),
+        "the log says why"
     );
 }

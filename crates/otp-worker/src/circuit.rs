@@ -4,7 +4,9 @@
 //! After `failures_to_open` consecutive channel-broken answers the circuit opens: for
 //! `cool_down` nothing is sent and every request falls back at once. Then one probe is let
 //! through (half-open): success closes the circuit, another channel-broken answer opens it
-//! again. State changes are logged once at error level, exported as the gauge
+//! again. A probe whose answer never comes back (its task was abandoned on a revoke, or it
+//! panicked) stops holding the circuit after `probe_timeout`: the next request probes. State
+//! changes are logged once at error level, exported as the gauge
 //! `otp_channel_circuit_state` (0 closed, 1 half-open, 2 open) and counted.
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,10 @@ pub struct CircuitConfig {
     /// How long an open circuit sends nothing before one probe.
     #[serde(default = "default_cool_down", with = "humantime_serde")]
     pub cool_down: Duration,
+    /// How long a probe may go unanswered before another request may probe; keep it above the
+    /// provider client's request timeout.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 fn default_failures_to_open() -> u32 {
@@ -28,21 +34,32 @@ fn default_failures_to_open() -> u32 {
 fn default_cool_down() -> Duration {
     Duration::from_secs(30)
 }
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 impl Default for CircuitConfig {
     fn default() -> Self {
         Self {
             failures_to_open: default_failures_to_open(),
             cool_down: default_cool_down(),
+            probe_timeout: default_probe_timeout(),
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { consecutive: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        consecutive: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probing`: since when a probe is out, if one is.
+    HalfOpen {
+        probing: Option<Instant>,
+    },
 }
 
 /// May this send go to the provider?
@@ -86,12 +103,17 @@ impl Circuit {
             State::Closed { .. } => Admission::Send,
             State::Open { until } if Instant::now() < until => Admission::Refuse,
             State::Open { .. } => {
-                self.transition(&mut state, State::HalfOpen { probing: true });
+                let probing = Some(Instant::now());
+                self.transition(&mut state, State::HalfOpen { probing });
                 Admission::Send
             }
-            State::HalfOpen { probing: true } => Admission::Refuse,
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
+            State::HalfOpen {
+                probing: Some(since),
+            } if since.elapsed() < self.config.probe_timeout => Admission::Refuse,
+            State::HalfOpen { .. } => {
+                *state = State::HalfOpen {
+                    probing: Some(Instant::now()),
+                };
                 Admission::Send
             }
         }
@@ -117,7 +139,7 @@ impl Circuit {
                 until: Instant::now() + self.config.cool_down,
             },
             // The probe learned nothing: let the next request probe.
-            (State::HalfOpen { .. }, Verdict::Unknown) => State::HalfOpen { probing: false },
+            (State::HalfOpen { .. }, Verdict::Unknown) => State::HalfOpen { probing: None },
             (current, _) => current,
         };
         self.transition(&mut state, next);
@@ -162,6 +184,7 @@ mod tests {
             CircuitConfig {
                 failures_to_open: 3,
                 cool_down: Duration::from_millis(50),
+                probe_timeout: Duration::from_secs(30),
             },
         );
         for _ in 0..2 {
@@ -188,6 +211,7 @@ mod tests {
             CircuitConfig {
                 failures_to_open: 1,
                 cool_down: Duration::from_millis(10),
+                probe_timeout: Duration::from_secs(30),
             },
         );
         c.record(Verdict::ChannelBroken);
@@ -196,5 +220,27 @@ mod tests {
         assert_eq!(c.admit(), Admission::Send);
         c.record(Verdict::ChannelBroken);
         assert_eq!(c.admit(), Admission::Refuse);
+    }
+
+    #[test]
+    fn a_probe_that_never_answers_stops_holding_the_circuit() {
+        let c = Circuit::new(
+            "t",
+            CircuitConfig {
+                failures_to_open: 1,
+                cool_down: Duration::from_millis(10),
+                probe_timeout: Duration::from_millis(30),
+            },
+        );
+        c.record(Verdict::ChannelBroken);
+        std::thread::sleep(Duration::from_millis(15)); // the cool-down is the behaviour under test
+        assert_eq!(
+            c.admit(),
+            Admission::Send,
+            "the probe, whose task is then aborted"
+        );
+        assert_eq!(c.admit(), Admission::Refuse, "its answer is awaited");
+        std::thread::sleep(Duration::from_millis(35)); // the probe timeout, likewise
+        assert_eq!(c.admit(), Admission::Send, "another request probes");
     }
 }

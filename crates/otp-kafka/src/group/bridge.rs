@@ -229,35 +229,60 @@ pub fn commit_async(consumer: &GroupConsumer, positions: &[Position]) {
     }
 }
 
+/// Why the end of a consumer's life could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error("the final commit failed: {0}")]
+    Commit(#[source] rdkafka::error::KafkaError),
+    #[error("the final commit and close did not finish within {0:?} (is the broker down?)")]
+    TimedOut(Duration),
+}
+
 /// The end of a consumer's life, once the poll thread was told to stop and the caller
 /// dropped its other handles: answer a revoke still waiting on the poll thread, join it,
 /// commit `positions` for good, and close the consumer (leaving the group). Messages the poll
 /// thread handed over but nobody finished are simply read again by the next owner.
+///
+/// librdkafka's synchronous commit and its close have no bound of their own and wait for a
+/// broker that is gone, so they run on a thread of their own and are waited for at most
+/// `within`; past that the thread is left behind (the process is exiting) and the caller is
+/// told the last commit was not confirmed.
 pub async fn close(
     consumer: Arc<GroupConsumer>,
     poller: std::thread::JoinHandle<()>,
     positions: Vec<Position>,
     events: &mut mpsc::UnboundedReceiver<ConsumerEvent>,
-) -> std::io::Result<()> {
+    within: Duration,
+) -> Result<(), CloseError> {
     consumer.context().closing.store(true, Ordering::SeqCst);
     while let Ok(event) = events.try_recv() {
         if let ConsumerEvent::Revoked { reply, .. } = event {
             let _ = reply.send(Vec::new());
         }
     }
-    tokio::task::spawn_blocking(move || {
-        let _ = poller.join();
-        if !positions.is_empty() {
-            if let Err(e) = consumer.commit(&position_list(&positions), CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit failed");
-            }
-        }
-        drop(consumer); // the last handle: closes the consumer and leaves the group
-    })
-    .await
-    .map_err(std::io::Error::other)?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let closer = std::thread::Builder::new()
+        .name("otp-consumer-close".into())
+        .spawn(move || {
+            let _ = poller.join();
+            let committed = if positions.is_empty() {
+                Ok(())
+            } else {
+                consumer.commit(&position_list(&positions), CommitMode::Sync)
+            };
+            drop(consumer); // the last handle: closes the consumer and leaves the group
+            let _ = done.send(committed);
+        });
+    if closer.is_err() {
+        return Err(CloseError::TimedOut(Duration::ZERO));
+    }
+    let outcome = tokio::time::timeout(within, finished).await;
     events.close();
-    Ok(())
+    match outcome {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(CloseError::Commit(e)),
+        Ok(Err(_)) | Err(_) => Err(CloseError::TimedOut(within)),
+    }
 }
 
 /// What every consumer group member of ours shares: offsets stored and committed by hand (only

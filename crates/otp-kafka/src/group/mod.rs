@@ -19,7 +19,7 @@ mod bridge;
 mod in_flight;
 mod ledger;
 
-pub use bridge::{group_config, GroupConsumer};
+pub use bridge::{group_config, CloseError, GroupConsumer};
 pub use in_flight::{InFlight, Permit};
 pub use ledger::{Generation, OffsetLedger};
 
@@ -242,9 +242,16 @@ pub async fn run<M: GroupMember>(
     let positions = member.positions();
     drop(member); // aborts what is left; its offsets were not finished, so they are read again
     drop(group); // the close below must hold the last handle
-    bridge::close(consumer, poller, positions, &mut events).await?;
+    if let Err(e) = bridge::close(consumer, poller, positions, &mut events, CLOSE_WITHIN).await {
+        tracing::error!(error = %e, "the last commit could not be confirmed; unfinished work will be redelivered");
+        return Err(e.into());
+    }
     Ok(())
 }
+
+/// How long the final commit and the consumer's close may take after the drain: a shutdown
+/// ends at most `shutdown_grace` plus this after the signal, broker or not.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
 async fn dispatch<M: GroupMember>(member: &mut M, group: &Group, event: ConsumerEvent) {
     match event {

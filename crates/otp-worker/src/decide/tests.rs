@@ -330,8 +330,9 @@ fn a_payload_the_provider_refuses_falls_back_and_is_never_dead_lettered() {
 fn throttling_tries_again_after_the_limits_without_spending_a_try() {
     let r = request(&[WA, SMS], 300);
     let max = RetryConfig::default().max_tries;
-    // The last try of the budget is answered "throttled"...
-    let mut s = schedule(max);
+    // The next-to-last try of the budget is answered "throttled"...
+    let mut s = schedule(max - 2);
+    s.record_try();
     let next = after_send(
         at(&r, WA),
         Err(failure(ErrorClass::Throttled, "130429")),
@@ -340,7 +341,8 @@ fn throttling_tries_again_after_the_limits_without_spending_a_try() {
         None,
     );
     assert_eq!(next, Next::Again(Attempt::Retry));
-    // ...so a transient failure of the send after it still has a retry.
+    // ...so a transient failure of the last send after it still has a retry: the throttled
+    // send did not count.
     s.record_try();
     let next = after_send(
         at(&r, WA),
