@@ -59,13 +59,7 @@ async fn whatsapp_users_of_any_locale_get_the_code_in_an_approved_language() {
     }
     let statuses = stack.statuses_until_final(&ids, WITHIN).await;
     for id in &ids {
-        let fin = exactly_one_final(&statuses, id);
-        assert_eq!(
-            (fin["status"].as_str(), fin["channel"].as_str()),
-            (Some("sent"), Some("whatsapp")),
-            "{id} ({})",
-            locale_of[id]
-        );
+        final_is(&statuses, id, "sent", "whatsapp");
     }
     assert!(
         !statuses.iter().any(|s| s["status"] == "fallback"),
@@ -213,12 +207,7 @@ async fn throttling_slows_the_worker_down_and_every_code_goes_out() {
     }
     let statuses = stack.statuses_until_final(&ids, WITHIN).await;
     for id in &ids {
-        let fin = exactly_one_final(&statuses, id);
-        assert_eq!(
-            (fin["status"].as_str(), fin["channel"].as_str()),
-            (Some("sent"), Some("whatsapp")),
-            "{fin}"
-        );
+        final_is(&statuses, id, "sent", "whatsapp");
     }
     let stats = stack.sim.stats();
     assert_eq!(stats.accepted, 60);
@@ -247,12 +236,7 @@ async fn the_pair_limit_waits_for_the_users_window() {
         .statuses_until_final(&[first.clone(), second.clone()], WITHIN)
         .await;
     for id in [&first, &second] {
-        let fin = exactly_one_final(&statuses, id);
-        assert_eq!(
-            (fin["status"].as_str(), fin["channel"].as_str()),
-            (Some("sent"), Some("whatsapp")),
-            "{fin}"
-        );
+        final_is(&statuses, id, "sent", "whatsapp");
     }
     let outcomes: Vec<String> = stack
         .sim

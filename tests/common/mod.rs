@@ -164,6 +164,17 @@ pub fn exactly_one_final(statuses: &[Value], id: &str) -> Value {
     finals[0].clone()
 }
 
+/// The one final status of `id`, asserted to be `status` on `channel`.
+pub fn final_is(statuses: &[Value], id: &str, status: &str, channel: &str) -> Value {
+    let fin = exactly_one_final(statuses, id);
+    assert_eq!(
+        (fin["status"].as_str(), fin["channel"].as_str()),
+        (Some(status), Some(channel)),
+        "request {id}: {fin}"
+    );
+    fin
+}
+
 /// The statuses matching `keep`, one per `event_id`. The status topic is at least once: a
 /// write whose acknowledgement was lost is written again, with the same `event_id`, and
 /// analysts drop such replays by it (the contract says so). A second *decision* has an
