@@ -644,16 +644,21 @@ async fn a_tracker_killed_mid_window_still_fires_the_pending_fallbacks() {
     let all = ids.clone();
     let confirmed: Vec<String> = delivered.iter().map(|(id, _)| id.clone()).collect();
     // Killed while at work: every send accepted, and the tracker already reporting receipts.
-    l.statuses_until(move |got| {
-        all.iter().all(|id| has(got, id, "accepted", "whatsapp"))
-            && confirmed
-                .iter()
-                .any(|id| has(got, id, "delivered", "whatsapp"))
-    })
-    .await;
+    let before = l
+        .statuses_until(move |got| {
+            all.iter().all(|id| has(got, id, "accepted", "whatsapp"))
+                && confirmed
+                    .iter()
+                    .any(|id| has(got, id, "delivered", "whatsapp"))
+        })
+        .await;
     let mut tracker = tracker;
-    tracker.kill().unwrap(); // SIGKILL, mid-window: no fallback has fired yet
+    tracker.kill().unwrap(); // SIGKILL
     tracker.wait().unwrap();
+    assert!(
+        !before.iter().any(|s| s["status"] == "fallback"),
+        "killed mid-window: no fallback had fired yet"
+    );
     let mut restarted = spawn_tracker(&l.stack.t, &dir.join("tracker-2.log"));
 
     let all = ids.clone();
