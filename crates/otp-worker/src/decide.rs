@@ -94,11 +94,13 @@ pub fn guard(at: At<'_>, first_sight: impl FnOnce() -> bool) -> Option<Outcome> 
     None
 }
 
-/// Before each try: the limits' answer, the clock and the circuit's admission. `None`: send.
+/// Before each try: the limits' answer, the clock and the circuit's admission. The circuit is
+/// asked last, and only when the limits and the clock let the send go, since asking a
+/// half-open circuit takes its one probe. `None`: send.
 pub fn before_send(
     at: At<'_>,
     limits: Result<(), Limited>,
-    circuit: Admission,
+    circuit: impl FnOnce() -> Admission,
     tries: u32,
 ) -> Option<Outcome> {
     let At {
@@ -123,7 +125,7 @@ pub fn before_send(
     if now >= request.expires_at {
         return Some(stop(request, now, expired_error(), tries));
     }
-    if circuit == Admission::Refuse {
+    if circuit() == Admission::Refuse {
         let error = StatusError {
             category: ErrorCategory::ChannelBroken,
             code: "circuit_open".to_string(),

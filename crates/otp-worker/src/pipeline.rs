@@ -97,7 +97,7 @@ impl<C: ChannelClient> Pipeline<C> {
                         _ => Attempt::Retry,
                     });
             let limits = self.limiter.acquire(subject, latest, attempt).await;
-            let admission = self.circuit.admit();
+            let admission = || self.circuit.admit();
             if let Some(outcome) =
                 decide::before_send(at(Utc::now()), limits, admission, schedule.tries())
             {

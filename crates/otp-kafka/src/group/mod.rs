@@ -181,10 +181,12 @@ pub async fn run<M: GroupMember>(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
     let readiness = tokio::spawn(watch_broker(
         consumer.clone(),
         settings.topics.first().cloned().unwrap_or_default(),
         ready.clone(),
+        watching,
     ));
     if let Some(listen) = settings.metrics_listen {
         let ready = ready.clone();
@@ -213,18 +215,31 @@ pub async fn run<M: GroupMember>(
             _ = &mut shutdown => break,
             _ = commit_tick.tick() => bridge::commit_async(&consumer, &member.positions()),
             _ = next_tick(&mut tick) => {
-                // What was already fetched may change what is due (a receipt cancels a
-                // deadline): apply it first.
-                for _ in 0..TICK_DRAIN {
-                    match events.try_recv() {
-                        Ok(event) => dispatch(&mut member, &group, event).await,
-                        Err(_) => break,
+                let work = async {
+                    // What was already fetched may change what is due (a receipt cancels a
+                    // deadline): apply it first.
+                    for _ in 0..TICK_DRAIN {
+                        match events.try_recv() {
+                            Ok(event) => dispatch(&mut member, &group, event).await,
+                            Err(_) => break,
+                        }
                     }
+                    member.tick().await;
+                };
+                // A member's work can wait on Kafka (a write retried until acknowledged):
+                // the signal must not wait for it. What it leaves unfinished is not committed.
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = work => {}
                 }
-                member.tick().await;
             }
             event = events.recv() => match event {
-                Some(event) => dispatch(&mut member, &group, event).await,
+                Some(event) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = dispatch(&mut member, &group, event) => {}
+                },
                 None => break,
             },
         }
@@ -232,7 +247,10 @@ pub async fn run<M: GroupMember>(
 
     tracing::info!(in_flight = in_flight.held(), "draining");
     stop.store(true, Ordering::SeqCst);
-    readiness.abort();
+    // The readiness check holds a handle of the consumer while it asks the broker (2 s at
+    // most): let it finish, so that the close below holds the last one.
+    let _ = stop_watching.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), readiness).await;
     if tokio::time::timeout(settings.shutdown_grace, member.drain())
         .await
         .is_err()
@@ -277,9 +295,14 @@ async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Keep `ready` true while the broker answers metadata requests for `topic`.
-async fn watch_broker(consumer: Arc<GroupConsumer>, topic: String, ready: Arc<AtomicBool>) {
-    loop {
+/// Keep `ready` true while the broker answers metadata requests for `topic`, until `stop`.
+async fn watch_broker(
+    consumer: Arc<GroupConsumer>,
+    topic: String,
+    ready: Arc<AtomicBool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
         let (c, t) = (consumer.clone(), topic.clone());
         let ok = tokio::task::spawn_blocking(move || {
             c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()
@@ -287,6 +310,9 @@ async fn watch_broker(consumer: Arc<GroupConsumer>, topic: String, ready: Arc<At
         .await
         .unwrap_or(false);
         ready.store(ok, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            changed = stop.changed() => if changed.is_err() { return },
+        }
     }
 }

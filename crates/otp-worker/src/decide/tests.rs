@@ -113,7 +113,7 @@ fn a_request_seen_before_is_a_duplicate() {
 #[test]
 fn with_the_limits_clear_and_the_circuit_closed_the_send_goes() {
     let r = request(&[WA, SMS], 300);
-    assert_eq!(before_send(at(&r, WA), Ok(()), Admission::Send, 0), None);
+    assert_eq!(before_send(at(&r, WA), Ok(()), || Admission::Send, 0), None);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn an_abuse_refusal_fails_the_request_whatever_channels_are_left() {
         category: ErrorCategory::Blocked,
         waited_too_long: false,
     };
-    let outcome = before_send(at(&r, WA), Err(refused), Admission::Send, 0).unwrap();
+    let outcome = before_send(at(&r, WA), Err(refused), || Admission::Send, 0).unwrap();
     assert_eq!(
         reported(&outcome),
         Some((StatusKind::Failed, Some("per_phone")))
@@ -139,14 +139,32 @@ fn a_provider_limit_that_would_pass_the_deadline_falls_back() {
         category: ErrorCategory::RateLimited,
         waited_too_long: true,
     };
-    let outcome = before_send(at(&r, WA), Err(too_long), Admission::Send, 0).unwrap();
+    let outcome = before_send(at(&r, WA), Err(too_long), || Admission::Send, 0).unwrap();
     assert_eq!(fallback_to(&outcome), Some((SMS, "recipient_pair_rate")));
+}
+
+#[test]
+fn the_circuit_is_not_asked_when_a_limit_or_the_clock_stops_the_send() {
+    // Asking a half-open circuit takes its one probe: a send that will not go must not.
+    let r = request(&[WA, SMS], 300);
+    let refused = Limited {
+        rule: "per_phone",
+        category: ErrorCategory::Blocked,
+        waited_too_long: false,
+    };
+    let not_asked = || -> Admission { panic!("the circuit was asked") };
+    assert!(before_send(at(&r, WA), Err(refused), not_asked, 0).is_some());
+    let late = At {
+        now: r.expires_at,
+        ..at(&r, WA)
+    };
+    assert!(before_send(late, Ok(()), not_asked, 0).is_some());
 }
 
 #[test]
 fn an_open_circuit_falls_back_without_sending() {
     let r = request(&[WA, SMS], 300);
-    let outcome = before_send(at(&r, WA), Ok(()), Admission::Refuse, 0).unwrap();
+    let outcome = before_send(at(&r, WA), Ok(()), || Admission::Refuse, 0).unwrap();
     assert_eq!(fallback_to(&outcome), Some((SMS, "circuit_open")));
 }
 
@@ -157,7 +175,7 @@ fn a_retry_due_after_the_deadline_is_not_sent() {
         now: r.expires_at,
         ..at(&r, WA)
     };
-    let outcome = before_send(late, Ok(()), Admission::Send, 2).unwrap();
+    let outcome = before_send(late, Ok(()), || Admission::Send, 2).unwrap();
     assert_eq!(
         outcome,
         Outcome::Report {

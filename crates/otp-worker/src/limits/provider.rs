@@ -89,9 +89,12 @@ impl SenderLimit {
     /// The provider throttled us at `now`: halve the rate, unless it was just halved.
     pub fn slow_down(&self, now: Instant) {
         let mut current = self.current.write().expect("sender limit lock");
-        if current.factor <= SLOWEST
-            || (current.factor < 1.0 && now.duration_since(current.changed) < SLOW_DOWN_EVERY)
-        {
+        if current.factor <= SLOWEST {
+            // Still throttled at the floor: the quiet period that recovery waits for restarts.
+            current.changed = now;
+            return;
+        }
+        if current.factor < 1.0 && now.duration_since(current.changed) < SLOW_DOWN_EVERY {
             return;
         }
         current.factor = (current.factor / 2.0).max(SLOWEST);
