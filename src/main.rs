@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use otp_events::{Channel, PhoneHasher, Rules, Submission};
+use otp_events::{Channel, Rules, Submission};
 use otp_kafka::admin::{create_topics, TopicOutcome};
 use otp_kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
@@ -140,10 +140,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let (hasher, dev_key) = PhoneHasher::from_env();
-    if dev_key {
-        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
-    }
+    let hasher = otp_kafka::process::phone_hasher();
     let config = PublisherConfig {
         topics: args.kafka.topics(),
         rules: Rules::default(),
