@@ -18,6 +18,7 @@ mod pii;
 pub mod provider_errors;
 mod receipt;
 mod request;
+mod signal;
 pub mod signature;
 mod status;
 mod topics;
@@ -30,10 +31,12 @@ pub use pii::{
     country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
 };
 pub use receipt::{
-    ConfirmationState, PendingConfirmation, Receipt, ReceiptError, ReceiptStatus,
-    PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
+    message_key, ConfirmationState, MessageIndex, PendingConfirmation, Receipt, ReceiptError,
+    ReceiptStatus, MESSAGE_INDEX_SCHEMA, MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA,
+    RECEIPT_SCHEMA,
 };
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
+pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;
 pub use validate::{is_valid_request_id, Rules};

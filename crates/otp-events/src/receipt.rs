@@ -16,6 +16,18 @@ use serde::{Deserialize, Serialize};
 
 pub const RECEIPT_SCHEMA: &str = "otp.delivery_receipt.v1";
 pub const PENDING_CONFIRMATION_SCHEMA: &str = "otp.pending_confirmation.v1";
+pub const MESSAGE_INDEX_SCHEMA: &str = "otp.message_index.v1";
+
+/// Prefix of a message-index key on `otp.pending-confirmations`. A request_id starts with a
+/// letter or digit, so no request's key can take the place of a message's.
+pub const MESSAGE_KEY_PREFIX: &str = "~msg:";
+
+/// The key, on `otp.pending-confirmations` and `otp.delivery-receipts`, under which the
+/// message with this public (hashed) provider id is found: a receipt that carries no
+/// request_id is written under it, and lands on the partition of its [`MessageIndex`].
+pub fn message_key(public_message_id: &str) -> String {
+    format!("{MESSAGE_KEY_PREFIX}{public_message_id}")
+}
 
 /// What a provider says happened to a message it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,7 +73,12 @@ pub struct ReceiptError {
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
     pub schema: String,
-    pub request_id: String,
+    /// From the correlation the provider echoed back. Absent when the status carried none
+    /// (Meta documents `biz_opaque_callback_data` on sent, delivered and read statuses, not
+    /// on failed ones): the receipt is then keyed by [`message_key`] and the tracker resolves
+    /// it through the message's [`MessageIndex`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub channel: Channel,
     pub provider_message_id: String,
     pub status: ReceiptStatus,
@@ -77,6 +94,33 @@ pub struct Receipt {
 impl Receipt {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a Receipt always serialises")
+    }
+
+    /// Its Kafka key: the request_id, or the message's key while the request is unknown.
+    pub fn key(&self) -> String {
+        match &self.request_id {
+            Some(id) => id.clone(),
+            None => message_key(&self.provider_message_id),
+        }
+    }
+}
+
+/// Which request a provider message belongs to, on `otp.pending-confirmations` keyed by
+/// [`message_key`] of its public id: written by the worker with an awaiting confirmation, so
+/// a failed receipt without correlation still falls back at once rather than after the
+/// confirmation window. Tombstoned by the tracker when the code's life is over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageIndex {
+    pub schema: String,
+    pub request_id: String,
+    pub channel: Channel,
+    /// The code's expiry: the entry is kept as long as the request's pending record.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl MessageIndex {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a MessageIndex always serialises")
     }
 }
 

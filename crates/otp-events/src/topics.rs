@@ -49,6 +49,13 @@ impl Topics {
         format!("{}otp.pending-confirmations", self.prefix)
     }
 
+    /// What the providers say about a channel's health outside a send's answer (failed
+    /// receipts that mean the channel is broken, Meta's system errors), keyed by channel;
+    /// every worker reads it from its end.
+    pub fn channel_signals(&self) -> String {
+        format!("{}otp.channel-signals", self.prefix)
+    }
+
     /// Every topic the pipeline needs, for `otp topics create`.
     pub fn all(&self) -> Vec<String> {
         let mut all: Vec<String> = Channel::ALL.iter().map(|c| self.requests(*c)).collect();
@@ -56,6 +63,7 @@ impl Topics {
         all.push(self.dead_letter());
         all.push(self.delivery_receipts());
         all.push(self.pending_confirmations());
+        all.push(self.channel_signals());
         all
     }
 }

@@ -32,6 +32,9 @@ pub async fn create_topics(
             // are left to the operator: see docs/design-notes.md.)
             if n.ends_with("otp.pending-confirmations") {
                 topic.set("cleanup.policy", "compact")
+            } else if n.ends_with("otp.channel-signals") {
+                // Read from its end by workers that are running: an hour is plenty.
+                topic.set("retention.ms", "3600000")
             } else {
                 topic
             }

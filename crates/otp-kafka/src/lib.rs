@@ -9,6 +9,7 @@
 //!   fallbacks, dead letters, pending confirmations), each retried until acknowledged;
 //! - [`group`]: the consumer-group runner (poll thread, rebalance bridge, in-flight bound,
 //!   offset ledger, commits, drain) that the worker and the tracker implement;
+//! - [`signals`]: a fleet-wide listener on the providers' channel signals;
 //! - [`admin`]: topic creation; [`observe`]: `/metrics` and health; [`process`]: logging,
 //!   signals and secrets for the binaries.
 //!
@@ -21,6 +22,7 @@ pub mod process;
 mod publisher;
 pub mod session;
 mod settings;
+pub mod signals;
 pub mod writer;
 
 pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig};

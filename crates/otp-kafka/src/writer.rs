@@ -9,8 +9,8 @@
 use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
 use otp_events::{
-    CodeRequest, DeliveryStatus, PendingConfirmation, Topics, HEADER_SCHEMA,
-    PENDING_CONFIRMATION_SCHEMA,
+    CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt, Topics, HEADER_SCHEMA,
+    MESSAGE_INDEX_SCHEMA, PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
@@ -94,7 +94,33 @@ impl KafkaWriter {
         .await;
     }
 
-    /// Delete a pending confirmation: a tombstone for its key.
+    /// Write which request a provider message belongs to, on the pending topic under the
+    /// message's key, so a receipt without correlation can be resolved.
+    pub async fn message_index(&self, public_message_id: &str, index: &MessageIndex) {
+        let topic = self.topics.pending_confirmations();
+        let key = otp_events::message_key(public_message_id);
+        let payload = index.to_json();
+        self.keyed(
+            "pending",
+            &topic,
+            &key,
+            Some(&payload),
+            MESSAGE_INDEX_SCHEMA,
+        )
+        .await;
+    }
+
+    /// Write a receipt under its key: the tracker hands on a receipt it resolved to the
+    /// partition of its request.
+    pub async fn receipt(&self, receipt: &Receipt) {
+        let topic = self.topics.delivery_receipts();
+        let payload = receipt.to_json();
+        let key = receipt.key();
+        self.keyed("receipt", &topic, &key, Some(&payload), RECEIPT_SCHEMA)
+            .await;
+    }
+
+    /// Delete a pending confirmation (or a message index): a tombstone for its key.
     pub async fn forget_pending(&self, request_id: &str) {
         let topic = self.topics.pending_confirmations();
         self.keyed(

@@ -35,7 +35,7 @@ fn record(i: usize) -> (String, PendingConfirmation) {
 fn receipt(id: &str, i: usize, status: ReceiptStatus) -> Receipt {
     Receipt {
         schema: RECEIPT_SCHEMA.into(),
-        request_id: id.into(),
+        request_id: Some(id.into()),
         channel: Channel::Whatsapp,
         provider_message_id: format!("wamid.{i}"),
         status,

@@ -6,10 +6,16 @@
 //! through (half-open): success closes the circuit, another channel-broken answer opens it
 //! again. A probe whose answer never comes back (its task was abandoned on a revoke, or it
 //! panicked) stops holding the circuit after `probe_timeout`: the next request probes. State
+//! A provider can also accept every send and fail them all later (a locked account, a
+//! sender flagged for spam): those failures arrive as channel signals from the receipts
+//! ingress ([`Circuit::signal`]). Accepted sends would reset a consecutive count between
+//! them, so signals are counted on their own: `failures_to_open` of them within
+//! `signal_window` open the circuit whatever the API answered meanwhile. State
 //! changes are logged once at error level, exported as the gauge
 //! `otp_channel_circuit_state` (0 closed, 1 half-open, 2 open) and counted.
 
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,10 @@ pub struct CircuitConfig {
     /// provider client's request timeout.
     #[serde(default = "default_probe_timeout", with = "humantime_serde")]
     pub probe_timeout: Duration,
+    /// Channel-broken signals (failed receipts, the provider's system errors) open the circuit
+    /// when `failures_to_open` of them arrive within this window.
+    #[serde(default = "default_signal_window", with = "humantime_serde")]
+    pub signal_window: Duration,
 }
 
 fn default_failures_to_open() -> u32 {
@@ -37,6 +47,9 @@ fn default_cool_down() -> Duration {
 fn default_probe_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_signal_window() -> Duration {
+    Duration::from_secs(60)
+}
 
 impl Default for CircuitConfig {
     fn default() -> Self {
@@ -44,6 +57,7 @@ impl Default for CircuitConfig {
             failures_to_open: default_failures_to_open(),
             cool_down: default_cool_down(),
             probe_timeout: default_probe_timeout(),
+            signal_window: default_signal_window(),
         }
     }
 }
@@ -85,6 +99,8 @@ pub struct Circuit {
     channel: &'static str,
     config: CircuitConfig,
     state: Mutex<State>,
+    /// When the recent channel-broken signals came, at most `failures_to_open` of them.
+    signals: Mutex<VecDeque<Instant>>,
 }
 
 impl Circuit {
@@ -94,6 +110,7 @@ impl Circuit {
             channel,
             config,
             state: Mutex::new(State::Closed { consecutive: 0 }),
+            signals: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -145,6 +162,31 @@ impl Circuit {
         self.transition(&mut state, next);
     }
 
+    /// The provider said, outside a send's answer, that the channel is broken.
+    pub fn signal(&self) {
+        let now = Instant::now();
+        let enough = {
+            let mut recent = self.signals.lock().expect("circuit signals lock");
+            recent.retain(|at| now.duration_since(*at) < self.config.signal_window);
+            recent.push_back(now);
+            while recent.len() > self.config.failures_to_open as usize {
+                recent.pop_front();
+            }
+            recent.len() >= self.config.failures_to_open as usize
+        };
+        if !enough {
+            return;
+        }
+        let mut state = self.state.lock().expect("circuit lock");
+        if !matches!(*state, State::Open { .. }) {
+            self.signals.lock().expect("circuit signals lock").clear();
+            let open = State::Open {
+                until: now + self.config.cool_down,
+            };
+            self.transition(&mut state, open);
+        }
+    }
+
     fn transition(&self, state: &mut State, next: State) {
         let name = |s: &State| match s {
             State::Closed { .. } => "closed",
@@ -185,6 +227,7 @@ mod tests {
                 failures_to_open: 3,
                 cool_down: Duration::from_millis(50),
                 probe_timeout: Duration::from_secs(30),
+                signal_window: Duration::from_secs(60),
             },
         );
         for _ in 0..2 {
@@ -205,6 +248,44 @@ mod tests {
     }
 
     #[test]
+    fn channel_broken_signals_open_it_whatever_the_api_answered_between() {
+        let c = Circuit::new(
+            "t",
+            CircuitConfig {
+                failures_to_open: 3,
+                signal_window: Duration::from_secs(60),
+                ..CircuitConfig::default()
+            },
+        );
+        for _ in 0..2 {
+            c.record(Verdict::Healthy); // the API accepts the send ...
+            c.signal(); // ... and its receipt says the account is locked
+            assert_eq!(c.admit(), Admission::Send);
+        }
+        c.record(Verdict::Healthy);
+        c.signal();
+        assert_eq!(c.admit(), Admission::Refuse, "three signals in the window");
+    }
+
+    #[test]
+    fn signals_older_than_the_window_do_not_count() {
+        let c = Circuit::new(
+            "t",
+            CircuitConfig {
+                failures_to_open: 2,
+                signal_window: Duration::from_millis(20),
+                ..CircuitConfig::default()
+            },
+        );
+        c.signal();
+        std::thread::sleep(Duration::from_millis(25)); // the window is the behaviour under test
+        c.signal();
+        assert_eq!(c.admit(), Admission::Send, "one signal in the window");
+        c.signal();
+        assert_eq!(c.admit(), Admission::Refuse);
+    }
+
+    #[test]
     fn a_failed_probe_opens_it_again() {
         let c = Circuit::new(
             "t",
@@ -212,6 +293,7 @@ mod tests {
                 failures_to_open: 1,
                 cool_down: Duration::from_millis(10),
                 probe_timeout: Duration::from_secs(30),
+                signal_window: Duration::from_secs(60),
             },
         );
         c.record(Verdict::ChannelBroken);
@@ -230,6 +312,7 @@ mod tests {
                 failures_to_open: 1,
                 cool_down: Duration::from_millis(10),
                 probe_timeout: Duration::from_millis(30),
+                signal_window: Duration::from_secs(60),
             },
         );
         c.record(Verdict::ChannelBroken);

@@ -16,8 +16,8 @@ use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
     decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
-    ConfirmationState, DeliveryStatus, ErrorCategory, PhoneHasher, Rules, StatusError, StatusKind,
-    HEADER_REQUEST_ID,
+    ConfirmationState, DeliveryStatus, ErrorCategory, MessageIndex, PhoneHasher, Rules,
+    StatusError, StatusKind, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -198,16 +198,25 @@ impl<C: ChannelClient> Pipeline<C> {
                 pending,
             } => {
                 let mut kind = StatusKind::Sent;
+                let channel = self.client.channel();
+                let public_id = self.hasher.public_message_id(channel, &provider_message_id);
                 if let Some(record) = &pending {
                     if record.state == ConfirmationState::Awaiting {
                         kind = StatusKind::Accepted;
+                        // Before the record: a failed receipt without correlation (Meta's
+                        // failed statuses may omit it) finds its request through this.
+                        let index = MessageIndex {
+                            schema: MESSAGE_INDEX_SCHEMA.to_string(),
+                            request_id: request.request_id.clone(),
+                            channel,
+                            expires_at: request.expires_at,
+                        };
+                        self.writer.message_index(&public_id, &index).await;
                     }
                     self.writer.pending(record).await;
                 }
-                let channel = self.client.channel();
                 let mut status = status(kind, tries, None);
-                status.provider_message_id =
-                    Some(self.hasher.public_message_id(channel, &provider_message_id));
+                status.provider_message_id = Some(public_id);
                 self.write_status(status).await;
             }
             Outcome::FallBack { next, tries, error } => match self.writer.fallback(&next).await {

@@ -9,7 +9,7 @@ use crate::dedup::Dedup;
 use crate::limits::{Limiter, LimitsConfig};
 use crate::pipeline::Pipeline;
 use futures_util::FutureExt;
-use otp_events::{PhoneHasher, Rules};
+use otp_events::{PhoneHasher, Rules, SignalKind};
 use otp_kafka::group::{
     self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
 };
@@ -63,6 +63,16 @@ pub async fn run<C: ChannelClient>(
         hasher,
         confirmation: config.confirmation.clone(),
     });
+    // What the providers say outside a send's answer (failed receipts, system errors) feeds
+    // this worker's circuit and sender limit; stopped when the worker stops.
+    let signals = {
+        let pipeline = pipeline.clone();
+        otp_kafka::signals::listen(&kafka, channel, move |signal| match signal.kind {
+            SignalKind::ChannelBroken => pipeline.circuit.signal(),
+            SignalKind::Throttled => pipeline.limiter.throttled(),
+        })
+    };
+    let _stop_signals = AbortOnDrop(signals);
     let topic = kafka.topics().requests(channel);
     let settings = GroupSettings {
         group_id: config
@@ -96,6 +106,15 @@ pub async fn run<C: ChannelClient>(
     group::run(&kafka, settings, worker, shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Aborts a background task when dropped, however the worker's run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Worker<C> {

@@ -17,7 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
-use otp_events::{PhoneHasher, Receipt, Topics, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA};
+use otp_events::provider_errors::{self, ErrorClass};
+use otp_events::{
+    Channel, ChannelSignal, PhoneHasher, Receipt, ReceiptStatus, SignalKind, SignalSource, Topics,
+    CHANNEL_SIGNAL_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA,
+};
 use otp_kafka::session::ProducerSession;
 use otp_kafka::KafkaArgs;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -64,24 +68,44 @@ impl Ingress {
         })
     }
 
-    /// Write every receipt and wait for all acknowledgements.
-    async fn write(&self, receipts: &[Receipt]) -> Result<(), String> {
-        let topic = self.topics.delivery_receipts();
+    /// Write every receipt, then every signal, and wait for all acknowledgements.
+    async fn write(&self, receipts: &[Receipt], signals: &[ChannelSignal]) -> Result<(), String> {
+        let receipts_topic = self.topics.delivery_receipts();
+        let signals_topic = self.topics.channel_signals();
+        // Receipts by request_id; one without a request_id by its message, where the
+        // tracker finds the message's request.
+        let records: Vec<Outgoing> = receipts
+            .iter()
+            .map(|r| Outgoing {
+                topic: &receipts_topic,
+                key: r.key(),
+                payload: r.to_json(),
+                schema: RECEIPT_SCHEMA,
+                request_id: r.request_id.as_deref(),
+            })
+            .chain(signals.iter().map(|s| Outgoing {
+                topic: &signals_topic,
+                key: s.channel.as_str().to_string(),
+                payload: s.to_json(),
+                schema: CHANNEL_SIGNAL_SCHEMA,
+                request_id: None,
+            }))
+            .collect();
         let lease = self.producer.lease();
-        let payloads: Vec<Vec<u8>> = receipts.iter().map(Receipt::to_json).collect();
-        let sends = receipts.iter().zip(&payloads).map(|(r, payload)| {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: HEADER_SCHEMA,
-                    value: Some(RECEIPT_SCHEMA),
-                })
-                .insert(Header {
+        let sends = records.iter().map(|o| {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(o.schema),
+            });
+            if let Some(id) = o.request_id {
+                headers = headers.insert(Header {
                     key: HEADER_REQUEST_ID,
-                    value: Some(&r.request_id),
+                    value: Some(id),
                 });
-            let record = FutureRecord::to(&topic)
-                .key(r.request_id.as_bytes())
-                .payload(payload.as_slice())
+            }
+            let record = FutureRecord::to(o.topic)
+                .key(o.key.as_bytes())
+                .payload(o.payload.as_slice())
                 .headers(headers);
             lease
                 .producer
@@ -96,6 +120,15 @@ impl Ingress {
         self.producer.succeeded(&lease);
         Ok(())
     }
+}
+
+/// One record to write.
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: String,
+    payload: Vec<u8>,
+    schema: &'static str,
+    request_id: Option<&'a str>,
 }
 
 /// Webhook calls handled at once; more wait for a slot (within the request timeout).
@@ -252,16 +285,79 @@ async fn publish_receipts(
             .increment(1);
         tracing::warn!(provider, error = %e, "a status of the call breaks the documented shape; skipped");
     }
-    if let Err(e) = ingress.write(&parsed.receipts).await {
+    let signals = signals(&parsed, Utc::now());
+    if let Err(e) = ingress.write(&parsed.receipts, &signals).await {
         tracing::warn!(provider, error = %e, "receipts not written to Kafka; the provider will retry");
         return answer(provider, "kafka_error", StatusCode::SERVICE_UNAVAILABLE);
     }
     for r in &parsed.receipts {
-        tracing::debug!(request_id = %r.request_id, channel = r.channel.as_str(), status = r.status.as_str(), "receipt");
+        tracing::debug!(
+            request_id = r.request_id.as_deref().unwrap_or("-"),
+            channel = r.channel.as_str(),
+            status = r.status.as_str(),
+            "receipt"
+        );
         metrics::counter!("otp_receipts_total", "channel" => r.channel.as_str(), "status" => r.status.as_str())
             .increment(1);
     }
+    for s in &signals {
+        metrics::counter!("otp_channel_signals_total", "channel" => s.channel.as_str(), "kind" => s.kind.as_str(), "source" => match s.source {
+            SignalSource::Receipt => "receipt",
+            SignalSource::SystemError => "system_error",
+        })
+        .increment(1);
+    }
     answer(provider, "accepted", StatusCode::OK)
+}
+
+/// What the call tells the workers about the channel's health: failed receipts whose code
+/// means the channel is broken or throttled, and every system-level error of such a class.
+/// A system error is never dropped silently: each is counted and logged with its code, and a
+/// code not in our table is named so that ops can add it.
+fn signals(parsed: &parse::Parsed, now: chrono::DateTime<Utc>) -> Vec<ChannelSignal> {
+    let table = |channel| match channel {
+        Channel::Whatsapp => &provider_errors::WHATSAPP,
+        Channel::Sms => &provider_errors::SMS,
+    };
+    let mut out = Vec::new();
+    for r in &parsed.receipts {
+        let code = r.error.as_ref().and_then(|e| e.code.parse::<i64>().ok());
+        let kind = code
+            .filter(|_| r.status == ReceiptStatus::Failed)
+            .and_then(|c| table(r.channel).class_of(c))
+            .and_then(SignalKind::of);
+        if let (Some(kind), Some(code)) = (kind, code) {
+            out.push(ChannelSignal::new(
+                r.channel,
+                kind,
+                SignalSource::Receipt,
+                code.to_string(),
+                now,
+            ));
+        }
+    }
+    for &code in &parsed.system_errors {
+        let class = provider_errors::WHATSAPP.class_of(code);
+        let label = class.map_or("unknown", ErrorClass::as_str);
+        metrics::counter!("otp_provider_system_errors_total", "channel" => "whatsapp", "class" => label)
+            .increment(1);
+        tracing::warn!(
+            channel = "whatsapp",
+            code,
+            class = label,
+            "the provider reported a system-level error"
+        );
+        if let Some(kind) = class.and_then(SignalKind::of) {
+            out.push(ChannelSignal::new(
+                Channel::Whatsapp,
+                kind,
+                SignalSource::SystemError,
+                code.to_string(),
+                now,
+            ));
+        }
+    }
+    out
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -40,6 +40,9 @@ pub struct Parsed {
     /// Statuses that break the documented shape. The call is still acknowledged: Meta would
     /// resend the same body for days, and its valid statuses must not be lost with it.
     pub invalid: Vec<ParseError>,
+    /// Codes of Meta's system-level `value.errors` (system, app or account errors not tied to
+    /// one message, e.g. 130429 or 131031).
+    pub system_errors: Vec<i64>,
 }
 
 /// Meta's `messages` webhook: `entry[].changes[].value.statuses[]`. Calls with no statuses
@@ -58,6 +61,25 @@ pub fn whatsapp(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, Parse
             .as_array()
             .ok_or_else(|| field(format!("entry[{e}].changes"), "must be an array"))?;
         for (c, change) in changes.iter().enumerate() {
+            // Meta, "Webhooks" (messages field): `value.errors` carries errors that are not
+            // about one message; each has a numeric `code`.
+            if let Some(errors) = change["value"].get("errors") {
+                let errors = errors.as_array().ok_or_else(|| {
+                    field(
+                        format!("entry[{e}].changes[{c}].value.errors"),
+                        "must be an array",
+                    )
+                })?;
+                for (i, error) in errors.iter().enumerate() {
+                    match error["code"].as_i64() {
+                        Some(code) => parsed.system_errors.push(code),
+                        None => parsed.invalid.push(field(
+                            format!("entry[{e}].changes[{c}].value.errors[{i}].code"),
+                            "is required (an integer)",
+                        )),
+                    }
+                }
+            }
             let Some(statuses) = change["value"].get("statuses") else {
                 continue;
             };
@@ -113,11 +135,19 @@ fn whatsapp_status(
                 })?,
         ),
     };
-    let Some(request_id) = status["biz_opaque_callback_data"]
-        .as_str()
-        .filter(|id| is_valid_request_id(id))
-    else {
-        return Ok(None); // not sent by us, or sent without correlation
+    // Meta, "Webhooks: status messages": `biz_opaque_callback_data` is documented on sent,
+    // delivered and read statuses, not on failed ones. A failed status without it is kept
+    // and resolved by its message id (the tracker's message index); any other status without
+    // it was not sent by us, or not with correlation.
+    let request_id = match status.get("biz_opaque_callback_data") {
+        None if kind == ReceiptStatus::Failed => None,
+        callback => match callback
+            .and_then(Value::as_str)
+            .filter(|id| is_valid_request_id(id))
+        {
+            Some(id) => Some(id.to_string()),
+            None => return Ok(None),
+        },
     };
     let error = if kind == ReceiptStatus::Failed {
         let code = status["errors"][0]["code"].as_i64();
@@ -127,7 +157,7 @@ fn whatsapp_status(
     };
     Ok(Some(Receipt {
         schema: RECEIPT_SCHEMA.to_string(),
-        request_id: request_id.to_string(),
+        request_id,
         channel: Channel::Whatsapp,
         provider_message_id: id.to_string(),
         status: kind,
@@ -183,7 +213,7 @@ pub fn twilio(
     Ok(Parsed {
         receipts: vec![Receipt {
             schema: RECEIPT_SCHEMA.to_string(),
-            request_id: request_id.to_string(),
+            request_id: Some(request_id.to_string()),
             channel: Channel::Sms,
             provider_message_id: sid.to_string(),
             status: kind,
@@ -248,7 +278,7 @@ mod tests {
         let kinds: Vec<_> = parsed
             .receipts
             .iter()
-            .map(|r| (r.request_id.as_str(), r.status))
+            .map(|r| (r.request_id.as_deref().unwrap_or(""), r.status))
             .collect();
         assert_eq!(
             kinds,
@@ -273,6 +303,48 @@ mod tests {
             !text.contains("15551230001") && !text.contains("15551230026"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_whatsapp_status_without_callback_data_is_kept_for_the_message_index() {
+        // Meta documents biz_opaque_callback_data on sent, delivered and read only.
+        let body = meta(json!([
+            {"id":"wamid.F","status":"failed","timestamp":"1750857384","recipient_id":"15551230026",
+             "errors":[{"code":131031,"title":"Business account locked"}]},
+            {"id":"wamid.S","status":"sent","timestamp":"1750857384","recipient_id":"15551230026"},
+            {"id":"wamid.G","status":"failed","biz_opaque_callback_data":"not a request id!"}
+        ]));
+        let parsed = whatsapp(&body, now()).unwrap();
+        assert_eq!(
+            parsed.skipped, 2,
+            "sent without correlation; unreadable correlation"
+        );
+        let [failed] = parsed.receipts.as_slice() else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(failed.request_id, None);
+        assert_eq!(failed.key(), "~msg:wamid.F");
+        let error = failed.error.as_ref().unwrap();
+        assert_eq!(error.category, ErrorCategory::ChannelBroken);
+    }
+
+    #[test]
+    fn system_level_errors_are_collected_and_a_bad_one_is_named() {
+        let body = json!({"object":"whatsapp_business_account","entry":[{"id":"W","changes":[{"field":"messages",
+            "value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"1"},
+              "errors":[{"code":131031,"title":"Business Account locked","message":"locked",
+                         "error_data":{"details":"locked"}},
+                        {"title":"no code"}]}}]}]});
+        let parsed = whatsapp(body.to_string().as_bytes(), now()).unwrap();
+        assert_eq!(parsed.system_errors, vec![131031]);
+        assert_eq!(
+            parsed.invalid,
+            vec![field(
+                "entry[0].changes[0].value.errors[1].code",
+                "is required (an integer)"
+            )]
+        );
+        assert!(parsed.receipts.is_empty());
     }
 
     #[test]
@@ -322,7 +394,7 @@ mod tests {
         assert!(errors[1].contains("statuses[1].status: is required"));
         assert!(errors[2].contains("statuses[2].timestamp: must be Unix seconds"));
         assert_eq!(parsed.receipts.len(), 1, "the valid status is kept");
-        assert_eq!(parsed.receipts[0].request_id, "req-ok");
+        assert_eq!(parsed.receipts[0].request_id.as_deref(), Some("req-ok"));
     }
 
     fn form(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -6,6 +6,12 @@
 //! order (fallback request first, then statuses, then the record's new state), so a crash
 //! repeats a decision rather than losing it.
 //!
+//! A failed receipt may come without a request_id (Meta does not document
+//! `biz_opaque_callback_data` on failed statuses). It is then keyed by its message and lands
+//! on the partition of the message's index entry, which the worker wrote beside the record;
+//! the book resolves it there and hands it on ([`Action::Reroute`]) to its request's
+//! partition.
+//!
 //! One request can have a record per channel (the WhatsApp send that fell back, then the
 //! SMS send). The topic keeps only the latest per request_id, so after a restart only the
 //! latest channel's receipts are reported: those of an earlier, settled channel are
@@ -13,8 +19,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use otp_events::{
-    Channel, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory, PendingConfirmation,
-    PhoneHasher, Receipt, ReceiptStatus, StatusError, StatusKind,
+    Channel, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory, MessageIndex,
+    PendingConfirmation, PhoneHasher, Receipt, ReceiptStatus, StatusError, StatusKind,
+    MESSAGE_KEY_PREFIX,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -37,8 +44,11 @@ pub enum Action {
     Status(DeliveryStatus),
     /// Write the record's new state to the compacted topic.
     Save(PendingConfirmation),
-    /// Tombstone the request's records.
+    /// Tombstone the request's records (or a message's index entry).
     Forget(String),
+    /// A receipt resolved to its request: write it again under the request's key, where the
+    /// request's record is.
+    Reroute(Receipt),
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +63,12 @@ struct Entry {
     partition: i32,
 }
 
+/// A message's index entry: which request it belongs to.
+struct Indexed {
+    index: MessageIndex,
+    partition: i32,
+}
+
 pub struct Book {
     hasher: PhoneHasher,
     /// How long a record outlives its code, for late delivered/read receipts.
@@ -60,6 +76,8 @@ pub struct Book {
     /// How long a receipt waits for its record (the webhook can beat the worker's write).
     orphan_ttl: Duration,
     entries: HashMap<String, HashMap<Channel, Entry>>,
+    /// Message key → its request, for receipts that carry no request_id.
+    messages: HashMap<String, Indexed>,
     /// Confirmation deadlines in time order, so a tick looks only at what is due rather than
     /// at everything held (a tracker holds every send until its code expires, and scanning
     /// 100,000 records took 53 ms a tick). Entries are hints, checked against the record
@@ -89,6 +107,7 @@ impl Book {
             keep_after_expiry,
             orphan_ttl,
             entries: HashMap::new(),
+            messages: HashMap::new(),
             deadlines: BTreeSet::new(),
             forget_at: BTreeSet::new(),
             orphans: HashMap::new(),
@@ -157,16 +176,65 @@ impl Book {
         out
     }
 
-    /// A receipt read from the receipts topic.
-    pub fn receipt(&mut self, receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
+    /// A message's index entry read from the pending topic under `key` (`None`: a
+    /// tombstone).
+    pub fn index(
+        &mut self,
+        key: &str,
+        index: Option<MessageIndex>,
+        partition: i32,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let Some(index) = index else {
+            self.messages.remove(key);
+            return Outcome::default();
+        };
+        self.forget_at
+            .insert((index.expires_at + self.keep_after_expiry, key.to_string()));
+        self.messages
+            .insert(key.to_string(), Indexed { index, partition });
         let mut out = Outcome::default();
+        if let Some(waiting) = self.orphans.remove(key) {
+            for (receipt, tag, _) in waiting {
+                let applied = self.receipt(receipt, tag, now);
+                out.actions.extend(applied.actions);
+                out.released.extend(applied.released);
+            }
+        }
+        out
+    }
+
+    /// A receipt read from the receipts topic.
+    pub fn receipt(&mut self, mut receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
+        let mut out = Outcome::default();
+        let Some(request_id) = receipt.request_id.clone() else {
+            // Keyed by its message: resolve it here, apply it where its request is.
+            let key = receipt.key();
+            let found = self
+                .messages
+                .get(&key)
+                .filter(|m| m.index.channel == receipt.channel);
+            match found {
+                Some(m) => {
+                    receipt.request_id = Some(m.index.request_id.clone());
+                    out.actions.push(Action::Reroute(receipt));
+                    out.released.push(tag);
+                }
+                None => self
+                    .orphans
+                    .entry(key)
+                    .or_default()
+                    .push((receipt, tag, now)),
+            }
+            return out;
+        };
         let entry = self
             .entries
-            .get_mut(&receipt.request_id)
+            .get_mut(&request_id)
             .and_then(|m| m.get_mut(&receipt.channel));
         let Some(entry) = entry else {
             self.orphans
-                .entry(receipt.request_id.clone())
+                .entry(request_id)
                 .or_default()
                 .push((receipt, tag, now));
             return out;
@@ -287,6 +355,18 @@ impl Book {
             .collect();
         for hint in due {
             let (_, id) = &hint;
+            if id.starts_with(MESSAGE_KEY_PREFIX) {
+                let over = self.messages.get(id).is_none_or(|m| {
+                    m.index.expires_at + self.keep_after_expiry <= now && ready(m.partition)
+                });
+                if over {
+                    self.forget_at.remove(&hint);
+                    if self.messages.remove(id).is_some() {
+                        out.actions.push(Action::Forget(id.clone()));
+                    }
+                }
+                continue;
+            }
             let Some(channels) = self.entries.get(id) else {
                 self.forget_at.remove(&hint);
                 continue;
@@ -326,6 +406,7 @@ impl Book {
             channels.retain(|_, e| e.partition != partition);
             !channels.is_empty()
         });
+        self.messages.retain(|_, m| m.partition != partition);
         self.orphans.retain(|_, waiting| {
             waiting.retain(|(_, tag, _)| tag.partition != partition);
             !waiting.is_empty()

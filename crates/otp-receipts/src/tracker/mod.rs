@@ -20,7 +20,9 @@ pub use book::{Action, Book, Outcome, Tag};
 pub use config::TrackerConfig;
 
 use chrono::Utc;
-use otp_events::{PendingConfirmation, PhoneHasher, Receipt, Rules, Topics};
+use otp_events::{
+    MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
+};
 use otp_kafka::group::{
     self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
 };
@@ -216,13 +218,21 @@ impl Tracker {
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .to_string();
-            match m
-                .payload()
-                .map(serde_json::from_slice::<PendingConfirmation>)
-            {
-                None => self.book.record(&key, None, partition, now),
-                Some(Ok(record)) => self.book.record(&key, Some(record), partition, now),
-                Some(Err(e)) => {
+            let payload = m.payload();
+            let decoded = if key.starts_with(MESSAGE_KEY_PREFIX) {
+                payload
+                    .map(serde_json::from_slice::<MessageIndex>)
+                    .transpose()
+                    .map(|index| self.book.index(&key, index, partition, now))
+            } else {
+                payload
+                    .map(serde_json::from_slice::<PendingConfirmation>)
+                    .transpose()
+                    .map(|record| self.book.record(&key, record, partition, now))
+            };
+            match decoded {
+                Ok(outcome) => outcome,
+                Err(e) => {
                     // serde's message can quote a value (a phone, a code): log its kind only.
                     let kind = format!("{:?}", e.classify());
                     tracing::error!(partition, offset, kind, "unreadable pending record skipped");
@@ -289,7 +299,12 @@ impl Tracker {
                 }
                 Action::Status(status) => self.writer.status(&status).await,
                 Action::Save(record) => self.writer.pending(&record).await,
-                Action::Forget(request_id) => self.writer.forget_pending(&request_id).await,
+                Action::Forget(key) => self.writer.forget_pending(&key).await,
+                Action::Reroute(receipt) => {
+                    metrics::counter!("otp_receipts_resolved_by_message_total", "channel" => receipt.channel.as_str())
+                        .increment(1);
+                    self.writer.receipt(&receipt).await;
+                }
             }
         }
         let topic = self.topics.delivery_receipts();

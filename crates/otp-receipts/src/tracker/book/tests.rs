@@ -29,7 +29,7 @@ fn record(id: &str, channels: Vec<Channel>, state: ConfirmationState) -> Pending
 fn receipt(id: &str, status: ReceiptStatus) -> Receipt {
     Receipt {
         schema: RECEIPT_SCHEMA.into(),
-        request_id: id.into(),
+        request_id: Some(id.into()),
         channel: Channel::Whatsapp,
         provider_message_id: "wamid.1".into(),
         status,
@@ -248,4 +248,71 @@ fn a_deadline_follows_its_record_through_a_settled_copy_and_a_rebuild() {
         matches!(out.actions.first(), Some(Action::FallBack { next, .. }) if next.request_id == "rebuilt")
     );
     assert!(reported(&b.due(late, |_| true)).is_empty(), "fires once");
+}
+
+/// A failed receipt as Meta may send it: no request_id, keyed by its message.
+fn uncorrelated_failure(message: &str) -> Receipt {
+    let mut r = receipt("unused", ReceiptStatus::Failed);
+    r.request_id = None;
+    r.provider_message_id = message.into();
+    r
+}
+
+fn index(id: &str, expires_in: Duration) -> MessageIndex {
+    MessageIndex {
+        schema: otp_events::MESSAGE_INDEX_SCHEMA.into(),
+        request_id: id.into(),
+        channel: Channel::Whatsapp,
+        expires_at: Utc::now() + expires_in,
+    }
+}
+
+#[test]
+fn a_failed_receipt_without_request_id_is_resolved_by_its_message_and_handed_on() {
+    let mut b = book();
+    let now = Utc::now();
+    let key = otp_events::message_key("wamid-hash-1");
+    b.index(&key, Some(index("r", Duration::minutes(5))), 0, now);
+    let out = b.receipt(uncorrelated_failure("wamid-hash-1"), tag(0), now);
+    let [Action::Reroute(resolved)] = out.actions.as_slice() else {
+        panic!("{:?}", out.actions)
+    };
+    assert_eq!(resolved.request_id.as_deref(), Some("r"));
+    assert_eq!(resolved.key(), "r", "written again under its request's key");
+    assert_eq!(out.released, vec![tag(0)]);
+    // Applied on the request's partition, it falls back at once.
+    awaiting_whatsapp(&mut b, "r", now);
+    let applied = b.receipt(resolved.clone(), tag(1), now);
+    assert!(
+        matches!(applied.actions.first(), Some(Action::FallBack { .. })),
+        "{:?}",
+        applied.actions
+    );
+}
+
+#[test]
+fn an_uncorrelated_receipt_waits_for_its_index_entry_and_the_entry_is_forgotten_after_expiry() {
+    let mut b = book();
+    let now = Utc::now();
+    let key = otp_events::message_key("wamid-hash-2");
+    let early = b.receipt(uncorrelated_failure("wamid-hash-2"), tag(0), now);
+    assert!(early.actions.is_empty() && early.released.is_empty());
+    let out = b.index(&key, Some(index("r2", Duration::minutes(1))), 0, now);
+    assert!(
+        matches!(out.actions.as_slice(), [Action::Reroute(r)] if r.request_id.as_deref() == Some("r2"))
+    );
+    assert_eq!(out.released, vec![tag(0)]);
+    // Forgotten (tombstoned) once the code is dead and the keep time is over, not before.
+    assert!(b
+        .due(now + Duration::minutes(2), |_| true)
+        .actions
+        .is_empty());
+    let later = b.due(now + Duration::minutes(4), |_| true);
+    assert!(
+        matches!(later.actions.as_slice(), [Action::Forget(k)] if *k == key),
+        "{:?}",
+        later.actions
+    );
+    let unknown = b.receipt(uncorrelated_failure("wamid-hash-2"), tag(1), now);
+    assert!(unknown.actions.is_empty(), "the index entry is gone");
 }

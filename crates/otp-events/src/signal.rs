@@ -1,0 +1,91 @@
+//! Channel signals: what the providers say about a channel's health outside a send's answer,
+//! on `otp.channel-signals`.
+//!
+//! A provider can accept every send and still fail them all later (a locked account, a
+//! sender flagged for spam, an unregistered toll-free number): those failures reach us only as
+//! webhooks, at the receipts ingress, far from the workers whose circuit must open. The
+//! ingress writes one [`ChannelSignal`] per such webhook (a failed receipt whose code means the
+//! channel is broken, or one of Meta's system-level `value.errors`), and every worker of the
+//! channel reads the topic from its end: channel-broken signals feed its circuit, throttling
+//! signals its sender limiter.
+
+use crate::provider_errors::ErrorClass;
+use crate::Channel;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const CHANNEL_SIGNAL_SCHEMA: &str = "otp.channel_signal.v1";
+
+/// What a signal tells the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// The channel cannot deliver: counts against the circuit.
+    ChannelBroken,
+    /// Over a rate window on our side: slow the sender limit.
+    Throttled,
+}
+
+impl SignalKind {
+    /// The signal a provider error class gives, if any.
+    pub fn of(class: ErrorClass) -> Option<Self> {
+        match class {
+            ErrorClass::ChannelBroken => Some(SignalKind::ChannelBroken),
+            ErrorClass::Throttled => Some(SignalKind::Throttled),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::ChannelBroken => "channel_broken",
+            SignalKind::Throttled => "throttled",
+        }
+    }
+}
+
+/// Where the provider said it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalSource {
+    /// A failed delivery receipt.
+    Receipt,
+    /// Meta's `value.errors`: a system, app or account error not tied to one message.
+    SystemError,
+}
+
+/// One provider statement about a channel's health, keyed by channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSignal {
+    pub schema: String,
+    pub channel: Channel,
+    pub kind: SignalKind,
+    pub source: SignalSource,
+    /// The provider's code, e.g. "131031".
+    pub code: String,
+    pub received_at: DateTime<Utc>,
+}
+
+impl ChannelSignal {
+    pub fn new(
+        channel: Channel,
+        kind: SignalKind,
+        source: SignalSource,
+        code: impl Into<String>,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            schema: CHANNEL_SIGNAL_SCHEMA.to_string(),
+            channel,
+            kind,
+            source,
+            code: code.into(),
+            received_at,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ChannelSignal always serialises")
+    }
+}
