@@ -97,6 +97,31 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
 }
 
 #[test]
+fn the_receipts_ingress_refuses_to_start_with_a_callback_url_it_cannot_verify() {
+    // Twilio signs the URL it called: a StatusCallback elsewhere than the ingress's public URL
+    // plus /webhooks/sms/status would make every SMS receipt fail its signature.
+    let out = otp(&[
+        "receipts",
+        "serve",
+        "--brokers",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--public-url",
+        "https://otp.example.com",
+        "--sms-status-callback-url",
+        "https://otp.example.com/sms/status",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OTP_SMS_STATUS_CALLBACK_URL")
+            && stderr.contains("https://otp.example.com/webhooks/sms/status"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn send_refuses_a_bad_phone_naming_the_field_without_echoing_it() {
     let out = otp(&[
         "send",

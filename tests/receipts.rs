@@ -57,13 +57,18 @@ fn confirming(window: Duration) -> WorkerConfig {
 impl Loop {
     /// Both workers with confirmation on; the SMS one asks for status callbacks.
     fn workers(&self, window: Duration) -> Vec<Worker> {
+        self.workers_with(confirming(window))
+    }
+
+    /// Both workers with `config`; the SMS one asks for status callbacks.
+    fn workers_with(&self, config: WorkerConfig) -> Vec<Worker> {
         let s = &self.stack;
         let sms = sms_client_reporting_to(&s.sim, Some(self.ingress.sms_status_callback()));
         vec![
-            s.worker(Whatsapp, confirming(window)),
+            s.worker(Whatsapp, config.clone()),
             Worker::start(
                 &s.t.kafka,
-                confirming(window),
+                config,
                 open_limits(),
                 PhoneHasher::new(HASH_KEY),
                 sms,
@@ -128,7 +133,10 @@ async fn a_failure_reported_only_by_webhook_sends_the_code_by_sms() {
     let l = start(|_| {}).await;
     let workers = l.workers(Duration::from_secs(30));
     let tracker = l.tracker();
-    let phone = "+15551232026"; // accepted, then `failed` 131026 by webhook after 2 s
+    // Accepted, then `failed` 131026 by webhook after 2 s, without biz_opaque_callback_data
+    // (Meta documents it only on sent, delivered and read): the tracker finds the request by
+    // the message id, and falls back at once rather than after the 30 s window.
+    let phone = "+15551232026";
     let id = l.stack.publish(phone, "640213", &[Whatsapp, Sms]).await;
 
     let wait = id.clone();
@@ -715,6 +723,65 @@ async fn a_tracker_killed_mid_window_still_fires_the_pending_fallbacks() {
     }
     println!("tracker SIGKILL mid-window: {N} pending fallbacks fired, {second_codes} second codes to {N} delivered users");
     assert_eq!(second_codes, 0, "a delivered user got a second code");
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_receipts_and_system_errors_saying_the_account_is_locked_open_the_circuit() {
+    let l = start(|_| {}).await;
+    let mut config = confirming(Duration::from_secs(30));
+    config.circuit.failures_to_open = 3;
+    config.circuit.cool_down = Duration::from_secs(300);
+    let workers = l.workers_with(config);
+    let tracker = l.tracker();
+    // The API accepts these; their webhooks then say `failed` 131031 (account locked). Each
+    // send was accepted, so the API alone would keep the circuit closed.
+    let mut ids = Vec::new();
+    for phone in ["+15551231031", "+15551241031"] {
+        ids.push(l.stack.publish(phone, "551031", &[Whatsapp, Sms]).await);
+    }
+    let wait = ids.clone();
+    let statuses = l
+        .statuses_until(move |got| wait.iter().all(|id| has(got, id, "fallback", "whatsapp")))
+        .await;
+    for id in &ids {
+        let fallback = the(&statuses, id, "fallback", "whatsapp");
+        assert_eq!(
+            fallback["error"]["category"], "channel_broken",
+            "{fallback}"
+        );
+    }
+    // Meta's system-level error (`value.errors`): the third signal within the window.
+    l.stack.sim.whatsapp_system_error(131031).await;
+
+    // From now on WhatsApp is refused: a request goes to SMS without a WhatsApp send. The
+    // signal travels through Kafka, so ask until a request finds the circuit open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the circuit never opened"
+        );
+        let id = l
+            .stack
+            .publish("+15551230001", "551032", &[Whatsapp, Sms])
+            .await;
+        let wait = id.clone();
+        let statuses = l
+            .statuses_until(move |got| {
+                has(got, &wait, "sent", "sms") || has(got, &wait, "accepted", "whatsapp")
+            })
+            .await;
+        if has(&statuses, &id, "sent", "sms") {
+            break (id, statuses);
+        }
+    };
+    let (id, statuses) = refused;
+    let fallback = the(&statuses, &id, "fallback", "whatsapp");
+    assert_eq!(fallback["error"]["code"], "circuit_open", "{fallback}");
+    tracker.stop().await.unwrap();
     for w in workers {
         w.stop().await.unwrap();
     }

@@ -29,6 +29,10 @@ impl ReceiptsCommand {
         match self {
             ReceiptsCommand::Serve(args) => {
                 init_logging(args.log_json);
+                if let Some(callback) = &args.sms_status_callback_url {
+                    crate::config::check_callback_pairing(&args.public_url, callback)
+                        .map_err(anyhow::Error::msg)?;
+                }
                 let secrets = WebhookSecrets::from_env();
                 tracing::info!(?secrets, "webhook secrets");
                 let ingress = crate::ingress::Ingress::new(

@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// what the workers put in `StatusCallback` before `/webhooks/sms/status`.
     #[arg(long, env = "OTP_RECEIPTS_PUBLIC_URL")]
     pub public_url: String,
+    /// The SMS workers' `StatusCallback` URL, when this deployment sets it (the same variable
+    /// the SMS worker reads). Checked at start: it must be `<public URL>/webhooks/sms/status`,
+    /// or every Twilio signature would fail (Twilio signs the URL it called).
+    #[arg(long, env = "OTP_SMS_STATUS_CALLBACK_URL")]
+    pub sms_status_callback_url: Option<String>,
     /// How long a receipt may take to be acknowledged by Kafka before the provider is
     /// answered 503 (and retries).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -59,5 +64,104 @@ impl WebhookSecrets {
             whatsapp_verify_token: get("OTP_WHATSAPP_VERIFY_TOKEN"),
             sms_auth_token: get("OTP_SMS_AUTH_TOKEN"),
         }
+    }
+}
+
+/// Where the SMS status endpoint is, under the ingress's public URL.
+pub const SMS_STATUS_PATH: &str = "/webhooks/sms/status";
+
+/// Refuse a pairing that cannot work: Twilio signs the exact URL it called (the workers'
+/// `StatusCallback`), and the ingress checks signatures against its public URL plus the path
+/// and query it was called on. Scheme and host compare case-insensitively and a default port
+/// is the same as none (Twilio's helper libraries validate both spellings); the path must be
+/// the same.
+pub fn check_callback_pairing(public_url: &str, callback: &str) -> Result<(), String> {
+    let expected = format!("{}{SMS_STATUS_PATH}", public_url.trim_end_matches('/'));
+    let callback_base = callback.split(['?', '#']).next().unwrap_or(callback);
+    let normal = |url: &str| -> Option<String> {
+        let (scheme, rest) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut authority = authority.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => ":443",
+            "http" => ":80",
+            _ => return None,
+        };
+        if let Some(host) = authority.strip_suffix(default_port) {
+            authority = host.to_string();
+        }
+        Some(format!(
+            "{scheme}://{authority}{}",
+            path.trim_end_matches('/')
+        ))
+    };
+    match (normal(&expected), normal(callback_base)) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (None, _) => Err(format!(
+            "OTP_RECEIPTS_PUBLIC_URL must be an http(s) URL, e.g. https://otp.example.com (got {public_url:?})"
+        )),
+        _ => Err(format!(
+            "OTP_SMS_STATUS_CALLBACK_URL ({callback_base}) must be the receipts ingress's public URL plus {SMS_STATUS_PATH} ({expected}): Twilio signs the URL it calls, so every SMS status callback would be refused"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callback_url_must_pair_with_the_public_url() {
+        let ok = [
+            (
+                "https://otp.example.com",
+                "https://otp.example.com/webhooks/sms/status",
+            ),
+            (
+                "https://otp.example.com/",
+                "https://OTP.example.com:443/webhooks/sms/status?x=1",
+            ),
+            (
+                "http://127.0.0.1:9500",
+                "http://127.0.0.1:9500/webhooks/sms/status",
+            ),
+            ("https://x.io/otp", "https://x.io/otp/webhooks/sms/status"),
+        ];
+        for (public, callback) in ok {
+            assert_eq!(
+                check_callback_pairing(public, callback),
+                Ok(()),
+                "{public} {callback}"
+            );
+        }
+        let wrong = [
+            (
+                "https://otp.example.com",
+                "http://otp.example.com/webhooks/sms/status",
+            ),
+            (
+                "https://otp.example.com",
+                "https://otp.example.com:8443/webhooks/sms/status",
+            ),
+            (
+                "https://otp.example.com",
+                "https://other.example.com/webhooks/sms/status",
+            ),
+            ("https://x.io/otp", "https://x.io/webhooks/sms/status"),
+        ];
+        for (public, callback) in wrong {
+            let e = check_callback_pairing(public, callback).unwrap_err();
+            assert!(
+                e.contains("OTP_SMS_STATUS_CALLBACK_URL") && e.contains(SMS_STATUS_PATH),
+                "{e}"
+            );
+        }
+        let e = check_callback_pairing(
+            "otp.example.com",
+            "https://otp.example.com/webhooks/sms/status",
+        )
+        .unwrap_err();
+        assert!(e.contains("OTP_RECEIPTS_PUBLIC_URL"), "{e}");
     }
 }
