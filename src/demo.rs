@@ -161,7 +161,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     // Receipts: the webhook ingress the simulator posts to, and the confirmation tracker.
-    let (hasher, _) = PhoneHasher::from_env();
+    let hash_key = crate::stack::run_hash_key();
+    let hasher = PhoneHasher::new(hash_key.as_bytes());
     let ingress = ReceiptsIngress::start(&kafka, hasher.clone()).await?;
     println!("Receipts ingress: {}", ingress.url());
     let sim_config = SimConfig {

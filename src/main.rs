@@ -67,6 +67,8 @@ struct SendArgs {
     locale: Option<String>,
     #[arg(long)]
     app: Option<String>,
+    #[command(flatten)]
+    dev: otp_kafka::process::DevMode,
 }
 
 #[derive(Subcommand)]
@@ -140,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let hasher = otp_kafka::process::phone_hasher();
+    let hasher = otp_kafka::process::phone_hasher(args.dev)?;
     let config = PublisherConfig {
         topics: args.kafka.topics(),
         rules: Rules::default(),

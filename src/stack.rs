@@ -11,6 +11,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The phone hash key of a demo or load run: the deployment's `OTP_PHONE_HASH_KEY` when set
+/// (a load run against a real cluster shares it with the deployment), else a random key for
+/// this run only, which its worker processes are given too. These commands are development
+/// tools; the services themselves refuse to start without a key (see `--dev`).
+pub fn run_hash_key() -> String {
+    match std::env::var(PhoneHasher::KEY_ENV) {
+        Ok(key) if !key.is_empty() => key,
+        _ => hex::encode(rand::random::<[u8; 32]>()),
+    }
+}
+
 /// The WhatsApp client as `otp-whatsapp-worker` builds it, pointed at `sim`, its template
 /// approved in the simulator's languages.
 pub fn whatsapp_client(sim: &SimHandle) -> WhatsappClient {

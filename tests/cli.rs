@@ -97,6 +97,49 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
 }
 
 #[test]
+fn every_service_refuses_to_start_without_the_phone_hash_key() {
+    let services: &[&[&str]] = &[
+        &["worker", "whatsapp", "--phone-number-id", "1055500000"],
+        &[
+            "worker",
+            "sms",
+            "--account-sid",
+            "ACx",
+            "--from",
+            "+15557654321",
+        ],
+        &[
+            "receipts",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://otp.example.com",
+        ],
+        &["receipts", "track"],
+        &["send", "--phone", "+15551234567", "--code", "123456"],
+    ];
+    for args in services {
+        let out = Command::new(env!("CARGO_BIN_EXE_otp"))
+            .args(*args)
+            .args(["--brokers", "127.0.0.1:1"])
+            .env_remove("OTP_PHONE_HASH_KEY")
+            .env_remove("OTP_PHONE_HASH_KEY_FILE")
+            .env_remove("OTP_DEV")
+            .env("OTP_WHATSAPP_TOKEN", "t")
+            .env("OTP_SMS_AUTH_TOKEN", "t")
+            .output()
+            .expect("run otp");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started: {stderr}");
+        assert!(
+            stderr.contains("OTP_PHONE_HASH_KEY is not set") && stderr.contains("--dev"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_receipts_ingress_refuses_to_start_with_a_callback_url_it_cannot_verify() {
     // Twilio signs the URL it called: a StatusCallback elsewhere than the ingress's public URL
     // plus /webhooks/sms/status would make every SMS receipt fail its signature.

@@ -41,7 +41,7 @@ fn expected_language(locale: &str) -> &'static str {
 async fn whatsapp_users_of_any_locale_get_the_code_in_an_approved_language() {
     let stack = Stack::start(4, roomy_sim()).await;
     let workers = stack.workers();
-    const N: usize = 300;
+    const N: usize = 1_000;
     let mut ids = Vec::with_capacity(N);
     let mut locale_of = HashMap::new();
     for i in 0..N {

@@ -19,6 +19,8 @@ pub struct FleetSpec<'a> {
     pub config_toml: &'a dyn Fn(Channel) -> String,
     /// Where configs and the workers' logs go.
     pub dir: &'a Path,
+    /// The run's phone hash key, which the workers must share with the publisher.
+    pub hash_key: &'a str,
 }
 
 pub struct WorkerProcess {
@@ -55,6 +57,7 @@ impl WorkerProcess {
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--api-base-url", spec.sim_url])
             .env("RUST_LOG", spec.log_filter)
+            .env("OTP_PHONE_HASH_KEY", spec.hash_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

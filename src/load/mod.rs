@@ -152,7 +152,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config_toml = |channel: Channel| worker_toml(&args, channel, rate, burst);
     let sim_url = sim.base_url();
+    let hash_key = crate::stack::run_hash_key();
     let spec = FleetSpec {
+        hash_key: &hash_key,
         brokers: &args.brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,
@@ -165,7 +167,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         Channel::Sms => &[Channel::Sms],
     };
 
-    let (hasher, _) = PhoneHasher::from_env();
+    let hasher = PhoneHasher::new(hash_key.as_bytes());
     let publisher = Arc::new(CodeRequestPublisher::new(
         &kafka,
         PublisherConfig {

@@ -44,12 +44,37 @@ pub fn secret(name: &str) -> anyhow::Result<String> {
     anyhow::bail!("set {name} or {file_var} (a file holding it)")
 }
 
-/// The deployment's keyed phone hash (`OTP_PHONE_HASH_KEY`), warning when it is the public
-/// development key.
-pub fn phone_hasher() -> otp_events::PhoneHasher {
-    let (hasher, dev_key) = otp_events::PhoneHasher::from_env();
-    if dev_key {
-        tracing::warn!("OTP_PHONE_HASH_KEY is not set: using the public development key");
+/// `--dev` / `OTP_DEV`: development mode, the only way a service starts without its secrets.
+/// Flattened into every binary's flags.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct DevMode {
+    /// Development mode: start without `OTP_PHONE_HASH_KEY`, using a public key (phone hashes
+    /// can then be reversed by anyone). Never in production; logged loudly.
+    #[arg(long = "dev", env = "OTP_DEV")]
+    pub dev: bool,
+}
+
+/// The deployment's keyed phone hash, from `OTP_PHONE_HASH_KEY` (or the file named by
+/// `OTP_PHONE_HASH_KEY_FILE`). Fails closed: without a key, only development mode starts, with
+/// the public development key and a loud warning.
+pub fn phone_hasher(mode: DevMode) -> anyhow::Result<otp_events::PhoneHasher> {
+    let name = otp_events::PhoneHasher::KEY_ENV;
+    match secret(name) {
+        Ok(key) => Ok(otp_events::PhoneHasher::new(key.as_bytes())),
+        Err(_) if mode.dev => {
+            tracing::warn!(
+                "DEVELOPMENT MODE (--dev): {name} is not set, so the public development key \
+                 is used and phone hashes can be reversed; never run like this in production"
+            );
+            Ok(otp_events::PhoneHasher::new(
+                otp_events::PhoneHasher::DEV_KEY,
+            ))
+        }
+        Err(_) => anyhow::bail!(
+            "{name} is not set: the phone hash key keys every phone hash, partition key and \
+             dedup key, so no service starts without it. Set {name} (or {name}_FILE, a file \
+             holding it) to the deployment's secret, or pass --dev (OTP_DEV=1) for local \
+             development with a public key"
+        ),
     }
-    hasher
 }

@@ -21,6 +21,8 @@ pub enum ReceiptsCommand {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "OTP_LOG_JSON")]
         log_json: bool,
+        #[command(flatten)]
+        dev: otp_kafka::process::DevMode,
     },
 }
 
@@ -40,7 +42,7 @@ impl ReceiptsCommand {
                     secrets,
                     &args.public_url,
                     args.kafka_timeout,
-                    phone_hasher(),
+                    phone_hasher(args.dev)?,
                 )?;
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 tracing::info!(listen = %listener.local_addr()?, public_url = %args.public_url, "receipts ingress listening");
@@ -53,9 +55,10 @@ impl ReceiptsCommand {
                 kafka,
                 config,
                 log_json,
+                dev,
             } => {
                 init_logging(log_json);
-                crate::tracker::run(kafka, config, phone_hasher(), shutdown_signal()).await
+                crate::tracker::run(kafka, config, phone_hasher(dev)?, shutdown_signal()).await
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OTP_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub dev: otp_kafka::process::DevMode,
 }
 
 /// The three webhook secrets. An absent one turns its endpoint off (404): a deployment may

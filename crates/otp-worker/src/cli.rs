@@ -2,7 +2,7 @@
 
 use crate::config::WorkerConfig;
 use anyhow::Context;
-use otp_kafka::process::{init_logging, phone_hasher, secret, shutdown_signal};
+use otp_kafka::process::{init_logging, phone_hasher, secret, shutdown_signal, DevMode};
 use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ pub struct WorkerArgs {
     /// exit without connecting to anything.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub dev: DevMode,
 }
 
 impl WorkerArgs {
@@ -111,7 +113,7 @@ pub async fn run_binary<C: crate::ChannelClient>(
         kafka: args.kafka.clone(),
         config,
         default_limits,
-        hasher: phone_hasher(),
+        hasher: phone_hasher(args.dev)?,
     };
     crate::run(setup, client, shutdown_signal()).await
 }

@@ -1,7 +1,7 @@
 //! `otp-producer serve`: the HTTP ingress for login systems.
 
 use clap::{Parser, Subcommand};
-use otp_kafka::process::{init_logging, phone_hasher, shutdown_signal};
+use otp_kafka::process::{init_logging, phone_hasher, shutdown_signal, DevMode};
 use otp_producer::ingress::{self, IngressConfig};
 
 #[derive(Parser)]
@@ -17,12 +17,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve POST /v1/code-requests, /healthz and /readyz.
-    Serve(IngressConfig),
+    Serve {
+        #[command(flatten)]
+        config: IngressConfig,
+        #[command(flatten)]
+        dev: DevMode,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging(false);
-    let Command::Serve(config) = Cli::parse().command;
-    ingress::serve(config, phone_hasher(), shutdown_signal()).await
+    let Command::Serve { config, dev } = Cli::parse().command;
+    ingress::serve(config, phone_hasher(dev)?, shutdown_signal()).await
 }
