@@ -1,7 +1,16 @@
 //! The two provider endpoints: shape checks, credentials, rate limits, staged behaviours,
-//! random errors and latency, answered in each provider's own format.
+//! random errors and latency, answered in each provider's own format with the HTTP status it
+//! documents for each code ([`crate::errors`]).
+//!
+//! Each call is decided and recorded when it arrives; the simulated latency only delays the
+//! answer (see [`Received::outcome`]).
 
 use crate::behaviour::{self, Staged};
+use crate::errors::{
+    twilio_delivery_status, twilio_http_status, twilio_title, whatsapp_http_status, whatsapp_title,
+};
+use crate::queue::Admission;
+use crate::webhooks::Fate;
 use crate::{webhooks, InProgress, Received, Sim};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,7 +20,9 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -30,6 +41,32 @@ async fn delay(sim: &Sim) {
     }
 }
 
+/// Counts the answer as abandoned unless it was handed back: the handler's future is dropped
+/// when the client goes away during the latency.
+struct Answering<'a> {
+    sim: &'a Sim,
+    answered: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.sim.abandoned();
+        }
+    }
+}
+
+/// Hand back an answer already decided, after the simulated latency.
+async fn answer_after_latency(sim: &Sim, answer: Response) -> Response {
+    let mut answering = Answering {
+        sim,
+        answered: false,
+    };
+    delay(sim).await;
+    answering.answered = true;
+    answer
+}
+
 fn random_error(mix: &[(i64, f64)]) -> Option<i64> {
     mix.iter()
         .find(|(_, p)| rand::random::<f64>() < *p)
@@ -38,14 +75,18 @@ fn random_error(mix: &[(i64, f64)]) -> Option<i64> {
 
 // ---------------------------------------------------------------- WhatsApp Cloud API
 
-fn wa_error(status: u16, code: i64, message: &str) -> Response {
+/// A Graph API error body (Meta, "Error codes": `{"error":{"message":"(#CODE) Title", "type",
+/// "code", "error_data":{"messaging_product","details"}, "fbtrace_id"}}`) with the HTTP status
+/// Meta documents for the code.
+fn wa_error(code: i64, details: &str) -> Response {
     let body = json!({ "error": {
-        "message": format!("(#{code}) {message}"),
+        "message": format!("(#{code}) {}", whatsapp_title(code)),
         "type": "OAuthException",
         "code": code,
-        "error_data": { "messaging_product": "whatsapp", "details": message },
+        "error_data": { "messaging_product": "whatsapp", "details": details },
         "fbtrace_id": "AsimTrace"
     }});
+    let status = whatsapp_http_status(code);
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         Json(body),
@@ -120,22 +161,26 @@ pub(crate) async fn whatsapp(
     body: Bytes,
 ) -> Response {
     let _in_progress = InProgress::new(&sim);
+    let answer = whatsapp_answer(&sim, &version, &headers, &body);
+    answer_after_latency(&sim, answer).await
+}
+
+fn whatsapp_answer(sim: &Arc<Sim>, version: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let arrived_ms = now_ms();
-    delay(&sim).await;
     let expected = format!("Bearer {}", sim.config.whatsapp_token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return wa_error(401, 190, "Invalid OAuth access token.");
+        return wa_error(190, "Invalid OAuth access token.");
     }
     if !version.starts_with('v') {
-        return wa_error(400, 100, "Unknown API version.");
+        return wa_error(100, "Unknown API version.");
     }
-    let json: Value = match serde_json::from_slice(&body) {
+    let json: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(_) => return wa_error(400, 100, "Invalid parameter: body is not JSON."),
+        Err(_) => return wa_error(100, "Invalid parameter: body is not JSON."),
     };
     let (to, code) = match wa_shape(&json) {
         Ok(v) => v,
-        Err(why) => return wa_error(400, 100, &format!("Invalid parameter: {why}")),
+        Err(why) => return wa_error(100, &format!("Invalid parameter: {why}")),
     };
     let mut received = Received {
         api: "whatsapp".into(),
@@ -152,29 +197,26 @@ pub(crate) async fn whatsapp(
     // Every request counts against the sender's throughput; only a message that would be
     // delivered counts against the pair limit (a refused one reached nobody).
     let outage = *sim.whatsapp_outage.lock().expect("outage lock");
-    let answer = if let Some((http, code)) = outage {
-        Err((http, code, "Outage"))
+    let answer = if let Some(code) = outage {
+        Err((code, "Outage"))
     } else if sim.wa_sender.check().is_err() {
+        // Meta, "Error codes": 130429, Cloud API message throughput has been reached.
         sim.violation("whatsapp_sender");
-        Err((400, 130429, "Rate limit hit"))
-    } else if !approved_language(&sim, &json) {
-        // Meta, "Error codes": 132001, HTTP 404, the template does not exist in that language.
-        Err((
-            404,
-            132001,
-            "Template name does not exist in the translation",
-        ))
+        Err((130429, "Cloud API message throughput has been reached."))
+    } else if !approved_language(sim, &json) {
+        // Meta, "Error codes": 132001, the template does not exist in that language.
+        Err((132001, "Template name does not exist in the translation"))
     } else {
         match behaviour::whatsapp(&to, sim.call_number("whatsapp", &to)) {
-            Staged::Error { http, code } => Err((http, code, "Staged error")),
+            Staged::Error { code, .. } => Err((code, "Staged error")),
             Staged::Accept => match random_error(&sim.config.whatsapp_errors) {
-                Some(code) => Err((400, code, "Random error")),
+                Some(code) => Err((code, "Random error")),
                 None if sim.wa_pair.check_key(&to).is_err() => {
+                    // Meta, "Error codes": 131056, pair rate limit.
                     sim.violation("whatsapp_pair");
                     Err((
-                        400,
                         131056,
-                        "(Business Account, Consumer Account) pair rate limit hit",
+                        "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time.",
                     ))
                 }
                 None => Ok(()),
@@ -192,7 +234,7 @@ pub(crate) async fn whatsapp(
                 request_id: received.request_id.clone(),
             };
             sim.record(received);
-            webhooks::after_accept(&sim, target, id.clone(), to.clone());
+            webhooks::after_accept(sim, target, id.clone(), to.clone(), Fate::default());
             Json(json!({
                 "messaging_product": "whatsapp",
                 "contacts": [ { "input": to, "wa_id": to } ],
@@ -200,17 +242,20 @@ pub(crate) async fn whatsapp(
             }))
             .into_response()
         }
-        Err((http, code, message)) => {
+        Err((code, details)) => {
             received.outcome = code.to_string();
             sim.record(received);
-            wa_error(http, code, message)
+            wa_error(code, details)
         }
     }
 }
 
 // ---------------------------------------------------------------- Twilio Messages API
 
-fn twilio_error(status: u16, code: i64, message: &str) -> Response {
+/// A Twilio REST error body (`{"code","message","more_info","status"}`) with the HTTP status
+/// of the code.
+fn twilio_error(code: i64, message: &str) -> Response {
+    let status = twilio_http_status(code);
     let body = json!({
         "code": code,
         "message": message,
@@ -233,6 +278,29 @@ fn basic_auth_ok(headers: &HeaderMap, sid: &str, token: &str) -> bool {
         == Some(expected.as_str())
 }
 
+/// One of the SMS API's concurrent-request slots, held until the answer is handed back.
+struct SmsSlot<'a>(&'a Sim);
+
+impl<'a> SmsSlot<'a> {
+    fn try_new(sim: &'a Sim) -> Option<Self> {
+        let now = sim.sms_in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+        if now > u64::from(sim.config.sms_max_concurrent) {
+            sim.sms_in_progress.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(sim))
+    }
+}
+
+impl Drop for SmsSlot<'_> {
+    fn drop(&mut self) {
+        self.0.sms_in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Twilio, "Messages resource": `ValidityPeriod` defaults to 36,000 s.
+const DEFAULT_VALIDITY: Duration = Duration::from_secs(36_000);
+
 pub(crate) async fn sms(
     State(sim): State<Arc<Sim>>,
     Path(sid): Path<String>,
@@ -240,43 +308,67 @@ pub(crate) async fn sms(
     body: Bytes,
 ) -> Response {
     let _in_progress = InProgress::new(&sim);
+    // Twilio, "Error 20429": too many concurrent requests. Every request in progress holds a
+    // slot until its answer goes back, latency included.
+    let slot = SmsSlot::try_new(&sim);
+    let answer = sms_answer(&sim, &sid, &headers, &body, slot.is_none());
+    let answer = answer_after_latency(&sim, answer).await;
+    drop(slot);
+    answer
+}
+
+fn sms_answer(
+    sim: &Arc<Sim>,
+    sid: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    too_many_concurrent: bool,
+) -> Response {
     let arrived_ms = now_ms();
-    delay(&sim).await;
     if sid != sim.config.sms_account_sid
         || !basic_auth_ok(
-            &headers,
+            headers,
             &sim.config.sms_account_sid,
             &sim.config.sms_auth_token,
         )
     {
-        return twilio_error(401, 20003, "Authenticate");
+        return twilio_error(20003, twilio_title(20003));
     }
-    let form: HashMap<String, String> = match serde_urlencoded::from_bytes(&body) {
+    let form: HashMap<String, String> = match serde_urlencoded::from_bytes(body) {
         Ok(f) => f,
-        Err(_) => return twilio_error(400, 21602, "Body is not form-encoded"),
+        Err(_) => return twilio_error(21602, "Body is not form-encoded"),
     };
     let Some(to) = form.get("To") else {
-        return twilio_error(400, 21604, "A 'To' phone number is required.");
+        return twilio_error(21604, "A 'To' phone number is required.");
     };
     let digits = to.strip_prefix('+').unwrap_or("");
     if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return twilio_error(400, 21211, "The 'To' number is not a valid phone number.");
+        return twilio_error(21211, "The 'To' number is not a valid phone number.");
     }
     let Some(text) = form.get("Body").filter(|b| !b.is_empty()) else {
-        return twilio_error(400, 21602, "Message body is required.");
+        return twilio_error(21602, "Message body is required.");
     };
     if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
         return twilio_error(
-            400,
             21603,
             "A 'From' or 'MessagingServiceSid' parameter is required.",
         );
     }
-    if let Some(v) = form.get("ValidityPeriod") {
-        if !v.parse::<u32>().is_ok_and(|v| (1..=36_000).contains(&v)) {
-            return twilio_error(400, 21623, "ValidityPeriod must be 1 to 36000 seconds.");
-        }
-    }
+    // A sender from a Messaging Service's pool rather than one `From` number.
+    let via_service = !form.contains_key("From");
+    let validity = match form.get("ValidityPeriod") {
+        None => DEFAULT_VALIDITY,
+        Some(v) => match v.parse::<u64>() {
+            Ok(v) if (1..=36_000).contains(&v) => Duration::from_secs(v),
+            // Twilio, "Error 90007": validity period must be 1 to 36,000 seconds.
+            _ => {
+                return twilio_error(
+                    90007,
+                    "Validity period can only be set to integers between 1 and 36,000 seconds.",
+                )
+            }
+        },
+    };
     let request_id = form.get("StatusCallback").and_then(|url| {
         let query = url.split_once('?')?.1;
         let pairs: HashMap<String, String> = serde_urlencoded::from_str(query).ok()?;
@@ -292,20 +384,27 @@ pub(crate) async fn sms(
         provider_message_id: None,
         language: None,
     };
-    let answer = if sim.sms_sender.check().is_err() {
-        sim.violation("sms_sender");
-        Err((429, 20429, "Too Many Requests"))
+    let answer = if too_many_concurrent {
+        sim.violation("sms_concurrent");
+        Err((20429, "Too Many Requests"))
     } else {
         match behaviour::sms(digits, sim.call_number("sms", digits)) {
-            Staged::Error { http, code } => Err((http, code, "Staged error")),
-            Staged::Accept => match random_error(&sim.config.sms_errors) {
-                Some(code) => Err((400, code, "Random error")),
-                None => Ok(()),
-            },
+            Staged::Error { code, .. } => Err((code, "Staged error")),
+            Staged::Accept => {
+                let drawn = random_error(&sim.config.sms_errors);
+                match drawn {
+                    // Any code but a delivery error answers the send.
+                    Some(code) if twilio_delivery_status(code).is_none() => {
+                        Err((code, "Random error"))
+                    }
+                    // A delivery error is accepted and reported on its callbacks.
+                    _ => queue(sim, drawn, validity, via_service),
+                }
+            }
         }
     };
     match answer {
-        Ok(()) => {
+        Ok(fate) => {
             let sid = format!("SM{:032x}", sim.message_id());
             received.outcome = "accepted".into();
             received.provider_message_id = Some(sid.clone());
@@ -314,15 +413,61 @@ pub(crate) async fn sms(
                 let target = webhooks::Target::Sms {
                     callback: callback.clone(),
                 };
-                webhooks::after_accept(&sim, target, sid.clone(), digits.to_string());
+                webhooks::after_accept(sim, target, sid.clone(), digits.to_string(), fate);
             }
-            let body = json!({ "sid": sid, "status": "queued", "to": to, "body": text, "error_code": null });
+            // Twilio, "Messages resource": a message sent with a Messaging Service starts
+            // `accepted`, one from a `From` number `queued`.
+            let status = if via_service { "accepted" } else { "queued" };
+            let body =
+                json!({ "sid": sid, "status": status, "to": to, "body": text, "error_code": null });
             (StatusCode::CREATED, Json(body)).into_response()
         }
-        Err((http, code, message)) => {
+        Err((code, message)) => {
             received.outcome = code.to_string();
             sim.record(received);
-            twilio_error(http, code, message)
+            twilio_error(code, message)
+        }
+    }
+}
+
+/// Put an accepted message in the sender's queue (Twilio, "Error 21611"): over the sender's
+/// rate it waits (an `sms_sender` violation) and its callbacks come that much later; a wait
+/// longer than its `ValidityPeriod` makes it `failed` 30036 when the period ends (Twilio,
+/// "Error 30036"); a full queue refuses a `From` send with 21611, while a Messaging Service
+/// accepts it and fails it with 30001 (Twilio, "Error 21611": "If you are using a Messaging
+/// Service ... messages will instead fail after creation with error 30001").
+fn queue(
+    sim: &Sim,
+    drawn: Option<i64>,
+    validity: Duration,
+    via_service: bool,
+) -> Result<Fate, (i64, &'static str)> {
+    match sim.sms_queue.admit() {
+        Admission::Leaves(wait) => {
+            if !wait.is_zero() {
+                sim.violation("sms_sender");
+            }
+            if wait > validity {
+                return Ok(Fate {
+                    start: validity,
+                    failure: Some(30036),
+                });
+            }
+            Ok(Fate {
+                start: wait,
+                failure: drawn,
+            })
+        }
+        Admission::Full => {
+            sim.violation("sms_sender");
+            if via_service {
+                Ok(Fate {
+                    start: Duration::ZERO,
+                    failure: Some(30001),
+                })
+            } else {
+                Err((21611, twilio_title(21611)))
+            }
         }
     }
 }

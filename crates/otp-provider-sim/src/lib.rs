@@ -2,15 +2,20 @@
 //! Twilio's Messages API, on one port.
 //!
 //! It checks each request against the documented shape and answers in the provider's own
-//! error format when it is wrong; it enforces the providers' rate limits itself (and counts
-//! every violation, which our workers should never cause); it adds latency and random errors
-//! on demand; and it behaves deterministically by phone number so tests can stage recipients
-//! (see [`behaviour`]). `GET /sim/messages` and `GET /sim/stats` show what it received. It
-//! stands in for the user's handset, so it does record phone numbers and codes.
+//! error format, with the HTTP status the provider documents for each code (see [`errors`]);
+//! it enforces the providers' rate limits itself the way each does it (Meta refuses, Twilio
+//! queues: see [`queue`]) and counts every violation, which our workers should never cause;
+//! it adds latency and random errors on demand; and it behaves deterministically by phone
+//! number so tests can stage recipients (see [`behaviour`]). `GET /sim/messages` and
+//! `GET /sim/stats` show what it received; `POST /sim/whatsapp/system-errors` makes it send a
+//! system-level WhatsApp error webhook. It stands in for the user's handset, so it does record
+//! phone numbers and codes (and never logs them).
 
 mod apis;
 pub mod behaviour;
 mod config;
+pub mod errors;
+mod queue;
 mod webhooks;
 
 pub use config::SimConfig;
@@ -34,7 +39,11 @@ pub struct Received {
     pub request_id: Option<String>,
     /// When the request arrived (before the simulated latency), ms since the Unix epoch.
     pub received_at_ms: i64,
-    /// `accepted`, or the provider error code it answered.
+    /// `accepted`, or the provider error code it answered. Decided, and recorded, when the
+    /// request arrives: the simulated latency only delays the answer, so a client that gives
+    /// up during it still finds its call here, with the outcome the provider acted on (an
+    /// accepted message is sent and reported even if its answer was never read, as with a
+    /// real provider). Answers the client never took are counted in [`Stats::abandoned`].
     pub outcome: String,
     pub provider_message_id: Option<String>,
     /// The WhatsApp template language asked for.
@@ -48,12 +57,21 @@ pub struct Stats {
     pub accepted: u64,
     pub errors_by_code: BTreeMap<String, u64>,
     /// Requests that broke a provider limit: `whatsapp_sender` (130429), `whatsapp_pair`
-    /// (131056), `sms_sender` (429 / 20429).
+    /// (131056), `sms_sender` (over the sender's rate: queued, or refused with 21611 when the
+    /// queue was full), `sms_concurrent` (429 / 20429, too many requests in progress).
     pub rate_limit_violations: BTreeMap<String, u64>,
     /// Most provider requests ever in progress at once (back-pressure checks).
     pub max_concurrent_requests: u64,
-    /// Status webhooks by outcome: `delivered` (answered 200), `retried`, `given_up`, `lost`.
+    /// Webhooks of both providers by outcome: `attempts` (HTTP calls made), `delivered`
+    /// (accepted by the receiver), `retried`, `given_up` (the provider stopped trying),
+    /// `lost`.
     pub webhooks: BTreeMap<String, u64>,
+    /// The same outcomes per provider: `whatsapp` and `sms`.
+    #[serde(default)]
+    pub webhooks_by_api: BTreeMap<String, BTreeMap<String, u64>>,
+    /// API calls whose answer was never taken: the client went away during the latency.
+    #[serde(default)]
+    pub abandoned: u64,
 }
 
 pub(crate) struct Sim {
@@ -62,13 +80,15 @@ pub(crate) struct Sim {
     pub stats: Mutex<Stats>,
     pub wa_sender: DefaultDirectRateLimiter,
     pub wa_pair: DefaultKeyedRateLimiter<String>,
-    pub sms_sender: DefaultDirectRateLimiter,
+    pub sms_queue: queue::SenderQueue,
+    /// SMS API requests in progress (Twilio's concurrency limit, 20429).
+    pub sms_in_progress: AtomicU64,
     /// Calls seen per (api, phone), for behaviours like "fail twice, then succeed".
     pub calls: Mutex<HashMap<(&'static str, String), u32>>,
     pub next_id: AtomicU64,
     pub in_progress: AtomicU64,
-    /// When set, every WhatsApp send gets this (HTTP status, code): a broken channel.
-    pub whatsapp_outage: Mutex<Option<(u16, i64)>>,
+    /// When set, every WhatsApp send gets this code: a broken channel.
+    pub whatsapp_outage: Mutex<Option<i64>>,
     pub webhook_client: reqwest::Client,
 }
 
@@ -101,12 +121,15 @@ impl Sim {
         let pair = Quota::with_period(config.whatsapp_pair_period)
             .expect("pair period is non-zero")
             .allow_burst(nonzero(1));
-        let sms =
-            Quota::per_second(nonzero(config.sms_rate)).allow_burst(nonzero(config.sms_burst));
         Self {
             wa_sender: governor::RateLimiter::direct(wa),
             wa_pair: governor::RateLimiter::keyed(pair),
-            sms_sender: governor::RateLimiter::direct(sms),
+            sms_queue: queue::SenderQueue::new(
+                config.sms_rate,
+                config.sms_burst,
+                config.effective_sms_queue_capacity(),
+            ),
+            sms_in_progress: AtomicU64::new(0),
             config,
             messages: Mutex::default(),
             stats: Mutex::default(),
@@ -114,8 +137,9 @@ impl Sim {
             next_id: AtomicU64::new(1),
             in_progress: AtomicU64::new(0),
             whatsapp_outage: Mutex::new(None),
+            // Each webhook call sets its own total timeout (see `webhooks`).
             webhook_client: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
+                .connect_timeout(webhooks::CONNECT_TIMEOUT)
                 .build()
                 .expect("an HTTP client"),
         }
@@ -136,9 +160,19 @@ impl Sim {
         self.messages.lock().expect("messages lock").push(received);
     }
 
-    pub(crate) fn webhook_outcome(&self, outcome: &str) {
+    pub(crate) fn webhook_outcome(&self, api: &str, outcome: &str) {
         let mut stats = self.stats.lock().expect("stats lock");
         *stats.webhooks.entry(outcome.to_string()).or_default() += 1;
+        *stats
+            .webhooks_by_api
+            .entry(api.to_string())
+            .or_default()
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    pub(crate) fn abandoned(&self) {
+        self.stats.lock().expect("stats lock").abandoned += 1;
     }
 
     pub(crate) fn violation(&self, limit: &str) {
@@ -176,6 +210,7 @@ fn routes(sim: Arc<Sim>) -> Router {
         .route("/2010-04-01/Accounts/{sid}/Messages.json", post(apis::sms))
         .route("/sim/messages", get(messages))
         .route("/sim/stats", get(stats))
+        .route("/sim/whatsapp/system-errors", post(system_error))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim)
 }
@@ -188,6 +223,24 @@ async fn messages(
 
 async fn stats(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Stats> {
     Json(sim.stats.lock().expect("stats lock").clone())
+}
+
+#[derive(Deserialize)]
+struct SystemError {
+    code: i64,
+}
+
+/// `POST /sim/whatsapp/system-errors` `{"code":131031}`: send one system-level error webhook.
+async fn system_error(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+    Json(body): Json<SystemError>,
+) -> axum::http::StatusCode {
+    if webhooks::system_error(&sim, body.code) {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        // Nowhere to send it: no --whatsapp-webhook-url.
+        axum::http::StatusCode::CONFLICT
+    }
 }
 
 /// A simulator running in this process (tests, demo); stops when dropped.
@@ -207,9 +260,29 @@ impl SimHandle {
         self.sim.messages.lock().expect("messages lock").clone()
     }
 
-    /// Break (`Some((401, 190))`: token expired) or heal (`None`) the WhatsApp API.
+    /// Break (`Some((401, 190))`: token expired) or heal (`None`) the WhatsApp API. Every send
+    /// is answered with the code and the HTTP status Meta documents for it
+    /// ([`errors::whatsapp_http_status`]); the status given here is only checked against it.
     pub fn set_whatsapp_outage(&self, outage: Option<(u16, i64)>) {
-        *self.sim.whatsapp_outage.lock().expect("outage lock") = outage;
+        if let Some((http, code)) = outage {
+            let documented = errors::whatsapp_http_status(code);
+            if http != documented {
+                tracing::warn!(
+                    code,
+                    asked = http,
+                    documented,
+                    "outage status differs from Meta's for the code; answering with Meta's"
+                );
+            }
+        }
+        *self.sim.whatsapp_outage.lock().expect("outage lock") = outage.map(|(_, code)| code);
+    }
+
+    /// Send one system-level error webhook (`entry[].changes[].value.errors[]`, Meta, "Errors
+    /// messages webhooks reference") with this code to the WhatsApp webhook URL, signed like
+    /// the others. False when no `whatsapp_webhook_url` is configured.
+    pub fn whatsapp_system_error(&self, code: i64) -> bool {
+        webhooks::system_error(&self.sim, code)
     }
 
     pub fn stats(&self) -> Stats {

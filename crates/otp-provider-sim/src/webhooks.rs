@@ -1,12 +1,14 @@
 //! Status webhooks, as the providers send them after accepting a message: WhatsApp's to the
 //! app's callback URL, Twilio's to the message's `StatusCallback`, each signed like the real
-//! one, on the schedule [`behaviour::receipts`] stages by phone number. Delay, loss,
-//! duplication and reordering are configurable; a call that is not answered 200 is retried
-//! a few times with backoff, as the providers do.
+//! one, on the schedule [`behaviour::receipts`] stages by phone number (SMS callbacks start
+//! when the message leaves the sender's queue). Also WhatsApp's system-level `value.errors`
+//! webhooks. Delay, loss, duplication and reordering are configurable; a call that fails is
+//! retried the way each provider does it (see [`deliver`]).
 
 use crate::behaviour::{self, ReceiptPlan};
+use crate::errors::{twilio_delivery_status, whatsapp_title};
 use crate::Sim;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,35 +20,58 @@ struct Planned {
     error: Option<i64>,
 }
 
-fn plan(sim: &Sim, api: &str, digits: &str) -> Vec<Planned> {
+/// What happens to an accepted message beyond its phone number's staged plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Fate {
+    /// When its first status is due: how long it waited in the sender's queue (SMS).
+    pub start: Duration,
+    /// A delivery error drawn for it (random mix, queue overflow, validity expired): it
+    /// replaces the staged plan.
+    pub failure: Option<i64>,
+}
+
+fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
     let c = &sim.config;
-    let (sent, delivered) = ("sent", "delivered");
     let at = |after, status, error| Planned {
         after,
         status,
         error,
     };
-    let mut plan = vec![at(Duration::ZERO, sent, None)];
-    match behaviour::receipts(api, digits) {
-        ReceiptPlan::Delivered => plan.push(at(c.receipt_delay, delivered, None)),
+    let start = fate.start;
+    let staged = behaviour::receipts(api, digits);
+    let failure = fate.failure.or(match staged {
+        ReceiptPlan::FailedAfter(code) => Some(code),
+        _ => None,
+    });
+    if let Some(code) = failure {
+        if api == "sms" {
+            return match twilio_delivery_status(code) {
+                // Twilio, "Messages resource": `failed` is a message that could not be sent,
+                // so there is no `sent` before it.
+                Some("failed") => vec![at(start, "failed", Some(code))],
+                // `undelivered` comes from the carrier's receipt for a message it was sent.
+                _ => vec![
+                    at(start, "sent", None),
+                    at(start + c.receipt_delay, "undelivered", Some(code)),
+                ],
+            };
+        }
+        return vec![
+            at(start, "sent", None),
+            at(start + c.receipt_failure_delay, "failed", Some(code)),
+        ];
+    }
+    let mut plan = vec![at(start, "sent", None)];
+    match staged {
+        // (A staged failure was handled above.)
+        ReceiptPlan::Delivered | ReceiptPlan::FailedAfter(_) => {
+            plan.push(at(start + c.receipt_delay, "delivered", None))
+        }
         ReceiptPlan::DeliveredThenRead => {
-            plan.push(at(c.receipt_delay, delivered, None));
-            plan.push(at(c.receipt_delay * 2, "read", None));
+            plan.push(at(start + c.receipt_delay, "delivered", None));
+            plan.push(at(start + c.receipt_delay * 2, "read", None));
         }
         ReceiptPlan::SentOnly => {}
-        ReceiptPlan::FailedAfter(code) => {
-            let failed = if api == "sms" {
-                "undelivered"
-            } else {
-                "failed"
-            };
-            let delay = if api == "sms" {
-                c.receipt_delay
-            } else {
-                c.receipt_failure_delay
-            };
-            plan.push(at(delay, failed, Some(code)));
-        }
     }
     plan
 }
@@ -58,13 +83,19 @@ pub(crate) enum Target {
 }
 
 /// Schedule the webhooks of a message just accepted.
-pub(crate) fn after_accept(sim: &Arc<Sim>, target: Target, message_id: String, to_digits: String) {
+pub(crate) fn after_accept(
+    sim: &Arc<Sim>,
+    target: Target,
+    message_id: String,
+    to_digits: String,
+    fate: Fate,
+) {
     let api = match &target {
         Target::Whatsapp { .. } if sim.config.whatsapp_webhook_url.is_none() => return,
         Target::Whatsapp { .. } => "whatsapp",
         Target::Sms { .. } => "sms",
     };
-    let mut planned = plan(sim, api, &to_digits);
+    let mut planned = plan(sim, api, &to_digits, fate);
     let sim = sim.clone();
     tokio::spawn(async move {
         let reorder = rand::random::<f64>() < sim.config.receipt_reorder;
@@ -98,32 +129,77 @@ pub(crate) fn after_accept(sim: &Arc<Sim>, target: Target, message_id: String, t
     });
 }
 
+/// One entry of a Meta webhook `errors` array, as Meta, "Status messages webhook reference"
+/// and "Errors messages webhooks reference" show it.
+fn meta_error(code: i64) -> Value {
+    let title = whatsapp_title(code);
+    json!({
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": { "details": title },
+        "href": "/docs/whatsapp/cloud-api/support/error-codes/"
+    })
+}
+
+/// A Meta `messages` webhook body around one `value` member (`statuses` or `errors`).
+fn meta_envelope(member: &str, items: Value) -> String {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15557654321", "phone_number_id": "1055500000" }
+    });
+    value[member] = items;
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [ { "id": "WABA-SIM", "changes": [ { "value": value, "field": "messages" } ] } ]
+    })
+    .to_string()
+}
+
 async fn send_whatsapp(sim: &Sim, target: &Target, id: &str, to: &str, statuses: &[Planned]) {
     let Target::Whatsapp { request_id } = target else {
         return;
     };
-    let Some(url) = &sim.config.whatsapp_webhook_url else {
-        return;
-    };
-    let now = chrono_secs();
+    let now = unix_secs();
     let statuses: Vec<_> = statuses
         .iter()
         .map(|p| {
             let mut s = json!({"id": id, "status": p.status, "timestamp": now.to_string(), "recipient_id": to});
-            if let Some(rid) = request_id {
+            // Meta, "Status messages webhook reference": `biz_opaque_callback_data` is
+            // documented on sent, delivered and read statuses, not on failed ones.
+            let without = p.status == "failed" && sim.config.whatsapp_failed_without_callback_data;
+            if let (Some(rid), false) = (request_id, without) {
                 s["biz_opaque_callback_data"] = json!(rid);
             }
             if let Some(code) = p.error {
-                s["errors"] = json!([{"code": code, "title": "Message undeliverable.",
-                    "error_data": {"details": "Message Undeliverable."}}]);
+                s["errors"] = json!([meta_error(code)]);
             }
             s
         })
         .collect();
-    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"WABA-SIM","changes":[{"field":"messages",
-        "value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15557654321","phone_number_id":"1055500000"},
-        "statuses": statuses}}]}]})
-    .to_string();
+    post_whatsapp(sim, meta_envelope("statuses", Value::Array(statuses))).await;
+}
+
+/// Send one system-level `value.errors` webhook (Meta, "Errors messages webhooks reference":
+/// "a system-level problem", "an app- or account-level problem" prevents a request from being
+/// processed). False when no WhatsApp webhook URL is configured.
+pub(crate) fn system_error(sim: &Arc<Sim>, code: i64) -> bool {
+    if sim.config.whatsapp_webhook_url.is_none() {
+        return false;
+    }
+    let sim = sim.clone();
+    tokio::spawn(async move {
+        post_whatsapp(&sim, meta_envelope("errors", json!([meta_error(code)]))).await;
+    });
+    true
+}
+
+/// POST a Meta webhook body to the app's callback URL, signed with the app secret (Meta,
+/// "Webhooks": `X-Hub-Signature-256: sha256=` HMAC-SHA256 of the raw body).
+async fn post_whatsapp(sim: &Sim, body: String) {
+    let Some(url) = &sim.config.whatsapp_webhook_url else {
+        return;
+    };
     let signature = otp_events::signature::meta_signature(
         sim.config.whatsapp_app_secret.as_bytes(),
         body.as_bytes(),
@@ -131,11 +207,12 @@ async fn send_whatsapp(sim: &Sim, target: &Target, id: &str, to: &str, statuses:
     let request = || {
         sim.webhook_client
             .post(url)
+            .timeout(META_TIMEOUT)
             .header("content-type", "application/json")
             .header("x-hub-signature-256", &signature)
             .body(body.clone())
     };
-    deliver(sim, request).await;
+    deliver(sim, Retry::Meta, request).await;
 }
 
 async fn send_sms(sim: &Sim, target: &Target, sid: &str, to: &str, p: &Planned) {
@@ -164,17 +241,50 @@ async fn send_sms(sim: &Sim, target: &Target, sid: &str, to: &str, p: &Planned) 
     let request = || {
         sim.webhook_client
             .post(callback)
+            .timeout(TWILIO_TIMEOUT)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("x-twilio-signature", &signature)
             .body(body.clone())
     };
-    deliver(sim, request).await;
+    deliver(sim, Retry::Twilio, request).await;
 }
 
-/// Send one webhook (maybe lost, maybe twice), retrying what is not answered 200.
-async fn deliver(sim: &Sim, request: impl Fn() -> reqwest::RequestBuilder) {
+/// Meta publishes no timeout for webhook calls; this one is the simulator's.
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+/// Twilio, "Webhooks connection overrides": the total time (`tt`) defaults to 15000 ms.
+const TWILIO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Twilio, "Webhooks connection overrides": the connect timeout (`ct`) defaults to 5000 ms.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a provider retries a webhook call that failed.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// Meta, "Webhooks": a call not answered 200 is retried, with decreasing frequency, for up
+    /// to 7 days. The simulator keeps it short: 6 tries, 0.2 s apart doubling.
+    Meta,
+    /// Twilio, "Webhooks connection overrides": by default a callback is retried once
+    /// (`rc` = 1) and only when the connection failed (`rp` = `ct`); an answer, even an HTTP
+    /// 5xx, is never retried.
+    Twilio,
+}
+
+impl Retry {
+    fn api(self) -> &'static str {
+        match self {
+            Self::Meta => "whatsapp",
+            Self::Twilio => "sms",
+        }
+    }
+}
+
+const META_TRIES: u32 = 6;
+const TWILIO_TRIES: u32 = 1 + 1;
+
+/// Send one webhook (maybe lost, maybe twice), retrying as the provider does.
+async fn deliver(sim: &Sim, retry: Retry, request: impl Fn() -> reqwest::RequestBuilder) {
+    let api = retry.api();
     if rand::random::<f64>() < sim.config.receipt_loss {
-        sim.webhook_outcome("lost");
+        sim.webhook_outcome(api, "lost");
         return;
     }
     let copies = if rand::random::<f64>() < sim.config.receipt_duplication {
@@ -183,28 +293,71 @@ async fn deliver(sim: &Sim, request: impl Fn() -> reqwest::RequestBuilder) {
         1
     };
     for _ in 0..copies {
-        let mut delay = Duration::from_millis(200);
-        let mut delivered = false;
-        for _ in 0..6 {
-            match request().send().await {
-                Ok(r) if r.status().is_success() => {
-                    delivered = true;
-                    break;
-                }
-                _ => {
-                    sim.webhook_outcome("retried");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        sim.webhook_outcome(if delivered { "delivered" } else { "given_up" });
+        let delivered = match retry {
+            Retry::Meta => deliver_meta(sim, &request).await,
+            Retry::Twilio => deliver_twilio(sim, &request).await,
+        };
+        sim.webhook_outcome(api, if delivered { "delivered" } else { "given_up" });
     }
 }
 
-fn chrono_secs() -> u64 {
+async fn deliver_meta(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder) -> bool {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=META_TRIES {
+        sim.webhook_outcome("whatsapp", "attempts");
+        // Meta counts only a 200 as received; any other answer or none is retried.
+        if matches!(request().send().await, Ok(r) if r.status() == reqwest::StatusCode::OK) {
+            return true;
+        }
+        if attempt < META_TRIES {
+            sim.webhook_outcome("whatsapp", "retried");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    false
+}
+
+async fn deliver_twilio(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder) -> bool {
+    for attempt in 1..=TWILIO_TRIES {
+        sim.webhook_outcome("sms", "attempts");
+        match request().send().await {
+            Ok(r) => return r.status().is_success(),
+            Err(e) if e.is_connect() && attempt < TWILIO_TRIES => {
+                sim.webhook_outcome("sms", "retried");
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_error_webhook_has_metas_shape() {
+        let body: Value =
+            serde_json::from_str(&meta_envelope("errors", json!([meta_error(130429)]))).unwrap();
+        assert_eq!(body["object"], "whatsapp_business_account");
+        let change = &body["entry"][0]["changes"][0];
+        assert_eq!(change["field"], "messages");
+        let value = &change["value"];
+        assert_eq!(value["messaging_product"], "whatsapp");
+        assert!(value["metadata"]["phone_number_id"].is_string());
+        assert!(value.get("statuses").is_none());
+        let e = &value["errors"][0];
+        assert_eq!(e["code"], 130429);
+        assert_eq!(e["title"], "Rate limit hit");
+        assert!(e["message"].is_string());
+        assert!(e["error_data"]["details"].is_string());
+    }
 }
