@@ -10,15 +10,52 @@ use chrono::Duration;
 /// Limits that a deployment may tune. Everything else is fixed by the contract.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    /// Longest allowed life of a code, `expires_at - created_at`. Default: 30 minutes.
+    /// Longest allowed life of a code, `expires_at - created_at`, and how far from now a
+    /// reader accepts `expires_at`. Default: 30 minutes.
     pub max_ttl: Duration,
+    /// How far ahead of the reader's clock `created_at` may be. Default: 30 seconds.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Rules {
     fn default() -> Self {
         Self {
             max_ttl: Duration::minutes(30),
+            max_clock_skew: Duration::seconds(30),
         }
+    }
+}
+
+impl Rules {
+    /// The rules against the reader's clock (server time): `created_at` is at most
+    /// `max_clock_skew` ahead of `now`, and `expires_at` at most `max_ttl` after it. A request
+    /// dated in the future would otherwise outlive its code life in every memory that keeps it
+    /// until expiry (duplicate memory, the tracker), and a producer could make one live for
+    /// years.
+    pub fn check_clock(
+        &self,
+        r: &CodeRequest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ValidationError> {
+        if r.created_at > now + self.max_clock_skew {
+            return Err(ValidationError::new(
+                "created_at",
+                format!(
+                    "must not be more than {} seconds ahead of the reader's clock",
+                    self.max_clock_skew.num_seconds()
+                ),
+            ));
+        }
+        if r.expires_at > now + self.max_ttl {
+            return Err(ValidationError::new(
+                "expires_at",
+                format!(
+                    "must be at most {} seconds after the reader's clock",
+                    self.max_ttl.num_seconds()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

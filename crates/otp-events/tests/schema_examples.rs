@@ -121,6 +121,7 @@ fn max_ttl_is_configurable() {
     let bytes = std::fs::read(schemas_dir().join("examples/valid/minimal-sms.json")).unwrap();
     let strict = Rules {
         max_ttl: chrono::Duration::minutes(10),
+        ..Rules::default()
     };
     assert_eq!(
         decode_code_request(&bytes, &strict).unwrap_err().field,

@@ -37,9 +37,15 @@ pub struct WorkerConfig {
     /// Request_ids remembered for duplicate detection.
     #[serde(default = "default_dedup_capacity")]
     pub dedup_capacity: usize,
-    /// Longest code life accepted (`expires_at - created_at`).
+    /// Longest code life accepted (`expires_at - created_at`); also how far from the worker's
+    /// clock `expires_at` may be.
     #[serde(default = "default_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// How far ahead of the worker's clock a request's `created_at` may be; later ones are
+    /// dead-lettered and `rejected` (server time: a request dated in the future would live past
+    /// its code life in the duplicate memory and the tracker).
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     #[serde(default)]
     pub retry: RetryConfig,
     /// Provider rate limits; the channel's defaults when absent.
@@ -108,6 +114,9 @@ fn default_dedup_capacity() -> usize {
 }
 fn default_max_ttl() -> Duration {
     Duration::from_secs(30 * 60)
+}
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for WorkerConfig {

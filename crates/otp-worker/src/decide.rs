@@ -13,8 +13,8 @@ use crate::retry::RetrySchedule;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{ErrorClass, SendFailure};
 use otp_events::{
-    Channel, CodeRequest, ConfirmationState, ErrorCategory, PendingConfirmation, StatusError,
-    StatusKind, PENDING_CONFIRMATION_SCHEMA,
+    Channel, CodeRequest, ConfirmationState, ErrorCategory, PendingConfirmation, Rules,
+    StatusError, StatusKind, PENDING_CONFIRMATION_SCHEMA,
 };
 use std::time::Duration;
 
@@ -71,12 +71,21 @@ pub enum Next {
 /// Before anything is sent: the request must be for this worker's channel, alive, and seen
 /// for the first time (`first_sight` is asked only for a live request, since asking records
 /// it). `None`: go on to the send.
-pub fn guard(at: At<'_>, first_sight: impl FnOnce() -> bool) -> Option<Outcome> {
+pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> bool) -> Option<Outcome> {
     let At {
         request,
         channel,
         now,
     } = at;
+    // Server time: before the duplicate memory, which keeps an id until its expiry.
+    if let Err(e) = rules.check_clock(request, now) {
+        let reason = e.to_string();
+        return Some(Outcome::Reject {
+            error: invalid_event(&reason),
+            reason,
+            tries: 0,
+        });
+    }
     if request.current_channel() != Some(channel) {
         let reason = "tried_channels: the request's current channel is not this topic's channel";
         return Some(Outcome::Reject {

@@ -80,7 +80,7 @@ impl<C: ChannelClient> Pipeline<C> {
             self.dedup
                 .first_sight(&request.request_id, source, request.expires_at, now)
         };
-        if let Some(outcome) = decide::guard(at(now), first_sight) {
+        if let Some(outcome) = decide::guard(at(now), &self.rules, first_sight) {
             return outcome;
         }
 

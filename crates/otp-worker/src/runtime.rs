@@ -48,6 +48,7 @@ pub async fn run<C: ChannelClient>(
     let channel = client.channel();
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+        max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
     };
     let pipeline = Arc::new(Pipeline {
         client,

@@ -60,6 +60,7 @@ pub async fn serve(
             topics: config.kafka.topics(),
             rules: Rules {
                 max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+                ..Rules::default()
             },
             ack_timeout: config.ack_timeout,
         },

@@ -77,13 +77,13 @@ fn reported(outcome: &Outcome) -> Option<(StatusKind, Option<&str>)> {
 #[test]
 fn a_live_first_sighted_request_for_this_channel_goes_on_to_the_send() {
     let r = request(&[WA, SMS], 300);
-    assert_eq!(guard(at(&r, WA), || true), None);
+    assert_eq!(guard(at(&r, WA), &Rules::default(), || true), None);
 }
 
 #[test]
 fn a_request_for_another_channel_is_rejected() {
     let r = request(&[SMS], 300);
-    let outcome = guard(at(&r, WA), || panic!("not asked"));
+    let outcome = guard(at(&r, WA), &Rules::default(), || panic!("not asked"));
     match outcome {
         Some(Outcome::Reject { reason, error, .. }) => {
             assert!(reason.starts_with("tried_channels:"), "{reason}");
@@ -96,7 +96,9 @@ fn a_request_for_another_channel_is_rejected() {
 #[test]
 fn an_expired_request_is_reported_expired_and_not_remembered() {
     let r = request(&[WA, SMS], -1);
-    let outcome = guard(at(&r, WA), || panic!("an expired request is not recorded"));
+    let outcome = guard(at(&r, WA), &Rules::default(), || {
+        panic!("an expired request is not recorded")
+    });
     assert_eq!(
         reported(&outcome.unwrap()),
         Some((StatusKind::Expired, None))
@@ -104,9 +106,37 @@ fn an_expired_request_is_reported_expired_and_not_remembered() {
 }
 
 #[test]
+fn requests_dated_in_the_future_or_living_past_the_code_life_are_rejected_unremembered() {
+    // Server time: the client's created_at and expires_at are checked against our clock
+    // before the duplicate memory keeps the id until its expiry.
+    let mut year_9999 = request(&[WA, SMS], 300);
+    year_9999.created_at = "9999-01-01T00:00:00Z".parse().unwrap();
+    year_9999.expires_at = year_9999.created_at + chrono::Duration::minutes(5);
+    let mut far_expiry = request(&[WA, SMS], 300);
+    far_expiry.created_at = Utc::now();
+    far_expiry.expires_at = Utc::now() + chrono::Duration::minutes(31);
+    let mut slightly_ahead = request(&[WA, SMS], 300);
+    slightly_ahead.created_at = Utc::now() + chrono::Duration::seconds(10);
+    for (r, field) in [(&year_9999, "created_at"), (&far_expiry, "expires_at")] {
+        match guard(at(r, WA), &Rules::default(), || panic!("not remembered")) {
+            Some(Outcome::Reject { reason, error, .. }) => {
+                assert!(reason.starts_with(&format!("{field}:")), "{reason}");
+                assert_eq!(error.code, "invalid_event");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        guard(at(&slightly_ahead, WA), &Rules::default(), || true),
+        None,
+        "within the allowed clock skew"
+    );
+}
+
+#[test]
 fn a_request_seen_before_is_a_duplicate() {
     let r = request(&[WA, SMS], 300);
-    let outcome = guard(at(&r, WA), || false).unwrap();
+    let outcome = guard(at(&r, WA), &Rules::default(), || false).unwrap();
     assert_eq!(reported(&outcome), Some((StatusKind::Duplicate, None)));
 }
 
