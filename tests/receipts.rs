@@ -754,7 +754,10 @@ async fn failed_receipts_and_system_errors_saying_the_account_is_locked_open_the
         );
     }
     // Meta's system-level error (`value.errors`): the third signal within the window.
-    assert!(l.stack.sim.whatsapp_system_error(131031), "a webhook URL is set");
+    assert!(
+        l.stack.sim.whatsapp_system_error(131031),
+        "a webhook URL is set"
+    );
 
     // From now on WhatsApp is refused: a request goes to SMS without a WhatsApp send. The
     // signal travels through Kafka, so ask until a request finds the circuit open.

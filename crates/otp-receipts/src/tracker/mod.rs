@@ -45,6 +45,7 @@ pub async fn run(
     let topics = kafka.topics();
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+        ..Rules::default()
     };
     let writer = KafkaWriter::for_fallbacks(&kafka, rules, hasher.clone())?;
     if config.metrics_listen.is_some() {
