@@ -29,7 +29,13 @@ pub fn listen(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest")
-        .set("client.id", format!("otp-{channel}-signals"));
+        .set("client.id", format!("otp-{channel}-signals"))
+        // librdkafka wants a group for assign() too; it is never joined (no subscribe) and
+        // nothing is committed under it.
+        .set(
+            "group.id",
+            format!("{}otp-{channel}-signals", kafka.topic_prefix),
+        );
     kafka.apply_overrides(&mut config);
     tokio::spawn(async move {
         let consumer: StreamConsumer = match config.create() {
