@@ -29,6 +29,8 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
         &prefix,
         "--partitions",
         "2",
+        "--replication-factor",
+        "1",
     ]);
     assert!(
         first.status.success(),
@@ -38,7 +40,7 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
     let out = String::from_utf8(first.stdout).unwrap();
     assert_eq!(
         out.lines().filter(|l| l.starts_with("created\t")).count(),
-        6,
+        7,
         "{out}"
     );
     let second = otp(&[
@@ -48,6 +50,8 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
         &bootstrap,
         "--topic-prefix",
         &prefix,
+        "--replication-factor",
+        "1",
     ]);
     assert!(
         second.status.success(),
@@ -57,7 +61,7 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
     let out = String::from_utf8(second.stdout).unwrap();
     assert_eq!(
         out.lines().filter(|l| l.starts_with("exists\t")).count(),
-        6,
+        7,
         "{out}"
     );
 

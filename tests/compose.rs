@@ -15,6 +15,17 @@ fn compose_file_is_valid_yaml_with_the_promised_services() {
         kafka_env.contains("KAFKA_PROCESS_ROLES"),
         "kafka runs in KRaft mode"
     );
+    let ingress = &doc["services"]["ingress"];
+    assert!(
+        format!("{:?}", ingress["environment"]).contains("OTP_INGRESS_API_KEYS"),
+        "the ingress is started with its API keys"
+    );
+    for port in ingress["ports"].as_sequence().expect("ingress ports") {
+        assert!(
+            port.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "the ingress is published on loopback only: {port:?}"
+        );
+    }
     let topics_cmd = format!("{:?}", doc["services"]["topics"]["command"]);
     assert!(
         topics_cmd.contains("topics") && topics_cmd.contains("create"),

@@ -39,7 +39,7 @@ pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;
-pub use validate::{is_valid_request_id, Rules};
+pub use validate::{is_valid_app, is_valid_request_id, Rules};
 
 /// Kafka header that names the schema of a message's payload.
 pub const HEADER_SCHEMA: &str = "otp-schema";

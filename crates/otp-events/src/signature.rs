@@ -12,6 +12,17 @@ type HmacSha1 = Hmac<sha1::Sha1>;
 
 /// Meta's `X-Hub-Signature-256` header value for `body`: `sha256=` + hex HMAC-SHA256 of the
 /// raw bytes, keyed with the app secret.
+/// Whether two secrets are equal, in time that depends on neither their contents nor their
+/// lengths: both are hashed first, and the digests compared in constant time.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    use sha2::Digest;
+    let (x, y) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
+}
+
 pub fn meta_signature(app_secret: &[u8], body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(app_secret).expect("HMAC takes any key length");
     mac.update(body);
@@ -104,6 +115,14 @@ pub fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, serde_urlencoded
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_whatever_their_lengths() {
+        assert!(secrets_equal(b"verify-token", b"verify-token"));
+        assert!(!secrets_equal(b"verify-token", b"verify-tokeN"));
+        assert!(!secrets_equal(b"verify-token", b"verify-token-longer"));
+        assert!(!secrets_equal(b"", b"x"));
+    }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()

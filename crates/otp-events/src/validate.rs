@@ -106,7 +106,9 @@ impl Rules {
                 ),
             ));
         }
-        check_text("app", r.app.as_deref(), APP_MAX)?;
+        if let Some(app) = &r.app {
+            check_app(app)?;
+        }
         check_text("user_ref", r.user_ref.as_deref(), USER_REF_MAX)?;
         if r.attempt == Some(0) {
             return Err(ValidationError::new("attempt", "must be at least 1"));
@@ -194,6 +196,30 @@ fn check_locale(locale: &str) -> Result<(), ValidationError> {
         Err(ValidationError::new(
             "locale",
             "must be a language code with an optional region, like \"en\" or \"pt_BR\"",
+        ))
+    }
+}
+
+/// Whether `app` is an identifier: it names a login system in metrics, statuses and limits,
+/// so free text (spaces, markup, a phone number with its `+`) has no place in it.
+pub fn is_valid_app(app: &str) -> bool {
+    !app.is_empty()
+        && app.len() <= APP_MAX
+        && app.as_bytes()[0].is_ascii_alphanumeric()
+        && app
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_app(app: &str) -> Result<(), ValidationError> {
+    if is_valid_app(app) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "app",
+            format!(
+                "must be 1 to {APP_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
         ))
     }
 }

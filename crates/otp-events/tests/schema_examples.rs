@@ -69,6 +69,7 @@ fn expected_field(example: &str) -> &'static str {
         e if e.starts_with("channels") => "channels",
         e if e.starts_with("locale") => "locale",
         e if e.starts_with("attempt") => "attempt",
+        e if e.starts_with("app") => "app",
         other => panic!("add the expected field of invalid example {other}"),
     }
 }

@@ -37,7 +37,8 @@ fn receipt(id: &str, i: usize, status: ReceiptStatus) -> Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
         channel: Channel::Whatsapp,
-        provider_message_id: format!("wamid.{i}"),
+        // As the ingress writes it: the keyed hash of the wamid.
+        provider_message_id: hasher().public_message_id(Channel::Whatsapp, &format!("wamid.{i}")),
         status,
         error: None,
         provider_timestamp: None,
@@ -45,13 +46,13 @@ fn receipt(id: &str, i: usize, status: ReceiptStatus) -> Receipt {
     }
 }
 
+fn hasher() -> PhoneHasher {
+    PhoneHasher::new(b"bench-key")
+}
+
 /// A book holding `n` sends awaiting their receipt, spread over 8 partitions.
 fn book(n: usize) -> (Book, Vec<String>) {
-    let mut book = Book::new(
-        PhoneHasher::new(b"bench-key"),
-        Duration::minutes(2),
-        Duration::minutes(2),
-    );
+    let mut book = Book::new(hasher(), Duration::minutes(2), Duration::minutes(2));
     let now = Utc::now();
     let ids = (0..n)
         .map(|i| {

@@ -44,6 +44,14 @@ impl ReceiptsCommand {
                     args.kafka_timeout,
                     phone_hasher(args.dev)?,
                 )?;
+                if let Some(listen) = args.metrics_listen {
+                    otp_kafka::observe::prometheus();
+                    tokio::spawn(async move {
+                        if let Err(e) = otp_kafka::observe::serve(listen, || true).await {
+                            tracing::error!(error = %e, "metrics listener failed");
+                        }
+                    });
+                }
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 tracing::info!(listen = %listener.local_addr()?, public_url = %args.public_url, "receipts ingress listening");
                 axum::serve(listener, crate::ingress::router(Arc::new(ingress)))

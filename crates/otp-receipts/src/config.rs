@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// answered 503 (and retries).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub kafka_timeout: Duration,
+    /// Serve `/metrics` and `/healthz` here, apart from the public webhook listener (keep it
+    /// internal).
+    #[arg(long, env = "OTP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OTP_LOG_JSON")]
     pub log_json: bool,

@@ -32,6 +32,15 @@ pub struct IngressConfig {
     #[arg(long, env = "OTP_MAX_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
+    /// The apps' API keys and quotas: a TOML file of `[[app]]` entries holding each key's
+    /// SHA-256 (see `otp-producer keys new`). Without it the ingress refuses to start, unless
+    /// `--dev`.
+    #[arg(long, env = "OTP_INGRESS_API_KEYS")]
+    pub api_keys: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub dev: otp_kafka::process::DevMode,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -50,6 +59,8 @@ impl IngressConfig {
             max_concurrent_requests: 1024,
             ack_timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(30 * 60),
+            api_keys: None,
+            dev: Default::default(),
             kafka,
         }
     }

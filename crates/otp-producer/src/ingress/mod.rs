@@ -1,19 +1,23 @@
 //! The HTTP ingress: `POST /v1/code-requests` for login systems that would rather not link a
 //! Kafka client.
 //!
-//! It answers 202 only after the broker acknowledged, so a 202 means the request is durable.
+//! Every call needs an app's API key ([`auth`]): 401 without one, 403 for a disabled app,
+//! 429 with `Retry-After` past the app's quotas; the request's `app` is the key's. It
+//! answers 202 only after the broker acknowledged, so a 202 means the request is durable.
 //! Every refusal is JSON, `{"error": {"field": .., "message": ..}}`, and never quotes the
 //! submitted values (they may be a phone number or a code).
 
+pub mod auth;
 mod config;
 
+pub use auth::{Apps, Refusal};
 pub use config::IngressConfig;
 
 use crate::{CodeRequestPublisher, PublisherConfig};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,12 +32,26 @@ use tower_http::timeout::TimeoutLayer;
 
 struct AppState {
     publisher: CodeRequestPublisher,
+    auth: Auth,
+}
+
+/// Who may call.
+pub enum Auth {
+    /// Every call needs one of these apps' keys.
+    Keys(Apps),
+    /// No authentication: development mode (`--dev`) and tests only.
+    Open,
+}
+
+/// The ingress's routes without authentication (development and tests): see [`router_with`].
+pub fn router(publisher: CodeRequestPublisher, config: &IngressConfig) -> Router {
+    router_with(publisher, config, Auth::Open)
 }
 
 /// The ingress's routes, around a publisher, with `config`'s body limit, request timeout
-/// and bound on requests handled at once.
-pub fn router(publisher: CodeRequestPublisher, config: &IngressConfig) -> Router {
-    let state = Arc::new(AppState { publisher });
+/// and bound on requests handled at once, admitting calls by `auth`.
+pub fn router_with(publisher: CodeRequestPublisher, config: &IngressConfig, auth: Auth) -> Router {
+    let state = Arc::new(AppState { publisher, auth });
     Router::new()
         .route("/v1/code-requests", post(submit))
         .route("/healthz", get(|| async { "ok" }))
@@ -66,9 +84,24 @@ pub async fn serve(
         },
         hasher,
     )?;
+    let auth = match &config.api_keys {
+        Some(path) => Auth::Keys(Apps::load(path)?),
+        None if config.dev.dev => {
+            tracing::warn!(
+                "DEVELOPMENT MODE (--dev): no --api-keys, so anyone who reaches this ingress \
+                 can send codes; never run like this in production"
+            );
+            Auth::Open
+        }
+        None => anyhow::bail!(
+            "--api-keys (OTP_INGRESS_API_KEYS) is not set: the ingress refuses to start open, \
+             since whoever reaches it could send codes to any number at our cost. Create keys \
+             with `otp-producer keys new --app NAME`, or pass --dev for local development"
+        ),
+    };
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "ingress listening");
-    axum::serve(listener, router(publisher.clone(), &config))
+    axum::serve(listener, router_with(publisher.clone(), &config, auth))
         .with_graceful_shutdown(shutdown)
         .await?;
     publisher.flush(Duration::from_secs(5));
@@ -83,10 +116,62 @@ fn error_body(status: StatusCode, field: Option<&str>, message: &str) -> Respons
         .into_response()
 }
 
+/// The app the call is from, or the refusal's answer.
+fn admit(auth: &Auth, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    let Auth::Keys(apps) = auth else {
+        return Ok(None);
+    };
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match apps.admit(header, chrono::Utc::now()) {
+        Ok(app) => Ok(Some(app.to_string())),
+        Err(Refusal::Unauthenticated) => {
+            metrics_outcome("unauthenticated");
+            let mut r = error_body(
+                StatusCode::UNAUTHORIZED,
+                Some("authorization"),
+                "an app's API key is required: Authorization: Bearer KEY",
+            );
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            Err(Box::new(r))
+        }
+        Err(Refusal::Disabled) => {
+            metrics_outcome("disabled");
+            Err(Box::new(error_body(
+                StatusCode::FORBIDDEN,
+                Some("authorization"),
+                "this app is disabled",
+            )))
+        }
+        Err(Refusal::OverQuota { rule, retry_after }) => {
+            metrics_outcome("over_quota");
+            let mut r = error_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                &format!("over this app's {rule} quota; retry after the Retry-After seconds"),
+            );
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            Err(Box::new(r))
+        }
+    }
+}
+
 async fn submit(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let app = match admit(&state.auth, &headers) {
+        Ok(app) => app,
+        Err(refused) => return *refused,
+    };
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -100,13 +185,26 @@ async fn submit(
         }
     };
     let publisher = &state.publisher;
-    let request = match decode_submission(&body, chrono::Utc::now(), &publisher.config().rules) {
+    let mut request = match decode_submission(&body, chrono::Utc::now(), &publisher.config().rules)
+    {
         Ok(request) => request,
         Err(e) => {
             metrics_outcome("invalid");
             return error_body(StatusCode::BAD_REQUEST, Some(&e.field), &e.message);
         }
     };
+    // The app is the credential's, never the body's.
+    if let Some(app) = app {
+        if request.app.as_ref().is_some_and(|named| *named != app) {
+            metrics_outcome("invalid");
+            return error_body(
+                StatusCode::BAD_REQUEST,
+                Some("app"),
+                "must be left out or be the app of the API key",
+            );
+        }
+        request.app = Some(app);
+    }
     match publisher.publish_request(&request).await {
         Ok(()) => {
             metrics_outcome("accepted");

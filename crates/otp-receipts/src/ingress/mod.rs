@@ -134,11 +134,11 @@ struct Outgoing<'a> {
 /// Webhook calls handled at once; more wait for a slot (within the request timeout).
 const MAX_CONCURRENT_REQUESTS: usize = 1024;
 
-/// The ingress's routes; `/metrics` and `/healthz` beside the webhooks. A call (body read
-/// included) that takes longer than the Kafka wait plus 5 s is answered 408, and the
-/// provider retries it: a stalled client cannot hold a slot.
+/// The ingress's public routes: the webhooks and `/healthz`. `/metrics` is not among them
+/// (it tells who is calling and how often): it has its own listener, `--metrics-listen`. A
+/// call (body read included) that takes longer than the Kafka wait plus 5 s is answered 408,
+/// and the provider retries it: a stalled client cannot hold a slot.
 pub fn router(ingress: Arc<Ingress>) -> Router {
-    let prometheus = otp_kafka::observe::prometheus();
     let request_timeout = ingress.kafka_timeout + Duration::from_secs(5);
     Router::new()
         .route(
@@ -147,7 +147,6 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
         )
         .route("/webhooks/sms/status", post(sms_status))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { prometheus.render() }))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
@@ -185,7 +184,7 @@ async fn whatsapp_handshake(
     };
     let token_ok = query
         .get("hub.verify_token")
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+        .is_some_and(|t| otp_events::signature::secrets_equal(t.as_bytes(), expected.as_bytes()));
     match (
         query.get("hub.mode").map(String::as_str),
         token_ok,
@@ -358,8 +357,4 @@ fn signals(parsed: &parse::Parsed, now: chrono::DateTime<Utc>) -> Vec<ChannelSig
         }
     }
     out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

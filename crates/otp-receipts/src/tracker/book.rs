@@ -241,6 +241,17 @@ impl Book {
         };
         out.released.push(tag);
         let record = &mut entry.record;
+        // A receipt acts only on the send its record holds: one for another send of the same
+        // request (the first copy of a send repeated after a crash, a replay of an old
+        // message's webhook) is informational and changes nothing.
+        let current = self
+            .hasher
+            .public_message_id(record.channel, &record.provider_message_id);
+        if receipt.provider_message_id != current {
+            metrics::counter!("otp_receipts_other_send_total", "channel" => receipt.channel.as_str())
+                .increment(1);
+            return out;
+        }
         if receipt.status == ReceiptStatus::Queued || record.reported.contains(&receipt.status) {
             return out; // nothing for analysts, or already reported
         }

@@ -26,12 +26,13 @@ fn record(id: &str, channels: Vec<Channel>, state: ConfirmationState) -> Pending
     }
 }
 
+/// A receipt for the record's send, as the ingress writes it (the wamid's keyed hash).
 fn receipt(id: &str, status: ReceiptStatus) -> Receipt {
     Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
         channel: Channel::Whatsapp,
-        provider_message_id: "wamid.1".into(),
+        provider_message_id: PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.1"),
         status,
         error: (status == ReceiptStatus::Failed).then(|| ReceiptError {
             code: "131026".into(),
@@ -167,6 +168,7 @@ fn report_only_records_report_receipts_without_finals() {
     );
     let mut sms = receipt("r", ReceiptStatus::Sent);
     sms.channel = Channel::Sms;
+    sms.provider_message_id = "wamid.1".into(); // an SMS id is kept as it is
     assert!(
         reported(&b.receipt(sms.clone(), tag(0), now)).is_empty(),
         "the worker said sent"
@@ -271,9 +273,10 @@ fn index(id: &str, expires_in: Duration) -> MessageIndex {
 fn a_failed_receipt_without_request_id_is_resolved_by_its_message_and_handed_on() {
     let mut b = book();
     let now = Utc::now();
-    let key = otp_events::message_key("wamid-hash-1");
+    let public = PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.1");
+    let key = otp_events::message_key(&public);
     b.index(&key, Some(index("r", Duration::minutes(5))), 0, now);
-    let out = b.receipt(uncorrelated_failure("wamid-hash-1"), tag(0), now);
+    let out = b.receipt(uncorrelated_failure(&public), tag(0), now);
     let [Action::Reroute(resolved)] = out.actions.as_slice() else {
         panic!("{:?}", out.actions)
     };
@@ -315,4 +318,21 @@ fn an_uncorrelated_receipt_waits_for_its_index_entry_and_the_entry_is_forgotten_
     );
     let unknown = b.receipt(uncorrelated_failure("wamid-hash-2"), tag(1), now);
     assert!(unknown.actions.is_empty(), "the index entry is gone");
+}
+
+#[test]
+fn a_receipt_for_another_send_of_the_request_changes_nothing() {
+    // The first copy of a send repeated after a crash fails; the record holds the second.
+    let mut b = book();
+    let now = Utc::now();
+    awaiting_whatsapp(&mut b, "r", now);
+    let mut other = receipt("r", ReceiptStatus::Failed);
+    other.provider_message_id =
+        PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.first-copy");
+    let out = b.receipt(other, tag(0), now);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(out.released, vec![tag(0)], "committed all the same");
+    assert_eq!(b.awaiting(), 1, "the fallback is still armed");
+    let delivered = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(1), now);
+    assert_eq!(reported(&delivered), vec![(StatusKind::Delivered, true)]);
 }

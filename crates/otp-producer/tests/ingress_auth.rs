@@ -1,0 +1,87 @@
+//! The HTTP ingress as an attacker meets it, against a real broker (tansu): no key, a wrong
+//! key, a disabled app's key and an app over its quota are refused with 401, 401, 403 and 429
+//! (`Retry-After`), and publish nothing; a valid key's request is published under the key's
+//! app, whatever the body says.
+
+use otp_events::Channel;
+use otp_events::PhoneHasher;
+use otp_producer::ingress::auth::{new_key, KeyFile};
+use otp_producer::ingress::{router_with, Apps, Auth, IngressConfig};
+use otp_test_support::{message_count, payload_json, read_messages, shared_broker, TestTopics};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let (key, entry) = new_key("login-web");
+    let (disabled_key, disabled_entry) = new_key("old-app");
+    let text = format!("{}{entry}\n{disabled_entry}disabled = true\n", "")
+        .replace("per_second = 100\nburst = 200", "per_second = 1\nburst = 1");
+    let apps = Apps::new(toml::from_str::<KeyFile>(&text).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = IngressConfig::new(addr, t.kafka.clone());
+    let app = router_with(
+        t.publisher(PhoneHasher::new(b"auth")),
+        &config,
+        Auth::Keys(apps),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/code-requests");
+    let expires_at = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+    let body = json!({"phone": "+15551234567", "code": "123456", "channels": ["sms"],
+                      "expires_at": expires_at, "app": "someone-else"});
+    let post = |auth: Option<String>, body: serde_json::Value| {
+        let mut r = http.post(&url).json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    let no_key = post(None, body.clone()).await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    assert_eq!(no_key.headers()["www-authenticate"], "Bearer");
+    let wrong = post(Some("Bearer otp_guess".into()), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let off = post(Some(format!("Bearer {disabled_key}")), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 403);
+
+    // The body names another app: refused, naming the field.
+    let bearer = format!("Bearer {key}");
+    let other_app = post(Some(bearer.clone()), body.clone()).await.unwrap();
+    assert_eq!(other_app.status(), 400);
+    let error: serde_json::Value = other_app.json().await.unwrap();
+    assert_eq!(error["error"]["field"], "app");
+    let mut own = body.clone();
+    own.as_object_mut().unwrap().remove("app");
+    // 1 per second, burst 1: the refused request above took the token (the quota is counted
+    // before the body is read), so the next one at once is over the rate.
+    let over = post(Some(bearer.clone()), own.clone()).await.unwrap();
+    assert_eq!(over.status(), 429);
+    let retry: u64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry, 1);
+    tokio::time::sleep(Duration::from_secs(retry)).await; // the rate window is what is tested
+    let accepted = post(Some(bearer.clone()), own.clone()).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+
+    let topic = t.topics.requests(Channel::Sms);
+    let published = read_messages(&t.kafka.brokers, &topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(payload_json(&published[0])["app"], "login-web");
+    assert_eq!(
+        message_count(&t.kafka.brokers, &topic),
+        1,
+        "nothing else was published"
+    );
+}
