@@ -144,7 +144,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (None, Some(m)) => m.bootstrap_servers(),
         (None, None) => unreachable!(),
     };
-    let kafka = KafkaArgs::new(brokers.clone());
+    let mut kafka = KafkaArgs::new(brokers.clone());
+    // Codes and numbers are sealed on the topics, as in production, with this run's key.
+    kafka.sealing = Some(otp_events::Keyring::parse(&crate::stack::run_seal_keys())?);
     let topics = kafka.topics();
     if let Some(mock) = &mock {
         for topic in topics.all() {

@@ -146,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
     let hasher = otp_kafka::process::phone_hasher(args.dev)?;
+    let mut args = args;
+    args.kafka.sealing = Some(otp_kafka::process::keyring(args.dev)?);
     let config = PublisherConfig {
         topics: args.kafka.topics(),
         rules: Rules::default(),

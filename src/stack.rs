@@ -22,6 +22,15 @@ pub fn run_hash_key() -> String {
     }
 }
 
+/// The sealing keys of a demo or load run: the deployment's `OTP_SEAL_KEYS` when set, else a
+/// random key for this run only, which its worker processes are given too.
+pub fn run_seal_keys() -> String {
+    match otp_kafka::process::secret(otp_events::Keyring::ENV) {
+        Ok(keys) => keys,
+        Err(_) => otp_events::Keyring::generate("run").1,
+    }
+}
+
 /// The WhatsApp client as `otp-whatsapp-worker` builds it, pointed at `sim`, its template
 /// approved in the simulator's languages.
 pub fn whatsapp_client(sim: &SimHandle) -> WhatsappClient {

@@ -10,6 +10,7 @@ fn otp(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_otp"))
         .args(args)
         .env("OTP_PHONE_HASH_KEY", "cli-test-key")
+        .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
         .output()
         .expect("run otp")
 }
@@ -93,7 +94,16 @@ async fn topics_create_is_idempotent_and_send_prints_the_request_id() {
     assert_eq!(got.len(), 1);
     let key = std::str::from_utf8(got[0].key().unwrap()).unwrap();
     assert_eq!(key, PhoneHasher::new(b"cli-test-key").hash("+15551234567"));
-    let request = decode_code_request(got[0].payload().unwrap(), &Rules::default()).unwrap();
+    let sealed = Rules {
+        sealing: Some(otp_test_support::test_keyring()),
+        ..Rules::default()
+    };
+    let payload = got[0].payload().unwrap();
+    assert!(
+        !String::from_utf8_lossy(payload).contains("5551234567"),
+        "the number is sealed on Kafka"
+    );
+    let request = decode_code_request(payload, &sealed).unwrap();
     assert_eq!(request.request_id, request_id);
     assert_eq!(request.channels, vec![Channel::Sms, Channel::Whatsapp]);
     let ttl = request.expires_at - request.created_at;

@@ -21,6 +21,8 @@ pub struct FleetSpec<'a> {
     pub dir: &'a Path,
     /// The run's phone hash key, which the workers must share with the publisher.
     pub hash_key: &'a str,
+    /// The run's sealing keys, likewise.
+    pub seal_keys: &'a str,
 }
 
 pub struct WorkerProcess {
@@ -58,6 +60,7 @@ impl WorkerProcess {
             .args(["--api-base-url", spec.sim_url])
             .env("RUST_LOG", spec.log_filter)
             .env("OTP_PHONE_HASH_KEY", spec.hash_key)
+            .env("OTP_SEAL_KEYS", spec.seal_keys)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -123,6 +123,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("otp-load-{}.", Utc::now().timestamp_millis()));
     let mut kafka = KafkaArgs::new(args.brokers.clone());
     kafka.topic_prefix = prefix.clone();
+    let seal_keys = crate::stack::run_seal_keys();
+    kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
     let topics = kafka.topics();
     create_topics(&kafka, &topics.all(), args.partitions, 1)
         .await
@@ -155,6 +157,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let hash_key = crate::stack::run_hash_key();
     let spec = FleetSpec {
         hash_key: &hash_key,
+        seal_keys: &seal_keys,
         brokers: &args.brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,

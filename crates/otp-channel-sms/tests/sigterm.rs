@@ -43,6 +43,7 @@ fn spawn_worker(t: &TestTopics, sim_url: &str, metrics_port: u16, log: &std::pat
         .env("OTP_SMS_FROM", "+15557654321")
         .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
         .env("OTP_PHONE_HASH_KEY", "sigterm-test")
+        .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())

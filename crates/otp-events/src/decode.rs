@@ -24,15 +24,17 @@ pub const CODE_REQUEST_FIELDS: &[&str] = &[
     "user_ref",
     "attempt",
     "tried_channels",
+    "sealed",
 ];
 
-/// Fields a submitter may not set: workers own the fallback state.
-const WORKER_FIELDS: &[&str] = &["attempt", "tried_channels"];
+/// Fields a submitter may not set: workers own the fallback state, and the ingress seals.
+const WORKER_FIELDS: &[&str] = &["attempt", "tried_channels", "sealed"];
 
 /// Decode and validate a code request event as it travels on a request topic.
 pub fn decode_code_request(bytes: &[u8], rules: &Rules) -> Result<CodeRequest, ValidationError> {
-    let obj = parse_object(bytes)?;
+    let mut obj = parse_object(bytes)?;
     check_field_names(&obj, CODE_REQUEST_FIELDS)?;
+    rules.open_object(&mut obj)?;
     let submission = submission_from(&obj)?;
     let request = CodeRequest {
         schema: required(&obj, "schema", as_string)?,

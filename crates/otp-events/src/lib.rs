@@ -18,6 +18,7 @@ mod pii;
 pub mod provider_errors;
 mod receipt;
 mod request;
+mod seal;
 mod signal;
 pub mod signature;
 mod status;
@@ -36,6 +37,7 @@ pub use receipt::{
     RECEIPT_SCHEMA,
 };
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
+pub use seal::{sealed_key_id, Keyring, SealError};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
 pub use topics::Topics;

@@ -164,7 +164,22 @@ pub struct PendingConfirmation {
 }
 
 impl PendingConfirmation {
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a PendingConfirmation always serialises")
+    /// As written to the compacted topic: the request sealed by `rules` like on the request
+    /// topics.
+    pub fn to_json(&self, rules: &crate::Rules) -> Vec<u8> {
+        let mut value = serde_json::to_value(self).expect("a PendingConfirmation serialises");
+        value["request"] = rules.request_value(&self.request);
+        serde_json::to_vec(&value).expect("a JSON value serialises")
+    }
+
+    /// Read a record written by [`PendingConfirmation::to_json`], opening its request.
+    pub fn from_json(bytes: &[u8], rules: &crate::Rules) -> Result<Self, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("{:?}", e.classify()))?;
+        if let Some(serde_json::Value::Object(request)) = value.get_mut("request") {
+            rules.open_object(request).map_err(|e| e.to_string())?;
+        }
+        // serde's message can quote a value (a phone, a code): keep its kind only.
+        serde_json::from_value(value).map_err(|e| format!("{:?}", e.classify()))
     }
 }

@@ -4,8 +4,9 @@
 //! that both agree on every example. Rules that JSON Schema cannot express (a timestamp
 //! compared with another) live only here and are documented in the schema's descriptions.
 
-use crate::{CodeRequest, ValidationError, CODE_REQUEST_SCHEMA};
+use crate::{CodeRequest, Keyring, ValidationError, CODE_REQUEST_SCHEMA};
 use chrono::Duration;
+use serde_json::{Map, Value};
 
 /// Limits that a deployment may tune. Everything else is fixed by the contract.
 #[derive(Debug, Clone)]
@@ -15,6 +16,10 @@ pub struct Rules {
     pub max_ttl: Duration,
     /// How far ahead of the reader's clock `created_at` may be. Default: 30 seconds.
     pub max_clock_skew: Duration,
+    /// The keys that seal `phone` and `code` on Kafka ([`crate::Keyring`]): requests are
+    /// written sealed with the first, and sealed ones read with any. `None`: written in
+    /// plaintext, and a sealed request cannot be read.
+    pub sealing: Option<Keyring>,
 }
 
 impl Default for Rules {
@@ -22,11 +27,69 @@ impl Default for Rules {
         Self {
             max_ttl: Duration::minutes(30),
             max_clock_skew: Duration::seconds(30),
+            sealing: None,
         }
     }
 }
 
 impl Rules {
+    /// The request as it is written to Kafka: `phone` and `code` sealed into `sealed` when
+    /// the rules hold keys.
+    pub fn request_value(&self, request: &CodeRequest) -> Value {
+        let mut value = serde_json::to_value(request).expect("a CodeRequest always serialises");
+        if let (Some(ring), Value::Object(obj)) = (&self.sealing, &mut value) {
+            let sealed = ring.seal(
+                &request.schema,
+                &request.request_id,
+                &request.phone,
+                &request.code,
+            );
+            obj.remove("phone");
+            obj.remove("code");
+            obj.insert("sealed".into(), Value::String(sealed));
+        }
+        value
+    }
+
+    /// [`Rules::request_value`] as bytes.
+    pub fn encode_request(&self, request: &CodeRequest) -> Vec<u8> {
+        serde_json::to_vec(&self.request_value(request)).expect("a JSON value serialises")
+    }
+
+    /// Open a sealed request object in place (`sealed` → `phone` and `code`); a plaintext one
+    /// is left as it is. The error names the field and never the secret.
+    pub fn open_object(&self, obj: &mut Map<String, Value>) -> Result<(), ValidationError> {
+        let Some(sealed) = obj.remove("sealed") else {
+            return Ok(());
+        };
+        if obj.contains_key("phone") || obj.contains_key("code") {
+            return Err(ValidationError::new(
+                "sealed",
+                "must not come with phone or code (they are sealed inside it)",
+            ));
+        }
+        let sealed = sealed
+            .as_str()
+            .ok_or_else(|| ValidationError::new("sealed", "must be a string"))?;
+        let text = |field: &str| {
+            obj.get(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ValidationError::new(field, "is required (a string)"))
+        };
+        let (schema, request_id) = (text("schema")?, text("request_id")?);
+        let ring = self
+            .sealing
+            .as_ref()
+            .ok_or_else(|| ValidationError::new("sealed", crate::SealError::NoKeys.to_string()))?;
+        let (phone, code) = ring
+            .open(&schema, &request_id, sealed)
+            .map_err(|e| ValidationError::new("sealed", e.to_string()))?;
+        obj.insert("phone".into(), Value::String(phone));
+        obj.insert("code".into(), Value::String(code));
+        Ok(())
+    }
+
     /// The rules against the reader's clock (server time): `created_at` is at most
     /// `max_clock_skew` ahead of `now`, and `expires_at` at most `max_ttl` after it. A request
     /// dated in the future would otherwise outlive its code life in every memory that keeps it

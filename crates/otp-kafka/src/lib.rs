@@ -25,5 +25,5 @@ mod settings;
 pub mod signals;
 pub mod writer;
 
-pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig};
+pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig, HEADER_KEY_ID};
 pub use settings::{KafkaArgs, ENV_PASSTHROUGH_PREFIX};

@@ -54,6 +54,36 @@ pub struct DevMode {
     pub dev: bool,
 }
 
+/// The keys that seal codes and phone numbers on Kafka, from `OTP_SEAL_KEYS` (or the file named
+/// by `OTP_SEAL_KEYS_FILE`): `id=<64 hex>,id=<64 hex>`, the first sealing. Fails closed like the
+/// phone hash key: without keys, only development mode starts, with a public development key.
+pub fn keyring(mode: DevMode) -> anyhow::Result<otp_events::Keyring> {
+    let name = otp_events::Keyring::ENV;
+    match secret(name) {
+        Ok(text) => otp_events::Keyring::parse(&text).context(name),
+        Err(_) if mode.dev => {
+            tracing::warn!(
+                "DEVELOPMENT MODE (--dev): {name} is not set, so codes and numbers are sealed on \
+                 Kafka with a public development key; never run like this in production"
+            );
+            Ok(
+                otp_events::Keyring::parse(DEV_SEAL_KEYS)
+                    .expect("the development keyring is valid"),
+            )
+        }
+        Err(_) => anyhow::bail!(
+            "{name} is not set: codes and phone numbers are sealed on Kafka, so no service that \
+             reads or writes code requests starts without the keys. Set {name} (or {name}_FILE) \
+             to `id=<64 hex digits>` (the first key seals, any listed key opens), or pass --dev \
+             for local development"
+        ),
+    }
+}
+
+/// The public development keyring (`--dev` only).
+pub const DEV_SEAL_KEYS: &str =
+    "dev=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 /// The deployment's keyed phone hash, from `OTP_PHONE_HASH_KEY` (or the file named by
 /// `OTP_PHONE_HASH_KEY_FILE`). Fails closed: without a key, only development mode starts, with
 /// the public development key and a loud warning.

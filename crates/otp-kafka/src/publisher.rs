@@ -58,6 +58,9 @@ impl Default for PublisherConfig {
     }
 }
 
+/// Header naming the key that sealed a request's phone and code.
+pub const HEADER_KEY_ID: &str = "otp-key-id";
+
 /// Publishes code requests for login systems (and fallbacks for workers).
 ///
 /// ```no_run
@@ -81,11 +84,16 @@ pub struct CodeRequestPublisher {
 }
 
 impl CodeRequestPublisher {
+    /// Requests are sealed with the keys of `kafka.sealing` (or of `config.rules`, when it
+    /// has its own).
     pub fn new(
         kafka: &KafkaArgs,
-        config: PublisherConfig,
+        mut config: PublisherConfig,
         hasher: PhoneHasher,
     ) -> Result<Self, PublishError> {
+        if config.rules.sealing.is_none() {
+            config.rules.sealing = kafka.sealing.clone();
+        }
         let mut client = kafka.client_config();
         client
             .set("enable.idempotence", "true")
@@ -121,8 +129,8 @@ impl CodeRequestPublisher {
             .expect("validate() guarantees an untried channel");
         let topic = self.config.topics.requests(channel);
         let key = self.hasher.hash(&request.phone);
-        let payload = request.to_json();
-        let headers = OwnedHeaders::new()
+        let payload = self.config.rules.encode_request(request);
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_SCHEMA,
                 value: Some(CODE_REQUEST_SCHEMA),
@@ -131,6 +139,12 @@ impl CodeRequestPublisher {
                 key: HEADER_REQUEST_ID,
                 value: Some(request.request_id.as_str()),
             });
+        if let Some(ring) = &self.config.rules.sealing {
+            headers = headers.insert(Header {
+                key: HEADER_KEY_ID,
+                value: Some(ring.current_id()),
+            });
+        }
         let record = FutureRecord::to(&topic)
             .key(&key)
             .payload(&payload)

@@ -24,6 +24,12 @@ pub struct KafkaArgs {
     /// Prefix put before every topic name (e.g. `staging.`).
     #[arg(long, env = "OTP_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
+
+    /// The keys that seal codes and phone numbers on the topics (`otp_events::Keyring`, from
+    /// `OTP_SEAL_KEYS`; see [`crate::process::keyring`]). Every client that writes or reads code
+    /// requests takes them from here, so that nothing is written in plaintext by mistake.
+    #[arg(skip)]
+    pub sealing: Option<otp_events::Keyring>,
 }
 
 impl KafkaArgs {
@@ -32,6 +38,7 @@ impl KafkaArgs {
             brokers: brokers.into(),
             kafka_opts: Vec::new(),
             topic_prefix: String::new(),
+            sealing: None,
         }
     }
 

@@ -82,7 +82,7 @@ impl KafkaWriter {
     /// Write (or overwrite: the topic is compacted) a send's pending confirmation.
     pub async fn pending(&self, record: &PendingConfirmation) {
         let topic = self.topics.pending_confirmations();
-        let payload = record.to_json();
+        let payload = record.to_json(&self.fallback.config().rules);
         let id = &record.request.request_id;
         self.keyed(
             "pending",

@@ -7,4 +7,6 @@
 
 pub mod ingress;
 
-pub use otp_kafka::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
+pub use otp_kafka::{
+    CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig, HEADER_KEY_ID,
+};

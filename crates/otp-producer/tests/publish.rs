@@ -37,8 +37,20 @@ fn assert_well_formed(m: &OwnedMessage, request_id: &str) {
     assert!(!key.contains("5551234567"), "key must not hold the number");
     assert_eq!(header(m, HEADER_SCHEMA), Some("otp.code_request.v1"));
     assert_eq!(header(m, HEADER_REQUEST_ID), Some(request_id));
-    let request = decode_code_request(m.payload().unwrap(), &Rules::default())
-        .expect("payload is a valid code request");
+    // The phone and the code are sealed: nothing of either in the bytes, the key id in a
+    // header, and the request opens with the deployment's keys.
+    let bytes = String::from_utf8_lossy(m.payload().unwrap()).to_string();
+    assert!(
+        !bytes.contains("5551234567") && !bytes.contains("\"code\""),
+        "{bytes}"
+    );
+    assert_eq!(header(m, otp_producer::HEADER_KEY_ID), Some("test"));
+    let rules = Rules {
+        sealing: Some(otp_test_support::test_keyring()),
+        ..Rules::default()
+    };
+    let request =
+        decode_code_request(m.payload().unwrap(), &rules).expect("payload is a valid code request");
     assert_eq!(request.request_id, request_id);
     assert_eq!(request.phone, PHONE);
 }

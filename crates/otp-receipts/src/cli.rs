@@ -66,6 +66,8 @@ impl ReceiptsCommand {
                 dev,
             } => {
                 init_logging(log_json);
+                let mut kafka = kafka;
+                kafka.sealing = Some(otp_kafka::process::keyring(dev)?);
                 crate::tracker::run(kafka, config, phone_hasher(dev)?, shutdown_signal()).await
             }
         }

@@ -25,6 +25,15 @@ pub struct TestTopics {
     pub topics: otp_events::Topics,
 }
 
+/// The sealing keys every test process uses (`OTP_SEAL_KEYS` for the binaries it starts).
+pub const TEST_SEAL_KEYS: &str =
+    "test=74657374207365616c696e67206b657920666f72206f74702d706970656c696e";
+
+/// [`TEST_SEAL_KEYS`] as a keyring.
+pub fn test_keyring() -> otp_events::Keyring {
+    otp_events::Keyring::parse(TEST_SEAL_KEYS).expect("the test keyring is valid")
+}
+
 impl TestTopics {
     /// Create the pipeline's topics under a prefix no other test in this process uses.
     pub async fn create(broker: &TansuBroker, partitions: i32) -> Self {
@@ -36,6 +45,8 @@ impl TestTopics {
         );
         let mut kafka = KafkaArgs::new(broker.bootstrap());
         kafka.topic_prefix = prefix;
+        // Every test seals codes and numbers on the topics, as production does.
+        kafka.sealing = Some(test_keyring());
         let topics = kafka.topics();
         otp_kafka::admin::create_topics(&kafka, &topics.all(), partitions, 1)
             .await

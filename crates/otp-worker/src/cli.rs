@@ -2,7 +2,7 @@
 
 use crate::config::WorkerConfig;
 use anyhow::Context;
-use otp_kafka::process::{init_logging, phone_hasher, secret, shutdown_signal, DevMode};
+use otp_kafka::process::{init_logging, keyring, phone_hasher, secret, shutdown_signal, DevMode};
 use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,8 +109,10 @@ pub async fn run_binary<C: crate::ChannelClient>(
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
+    let mut kafka = args.kafka.clone();
+    kafka.sealing = Some(keyring(args.dev)?);
     let setup = crate::WorkerSetup {
-        kafka: args.kafka.clone(),
+        kafka,
         config,
         default_limits,
         hasher: phone_hasher(args.dev)?,

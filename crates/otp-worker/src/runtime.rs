@@ -49,6 +49,7 @@ pub async fn run<C: ChannelClient>(
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
         max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
+        sealing: kafka.sealing.clone(),
     };
     let pipeline = Arc::new(Pipeline {
         client,

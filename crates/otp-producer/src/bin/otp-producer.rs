@@ -40,8 +40,9 @@ enum KeysCommand {
 async fn main() -> anyhow::Result<()> {
     init_logging(false);
     match Cli::parse().command {
-        Command::Serve(config) => {
+        Command::Serve(mut config) => {
             let hasher = phone_hasher(config.dev)?;
+            config.kafka.sealing = Some(otp_kafka::process::keyring(config.dev)?);
             ingress::serve(config, hasher, shutdown_signal()).await
         }
         Command::Keys {

@@ -45,9 +45,10 @@ pub async fn run(
     let topics = kafka.topics();
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
+        sealing: kafka.sealing.clone(),
         ..Rules::default()
     };
-    let writer = KafkaWriter::for_fallbacks(&kafka, rules, hasher.clone())?;
+    let writer = KafkaWriter::for_fallbacks(&kafka, rules.clone(), hasher.clone())?;
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
@@ -80,6 +81,7 @@ pub async fn run(
         catching_up: HashMap::new(),
         deferred: HashMap::new(),
         topics,
+        rules,
         ready_within: config.ready_within,
         last_gauges: Instant::now(),
     };
@@ -98,6 +100,8 @@ struct Tracker {
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
     topics: Topics,
+    /// How pending records' requests are read (their phone and code are sealed).
+    rules: Rules,
     ready_within: Duration,
     /// When the gauges were last set: counting walks everything held, so once a second.
     last_gauges: Instant,
@@ -222,20 +226,22 @@ impl Tracker {
             let payload = m.payload();
             let decoded = if key.starts_with(MESSAGE_KEY_PREFIX) {
                 payload
-                    .map(serde_json::from_slice::<MessageIndex>)
+                    .map(|p| {
+                        serde_json::from_slice::<MessageIndex>(p)
+                            .map_err(|e| format!("{:?}", e.classify()))
+                    })
                     .transpose()
                     .map(|index| self.book.index(&key, index, partition, now))
             } else {
                 payload
-                    .map(serde_json::from_slice::<PendingConfirmation>)
+                    .map(|p| PendingConfirmation::from_json(p, &self.rules))
                     .transpose()
                     .map(|record| self.book.record(&key, record, partition, now))
             };
             match decoded {
                 Ok(outcome) => outcome,
-                Err(e) => {
-                    // serde's message can quote a value (a phone, a code): log its kind only.
-                    let kind = format!("{:?}", e.classify());
+                Err(kind) => {
+                    // The error names a kind or a field and rule, never a value.
                     tracing::error!(partition, offset, kind, "unreadable pending record skipped");
                     metrics::counter!("otp_tracker_unreadable_total", "topic" => "pending")
                         .increment(1);
