@@ -790,3 +790,142 @@ async fn failed_receipts_and_system_errors_saying_the_account_is_locked_open_the
         w.stop().await.unwrap();
     }
 }
+
+/// Every message of every topic of the run (keys, payloads, header values), as text.
+async fn everything_written(t: &otp_test_support::TestTopics) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for topic in t.topics.all() {
+        let n = message_count(&t.kafka.brokers, &topic) as usize;
+        if n == 0 {
+            continue;
+        }
+        let messages = read_messages(&t.kafka.brokers, &topic, n, Duration::from_secs(20)).await;
+        assert_eq!(messages.len(), n, "{topic}: every message read");
+        for m in &messages {
+            let mut text = String::new();
+            text.push_str(&String::from_utf8_lossy(m.key().unwrap_or_default()));
+            text.push('\n');
+            text.push_str(&String::from_utf8_lossy(m.payload().unwrap_or_default()));
+            if let Some(headers) = m.headers() {
+                use rdkafka::message::Headers;
+                for h in headers.iter() {
+                    text.push('\n');
+                    text.push_str(&String::from_utf8_lossy(h.value.unwrap_or_default()));
+                }
+            }
+            all.push((topic.clone(), text));
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_topic_holds_a_plaintext_code_or_number_and_an_unknown_key_is_dead_lettered() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(30));
+    let tracker = l.tracker();
+    let t = &l.stack.t;
+    // A fallback by webhook (requests on both topics, pending records, a message index,
+    // receipts, statuses), a delivered-and-read user, and an event sealed with a key the
+    // workers do not hold.
+    let failed_on_whatsapp = ("+15551232026", "902817");
+    let read_it = ("+15551230777", "773104");
+    let stranger = ("+15551230999", "551199");
+    let a = l
+        .stack
+        .publish(failed_on_whatsapp.0, failed_on_whatsapp.1, &[Whatsapp, Sms])
+        .await;
+    let b = l
+        .stack
+        .publish(read_it.0, read_it.1, &[Whatsapp, Sms])
+        .await;
+    let (foreign, _) = otp_events::Keyring::generate("rotated-out");
+    let sealed_elsewhere = otp_events::Rules {
+        sealing: Some(foreign),
+        ..otp_events::Rules::default()
+    };
+    let mut s = otp_events::Submission::new(
+        stranger.0,
+        stranger.1,
+        vec![Whatsapp, Sms],
+        chrono::Duration::minutes(5),
+    );
+    s.request_id = Some("sealed-elsewhere-1".into());
+    let request = s.complete(chrono::Utc::now());
+    let raw: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &t.kafka.brokers)
+        .create()
+        .unwrap();
+    raw.send(
+        rdkafka::producer::FutureRecord::to(&t.topics.requests(Whatsapp))
+            .key("k")
+            .payload(&sealed_elsewhere.encode_request(&request)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    let (wa, wb) = (a.clone(), b.clone());
+    let statuses = l
+        .statuses_until(move |got| {
+            has(got, &wa, "delivered", "sms")
+                && has(got, &wb, "read", "whatsapp")
+                && got
+                    .iter()
+                    .any(|s| s["request_id"] == "sealed-elsewhere-1" && s["final"] == true)
+        })
+        .await;
+    let rejected = exactly_one_final(&statuses, "sealed-elsewhere-1");
+    assert_eq!(rejected["status"], "rejected");
+    let reason = rejected["error"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("sealed") && reason.contains("rotated-out"),
+        "the reason names the field and the key id: {reason}"
+    );
+    let dead = read_messages(&t.kafka.brokers, &t.topics.dead_letter(), 1, WITHIN).await;
+    assert_eq!(dead.len(), 1, "dead-lettered with its bytes");
+
+    let written = everything_written(t).await;
+    let topics_seen: std::collections::BTreeSet<&str> =
+        written.iter().map(|(topic, _)| topic.as_str()).collect();
+    for topic in [
+        t.topics.requests(Whatsapp),
+        t.topics.requests(Sms),
+        t.topics.pending_confirmations(),
+        t.topics.delivery_receipts(),
+        t.topics.delivery_status(),
+        t.topics.dead_letter(),
+    ] {
+        assert!(
+            topics_seen.contains(topic.as_str()),
+            "{topic} was written to"
+        );
+    }
+    let secrets = [
+        failed_on_whatsapp.0.trim_start_matches('+'),
+        failed_on_whatsapp.1,
+        read_it.0.trim_start_matches('+'),
+        read_it.1,
+        stranger.0.trim_start_matches('+'),
+        stranger.1,
+    ];
+    let mut hits = Vec::new();
+    for (topic, text) in &written {
+        for secret in secrets {
+            if text.contains(secret) {
+                hits.push(format!("{topic}: {secret}"));
+            }
+        }
+    }
+    println!(
+        "scanned {} messages on {} topics: {} plaintext hits",
+        written.len(),
+        topics_seen.len(),
+        hits.len()
+    );
+    assert!(hits.is_empty(), "plaintext on Kafka: {hits:?}");
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}

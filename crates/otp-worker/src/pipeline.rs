@@ -133,7 +133,12 @@ impl<C: ChannelClient> Pipeline<C> {
                 provider_message_id,
             } => {
                 self.circuit.record(Verdict::Healthy);
-                return Ok(provider_message_id);
+                // From here on only the public id: a wamid embeds the number, and the id is
+                // written to Kafka (status, pending record, message index).
+                let public = self
+                    .hasher
+                    .public_message_id(self.client.channel(), &provider_message_id);
+                return Ok(public);
             }
             SendOutcome::Failed(failure) => failure,
         };
