@@ -147,6 +147,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut kafka = KafkaArgs::new(brokers.clone());
     // Codes and numbers are sealed on the topics, as in production, with this run's key.
     kafka.sealing = Some(otp_events::Keyring::parse(&crate::stack::run_seal_keys())?);
+    // The demo's workers and tracker share this run's fallback-proof key.
+    kafka.fallback_key = Some(otp_events::FallbackKey::new(&rand::random::<[u8; 32]>()));
     let topics = kafka.topics();
     if let Some(mock) = &mock {
         for topic in topics.all() {

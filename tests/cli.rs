@@ -11,6 +11,7 @@ fn otp(args: &[&str]) -> std::process::Output {
         .args(args)
         .env("OTP_PHONE_HASH_KEY", "cli-test-key")
         .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
+        .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
         .output()
         .expect("run otp")
 }
@@ -148,6 +149,48 @@ fn every_service_refuses_to_start_without_the_phone_hash_key() {
         assert!(!out.status.success(), "{args:?} started: {stderr}");
         assert!(
             stderr.contains("OTP_PHONE_HASH_KEY is not set") && stderr.contains("--dev"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn workers_and_the_tracker_refuse_to_start_without_the_sealing_and_fallback_keys() {
+    let run = |args: &[&str], with: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+        cmd.args(args)
+            .args(["--brokers", "127.0.0.1:1"])
+            .env_remove("OTP_SEAL_KEYS")
+            .env_remove("OTP_SEAL_KEYS_FILE")
+            .env_remove("OTP_FALLBACK_KEY")
+            .env_remove("OTP_FALLBACK_KEY_FILE")
+            .env_remove("OTP_DEV")
+            .env("OTP_PHONE_HASH_KEY", "k")
+            .env("OTP_WHATSAPP_TOKEN", "t");
+        for (k, v) in with {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run otp");
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let whatsapp = ["worker", "whatsapp", "--phone-number-id", "1055500000"];
+    for args in [
+        &whatsapp[..],
+        &["receipts", "track"],
+        &["send", "--phone", "+15551234567", "--code", "123456"],
+    ] {
+        let stderr = run(args, &[]);
+        assert!(
+            stderr.contains("OTP_SEAL_KEYS is not set"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let seal = [("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)];
+    for args in [&whatsapp[..], &["receipts", "track"]] {
+        let stderr = run(args, &seal);
+        assert!(
+            stderr.contains("OTP_FALLBACK_KEY is not set"),
             "{args:?}: {stderr}"
         );
     }

@@ -361,6 +361,77 @@ async fn the_same_request_id_twice_is_sent_once() {
     }
 }
 
+/// A guessed or reused request_id cannot suppress a request: the same id asking for another
+/// number is refused on its own (`rejected`, `request_id_conflict`), the first is delivered,
+/// and the same id under another app is another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_reused_for_another_number_is_a_conflict_not_a_duplicate() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let workers = stack.workers();
+    let submit = |phone: &str, app: &str| {
+        let mut s = Submission::new(phone, "909091", vec![Sms], chrono::Duration::minutes(5));
+        s.request_id = Some("login-reused-1".into());
+        s.app = Some(app.into());
+        s
+    };
+    stack
+        .publisher
+        .publish(submit("+15551234011", "web"))
+        .await
+        .unwrap();
+    let first = otp_test_support::collect_json_until(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.delivery_status(),
+        WITHIN,
+        |got| got.iter().any(|s| s["final"] == true),
+    )
+    .await;
+    assert_eq!(first[0]["status"], "sent");
+    stack
+        .publisher
+        .publish(submit("+15551234012", "web"))
+        .await
+        .unwrap();
+    stack
+        .publisher
+        .publish(submit("+15551234013", "mobile"))
+        .await
+        .unwrap();
+    let statuses = otp_test_support::collect_json_until(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.delivery_status(),
+        WITHIN,
+        |got| got.iter().filter(|s| s["final"] == true).count() >= 3,
+    )
+    .await;
+    let finals: Vec<(&str, &str, &str)> = statuses
+        .iter()
+        .filter(|s| s["final"] == true)
+        .map(|s| {
+            (
+                s["app"].as_str().unwrap_or(""),
+                s["status"].as_str().unwrap(),
+                s["error"]["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(finals.contains(&("web", "sent", "")), "{finals:?}");
+    assert!(
+        finals.contains(&("web", "rejected", "request_id_conflict")),
+        "{finals:?}"
+    );
+    assert!(finals.contains(&("mobile", "sent", "")), "{finals:?}");
+    let sent_to: Vec<String> = stack.sim.messages().into_iter().map(|m| m.to).collect();
+    assert!(sent_to.contains(&"+15551234011".to_string()));
+    assert!(
+        !sent_to.contains(&"+15551234012".to_string()),
+        "the conflict was not sent"
+    );
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_and_pair_limits_hold_under_load_above_them() {
     // The simulator enforces 20/s (burst 5) and a 1 s pair limit; the worker is set a little

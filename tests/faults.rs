@@ -74,6 +74,7 @@ fn spawn_worker(
         .args(["--api-base-url", &sim.base_url()])
         .env("OTP_PHONE_HASH_KEY", HASH_KEY)
         .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
+        .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
         .env("OTP_WHATSAPP_TOKEN", "sim-token")
         .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
         .env("RUST_LOG", "debug")

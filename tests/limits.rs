@@ -67,6 +67,63 @@ async fn a_number_range_is_limited_across_its_numbers() {
     sms.stop().await.unwrap();
 }
 
+/// A producer that writes fallback state itself (`attempt: 2`, `tried_channels`) without the
+/// workers' proof is a first try: the rules a real fallback skips (counted on its first
+/// channel) apply to it. A real fallback carries the proof and goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_fallback_is_a_first_try_and_meets_every_rule() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let abuse = AbuseConfig {
+        deny_countries: vec!["GB".into()],
+        ..AbuseConfig::default()
+    };
+    let workers = vec![stack.worker(Sms, with_abuse(abuse))];
+    let t = &stack.t;
+    let mut s = otp_events::Submission::new(
+        "+447700900778",
+        "667788",
+        vec![Whatsapp, Sms],
+        chrono::Duration::minutes(5),
+    );
+    s.request_id = Some("forged-fallback-1".into());
+    let forged = s
+        .complete(chrono::Utc::now())
+        .for_next_channel()
+        .expect("SMS is next");
+    let rules = otp_events::Rules {
+        sealing: t.kafka.sealing.clone(),
+        ..otp_events::Rules::default()
+    };
+    let raw: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &t.kafka.brokers)
+        .create()
+        .unwrap();
+    raw.send(
+        rdkafka::producer::FutureRecord::to(&t.topics.requests(Sms))
+            .key("k")
+            .payload(&rules.encode_request(&forged)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let statuses = stack
+        .statuses_until_final(&["forged-fallback-1".to_string()], WITHIN)
+        .await;
+    let s = exactly_one_final(&statuses, "forged-fallback-1");
+    assert_eq!(
+        (s["status"].as_str(), s["error"]["code"].as_str()),
+        (Some("failed"), Some("destination")),
+        "the destination rule applied: {s}"
+    );
+    assert!(
+        stack.sim.messages().iter().all(|m| m.to != "+447700900778"),
+        "nothing was sent"
+    );
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_country_is_never_sent() {
     let stack = Stack::start(1, roomy_sim()).await;

@@ -614,6 +614,7 @@ fn spawn_tracker(t: &TestTopics, log: &std::path::Path) -> Child {
         .args(["--group-instance-id", "tracker-0"])
         .env("OTP_PHONE_HASH_KEY", std::str::from_utf8(HASH_KEY).unwrap())
         .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
+        .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
         .env("RUST_LOG", "info")
         // tansu 0.6 refreshes a member's last contact only on a heartbeat, and holds a static
         // member's join and its sync 3 s each: the restarted tracker's first heartbeat comes

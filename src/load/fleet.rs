@@ -23,6 +23,8 @@ pub struct FleetSpec<'a> {
     pub hash_key: &'a str,
     /// The run's sealing keys, likewise.
     pub seal_keys: &'a str,
+    /// The run's fallback-proof key, shared by its workers.
+    pub fallback_key: &'a str,
 }
 
 pub struct WorkerProcess {
@@ -61,6 +63,7 @@ impl WorkerProcess {
             .env("RUST_LOG", spec.log_filter)
             .env("OTP_PHONE_HASH_KEY", spec.hash_key)
             .env("OTP_SEAL_KEYS", spec.seal_keys)
+            .env("OTP_FALLBACK_KEY", spec.fallback_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

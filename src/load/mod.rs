@@ -125,6 +125,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     kafka.topic_prefix = prefix.clone();
     let seal_keys = crate::stack::run_seal_keys();
     kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
+    // Workers hold this; the run's publisher, like any producer, does not.
+    let fallback_key = hex::encode(rand::random::<[u8; 32]>());
     let topics = kafka.topics();
     create_topics(&kafka, &topics.all(), args.partitions, 1)
         .await
@@ -158,6 +160,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let spec = FleetSpec {
         hash_key: &hash_key,
         seal_keys: &seal_keys,
+        fallback_key: &fallback_key,
         brokers: &args.brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,

@@ -15,6 +15,7 @@ mod channel;
 mod decode;
 mod error;
 mod pii;
+mod proof;
 pub mod provider_errors;
 mod receipt;
 mod request;
@@ -31,6 +32,7 @@ pub use error::ValidationError;
 pub use pii::{
     country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
 };
+pub use proof::{FallbackKey, HEADER_FALLBACK_PROOF};
 pub use receipt::{
     message_key, ConfirmationState, MessageIndex, PendingConfirmation, Receipt, ReceiptError,
     ReceiptStatus, MESSAGE_INDEX_SCHEMA, MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA,

@@ -80,6 +80,29 @@ pub fn keyring(mode: DevMode) -> anyhow::Result<otp_events::Keyring> {
     }
 }
 
+/// The workers' key for fallback proofs, from `OTP_FALLBACK_KEY` (or `_FILE`): held by workers
+/// and the tracker, never by producers. Fails closed like the other secrets.
+pub fn fallback_key(mode: DevMode) -> anyhow::Result<otp_events::FallbackKey> {
+    let name = otp_events::FallbackKey::ENV;
+    match secret(name) {
+        Ok(key) => Ok(otp_events::FallbackKey::new(key.as_bytes())),
+        Err(_) if mode.dev => {
+            tracing::warn!(
+                "DEVELOPMENT MODE (--dev): {name} is not set, so fallback proofs use a public \
+                 development key and any producer could forge one"
+            );
+            Ok(otp_events::FallbackKey::new(
+                b"otp-pipeline-development-fallback-key",
+            ))
+        }
+        Err(_) => anyhow::bail!(
+            "{name} is not set: workers and the tracker sign the fallbacks they write, so that \
+             a producer cannot claim fallback state and skip the abuse rules. Set {name} (or \
+             {name}_FILE) to a secret shared by workers and trackers only, or pass --dev"
+        ),
+    }
+}
+
 /// The public development keyring (`--dev` only).
 pub const DEV_SEAL_KEYS: &str =
     "dev=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

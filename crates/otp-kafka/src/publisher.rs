@@ -81,6 +81,8 @@ pub struct CodeRequestPublisher {
     producer: Arc<ProducerSession>,
     config: PublisherConfig,
     hasher: PhoneHasher,
+    /// Signs the fallback state of requests handed on (workers and the tracker only).
+    fallback_key: Option<otp_events::FallbackKey>,
 }
 
 impl CodeRequestPublisher {
@@ -109,6 +111,7 @@ impl CodeRequestPublisher {
             producer,
             config,
             hasher,
+            fallback_key: kafka.fallback_key.clone(),
         })
     }
 
@@ -139,6 +142,17 @@ impl CodeRequestPublisher {
                 key: HEADER_REQUEST_ID,
                 value: Some(request.request_id.as_str()),
             });
+        let proof = self
+            .fallback_key
+            .as_ref()
+            .filter(|_| otp_events::FallbackKey::claims_fallback(request))
+            .map(|key| key.prove(request));
+        if let Some(proof) = &proof {
+            headers = headers.insert(Header {
+                key: otp_events::HEADER_FALLBACK_PROOF,
+                value: Some(proof.as_str()),
+            });
+        }
         if let Some(ring) = &self.config.rules.sealing {
             headers = headers.insert(Header {
                 key: HEADER_KEY_ID,

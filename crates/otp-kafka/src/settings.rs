@@ -30,6 +30,11 @@ pub struct KafkaArgs {
     /// requests takes them from here, so that nothing is written in plaintext by mistake.
     #[arg(skip)]
     pub sealing: Option<otp_events::Keyring>,
+
+    /// The workers' key that proves a fallback was written by a worker or the tracker
+    /// (`otp_events::FallbackKey`, from `OTP_FALLBACK_KEY`). Producers do not hold it.
+    #[arg(skip)]
+    pub fallback_key: Option<otp_events::FallbackKey>,
 }
 
 impl KafkaArgs {
@@ -39,6 +44,7 @@ impl KafkaArgs {
             kafka_opts: Vec::new(),
             topic_prefix: String::new(),
             sealing: None,
+            fallback_key: None,
         }
     }
 

@@ -66,9 +66,11 @@ impl ReceiptsCommand {
                 dev,
             } => {
                 init_logging(log_json);
+                let hasher = phone_hasher(dev)?;
                 let mut kafka = kafka;
                 kafka.sealing = Some(otp_kafka::process::keyring(dev)?);
-                crate::tracker::run(kafka, config, phone_hasher(dev)?, shutdown_signal()).await
+                kafka.fallback_key = Some(otp_kafka::process::fallback_key(dev)?);
+                crate::tracker::run(kafka, config, hasher, shutdown_signal()).await
             }
         }
     }

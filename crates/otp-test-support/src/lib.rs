@@ -29,6 +29,9 @@ pub struct TestTopics {
 pub const TEST_SEAL_KEYS: &str =
     "test=74657374207365616c696e67206b657920666f72206f74702d706970656c696e";
 
+/// The workers' fallback-proof key in tests (`OTP_FALLBACK_KEY` for the binaries they start).
+pub const TEST_FALLBACK_KEY: &str = "test-fallback-key";
+
 /// [`TEST_SEAL_KEYS`] as a keyring.
 pub fn test_keyring() -> otp_events::Keyring {
     otp_events::Keyring::parse(TEST_SEAL_KEYS).expect("the test keyring is valid")
@@ -47,6 +50,7 @@ impl TestTopics {
         kafka.topic_prefix = prefix;
         // Every test seals codes and numbers on the topics, as production does.
         kafka.sealing = Some(test_keyring());
+        kafka.fallback_key = Some(otp_events::FallbackKey::new(TEST_FALLBACK_KEY.as_bytes()));
         let topics = kafka.topics();
         otp_kafka::admin::create_topics(&kafka, &topics.all(), partitions, 1)
             .await

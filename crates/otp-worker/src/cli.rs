@@ -109,13 +109,15 @@ pub async fn run_binary<C: crate::ChannelClient>(
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
+    let hasher = phone_hasher(args.dev)?;
     let mut kafka = args.kafka.clone();
     kafka.sealing = Some(keyring(args.dev)?);
+    kafka.fallback_key = Some(otp_kafka::process::fallback_key(args.dev)?);
     let setup = crate::WorkerSetup {
         kafka,
         config,
         default_limits,
-        hasher: phone_hasher(args.dev)?,
+        hasher,
     };
     crate::run(setup, client, shutdown_signal()).await
 }

@@ -8,6 +8,7 @@
 
 use crate::circuit::Admission;
 use crate::config::ConfirmationConfig;
+use crate::dedup::Sight;
 use crate::limits::{Attempt, Limited};
 use crate::retry::RetrySchedule;
 use chrono::{DateTime, Utc};
@@ -71,7 +72,7 @@ pub enum Next {
 /// Before anything is sent: the request must be for this worker's channel, alive, and seen
 /// for the first time (`first_sight` is asked only for a live request, since asking records
 /// it). `None`: go on to the send.
-pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> bool) -> Option<Outcome> {
+pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> Sight) -> Option<Outcome> {
     let At {
         request,
         channel,
@@ -97,8 +98,22 @@ pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> bool) -> O
     if now >= request.expires_at {
         return Some(report(StatusKind::Expired, 0, None));
     }
-    if !first_sight() {
-        return Some(report(StatusKind::Duplicate, 0, None));
+    match first_sight() {
+        Sight::First => {}
+        Sight::Again => return Some(report(StatusKind::Duplicate, 0, None)),
+        Sight::Conflict => {
+            let reason = "request_id: already used by this app for a request asking for \
+                          another number or code";
+            return Some(Outcome::Reject {
+                reason: reason.to_string(),
+                error: StatusError {
+                    category: ErrorCategory::InvalidRequest,
+                    code: "request_id_conflict".to_string(),
+                    message: reason.to_string(),
+                },
+                tries: 0,
+            });
+        }
     }
     None
 }

@@ -1,6 +1,11 @@
 //! Memory of the request_ids this worker has sent or has in flight, so a request published
 //! twice is sent once. Bounded in size, and an id is forgotten a while after its code expired
 //! (kept that while so a late copy is reported `duplicate`, not given a second final status).
+//!
+//! An id is remembered per app (ids are chosen by each login system, and one app's ids must
+//! not suppress another's) together with a digest of what the request asks for (number and
+//! code). The same id asking for something else is a [`Sight::Conflict`], not a
+//! duplicate: it is refused on its own, and what the first request asked for is unaffected.
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
@@ -12,6 +17,23 @@ const KEEP_AFTER_EXPIRY_MINUTES: i64 = 5;
 /// Where a message came from: topic, partition, offset.
 pub type Source = (String, i32, i64);
 
+/// What the memory says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sight {
+    /// Not seen (or the same message redelivered): go on.
+    First,
+    /// Seen before, asking for the same: a duplicate.
+    Again,
+    /// The id was claimed by a request asking for something else.
+    Conflict,
+}
+
+/// The memory's key for a request: its app and its request_id.
+pub fn key(app: Option<&str>, request_id: &str) -> String {
+    // The separator cannot be part of an app or an id.
+    format!("{}\u{1f}{request_id}", app.unwrap_or(""))
+}
+
 pub struct Dedup {
     inner: Mutex<Inner>,
     capacity: usize,
@@ -19,8 +41,9 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    /// Per request_id: its expiry and the message (partition, offset) that claimed it.
-    expiry_of: HashMap<String, (DateTime<Utc>, Source)>,
+    /// Per key: its expiry, the message (partition, offset) that claimed it, and the digest of
+    /// what it asked for.
+    expiry_of: HashMap<String, (DateTime<Utc>, Source, String)>,
     by_expiry: BTreeSet<(DateTime<Utc>, String)>,
 }
 
@@ -32,20 +55,27 @@ impl Dedup {
         }
     }
 
-    /// Remember `request_id` until `expires_at`. Returns false when another message already
-    /// claimed it. The same message seen again (redelivered after its partition came back to
-    /// us with its work abandoned) is not a duplicate: it was never finished.
+    /// Remember `key` ([`key`]) with the `digest` of what it asks for until `expires_at`. The
+    /// same message seen again (redelivered after its partition came back to us with its work
+    /// abandoned) is not a duplicate: it was never finished.
     pub fn first_sight(
         &self,
-        request_id: &str,
+        key: &str,
+        digest: &str,
         source: Source,
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> bool {
+    ) -> Sight {
         let mut inner = self.inner.lock().expect("dedup lock");
         inner.forget_expired(now);
-        if let Some((_, claimant)) = inner.expiry_of.get(request_id) {
-            return *claimant == source;
+        if let Some((_, claimant, claimed)) = inner.expiry_of.get(key) {
+            return if *claimant == source {
+                Sight::First
+            } else if claimed != digest {
+                Sight::Conflict
+            } else {
+                Sight::Again
+            };
         }
         if inner.expiry_of.len() >= self.capacity {
             // Full of live ids: forget the one closest to expiry, the least likely to recur.
@@ -55,9 +85,9 @@ impl Dedup {
         }
         inner
             .expiry_of
-            .insert(request_id.to_string(), (expires_at, source));
-        inner.by_expiry.insert((expires_at, request_id.to_string()));
-        true
+            .insert(key.to_string(), (expires_at, source, digest.to_string()));
+        inner.by_expiry.insert((expires_at, key.to_string()));
+        Sight::First
     }
 
     /// Ids remembered now.
@@ -90,22 +120,54 @@ mod tests {
         let now = Utc::now();
         let exp = now + Duration::minutes(5);
         let src = |o| ("t".to_string(), 0, o);
-        assert!(d.first_sight("a", src(1), exp, now));
-        assert!(
-            !d.first_sight("a", src(2), exp, now),
+        assert_eq!(d.first_sight("a", "d", src(1), exp, now), Sight::First);
+        assert_eq!(
+            d.first_sight("a", "d", src(2), exp, now),
+            Sight::Again,
             "another message, same id"
         );
-        assert!(
-            d.first_sight("a", src(1), exp, now),
+        assert_eq!(
+            d.first_sight("a", "d", src(1), exp, now),
+            Sight::First,
             "the same message redelivered"
         );
-        assert!(
-            !d.first_sight("a", src(3), exp, exp + Duration::seconds(1)),
+        assert_eq!(
+            d.first_sight("a", "d", src(3), exp, exp + Duration::seconds(1)),
+            Sight::Again,
             "kept a while after expiry"
         );
-        assert!(
-            d.first_sight("a", src(3), exp, exp + Duration::minutes(6)),
+        assert_eq!(
+            d.first_sight("a", "d", src(3), exp, exp + Duration::minutes(6)),
+            Sight::First,
             "then forgotten"
+        );
+    }
+
+    #[test]
+    fn the_same_id_asking_for_something_else_is_a_conflict_and_ids_are_per_app() {
+        let d = Dedup::new(10);
+        let now = Utc::now();
+        let exp = now + Duration::minutes(5);
+        let src = |o| ("t".to_string(), 0, o);
+        let web = key(Some("web"), "login-1");
+        assert_eq!(
+            d.first_sight(&web, "to-alice", src(1), exp, now),
+            Sight::First
+        );
+        assert_eq!(
+            d.first_sight(&web, "to-mallory", src(2), exp, now),
+            Sight::Conflict,
+            "same app and id, another number or code"
+        );
+        assert_eq!(
+            d.first_sight(&web, "to-alice", src(3), exp, now),
+            Sight::Again
+        );
+        let app = key(Some("app"), "login-1");
+        assert_eq!(
+            d.first_sight(&app, "to-mallory", src(4), exp, now),
+            Sight::First,
+            "another app's id is its own"
         );
     }
 
@@ -115,12 +177,20 @@ mod tests {
         let now = Utc::now();
         for i in 0..10 {
             let src = ("t".to_string(), 0, i);
-            assert!(d.first_sight(&format!("r{i}"), src, now + Duration::minutes(i + 1), now));
+            let seen = d.first_sight(
+                &format!("r{i}"),
+                "d",
+                src,
+                now + Duration::minutes(i + 1),
+                now,
+            );
+            assert_eq!(seen, Sight::First);
         }
         assert_eq!(d.len(), 3);
         let other = ("t".to_string(), 0, 99);
-        assert!(
-            !d.first_sight("r9", other, now + Duration::minutes(10), now),
+        assert_eq!(
+            d.first_sight("r9", "d", other, now + Duration::minutes(10), now),
+            Sight::Again,
             "the latest are kept"
         );
     }

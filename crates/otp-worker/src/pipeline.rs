@@ -16,8 +16,8 @@ use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
     decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
-    ConfirmationState, DeliveryStatus, ErrorCategory, MessageIndex, PhoneHasher, Rules,
-    StatusError, StatusKind, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
+    ConfirmationState, DeliveryStatus, ErrorCategory, FallbackKey, MessageIndex, PhoneHasher,
+    Rules, StatusError, StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -34,6 +34,9 @@ pub struct Pipeline<C> {
     pub writer: KafkaWriter,
     pub rules: Rules,
     pub hasher: PhoneHasher,
+    /// Checks that a request's fallback state was written by a worker or the tracker; without
+    /// it (or without a valid proof) a request is a first try.
+    pub fallback_key: Option<FallbackKey>,
     /// Receipt-driven confirmation of accepted sends; off when `None`.
     pub confirmation: Option<ConfirmationConfig>,
 }
@@ -53,8 +56,36 @@ impl<C: ChannelClient> Pipeline<C> {
         // Everything derived from the phone number, once: libphonenumber's parse is the
         // costliest step of a message.
         let subject = self.subject_of(&request);
-        let outcome = self.decide(message, &request, &subject).await;
+        let fallback = self.proven_fallback(message, &request);
+        let outcome = self.decide(message, &request, &subject, fallback).await;
         self.settle(message, &request, &subject, outcome).await;
+    }
+
+    /// Whether the request is a fallback a worker or the tracker wrote: it claims fallback
+    /// state and carries that state's proof. A claim without a proof is counted, logged, and
+    /// treated as a first try, so that every abuse rule applies to it.
+    fn proven_fallback(&self, message: &OwnedMessage, request: &CodeRequest) -> bool {
+        if !FallbackKey::claims_fallback(request) {
+            return false;
+        }
+        let proof = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == HEADER_FALLBACK_PROOF)
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+        });
+        let proven = match (&self.fallback_key, proof) {
+            (Some(key), Some(proof)) => key.verify(request, proof),
+            _ => false,
+        };
+        if !proven {
+            let channel = self.client.channel().as_str();
+            metrics::counter!("otp_fallback_unproven_total", "channel" => channel).increment(1);
+            tracing::warn!(
+                request_id = %request.request_id, channel,
+                "fallback state without a valid proof: treated as a first try"
+            );
+        }
+        proven
     }
 
     /// Guard, then send and retry while the decisions say so.
@@ -63,6 +94,7 @@ impl<C: ChannelClient> Pipeline<C> {
         message: &OwnedMessage,
         request: &CodeRequest,
         subject: &Subject,
+        fallback: bool,
     ) -> Outcome {
         let channel = self.client.channel();
         let at = |now| At {
@@ -77,8 +109,14 @@ impl<C: ChannelClient> Pipeline<C> {
             message.offset(),
         );
         let first_sight = || {
+            // Per app, with what the request asks for: the same id asking for another number
+            // or code is a conflict, not a duplicate. (Not the deadline: a login system that
+            // retries a publish computes it again, and the clock rules bound it anyway.)
+            let key = crate::dedup::key(request.app.as_deref(), &request.request_id);
+            let asks = format!("{}\n{}", request.phone, request.code);
+            let digest = self.hasher.hash(&asks);
             self.dedup
-                .first_sight(&request.request_id, source, request.expires_at, now)
+                .first_sight(&key, &digest, source, request.expires_at, now)
         };
         if let Some(outcome) = decide::guard(at(now), &self.rules, first_sight) {
             return outcome;
@@ -88,14 +126,11 @@ impl<C: ChannelClient> Pipeline<C> {
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut again = None;
         loop {
-            let attempt =
-                again
-                    .take()
-                    .unwrap_or(match (schedule.tries(), request.attempt_number()) {
-                        (0, 1) => Attempt::First,
-                        (0, _) => Attempt::Fallback,
-                        _ => Attempt::Retry,
-                    });
+            let attempt = again.take().unwrap_or(match (schedule.tries(), fallback) {
+                (0, false) => Attempt::First,
+                (0, true) => Attempt::Fallback,
+                _ => Attempt::Retry,
+            });
             let limits = self.limiter.acquire(subject, latest, attempt).await;
             let admission = || self.circuit.admit();
             if let Some(outcome) =

@@ -63,6 +63,7 @@ pub async fn run<C: ChannelClient>(
         writer: KafkaWriter::for_fallbacks(&kafka, rules.clone(), hasher.clone())?,
         rules,
         hasher,
+        fallback_key: kafka.fallback_key.clone(),
         confirmation: config.confirmation.clone(),
     });
     // What the providers say outside a send's answer (failed receipts, system errors) feeds

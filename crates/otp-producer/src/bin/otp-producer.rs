@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve POST /v1/code-requests, /healthz and /readyz.
-    Serve(IngressConfig),
+    Serve(Box<IngressConfig>),
     /// Manage the apps' API keys.
     Keys {
         #[command(subcommand)]
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(mut config) => {
             let hasher = phone_hasher(config.dev)?;
             config.kafka.sealing = Some(otp_kafka::process::keyring(config.dev)?);
-            ingress::serve(config, hasher, shutdown_signal()).await
+            ingress::serve(*config, hasher, shutdown_signal()).await
         }
         Command::Keys {
             command: KeysCommand::New { app },

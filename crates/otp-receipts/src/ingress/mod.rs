@@ -139,6 +139,8 @@ const MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// call (body read included) that takes longer than the Kafka wait plus 5 s is answered 408,
 /// and the provider retries it: a stalled client cannot hold a slot.
 pub fn router(ingress: Arc<Ingress>) -> Router {
+    // The recorder must exist before the first webhook is counted, wherever it is served.
+    otp_kafka::observe::prometheus();
     let request_timeout = ingress.kafka_timeout + Duration::from_secs(5);
     Router::new()
         .route(

@@ -1,6 +1,7 @@
 //! One test per outcome of the data path, without a broker or a provider.
 
 use super::*;
+use crate::dedup::Sight;
 use crate::retry::RetryConfig;
 use otp_events::Submission;
 
@@ -77,7 +78,7 @@ fn reported(outcome: &Outcome) -> Option<(StatusKind, Option<&str>)> {
 #[test]
 fn a_live_first_sighted_request_for_this_channel_goes_on_to_the_send() {
     let r = request(&[WA, SMS], 300);
-    assert_eq!(guard(at(&r, WA), &Rules::default(), || true), None);
+    assert_eq!(guard(at(&r, WA), &Rules::default(), || Sight::First), None);
 }
 
 #[test]
@@ -127,16 +128,28 @@ fn requests_dated_in_the_future_or_living_past_the_code_life_are_rejected_unreme
         }
     }
     assert_eq!(
-        guard(at(&slightly_ahead, WA), &Rules::default(), || true),
+        guard(at(&slightly_ahead, WA), &Rules::default(), || Sight::First),
         None,
         "within the allowed clock skew"
     );
 }
 
 #[test]
+fn a_request_id_claimed_for_something_else_is_a_conflict_refused_on_its_own() {
+    let r = request(&[WA, SMS], 300);
+    match guard(at(&r, WA), &Rules::default(), || Sight::Conflict) {
+        Some(Outcome::Reject { reason, error, .. }) => {
+            assert!(reason.starts_with("request_id:"), "{reason}");
+            assert_eq!(error.code, "request_id_conflict");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_request_seen_before_is_a_duplicate() {
     let r = request(&[WA, SMS], 300);
-    let outcome = guard(at(&r, WA), &Rules::default(), || false).unwrap();
+    let outcome = guard(at(&r, WA), &Rules::default(), || Sight::Again).unwrap();
     assert_eq!(reported(&outcome), Some((StatusKind::Duplicate, None)));
 }
 
