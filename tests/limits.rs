@@ -43,6 +43,56 @@ async fn six_codes_for_one_phone_in_a_minute_send_five() {
     sms.stop().await.unwrap();
 }
 
+/// Two spellings of one Mexican mobile number (with and without the old "1" mobile token) are
+/// one subscriber: one key, one partition, one count. Three codes under a limit of two: the
+/// third is refused whichever spelling it uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_one_subscriber_share_one_count() {
+    let stack = Stack::start(2, roomy_sim()).await;
+    let abuse = AbuseConfig {
+        per_phone: Some(otp_worker::WindowRule {
+            count: 2,
+            window: Duration::from_secs(600),
+        }),
+        ..AbuseConfig::default()
+    };
+    let sms = stack.worker(Sms, with_abuse(abuse));
+    let mut ids = Vec::new();
+    for phone in ["+525512345678", "+5215512345678", "+525512345678"] {
+        ids.push(stack.publish(phone, "131313", &[Sms]).await);
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    let kinds: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| {
+            let s = exactly_one_final(&statuses, id);
+            (
+                s["status"].as_str().unwrap().to_string(),
+                s["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|(s, _)| s == "sent").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("failed".to_string(), "per_phone".to_string())),
+        "{kinds:?}"
+    );
+    let hashes: std::collections::BTreeSet<&str> = statuses
+        .iter()
+        .filter_map(|s| s["phone_hash"].as_str())
+        .collect();
+    assert_eq!(
+        hashes.len(),
+        1,
+        "one subscriber, one phone_hash: {hashes:?}"
+    );
+    sms.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_range_is_limited_across_its_numbers() {
     let stack = Stack::start(1, roomy_sim()).await;

@@ -54,6 +54,12 @@ impl PhoneHasher {
         }
     }
 
+    /// The keyed hash of a phone number in its canonical spelling ([`canonical_phone`]): the
+    /// Kafka key, the status `phone_hash` and the abuse-limit key.
+    pub fn hash_phone(&self, phone: &str) -> String {
+        self.hash(&canonical_phone(phone))
+    }
+
     pub fn hash(&self, phone: &str) -> String {
         let mut mac = self.mac.clone();
         mac.update(phone.as_bytes());
@@ -81,6 +87,8 @@ pub struct PhoneFacts {
     /// Premium-rate or shared-cost (where SMS pumping makes its money). Numbers the plan does
     /// not know are not flagged.
     pub premium: bool,
+    /// [`canonical_phone`] of the number, when it parses.
+    pub canonical: Option<String>,
 }
 
 pub fn phone_facts(phone: &str) -> PhoneFacts {
@@ -95,6 +103,29 @@ pub fn phone_facts(phone: &str) -> PhoneFacts {
     PhoneFacts {
         country: country_of_number(&number),
         premium,
+        canonical: Some(e164(&number)),
+    }
+}
+
+fn e164(number: &phonenumber::PhoneNumber) -> String {
+    let formatted = number.format().mode(phonenumber::Mode::E164).to_string();
+    // Mexico dropped the mobile token "1" after the country code in 2019 ("+52 1 55 ..." is
+    // "+52 55 ..."); Google's libphonenumber strips it when parsing, the Rust port's metadata
+    // does not, so it is done here: "+521" followed by ten digits is the ten-digit number.
+    match formatted.strip_prefix("+521") {
+        Some(rest) if rest.len() == 10 => format!("+52{rest}"),
+        _ => formatted,
+    }
+}
+
+/// One spelling per subscriber: libphonenumber's E.164 formatting of the parsed number, so
+/// that spellings of one number (a national prefix or a mobile token written after the
+/// country code, as in Mexico's `+52 1 ...`) share one hash, one partition and one abuse
+/// count. A number libphonenumber cannot parse is kept as written.
+pub fn canonical_phone(phone: &str) -> String {
+    match phonenumber::parse(None, phone) {
+        Ok(number) => e164(&number),
+        Err(_) => phone.to_string(),
     }
 }
 
@@ -126,6 +157,23 @@ pub const WAMID_HASH_PREFIX: &str = "wamid-hash-";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_of_one_subscriber_share_one_canonical_number() {
+        // Mexico: the mobile token "1" after the country code is not part of the number.
+        assert_eq!(
+            canonical_phone("+5215512345678"),
+            canonical_phone("+525512345678")
+        );
+        assert_eq!(canonical_phone("+525512345678"), "+525512345678");
+        let h = PhoneHasher::new(b"k");
+        assert_eq!(
+            h.hash_phone("+5215512345678"),
+            h.hash_phone("+525512345678")
+        );
+        assert_ne!(h.hash_phone("+525512345678"), h.hash_phone("+525512345679"));
+        assert_eq!(canonical_phone("+15551234567"), "+15551234567");
+    }
 
     #[test]
     fn hash_is_keyed_stable_and_hides_the_number() {

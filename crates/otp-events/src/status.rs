@@ -140,7 +140,7 @@ impl DeliveryStatus {
         channel: Channel,
         hasher: &PhoneHasher,
     ) -> Self {
-        let phone_hash = hasher.hash(&request.phone);
+        let phone_hash = hasher.hash_phone(&request.phone);
         Self::about_recipient(
             request,
             status,

@@ -131,7 +131,8 @@ impl CodeRequestPublisher {
             .current_channel()
             .expect("validate() guarantees an untried channel");
         let topic = self.config.topics.requests(channel);
-        let key = self.hasher.hash(&request.phone);
+        // The canonical spelling: one subscriber, one key, one partition.
+        let key = self.hasher.hash_phone(&request.phone);
         let payload = self.config.rules.encode_request(request);
         let mut headers = OwnedHeaders::new()
             .insert(Header {

@@ -280,9 +280,11 @@ impl<C: ChannelClient> Pipeline<C> {
 
     fn subject_of(&self, request: &CodeRequest) -> Subject {
         let facts = phone_facts(&request.phone);
+        // Keyed by the canonical spelling, so that spellings of one subscriber share counts.
+        let canonical = facts.canonical.as_deref().unwrap_or(&request.phone);
         Subject {
-            phone_key: self.hasher.hash(&request.phone),
-            prefix_key: self.hasher.hash(number_range(&request.phone)),
+            phone_key: self.hasher.hash(canonical),
+            prefix_key: self.hasher.hash(number_range(canonical)),
             country: facts.country,
             premium: facts.premium,
         }

@@ -6,14 +6,14 @@
 //! A phone's state lives on the worker that owns its partition (the message key is the phone
 //! hash), so no shared store is needed. A request is counted once, on its first channel.
 
-use super::provider::{decision, nonzero};
 use super::{Decision, Limit, Subject};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use otp_events::ErrorCategory;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// At most `count` codes per `window`.
+/// At most `count` codes in any `window`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WindowRule {
@@ -135,24 +135,102 @@ enum Key {
     Country,
 }
 
-/// At most `count` per `window` per key (GCRA: `count` at once, then one per window/count).
+/// At most `count` per `window` per key, over any window of that length: a log of each key's
+/// admissions in the last window (at most `count` of them). A token bucket would let a burst
+/// and then its refill through in the first window (about twice `count`); this does not.
+///
+/// Memory is bounded: a key is forgotten once its newest admission is a window old, and at most
+/// `max_keys` keys are held; under a flood of distinct numbers the key admitted longest ago is
+/// forgotten first (counted in `otp_abuse_keys_evicted_total`). A key costs about 100 bytes.
 struct Window {
     name: &'static str,
     key: Key,
-    limiter: DefaultKeyedRateLimiter<String>,
+    count: usize,
+    window: Duration,
+    max_keys: usize,
+    state: Mutex<WindowState>,
 }
+
+struct WindowState {
+    origin: Instant,
+    /// Per key (a 64-bit hash of it): admission times, milliseconds after `origin`, oldest first.
+    log: HashMap<u64, VecDeque<u64>>,
+    /// Every admission still inside its window, oldest first: when one leaves its window, its
+    /// key may be forgotten.
+    admissions: VecDeque<(u64, u64)>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Keys held per rule, at most (about 50 MB per rule at this bound).
+const MAX_KEYS: usize = 500_000;
 
 impl Window {
     fn new(name: &'static str, key: Key, rule: WindowRule) -> Self {
-        let period = rule.window / rule.count.max(1);
-        let quota = Quota::with_period(period.max(Duration::from_millis(1)))
-            .expect("non-zero period")
-            .allow_burst(nonzero(rule.count));
+        Self::bounded(name, key, rule, MAX_KEYS)
+    }
+
+    fn bounded(name: &'static str, key: Key, rule: WindowRule, max_keys: usize) -> Self {
         Self {
             name,
             key,
-            limiter: governor::RateLimiter::keyed(quota),
+            count: rule.count.max(1) as usize,
+            window: rule.window,
+            max_keys: max_keys.max(1),
+            state: Mutex::new(WindowState {
+                origin: Instant::now(),
+                log: HashMap::new(),
+                admissions: VecDeque::new(),
+                hasher: Default::default(),
+            }),
         }
+    }
+
+    /// Admit one for `key` at `now` if fewer than `count` were admitted in the window before.
+    fn admit(&self, key: &str, now: Instant) -> bool {
+        use std::hash::BuildHasher;
+        let mut state = self.state.lock().expect("abuse window lock");
+        let state = &mut *state;
+        let window = self.window.as_millis() as u64;
+        // Times count from one window before `origin`, so that "a window ago" is never
+        // before zero.
+        let at = now.saturating_duration_since(state.origin).as_millis() as u64 + window;
+        let since = at - window;
+        // Forget what left its window: admissions, and keys with nothing left in theirs.
+        while let Some(&(t, k)) = state.admissions.front() {
+            if t > since && state.log.len() < self.max_keys {
+                break;
+            }
+            state.admissions.pop_front();
+            let evicted = t > since;
+            if let Some(times) = state.log.get_mut(&k) {
+                while times.front().is_some_and(|x| *x <= t) {
+                    times.pop_front();
+                }
+                if times.is_empty() || evicted {
+                    state.log.remove(&k);
+                    if evicted {
+                        metrics::counter!("otp_abuse_keys_evicted_total", "rule" => self.name)
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        let h = state.hasher.hash_one(key);
+        let times = state.log.entry(h).or_default();
+        while times.front().is_some_and(|t| *t <= since) {
+            times.pop_front();
+        }
+        if times.len() >= self.count {
+            return false;
+        }
+        times.push_back(at);
+        state.admissions.push_back((at, h));
+        true
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.state.lock().expect("abuse window lock").log.len()
     }
 }
 
@@ -172,9 +250,10 @@ impl Limit for Window {
                 None => return Decision::Go,
             },
         };
-        match decision(self.limiter.check_key(key)) {
-            Decision::Go => Decision::Go,
-            _ => Decision::Refuse(ErrorCategory::RateLimited),
+        if self.admit(key, Instant::now()) {
+            Decision::Go
+        } else {
+            Decision::Refuse(ErrorCategory::RateLimited)
         }
     }
 }
@@ -232,6 +311,65 @@ mod tests {
             outcome(&limits, &subject("n20", "range", "US", false)),
             Some("per_prefix")
         );
+    }
+
+    #[test]
+    fn five_per_ten_minutes_means_five_in_any_ten_minutes() {
+        let w = Window::new(
+            "per_phone",
+            Key::Phone,
+            WindowRule {
+                count: 5,
+                window: Duration::from_secs(600),
+            },
+        );
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // One a minute: five, then refused until the first is ten minutes old.
+        for m in 0..5 {
+            assert!(w.admit("a", at(m * 60)), "minute {m}");
+        }
+        for m in 5..10 {
+            assert!(
+                !w.admit("a", at(m * 60)),
+                "minute {m}: five already in the window"
+            );
+        }
+        assert!(!w.admit("a", at(599)), "just inside the first one's window");
+        assert!(w.admit("a", at(600)), "the first left the window");
+        assert!(!w.admit("a", at(601)), "and only one slot came free");
+        // A token bucket of 5 with a refill of one per 2 minutes lets 9 through in the first
+        // ten minutes; this lets 5.
+        let mut first_ten = 0;
+        let v = Window::new(
+            "per_phone",
+            Key::Phone,
+            WindowRule {
+                count: 5,
+                window: Duration::from_secs(600),
+            },
+        );
+        for s in (0..600).step_by(10) {
+            first_ten += usize::from(v.admit("b", at(s)));
+        }
+        assert_eq!(first_ten, 5);
+    }
+
+    #[test]
+    fn a_flood_of_distinct_numbers_holds_at_most_max_keys_and_keys_expire() {
+        let rule = WindowRule {
+            count: 5,
+            window: Duration::from_secs(600),
+        };
+        let w = Window::bounded("per_phone", Key::Phone, rule, 10_000);
+        let t0 = Instant::now();
+        for i in 0..1_000_000u32 {
+            w.admit(&format!("n{i}"), t0 + Duration::from_micros(u64::from(i)));
+        }
+        assert!(w.keys() <= 10_000, "{} keys held", w.keys());
+        // A window later, every key has left its window: one admission clears them.
+        w.admit("late", t0 + Duration::from_secs(1_000));
+        assert_eq!(w.keys(), 1);
     }
 
     #[test]
