@@ -328,6 +328,80 @@ async fn bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going() {
     }
 }
 
+/// A poison pill: an invalid event so close to the broker's size limit that, with the
+/// dead-letter headers added, it can never be written as it is. It goes to the dead-letter
+/// topic as a reference (digest, size, coordinates), and its partition keeps delivering and
+/// committing instead of retrying that write forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_to_dead_letter_whole_goes_as_a_reference_and_the_partition_moves_on() {
+    use sha2::Digest;
+    let stack = Stack::start(1, roomy_sim()).await;
+    let workers = stack.workers();
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.t.kafka.brokers)
+        .create()
+        .unwrap();
+    let topic = stack.t.topics.requests(Sms);
+    // librdkafka's default message.max.bytes is 1,000,000, headers included.
+    let pill = vec![b'x'; 999_800];
+    let delivered = raw
+        .send(
+            FutureRecord::to(&topic).key("pill").payload(&pill),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (partition, offset) = (delivered.partition, delivered.offset);
+    let good = stack.publish("+15551234021", "212121", &[Sms]).await;
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&good), WITHIN)
+        .await;
+    assert_eq!(exactly_one_final(&statuses, &good)["status"], "sent");
+
+    let dead = read_messages(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.dead_letter(),
+        1,
+        WITHIN,
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    let header = |name: &str| {
+        dead[0]
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == name)
+            .map(|h| String::from_utf8_lossy(h.value.unwrap()).to_string())
+    };
+    assert_eq!(header("otp-dlq-truncated").as_deref(), Some("true"));
+    let digest = hex::encode(sha2::Sha256::digest(&pill));
+    assert_eq!(header("otp-dlq-payload-sha256"), Some(digest.clone()));
+    let reference = otp_test_support::payload_json(&dead[0]);
+    assert_eq!(reference["original_bytes"], 999_800);
+    assert_eq!(reference["original_sha256"], digest.as_str());
+    assert_eq!(reference["source"]["offset"], offset);
+    assert!(header("otp-dlq-reason")
+        .unwrap()
+        .contains("invalid code request"));
+    let group = format!("{}otp-sms-workers", stack.t.kafka.topic_prefix);
+    assert!(
+        otp_test_support::committed_past(
+            &stack.t.kafka.brokers,
+            &group,
+            &topic,
+            partition,
+            offset,
+            WITHIN
+        )
+        .await,
+        "the partition committed past the pill"
+    );
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_twice_is_sent_once() {
     let stack = Stack::start(1, roomy_sim()).await;

@@ -32,9 +32,14 @@ use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// The Kafka cluster to load.
-    #[arg(long, env = "OTP_KAFKA_BROKERS")]
-    brokers: String,
+    /// The Kafka cluster to load. Give this or `--embedded`.
+    #[arg(long, env = "OTP_KAFKA_BROKERS", required_unless_present = "embedded")]
+    brokers: Option<String>,
+    /// Run on an embedded broker (librdkafka's mock cluster, in this process; the workers stay
+    /// separate processes reaching it over TCP), to measure the pipeline's own ceiling without
+    /// a real broker's in the way.
+    #[arg(long, conflicts_with = "brokers")]
+    embedded: bool,
     /// Topic prefix for this run. Default: a fresh one per run (`otp-load-<time>.`), so that
     /// runs never read each other's requests.
     #[arg(long)]
@@ -121,16 +126,36 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("otp-load-{}.", Utc::now().timestamp_millis()));
-    let mut kafka = KafkaArgs::new(args.brokers.clone());
+    // The embedded cluster lives on this task until the run ends.
+    let mock = if args.embedded {
+        Some(rdkafka::mocking::MockCluster::new(1).context("start the embedded Kafka")?)
+    } else {
+        None
+    };
+    let brokers = match (&args.brokers, &mock) {
+        (_, Some(m)) => m.bootstrap_servers(),
+        (Some(b), None) => b.clone(),
+        (None, None) => anyhow::bail!("--brokers or --embedded is required"),
+    };
+    let mut kafka = KafkaArgs::new(brokers.clone());
     kafka.topic_prefix = prefix.clone();
     let seal_keys = crate::stack::run_seal_keys();
     kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
     // Workers hold this; the run's publisher, like any producer, does not.
     let fallback_key = hex::encode(rand::random::<[u8; 32]>());
     let topics = kafka.topics();
-    create_topics(&kafka, &topics.all(), args.partitions, 1)
-        .await
-        .context("create the run's topics")?;
+    match &mock {
+        Some(mock) => {
+            for topic in topics.all() {
+                mock.create_topic(&topic, args.partitions, 1)?;
+            }
+        }
+        None => {
+            create_topics(&kafka, &topics.all(), args.partitions, 1)
+                .await
+                .context("create the run's topics")?;
+        }
+    }
 
     let unlimited = args.sender_rate == 0;
     let (rate, burst) = if unlimited {
@@ -161,7 +186,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         hash_key: &hash_key,
         seal_keys: &seal_keys,
         fallback_key: &fallback_key,
-        brokers: &args.brokers,
+        brokers: &brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,
         log_filter: &args.worker_log,
@@ -215,7 +240,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // Follow the status topic on its own thread until every request is final or time is up.
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
-        let (brokers, topic) = (args.brokers.clone(), topics.delivery_status());
+        let (brokers, topic) = (brokers.clone(), topics.delivery_status());
         let (observed, done, requests) = (observed.clone(), done.clone(), args.requests);
         std::thread::spawn(move || follow(&brokers, &topic, requests, &observed, &done))
     };

@@ -36,6 +36,10 @@ pub enum PublishError {
     },
     #[error("could not create the Kafka producer: {0}")]
     Setup(#[source] KafkaError),
+    /// A worker's fallback write that can never succeed (too large, not authorised, no such
+    /// topic) was given up after a few tries.
+    #[error("the fallback of request {request_id} was given up: {reason}")]
+    Abandoned { request_id: String, reason: String },
 }
 
 /// How a publisher behaves; the defaults suit a login system.

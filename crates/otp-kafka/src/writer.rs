@@ -3,8 +3,12 @@
 //! made elsewhere, as values; this is the one place that writes them.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
-//! message that caused it counts as finished, and is retried until it is: a status that was
-//! never written would leave a request without its final word.
+//! message that caused it counts as finished, and is retried while trying again can help: a
+//! status that was never written would leave a request without its final word. A write that
+//! can never succeed (too large, not authorised, no such topic) is tried a few times, counted
+//! (`otp_kafka_writes_abandoned_total{what}`) and given up, so that one poison pill cannot
+//! stop its partition for good; a dead letter too large for the broker is written as a
+//! reference instead (digest, size and source coordinates of the original).
 
 use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
@@ -25,6 +29,9 @@ pub const DLQ_REASON: &str = "otp-dlq-reason";
 pub const DLQ_SOURCE_TOPIC: &str = "otp-dlq-source-topic";
 pub const DLQ_SOURCE_PARTITION: &str = "otp-dlq-source-partition";
 pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
+/// On a dead letter written as a reference: `true`, and the original payload's SHA-256.
+pub const DLQ_TRUNCATED: &str = "otp-dlq-truncated";
+pub const DLQ_PAYLOAD_SHA256: &str = "otp-dlq-payload-sha256";
 
 pub struct KafkaWriter {
     producer: ProducerSession,
@@ -143,7 +150,7 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         schema: &str,
     ) {
-        retry_until_acked(what, || {
+        let written = retry_until_acked(what, || {
             let headers = OwnedHeaders::new().insert(Header {
                 key: HEADER_SCHEMA,
                 value: Some(schema),
@@ -156,15 +163,62 @@ impl KafkaWriter {
             self.send(record)
         })
         .await;
+        if let Err(e) = written {
+            abandoned(what, &e);
+        }
     }
 
     /// Write the original message to the dead-letter topic: same key, payload and headers,
-    /// plus headers naming the reason and where it came from.
+    /// plus headers naming the reason and where it came from. A message the broker refuses
+    /// as too large once our headers are added goes as a reference: its SHA-256, its size and
+    /// its coordinates, with `otp-dlq-truncated: true`, so that it cannot wedge its partition.
     pub async fn dead_letter(&self, original: &OwnedMessage, reason: &str) {
+        let written = self.dead_letter_as(original, reason, false).await;
+        let written = match written {
+            Err(e) if e.too_large => {
+                tracing::warn!(
+                    topic = original.topic(),
+                    partition = original.partition(),
+                    offset = original.offset(),
+                    bytes = original.payload().map_or(0, <[u8]>::len),
+                    "dead letter too large for the broker; writing a reference instead"
+                );
+                self.dead_letter_as(original, reason, true).await
+            }
+            other => other,
+        };
+        match written {
+            Ok(()) => metrics::counter!("otp_dead_letters_total").increment(1),
+            Err(e) => abandoned("dead letter", &e),
+        }
+    }
+
+    async fn dead_letter_as(
+        &self,
+        original: &OwnedMessage,
+        reason: &str,
+        as_reference: bool,
+    ) -> Result<(), WriteFailure> {
+        use sha2::Digest;
         let topic = self.topics.dead_letter();
+        let partition = original.partition().to_string();
+        let offset = original.offset().to_string();
+        let bytes = original.payload().unwrap_or_default();
+        let digest = hex::encode(sha2::Sha256::digest(bytes));
+        let reference = as_reference.then(|| {
+            serde_json::to_vec(&serde_json::json!({
+                "truncated": true,
+                "original_bytes": bytes.len(),
+                "original_sha256": digest,
+                "source": {"topic": original.topic(), "partition": original.partition(),
+                           "offset": original.offset()},
+            }))
+            .expect("a JSON value serialises")
+        });
         retry_until_acked("dead letter", || {
             let mut headers = OwnedHeaders::new();
-            if let Some(h) = original.headers() {
+            // A reference keeps none of the original's headers: they may be what is too large.
+            if let (false, Some(h)) = (as_reference, original.headers()) {
                 for header in h.iter() {
                     headers = headers.insert(Header {
                         key: header.key,
@@ -172,8 +226,6 @@ impl KafkaWriter {
                     });
                 }
             }
-            let partition = original.partition().to_string();
-            let offset = original.offset().to_string();
             headers = headers
                 .insert(Header {
                     key: DLQ_REASON,
@@ -191,22 +243,34 @@ impl KafkaWriter {
                     key: DLQ_SOURCE_OFFSET,
                     value: Some(&offset),
                 });
+            if as_reference {
+                headers = headers
+                    .insert(Header {
+                        key: DLQ_TRUNCATED,
+                        value: Some("true"),
+                    })
+                    .insert(Header {
+                        key: DLQ_PAYLOAD_SHA256,
+                        value: Some(&digest),
+                    });
+            }
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&topic).headers(headers);
             if let Some(key) = original.key() {
                 record = record.key(key);
             }
-            if let Some(payload) = original.payload() {
-                record = record.payload(payload);
+            match (&reference, original.payload()) {
+                (Some(r), _) => record = record.payload(r.as_slice()),
+                (None, Some(p)) => record = record.payload(p),
+                (None, None) => {}
             }
             self.send(record)
         })
-        .await;
-        metrics::counter!("otp_dead_letters_total").increment(1);
+        .await
     }
 
     /// One send on the current producer session; a broken session is replaced for the retry.
-    async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), String> {
+    async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), WriteFailure> {
         let lease = self.producer.lease();
         let sent = lease
             .producer
@@ -219,7 +283,7 @@ impl KafkaWriter {
             }
             Err((e, _)) => {
                 self.producer.failed(&lease, &e);
-                Err(e.to_string())
+                Err(WriteFailure::of(&e))
             }
         }
     }
@@ -227,31 +291,107 @@ impl KafkaWriter {
     /// Hand a request on to its next channel's topic. A request the contract refuses cannot be
     /// handed on; the caller reports that as an error instead.
     pub async fn fallback(&self, next: &CodeRequest) -> Result<(), PublishError> {
-        retry_until_acked("fallback", || async {
+        let written = retry_until_acked("fallback", || async {
             match self.fallback.publish_request(next).await {
                 Ok(()) => Ok(Ok(())),
                 Err(PublishError::Invalid(e)) => Ok(Err(PublishError::Invalid(e))),
-                Err(e) => Err(e.to_string()),
+                Err(PublishError::Kafka { source, .. }) | Err(PublishError::Setup(source)) => {
+                    Err(WriteFailure::of(&source))
+                }
+                Err(e) => Err(WriteFailure::transient(e.to_string())),
             }
         })
-        .await
+        .await;
+        match written {
+            Ok(result) => result,
+            Err(e) => {
+                abandoned("fallback", &e);
+                Err(PublishError::Abandoned {
+                    request_id: next.request_id.clone(),
+                    reason: e.message,
+                })
+            }
+        }
     }
+}
+
+/// Why a write failed, and whether trying again can help.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    message: String,
+    /// The broker (or librdkafka) will refuse this write however often it is tried.
+    permanent: bool,
+    /// Refused for its size.
+    too_large: bool,
+}
+
+impl WriteFailure {
+    fn of(e: &KafkaError) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let code = e.rdkafka_error_code();
+        let too_large = matches!(
+            code,
+            Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge)
+        );
+        let permanent = too_large
+            || matches!(
+                code,
+                Some(
+                    Code::TopicAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed
+                        | Code::InvalidRecord
+                        | Code::InvalidTopic
+                        | Code::UnknownTopic
+                        | Code::UnknownTopicOrPartition
+                )
+            );
+        Self {
+            message: e.to_string(),
+            permanent,
+            too_large,
+        }
+    }
+
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            permanent: false,
+            too_large: false,
+        }
+    }
+}
+
+/// Tries of a write that fails permanently, before it is given up (a topic being created or
+/// an ACL being granted gets these few seconds).
+const PERMANENT_TRIES: u32 = 4;
+
+fn abandoned(what: &'static str, e: &WriteFailure) {
+    metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(1);
+    tracing::error!(what, error = %e.message, "Kafka write abandoned: it can never succeed");
 }
 
 /// Keep trying a write until the broker acknowledges it. Kafka being down stops progress
 /// (nothing is committed meanwhile) rather than losing the write; shutdown abandons the task,
-/// and its message is redelivered.
-async fn retry_until_acked<T, F, Fut>(what: &'static str, mut write: F) -> T
+/// and its message is redelivered. A failure that trying again cannot fix is tried
+/// [`PERMANENT_TRIES`] times, then returned.
+async fn retry_until_acked<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, WriteFailure>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, WriteFailure>>,
 {
     let mut delay = Duration::from_millis(100);
+    let mut permanent = 0;
     loop {
         match write().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(e) => {
-                tracing::warn!(what, error = %e, ?delay, "Kafka write failed; retrying");
+                if e.permanent {
+                    permanent += 1;
+                    if permanent >= PERMANENT_TRIES || e.too_large {
+                        return Err(e);
+                    }
+                }
+                tracing::warn!(what, error = %e.message, ?delay, "Kafka write failed; retrying");
                 metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(1);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
