@@ -650,13 +650,26 @@ async fn in_flight_work_is_bounded_and_a_slow_send_does_not_hold_up_the_others()
 
 #[tokio::test]
 async fn topics_exist_for_a_fresh_stack() {
-    // Guards the harness itself: a test prefix gets all four topics.
-    let t = TestTopics::create(otp_test_support::shared_broker(), 1).await;
+    // Guards the harness itself: a test prefix gets every topic, with the partitions asked
+    // for, and nothing in them. (A missing topic would count 0 messages too: its partitions
+    // are what tell.)
+    let t = TestTopics::create(otp_test_support::shared_broker(), 3).await;
     for topic in t.topics.all() {
+        assert_eq!(
+            otp_test_support::partition_count(&t.kafka.brokers, &topic),
+            3,
+            "{topic} exists with its partitions"
+        );
         assert_eq!(
             otp_test_support::message_count(&t.kafka.brokers, &topic),
             0,
             "{topic}"
         );
     }
+    let missing = format!("{}otp.never-created", t.kafka.topic_prefix);
+    assert_eq!(
+        otp_test_support::partition_count(&t.kafka.brokers, &missing),
+        0,
+        "a topic nobody created has no partitions"
+    );
 }

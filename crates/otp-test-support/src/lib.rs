@@ -12,8 +12,8 @@ mod read;
 pub use broker::{shared_broker, Storage, TansuBroker};
 pub use invariants::{check as check_invariants, Verdict};
 pub use read::{
-    collect_json_until, committed_past, message_count, payload_json, read_messages,
-    read_messages_blocking,
+    collect_json_until, committed_past, message_count, partition_count, payload_json,
+    read_messages, read_messages_blocking,
 };
 
 use otp_kafka::KafkaArgs;

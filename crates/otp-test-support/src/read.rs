@@ -69,6 +69,19 @@ pub async fn read_messages(
 }
 
 /// Messages ever written to `topic` (sum of high watermarks minus low ones).
+/// How many partitions `topic` has: 0 when it does not exist (its metadata names an error or
+/// no partitions), so a test can tell a missing topic from an empty one.
+pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
+    let consumer = consumer(bootstrap);
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len())
+}
+
 pub fn message_count(bootstrap: &str, topic: &str) -> i64 {
     let consumer = consumer(bootstrap);
     partitions(&consumer, topic)
