@@ -144,18 +144,8 @@ async fn a_forged_fallback_is_a_first_try_and_meets_every_rule() {
         sealing: t.kafka.sealing.clone(),
         ..otp_events::Rules::default()
     };
-    let raw: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &t.kafka.brokers)
-        .create()
-        .unwrap();
-    raw.send(
-        rdkafka::producer::FutureRecord::to(&t.topics.requests(Sms))
-            .key("k")
-            .payload(&rules.encode_request(&forged)),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    t.publish_raw(&t.topics.requests(Sms), "k", &rules.encode_request(&forged))
+        .await;
     let statuses = stack
         .statuses_until_final(&["forged-fallback-1".to_string()], WITHIN)
         .await;

@@ -853,18 +853,12 @@ async fn no_topic_holds_a_plaintext_code_or_number_and_an_unknown_key_is_dead_le
     );
     s.request_id = Some("sealed-elsewhere-1".into());
     let request = s.complete(chrono::Utc::now());
-    let raw: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &t.kafka.brokers)
-        .create()
-        .unwrap();
-    raw.send(
-        rdkafka::producer::FutureRecord::to(&t.topics.requests(Whatsapp))
-            .key("k")
-            .payload(&sealed_elsewhere.encode_request(&request)),
-        Duration::from_secs(5),
+    t.publish_raw(
+        &t.topics.requests(Whatsapp),
+        "k",
+        &sealed_elsewhere.encode_request(&request),
     )
-    .await
-    .unwrap();
+    .await;
 
     let (wa, wb) = (a.clone(), b.clone());
     let statuses = l

@@ -54,53 +54,60 @@ pub struct DevMode {
     pub dev: bool,
 }
 
-/// The keys that seal codes and phone numbers on Kafka, from `OTP_SEAL_KEYS` (or the file named
-/// by `OTP_SEAL_KEYS_FILE`): `id=<64 hex>,id=<64 hex>`, the first sealing. Fails closed like the
-/// phone hash key: without keys, only development mode starts, with a public development key.
-pub fn keyring(mode: DevMode) -> anyhow::Result<otp_events::Keyring> {
-    let name = otp_events::Keyring::ENV;
+/// A secret every production service needs: from `name` (or `name_FILE`); without it, the
+/// development value in development mode (with a loud warning naming `without`, what its
+/// absence gives away), else an error naming the variable, `why` it is needed, and `--dev`.
+fn required_secret(
+    name: &str,
+    mode: DevMode,
+    dev_value: &str,
+    without: &str,
+    why: &str,
+) -> anyhow::Result<String> {
     match secret(name) {
-        Ok(text) => otp_events::Keyring::parse(&text).context(name),
+        Ok(value) => Ok(value),
         Err(_) if mode.dev => {
             tracing::warn!(
-                "DEVELOPMENT MODE (--dev): {name} is not set, so codes and numbers are sealed on \
-                 Kafka with a public development key; never run like this in production"
+                "DEVELOPMENT MODE (--dev): {name} is not set, so a public development value is \
+                 used: {without}; never run like this in production"
             );
-            Ok(
-                otp_events::Keyring::parse(DEV_SEAL_KEYS)
-                    .expect("the development keyring is valid"),
-            )
+            Ok(dev_value.to_string())
         }
         Err(_) => anyhow::bail!(
-            "{name} is not set: codes and phone numbers are sealed on Kafka, so no service that \
-             reads or writes code requests starts without the keys. Set {name} (or {name}_FILE) \
-             to `id=<64 hex digits>` (the first key seals, any listed key opens), or pass --dev \
-             for local development"
+            "{name} is not set: {why}. Set {name} (or {name}_FILE, a file holding it), or pass \
+             --dev (OTP_DEV=1) for local development"
         ),
     }
 }
 
+/// The keys that seal codes and phone numbers on Kafka, from `OTP_SEAL_KEYS` (or the file named
+/// by `OTP_SEAL_KEYS_FILE`): `id=<64 hex>,id=<64 hex>`, the first sealing. Fails closed.
+pub fn keyring(mode: DevMode) -> anyhow::Result<otp_events::Keyring> {
+    let name = otp_events::Keyring::ENV;
+    let text = required_secret(
+        name,
+        mode,
+        DEV_SEAL_KEYS,
+        "codes and numbers on Kafka can be opened by anyone",
+        "codes and phone numbers are sealed on Kafka, so no service that reads or writes code \
+         requests starts without the keys (`id=<64 hex digits>`, comma-separated; the first \
+         seals, any listed key opens)",
+    )?;
+    otp_events::Keyring::parse(&text).context(name)
+}
+
 /// The workers' key for fallback proofs, from `OTP_FALLBACK_KEY` (or `_FILE`): held by workers
-/// and the tracker, never by producers. Fails closed like the other secrets.
+/// and the tracker, never by producers. Fails closed.
 pub fn fallback_key(mode: DevMode) -> anyhow::Result<otp_events::FallbackKey> {
-    let name = otp_events::FallbackKey::ENV;
-    match secret(name) {
-        Ok(key) => Ok(otp_events::FallbackKey::new(key.as_bytes())),
-        Err(_) if mode.dev => {
-            tracing::warn!(
-                "DEVELOPMENT MODE (--dev): {name} is not set, so fallback proofs use a public \
-                 development key and any producer could forge one"
-            );
-            Ok(otp_events::FallbackKey::new(
-                b"otp-pipeline-development-fallback-key",
-            ))
-        }
-        Err(_) => anyhow::bail!(
-            "{name} is not set: workers and the tracker sign the fallbacks they write, so that \
-             a producer cannot claim fallback state and skip the abuse rules. Set {name} (or \
-             {name}_FILE) to a secret shared by workers and trackers only, or pass --dev"
-        ),
-    }
+    let key = required_secret(
+        otp_events::FallbackKey::ENV,
+        mode,
+        "otp-pipeline-development-fallback-key",
+        "any producer could forge a fallback proof",
+        "workers and the tracker sign the fallbacks they write, so that a producer cannot claim \
+         fallback state and skip the abuse rules (a secret of workers and trackers only)",
+    )?;
+    Ok(otp_events::FallbackKey::new(key.as_bytes()))
 }
 
 /// The public development keyring (`--dev` only).
@@ -108,26 +115,15 @@ pub const DEV_SEAL_KEYS: &str =
     "dev=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// The deployment's keyed phone hash, from `OTP_PHONE_HASH_KEY` (or the file named by
-/// `OTP_PHONE_HASH_KEY_FILE`). Fails closed: without a key, only development mode starts, with
-/// the public development key and a loud warning.
+/// `OTP_PHONE_HASH_KEY_FILE`). Fails closed.
 pub fn phone_hasher(mode: DevMode) -> anyhow::Result<otp_events::PhoneHasher> {
-    let name = otp_events::PhoneHasher::KEY_ENV;
-    match secret(name) {
-        Ok(key) => Ok(otp_events::PhoneHasher::new(key.as_bytes())),
-        Err(_) if mode.dev => {
-            tracing::warn!(
-                "DEVELOPMENT MODE (--dev): {name} is not set, so the public development key \
-                 is used and phone hashes can be reversed; never run like this in production"
-            );
-            Ok(otp_events::PhoneHasher::new(
-                otp_events::PhoneHasher::DEV_KEY,
-            ))
-        }
-        Err(_) => anyhow::bail!(
-            "{name} is not set: the phone hash key keys every phone hash, partition key and \
-             dedup key, so no service starts without it. Set {name} (or {name}_FILE, a file \
-             holding it) to the deployment's secret, or pass --dev (OTP_DEV=1) for local \
-             development with a public key"
-        ),
-    }
+    let key = required_secret(
+        otp_events::PhoneHasher::KEY_ENV,
+        mode,
+        std::str::from_utf8(otp_events::PhoneHasher::DEV_KEY).expect("the development key is text"),
+        "phone hashes can be reversed",
+        "the phone hash key keys every phone hash, partition key and dedup key, so no service \
+         starts without it",
+    )?;
+    Ok(otp_events::PhoneHasher::new(key.as_bytes()))
 }

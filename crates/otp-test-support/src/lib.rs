@@ -58,6 +58,25 @@ impl TestTopics {
         Self { kafka, topics }
     }
 
+    /// Write raw bytes to `topic`, as a producer outside our libraries would (no validation,
+    /// no sealing, no headers); returns where they landed.
+    pub async fn publish_raw(&self, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .create()
+            .expect("a raw producer");
+        let delivered = producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("raw publish to {topic}: {e}"));
+        (delivered.partition, delivered.offset)
+    }
+
     /// A publisher writing to these topics, with the default settings.
     pub fn publisher(&self, hasher: otp_events::PhoneHasher) -> otp_kafka::CodeRequestPublisher {
         let config = otp_kafka::PublisherConfig {
