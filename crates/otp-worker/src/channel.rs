@@ -28,8 +28,11 @@ pub trait ChannelClient: Send + Sync + 'static {
     ) -> impl Future<Output = SendOutcome> + Send;
 }
 
-/// Turn a provider's HTTP answer into an outcome: accepted when `accepted_id` finds the
-/// provider's message id in a 2xx answer, else classified by `table` with the provider code
+/// The message id of a send the provider accepted without a readable id.
+pub const UNKNOWN_MESSAGE_ID: &str = "unknown";
+
+/// Turn a provider's HTTP answer into an outcome: accepted on any 2xx (with the message id
+/// `accepted_id` finds, or [`UNKNOWN_MESSAGE_ID`]), else classified by `table` with the provider code
 /// that `error_code` reads from the error body.
 pub async fn outcome_of(
     response: Result<reqwest::Response, reqwest::Error>,
@@ -44,11 +47,22 @@ pub async fn outcome_of(
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if (200..300).contains(&status) {
-        if let Some(id) = accepted_id(&body) {
-            return SendOutcome::Accepted {
-                provider_message_id: id.to_string(),
-            };
-        }
+        // A 2xx means the provider took the message: it will go out. Without a readable id
+        // it is still sent (reporting it failed would send the code twice), with an id that
+        // says so; receipts cannot be matched to it.
+        let id = accepted_id(&body).map(str::to_string).unwrap_or_else(|| {
+            metrics::counter!("otp_accepted_without_id_total", "channel" => table.provider)
+                .increment(1);
+            tracing::warn!(
+                channel = table.provider,
+                http_status = status,
+                "provider accepted a message without a readable message id"
+            );
+            UNKNOWN_MESSAGE_ID.to_string()
+        });
+        return SendOutcome::Accepted {
+            provider_message_id: id,
+        };
     }
     let failure = table.classify(status, error_code(&body));
     if failure.unknown_code {

@@ -177,7 +177,10 @@ pub fn after_send(
     let tries = schedule.tries();
     let failure = match answer {
         Ok(provider_message_id) => {
-            let pending = confirmation.map(|c| {
+            // Receipts cannot be tied to a send whose id is unknown: no confirmation is armed
+            // for it (a timeout would send the code a second time).
+            let known = provider_message_id != crate::channel::UNKNOWN_MESSAGE_ID;
+            let pending = confirmation.filter(|_| known).map(|c| {
                 Box::new(pending_record(
                     request,
                     channel,

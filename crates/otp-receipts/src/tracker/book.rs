@@ -425,6 +425,9 @@ impl Book {
     }
 }
 
+/// Least code life left for a fallback to be worth it.
+const FALLBACK_MARGIN: Duration = Duration::seconds(5);
+
 /// End an awaiting record's wait without a confirmation: hand the request on when a channel
 /// and time are left, else end its life here (`failed`, or `expired` once the code is dead).
 fn settle(
@@ -436,8 +439,10 @@ fn settle(
     let status = |kind| DeliveryStatus::about(&record.request, kind, record.channel, hasher);
     let public_id = hasher.public_message_id(record.channel, &record.provider_message_id);
     let mut actions = Vec::new();
+    // Handing on a code about to die only sends a message the user cannot use: the next
+    // channel needs a few seconds to deliver it.
     match record.request.for_next_channel() {
-        Some(next) if now < record.request.expires_at => {
+        Some(next) if now + FALLBACK_MARGIN < record.request.expires_at => {
             let mut s = status(StatusKind::Fallback).with_error(reason);
             s.next_channel = next.current_channel();
             s.provider_message_id = Some(public_id);

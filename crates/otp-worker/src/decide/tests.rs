@@ -283,6 +283,24 @@ fn with_confirmation_an_accepted_send_arms_a_fallback_when_a_channel_and_time_ar
 }
 
 #[test]
+fn a_send_accepted_without_a_readable_id_is_sent_and_arms_no_fallback() {
+    // The provider took it (2xx): it goes out. Its receipts cannot be matched, so a timeout
+    // must not hand the code to another channel as if it never arrived.
+    let r = request(&[WA, SMS], 300);
+    let next = after_send(
+        at(&r, WA),
+        Ok(crate::channel::UNKNOWN_MESSAGE_ID.to_string()),
+        &mut schedule(1),
+        Duration::from_secs(60),
+        Some(&ConfirmationConfig::default()),
+    );
+    assert!(
+        matches!(next, Next::Done(Outcome::Accepted { pending: None, .. })),
+        "{next:?}"
+    );
+}
+
+#[test]
 fn a_transient_failure_is_retried_while_time_allows() {
     let r = request(&[WA, SMS], 300);
     let next = after(

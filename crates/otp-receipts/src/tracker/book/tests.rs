@@ -153,6 +153,26 @@ fn with_no_channel_left_a_failure_is_final_and_after_expiry_it_is_expired() {
 }
 
 #[test]
+fn a_failure_seconds_before_expiry_is_failed_not_handed_on() {
+    // Five minutes of life at the start; the failed receipt comes with 3 s left.
+    let mut b = book();
+    let start = Utc::now();
+    awaiting_whatsapp(&mut b, "r", start);
+    let late = start + Duration::minutes(5) - Duration::seconds(3);
+    let out = b.receipt(receipt("r", ReceiptStatus::Failed), tag(0), late);
+    assert_eq!(
+        reported(&out),
+        vec![(StatusKind::Failed, true)],
+        "{:?}",
+        out.actions
+    );
+    assert!(!out
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::FallBack { .. })));
+}
+
+#[test]
 fn report_only_records_report_receipts_without_finals() {
     let mut b = book();
     let now = Utc::now();
