@@ -627,6 +627,73 @@ async fn in_flight_work_is_bounded_and_a_slow_send_does_not_hold_up_the_others()
     sms.stop().await.unwrap();
 }
 
+/// The total of a gauge's series whose labels include `label`, in Prometheus text.
+fn gauge_total(text: &str, name: &str, label: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Ops scale on consumer lag: each worker exports its assigned partitions' lag (messages
+/// after the committed offset), which shows a backlog and drains to zero once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
+    let prometheus = otp_kafka::observe::prometheus();
+    let stack = Stack::start(
+        2,
+        SimConfig {
+            latency: Duration::from_millis(300),
+            ..roomy_sim()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            stack
+                .publish(&format!("+1555310{:04}", 2000 + i), "575757", &[Sms])
+                .await,
+        );
+    }
+    let mut config = test_config();
+    config.max_in_flight = 2; // about 9 s of work
+    let worker = stack.worker(Sms, config);
+    let group = format!("group=\"{}otp-sms-workers\"", stack.t.kafka.topic_prefix);
+    let series = "otp_consumer_lag_messages";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let seen_backlog = loop {
+        let text = prometheus.render();
+        if let Some(lag) = gauge_total(&text, series, &group).filter(|l| *l > 0.0) {
+            assert!(text.contains("partition=\""), "per partition: {text}");
+            break lag;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lag exported: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await; // the gauge is polled, not pushed
+    };
+    assert!(seen_backlog <= 60.0, "{seen_backlog}");
+    stack.statuses_until_final(&ids, WITHIN).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = prometheus.render();
+        if gauge_total(&text, series, &group) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never drained: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("backlog seen as lag: {seen_backlog} messages; drained to 0");
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn topics_exist_for_a_fresh_stack() {
     // Guards the harness itself: a test prefix gets every topic, with the partitions asked

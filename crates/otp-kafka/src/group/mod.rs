@@ -185,6 +185,7 @@ pub async fn run<M: GroupMember>(
     let readiness = tokio::spawn(watch_broker(
         consumer.clone(),
         settings.topics.first().cloned().unwrap_or_default(),
+        settings.group_id.clone(),
         ready.clone(),
         watching,
     ));
@@ -247,10 +248,10 @@ pub async fn run<M: GroupMember>(
 
     tracing::info!(in_flight = in_flight.held(), "draining");
     stop.store(true, Ordering::SeqCst);
-    // The readiness check holds a handle of the consumer while it asks the broker (2 s at
-    // most): let it finish, so that the close below holds the last one.
+    // The readiness and lag check holds a handle of the consumer while it asks the broker
+    // (about 5 s at most): let it finish, so that the close below holds the last one.
     let _ = stop_watching.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(3), readiness).await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), readiness).await;
     if tokio::time::timeout(settings.shutdown_grace, member.drain())
         .await
         .is_err()
@@ -299,20 +300,73 @@ async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
 async fn watch_broker(
     consumer: Arc<GroupConsumer>,
     topic: String,
+    group: String,
     ready: Arc<AtomicBool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut exported: std::collections::HashSet<(String, i32)> = Default::default();
     while !*stop.borrow() {
         let (c, t) = (consumer.clone(), topic.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok()
+        let lag = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(2))
+                .ok()
+                .map(|_| consumer_lag(&c))
         })
         .await
-        .unwrap_or(false);
-        ready.store(ok, Ordering::SeqCst);
+        .unwrap_or(None);
+        ready.store(lag.is_some(), Ordering::SeqCst);
+        if let Some(lag) = lag {
+            // Partitions given up since the last look read 0: their lag is another member's.
+            let now: std::collections::HashSet<(String, i32)> =
+                lag.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+            for (t, p) in exported.difference(&now) {
+                metrics::gauge!("otp_consumer_lag_messages", "group" => group.clone(), "topic" => t.clone(), "partition" => p.to_string())
+                    .set(0.0);
+            }
+            for (t, p, n) in &lag {
+                metrics::gauge!("otp_consumer_lag_messages", "group" => group.clone(), "topic" => t.clone(), "partition" => p.to_string())
+                    .set(*n as f64);
+            }
+            metrics::gauge!("otp_consumer_lag_total", "group" => group.clone())
+                .set(lag.iter().map(|(_, _, n)| *n as f64).sum::<f64>());
+            exported = now;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             changed = stop.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Per assigned partition: messages after the group's committed offset (from its low
+/// watermark when nothing is committed), which is what a restart would have to read again and
+/// what an autoscaler scales on. Each broker call is bounded (2 s), and the whole look too:
+/// partitions not reached within 3 s wait for the next look.
+fn consumer_lag(consumer: &GroupConsumer) -> Vec<(String, i32, i64)> {
+    let started = std::time::Instant::now();
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let committed = consumer
+        .committed_offsets(assignment.clone(), Duration::from_secs(2))
+        .ok();
+    let mut out = Vec::new();
+    for e in assignment.elements() {
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+        else {
+            continue;
+        };
+        let done = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(e.topic(), e.partition()))
+            .and_then(|c| c.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(low);
+        out.push((e.topic().to_string(), e.partition(), (high - done).max(0)));
+    }
+    out
 }
