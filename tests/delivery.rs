@@ -380,6 +380,54 @@ async fn an_event_too_large_to_dead_letter_whole_goes_as_a_reference_and_the_par
     }
 }
 
+/// A producer that dates a request in year 9999 (so that it would sit in every memory until
+/// then, and outlive any code life) is refused against the worker's clock: dead-lettered and
+/// `rejected` naming the field, never sent, and nothing after it is held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dated_in_year_9999_is_refused_by_the_workers_clock() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let workers = stack.workers();
+    let t = &stack.t;
+    let mut s = Submission::new(
+        "+15551234031",
+        "999999",
+        vec![Sms],
+        chrono::Duration::minutes(5),
+    );
+    s.request_id = Some("year-9999-1".into());
+    let mut request = s.complete(chrono::Utc::now());
+    request.created_at = "9999-12-31T23:50:00Z".parse().unwrap();
+    request.expires_at = "9999-12-31T23:55:00Z".parse().unwrap();
+    let rules = otp_events::Rules {
+        sealing: t.kafka.sealing.clone(),
+        ..otp_events::Rules::default()
+    };
+    t.publish_raw(
+        &t.topics.requests(Sms),
+        "k",
+        &rules.encode_request(&request),
+    )
+    .await;
+    let good = stack.publish("+15551234032", "123123", &[Sms]).await;
+    let statuses = stack
+        .statuses_until_final(&["year-9999-1".to_string(), good.clone()], WITHIN)
+        .await;
+    let refused = exactly_one_final(&statuses, "year-9999-1");
+    assert_eq!(refused["status"], "rejected");
+    let reason = refused["error"]["message"].as_str().unwrap();
+    assert!(reason.starts_with("created_at:"), "{reason}");
+    assert_eq!(exactly_one_final(&statuses, &good)["status"], "sent");
+    let dead = read_messages(&t.kafka.brokers, &t.topics.dead_letter(), 1, WITHIN).await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        stack.sim.messages().iter().all(|m| m.to != "+15551234031"),
+        "never sent"
+    );
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_twice_is_sent_once() {
     let stack = Stack::start(1, roomy_sim()).await;

@@ -446,6 +446,9 @@ async fn broker_down_then_up() {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("otp_kafka=warn,otp_worker=warn")
+        .try_init();
     let mock = MockCluster::new(1).unwrap();
     let kafka = otp_kafka::KafkaArgs::new(mock.bootstrap_servers());
     let topics = kafka.topics();

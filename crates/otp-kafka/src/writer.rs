@@ -319,8 +319,9 @@ impl KafkaWriter {
 #[derive(Debug, Clone)]
 struct WriteFailure {
     message: String,
-    /// The broker (or librdkafka) will refuse this write however often it is tried.
-    permanent: bool,
+    /// Tries after which this failure is taken as permanent; `None`: retried while it lasts
+    /// (a broker outage must stop progress, not lose writes).
+    give_up_after: Option<u32>,
     /// Refused for its size.
     too_large: bool,
 }
@@ -333,21 +334,22 @@ impl WriteFailure {
             code,
             Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge)
         );
-        let permanent = too_large
-            || matches!(
-                code,
-                Some(
-                    Code::TopicAuthorizationFailed
-                        | Code::ClusterAuthorizationFailed
-                        | Code::InvalidRecord
-                        | Code::InvalidTopic
-                        | Code::UnknownTopic
-                        | Code::UnknownTopicOrPartition
-                )
-            );
+        let give_up_after = match code {
+            _ if too_large => Some(1),
+            Some(
+                Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::InvalidRecord
+                | Code::InvalidTopic,
+            ) => Some(PERMANENT_TRIES),
+            // A missing topic is also what a broker that is coming back can say: give it
+            // minutes (60 tries, 5 s apart at most) before taking the topic as gone.
+            Some(Code::UnknownTopic | Code::UnknownTopicOrPartition) => Some(60),
+            _ => None,
+        };
         Self {
             message: e.to_string(),
-            permanent,
+            give_up_after,
             too_large,
         }
     }
@@ -355,14 +357,14 @@ impl WriteFailure {
     fn transient(message: String) -> Self {
         Self {
             message,
-            permanent: false,
+            give_up_after: None,
             too_large: false,
         }
     }
 }
 
-/// Tries of a write that fails permanently, before it is given up (a topic being created or
-/// an ACL being granted gets these few seconds).
+/// Tries of a write refused as not authorised or invalid, before it is given up (an ACL
+/// being granted gets these few seconds).
 const PERMANENT_TRIES: u32 = 4;
 
 fn abandoned(what: &'static str, e: &WriteFailure) {
@@ -372,24 +374,22 @@ fn abandoned(what: &'static str, e: &WriteFailure) {
 
 /// Keep trying a write until the broker acknowledges it. Kafka being down stops progress
 /// (nothing is committed meanwhile) rather than losing the write; shutdown abandons the task,
-/// and its message is redelivered. A failure that trying again cannot fix is tried
-/// [`PERMANENT_TRIES`] times, then returned.
+/// and its message is redelivered. A failure that trying again cannot fix is tried as often
+/// as its kind allows ([`WriteFailure::give_up_after`]), then returned.
 async fn retry_until_acked<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, WriteFailure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, WriteFailure>>,
 {
     let mut delay = Duration::from_millis(100);
-    let mut permanent = 0;
+    let mut tries = 0;
     loop {
         match write().await {
             Ok(value) => return Ok(value),
             Err(e) => {
-                if e.permanent {
-                    permanent += 1;
-                    if permanent >= PERMANENT_TRIES || e.too_large {
-                        return Err(e);
-                    }
+                tries += 1;
+                if e.give_up_after.is_some_and(|n| tries >= n) {
+                    return Err(e);
                 }
                 tracing::warn!(what, error = %e.message, ?delay, "Kafka write failed; retrying");
                 metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(1);
