@@ -59,19 +59,28 @@ impl FallbackKey {
     }
 }
 
-/// What is signed: the request's identity, its fallback state and what bounds it.
+/// What is signed: the request's identity (app and id), what it asks for (number and code, so
+/// a proof cannot be moved to another recipient), its fallback state and what bounds it.
 fn signed(r: &CodeRequest) -> Vec<u8> {
     let names = |c: &[crate::Channel]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
-    format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        r.schema,
-        r.request_id,
-        r.attempt_number(),
+    // Each field is length-prefixed, so no two requests sign the same bytes.
+    let fields = [
+        r.schema.clone(),
+        r.app.clone().unwrap_or_default(),
+        r.request_id.clone(),
+        r.phone.clone(),
+        r.code.clone(),
+        r.attempt_number().to_string(),
         names(&r.tried_channels),
         names(&r.channels),
-        r.expires_at.to_rfc3339()
-    )
-    .into_bytes()
+        r.expires_at.to_rfc3339(),
+    ];
+    let mut out = Vec::new();
+    for f in fields {
+        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        out.extend_from_slice(f.as_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -98,6 +107,12 @@ mod tests {
         let mut longer = next.clone();
         longer.expires_at += chrono::Duration::minutes(10);
         assert!(!key.verify(&longer, &proof), "the deadline is signed");
+        let mut elsewhere = next.clone();
+        elsewhere.phone = "+15559999999".into();
+        assert!(!key.verify(&elsewhere, &proof), "the recipient is signed");
+        let mut other_app = next.clone();
+        other_app.app = Some("another-app".into());
+        assert!(!key.verify(&other_app, &proof), "the app is signed");
         assert!(!key.verify(&next, "not hex"));
     }
 }

@@ -363,9 +363,9 @@ impl WriteFailure {
     }
 }
 
-/// Tries of a write refused as not authorised or invalid, before it is given up (an ACL
-/// being granted gets these few seconds).
-const PERMANENT_TRIES: u32 = 4;
+/// Tries of a write refused as not authorised or invalid, before it is given up: with the
+/// backoff (100 ms doubling, at most 5 s) about half a minute, which a brief ACL change gets.
+const PERMANENT_TRIES: u32 = 12;
 
 fn abandoned(what: &'static str, e: &WriteFailure) {
     metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(1);

@@ -170,6 +170,10 @@ impl<C: ChannelClient> Pipeline<C> {
                 self.circuit.record(Verdict::Healthy);
                 // From here on only the public id: a wamid embeds the number, and the id is
                 // written to Kafka (status, pending record, message index).
+                // An unknown id stays recognisable: no receipt can be tied to it.
+                if provider_message_id == crate::channel::UNKNOWN_MESSAGE_ID {
+                    return Ok(provider_message_id);
+                }
                 let public = self
                     .hasher
                     .public_message_id(self.client.channel(), &provider_message_id);

@@ -151,6 +151,9 @@ impl Apps {
                 .ok()
                 .and_then(|d| d.try_into().ok())
                 .ok_or_else(|| bad("key_sha256 must be 64 hex digits (SHA-256 of the key)"))?;
+            if apps.iter().any(|a: &App| a.digest == digest) {
+                return Err(bad("key_sha256 is another app's key: one key, one app"));
+            }
             let (Some(rate), Some(burst)) =
                 (NonZeroU32::new(key.per_second), NonZeroU32::new(key.burst))
             else {
@@ -173,7 +176,11 @@ impl Apps {
     /// request now.
     pub fn admit(&self, authorization: Option<&str>, now: DateTime<Utc>) -> Result<&str, Refusal> {
         let key = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| {
+                // The scheme is case-insensitive (RFC 9110).
+                let (scheme, key) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(key)
+            })
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(Refusal::Unauthenticated)?;

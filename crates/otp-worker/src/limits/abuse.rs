@@ -195,9 +195,12 @@ impl Window {
         // before zero.
         let at = now.saturating_duration_since(state.origin).as_millis() as u64 + window;
         let since = at - window;
-        // Forget what left its window: admissions, and keys with nothing left in theirs.
+        let h = state.hasher.hash_one(key);
+        // Forget what left its window: admissions, and keys with nothing left in theirs. A
+        // new key at the bound makes room by forgetting the key admitted longest ago.
+        let new_key = !state.log.contains_key(&h);
         while let Some(&(t, k)) = state.admissions.front() {
-            if t > since && state.log.len() < self.max_keys {
+            if t > since && !(new_key && state.log.len() >= self.max_keys) {
                 break;
             }
             state.admissions.pop_front();
@@ -215,7 +218,6 @@ impl Window {
                 }
             }
         }
-        let h = state.hasher.hash_one(key);
         let times = state.log.entry(h).or_default();
         while times.front().is_some_and(|t| *t <= since) {
             times.pop_front();
