@@ -686,7 +686,8 @@ fn gauge_total(text: &str, name: &str, label: &str) -> Option<f64> {
 }
 
 /// Ops scale on consumer lag: each worker exports its assigned partitions' lag (messages
-/// after the committed offset), which shows a backlog and drains to zero once it is done.
+/// after the committed offset) and the age of the oldest message in its hands, which show a
+/// backlog and drain to zero once it is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
     let prometheus = otp_kafka::observe::prometheus();
@@ -725,11 +726,27 @@ async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
         tokio::time::sleep(Duration::from_millis(250)).await; // the gauge is polled, not pushed
     };
     assert!(seen_backlog <= 60.0, "{seen_backlog}");
+    // The age of the oldest message in the worker's hands: a send takes 300 ms here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = prometheus.render();
+        let oldest = gauge_total(&text, "otp_oldest_unfinished_seconds", &group);
+        if oldest.is_some_and(|s| s > 0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no oldest-unfinished age: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stack.statuses_until_final(&ids, WITHIN).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = prometheus.render();
-        if gauge_total(&text, series, &group) == Some(0.0) {
+        if gauge_total(&text, series, &group) == Some(0.0)
+            && gauge_total(&text, "otp_oldest_unfinished_seconds", &group) == Some(0.0)
+        {
             break;
         }
         assert!(

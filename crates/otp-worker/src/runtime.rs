@@ -208,6 +208,10 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
         }
     }
 
+    fn oldest_unfinished(&self) -> Option<Duration> {
+        self.ledger.oldest_unfinished()
+    }
+
     fn positions(&self) -> Vec<Position> {
         self.ledger.committable(None)
     }

@@ -4,8 +4,9 @@
 //! work of the others), so a crash redelivers it instead of losing it.
 
 use super::{Position, TopicPartition};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct OffsetLedger {
@@ -20,14 +21,17 @@ pub type Generation = u64;
 #[derive(Default)]
 struct Partition {
     generation: Generation,
-    in_flight: BTreeSet<i64>,
+    /// Offsets in flight, with when each was handed over.
+    in_flight: BTreeMap<i64, Instant>,
     /// One past the highest offset received.
     next: i64,
 }
 
 impl Partition {
     fn committable(&self) -> i64 {
-        self.in_flight.first().copied().unwrap_or(self.next)
+        self.in_flight
+            .first_key_value()
+            .map_or(self.next, |(offset, _)| *offset)
     }
 }
 
@@ -41,7 +45,7 @@ impl OffsetLedger {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ..Partition::default()
         });
-        p.in_flight.insert(offset);
+        p.in_flight.entry(offset).or_insert_with(Instant::now);
         p.next = p.next.max(offset + 1);
         p.generation
     }
@@ -66,6 +70,17 @@ impl OffsetLedger {
             .filter(|(key, p)| p.next > 0 && only.is_none_or(|keys| keys.contains(key)))
             .map(|(key, p)| (key.clone(), p.committable()))
             .collect()
+    }
+
+    /// How long the oldest message still in flight has been (messages of a partition are
+    /// handed over in offset order, so each partition's lowest is its oldest): what an alert
+    /// compares with the code life. `None` when nothing is in flight.
+    pub fn oldest_unfinished(&self) -> Option<Duration> {
+        let inner = self.inner.lock().expect("offsets lock");
+        inner
+            .values()
+            .filter_map(|p| p.in_flight.first_key_value().map(|(_, at)| at.elapsed()))
+            .max()
     }
 
     /// Forget a partition that was given up.

@@ -140,6 +140,12 @@ pub trait GroupMember: Send {
     /// Every position that may be committed now.
     fn positions(&self) -> Vec<Position>;
 
+    /// How long the oldest message not yet finished has been in the member's hands (exported
+    /// as `otp_oldest_unfinished_seconds{group}` with every commit).
+    fn oldest_unfinished(&self) -> Option<Duration> {
+        None
+    }
+
     /// Periodic work, every [`GroupSettings::tick`], after the events already fetched.
     fn tick(&mut self) -> impl Future<Output = ()> + Send {
         async {}
@@ -214,7 +220,12 @@ pub async fn run<M: GroupMember>(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = commit_tick.tick() => bridge::commit_async(&consumer, &member.positions()),
+            _ = commit_tick.tick() => {
+                bridge::commit_async(&consumer, &member.positions());
+                let oldest = member.oldest_unfinished().unwrap_or_default();
+                metrics::gauge!("otp_oldest_unfinished_seconds", "group" => settings.group_id.clone())
+                    .set(oldest.as_secs_f64());
+            }
             _ = next_tick(&mut tick) => {
                 let work = async {
                     // What was already fetched may change what is due (a receipt cancels a

@@ -134,6 +134,10 @@ impl GroupMember for Tracker {
         self.ledger.committable(None)
     }
 
+    fn oldest_unfinished(&self) -> Option<Duration> {
+        self.ledger.oldest_unfinished()
+    }
+
     /// Fire what is due, on partitions whose records are all read back.
     async fn tick(&mut self) {
         let waiting = self.not_ready();
