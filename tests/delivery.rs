@@ -398,16 +398,7 @@ async fn a_request_dated_in_year_9999_is_refused_by_the_workers_clock() {
     let mut request = s.complete(chrono::Utc::now());
     request.created_at = "9999-12-31T23:50:00Z".parse().unwrap();
     request.expires_at = "9999-12-31T23:55:00Z".parse().unwrap();
-    let rules = otp_events::Rules {
-        sealing: t.kafka.sealing.clone(),
-        ..otp_events::Rules::default()
-    };
-    t.publish_raw(
-        &t.topics.requests(Sms),
-        "k",
-        &rules.encode_request(&request),
-    )
-    .await;
+    t.publish_request_raw(&request).await;
     let good = stack.publish("+15551234032", "123123", &[Sms]).await;
     let statuses = stack
         .statuses_until_final(&["year-9999-1".to_string(), good.clone()], WITHIN)

@@ -140,12 +140,7 @@ async fn a_forged_fallback_is_a_first_try_and_meets_every_rule() {
         .complete(chrono::Utc::now())
         .for_next_channel()
         .expect("SMS is next");
-    let rules = otp_events::Rules {
-        sealing: t.kafka.sealing.clone(),
-        ..otp_events::Rules::default()
-    };
-    t.publish_raw(&t.topics.requests(Sms), "k", &rules.encode_request(&forged))
-        .await;
+    t.publish_request_raw(&forged).await;
     let statuses = stack
         .statuses_until_final(&["forged-fallback-1".to_string()], WITHIN)
         .await;

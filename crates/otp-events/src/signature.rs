@@ -16,9 +16,17 @@ type HmacSha1 = Hmac<sha1::Sha1>;
 /// lengths: both are hashed first, and the digests compared in constant time.
 pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     use sha2::Digest;
-    let (x, y) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
-    x.iter()
-        .zip(y.iter())
+    let (x, y): ([u8; 32], [u8; 32]) = (
+        sha2::Sha256::digest(a).into(),
+        sha2::Sha256::digest(b).into(),
+    );
+    digests_equal(&x, &y)
+}
+
+/// Whether two SHA-256 digests are equal, in constant time.
+pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
         .fold(0u8, |acc, (p, q)| acc | (p ^ q))
         == 0
 }

@@ -11,6 +11,7 @@ use crate::KafkaArgs;
 use otp_events::{Channel, ChannelSignal, CHANNEL_SIGNAL_SCHEMA};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -38,8 +39,8 @@ pub fn listen(
         );
     kafka.apply_overrides(&mut config);
     tokio::spawn(async move {
-        let consumer: StreamConsumer = match config.create() {
-            Ok(c) => c,
+        let consumer: Arc<StreamConsumer> = match config.create() {
+            Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(error = %e, "channel signals: no consumer; circuit feedback from receipts is off");
                 return;
@@ -84,19 +85,25 @@ pub fn listen(
 }
 
 /// Every partition of `topic`, from its end; `None` if it cannot be found in time.
-async fn find(consumer: &StreamConsumer, topic: &str) -> Option<TopicPartitionList> {
+async fn find(consumer: &Arc<StreamConsumer>, topic: &str) -> Option<TopicPartitionList> {
     let deadline = tokio::time::Instant::now() + FIND_TOPIC_WITHIN;
     loop {
-        let partitions = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len() as i32)
-            })
-            .filter(|n| *n > 0);
+        // A blocking call (up to 5 s): off the async workers.
+        let (c, t) = (consumer.clone(), topic.to_string());
+        let partitions = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|x| x.name() == t && x.error().is_none())
+                        .map(|x| x.partitions().len() as i32)
+                })
+        })
+        .await
+        .ok()
+        .flatten()
+        .filter(|n| *n > 0);
         if let Some(n) = partitions {
             let mut list = TopicPartitionList::new();
             for p in 0..n {

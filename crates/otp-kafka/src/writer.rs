@@ -203,22 +203,24 @@ impl KafkaWriter {
         let topic = self.topics.dead_letter();
         let partition = original.partition().to_string();
         let offset = original.offset().to_string();
-        let bytes = original.payload().unwrap_or_default();
-        let digest = hex::encode(sha2::Sha256::digest(bytes));
+        // The payload of a reference, and the original's digest (only a reference needs it).
         let reference = as_reference.then(|| {
-            serde_json::to_vec(&serde_json::json!({
+            let bytes = original.payload().unwrap_or_default();
+            let digest = hex::encode(sha2::Sha256::digest(bytes));
+            let payload = serde_json::to_vec(&serde_json::json!({
                 "truncated": true,
                 "original_bytes": bytes.len(),
                 "original_sha256": digest,
                 "source": {"topic": original.topic(), "partition": original.partition(),
                            "offset": original.offset()},
             }))
-            .expect("a JSON value serialises")
+            .expect("a JSON value serialises");
+            (payload, digest)
         });
         retry_until_acked("dead letter", || {
             let mut headers = OwnedHeaders::new();
             // A reference keeps none of the original's headers: they may be what is too large.
-            if let (false, Some(h)) = (as_reference, original.headers()) {
+            if let (None, Some(h)) = (&reference, original.headers()) {
                 for header in h.iter() {
                     headers = headers.insert(Header {
                         key: header.key,
@@ -243,7 +245,7 @@ impl KafkaWriter {
                     key: DLQ_SOURCE_OFFSET,
                     value: Some(&offset),
                 });
-            if as_reference {
+            if let Some((_, digest)) = &reference {
                 headers = headers
                     .insert(Header {
                         key: DLQ_TRUNCATED,
@@ -251,7 +253,7 @@ impl KafkaWriter {
                     })
                     .insert(Header {
                         key: DLQ_PAYLOAD_SHA256,
-                        value: Some(&digest),
+                        value: Some(digest.as_str()),
                     });
             }
             let mut record: FutureRecord<'_, [u8], [u8]> =
@@ -260,7 +262,7 @@ impl KafkaWriter {
                 record = record.key(key);
             }
             match (&reference, original.payload()) {
-                (Some(r), _) => record = record.payload(r.as_slice()),
+                (Some((r, _)), _) => record = record.payload(r.as_slice()),
                 (None, Some(p)) => record = record.payload(p),
                 (None, None) => {}
             }

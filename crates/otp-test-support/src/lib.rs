@@ -77,6 +77,19 @@ impl TestTopics {
         (delivered.partition, delivered.offset)
     }
 
+    /// Write `request` to its current channel's topic sealed with these topics' keys, as a
+    /// producer writing straight to Kafka would: no validation, no fallback proof.
+    pub async fn publish_request_raw(&self, request: &otp_events::CodeRequest) -> (i32, i64) {
+        let rules = otp_events::Rules {
+            sealing: self.kafka.sealing.clone(),
+            ..otp_events::Rules::default()
+        };
+        let channel = request.current_channel().expect("an untried channel");
+        let topic = self.topics.requests(channel);
+        self.publish_raw(&topic, "raw", &rules.encode_request(request))
+            .await
+    }
+
     /// A publisher writing to these topics, with the default settings.
     pub fn publisher(&self, hasher: otp_events::PhoneHasher) -> otp_kafka::CodeRequestPublisher {
         let config = otp_kafka::PublisherConfig {

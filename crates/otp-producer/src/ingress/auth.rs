@@ -189,12 +189,7 @@ impl Apps {
         // nothing about which digest came close.
         let mut found = None;
         for app in &self.apps {
-            let diff = app
-                .digest
-                .iter()
-                .zip(presented.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if otp_events::signature::digests_equal(&app.digest, &presented) {
                 found = Some(app);
             }
         }
