@@ -667,15 +667,6 @@ async fn in_flight_work_is_bounded_and_a_slow_send_does_not_hold_up_the_others()
 }
 
 /// The total of a gauge's series whose labels include `label`, in Prometheus text.
-fn gauge_total(text: &str, name: &str, label: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// Ops scale on consumer lag: each worker exports its assigned partitions' lag (messages
 /// after the committed offset) and the age of the oldest message in its hands, which show a
 /// backlog and drain to zero once it is done.
@@ -706,7 +697,7 @@ async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let seen_backlog = loop {
         let text = prometheus.render();
-        if let Some(lag) = gauge_total(&text, series, &group).filter(|l| *l > 0.0) {
+        if let Some(lag) = metric_total(&text, series, &group).filter(|l| *l > 0.0) {
             assert!(text.contains("partition=\""), "per partition: {text}");
             break lag;
         }
@@ -721,7 +712,7 @@ async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = prometheus.render();
-        let oldest = gauge_total(&text, "otp_oldest_unfinished_seconds", &group);
+        let oldest = metric_total(&text, "otp_oldest_unfinished_seconds", &group);
         if oldest.is_some_and(|s| s > 0.0) {
             break;
         }
@@ -735,8 +726,8 @@ async fn consumer_lag_is_exported_per_partition_and_drains_to_zero() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = prometheus.render();
-        if gauge_total(&text, series, &group) == Some(0.0)
-            && gauge_total(&text, "otp_oldest_unfinished_seconds", &group) == Some(0.0)
+        if metric_total(&text, series, &group) == Some(0.0)
+            && metric_total(&text, "otp_oldest_unfinished_seconds", &group) == Some(0.0)
         {
             break;
         }

@@ -159,6 +159,128 @@ async fn a_forged_fallback_is_a_first_try_and_meets_every_rule() {
     }
 }
 
+/// A number's codes split between the WhatsApp and the SMS topics meet one count, and a worker
+/// that starts later reads the fleet's last window of admissions back: two WhatsApp codes
+/// under a limit of two, then an SMS worker starts, and the SMS code is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_split_between_channels_share_one_count_across_the_fleet() {
+    let stack = Stack::start(2, roomy_sim()).await;
+    let abuse = AbuseConfig {
+        per_phone: Some(otp_worker::WindowRule {
+            count: 2,
+            window: Duration::from_secs(600),
+        }),
+        ..AbuseConfig::default()
+    };
+    let whatsapp = stack.worker(Whatsapp, with_abuse(abuse.clone()));
+    let phone = "+447700900991";
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(stack.publish(phone, "990011", &[Whatsapp]).await);
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    for id in &ids {
+        assert_eq!(exactly_one_final(&statuses, id)["status"], "sent");
+    }
+    // Started after both admissions: it reads them back from the shared topic.
+    let sms = stack.worker(Sms, with_abuse(abuse));
+    let topic = format!("topic=\"{}\"", stack.t.topics.abuse_admissions());
+    let sms_label = format!("channel=\"sms\",{topic}");
+    let counted = metric_reaches(
+        "otp_abuse_admissions_counted_total",
+        &sms_label,
+        2.0,
+        WITHIN,
+    )
+    .await;
+    assert_eq!(
+        counted, 2.0,
+        "the SMS worker counted both WhatsApp admissions"
+    );
+    let third = stack.publish(phone, "990011", &[Sms]).await;
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&third), WITHIN)
+        .await;
+    let s = exactly_one_final(&statuses, &third);
+    assert_eq!(
+        (s["status"].as_str(), s["error"]["code"].as_str()),
+        (Some("failed"), Some("per_phone")),
+        "the third code of the window, on another channel: {s}"
+    );
+    // (The simulator holds WhatsApp's pair rate: the second code was refused once, 131056,
+    // and sent on the retry.)
+    let accepted = stack.sim.messages();
+    let accepted: Vec<_> = accepted
+        .iter()
+        .filter(|m| m.outcome == "accepted")
+        .collect();
+    assert_eq!(
+        accepted.len(),
+        2,
+        "two codes went out, not three: {accepted:?}"
+    );
+    assert_valid_and_private(&statuses, &[phone, "990011"]);
+    whatsapp.stop().await.unwrap();
+    sms.stop().await.unwrap();
+}
+
+/// A request id is claimed only once the abuse rules admit the request: an attacker who
+/// publishes a guessed id first, to a destination the rules refuse, holds nothing, and the
+/// login system's real request with that id is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_run_id_that_a_rule_refuses_does_not_suppress_the_real_request() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let abuse = AbuseConfig {
+        deny_countries: vec!["GB".into()],
+        ..AbuseConfig::default()
+    };
+    let sms = stack.worker(Sms, with_abuse(abuse));
+    let id = "login-7781".to_string();
+    let submit = |phone: &str| {
+        let mut s =
+            otp_events::Submission::new(phone, "334455", vec![Sms], chrono::Duration::minutes(5));
+        s.request_id = Some(id.clone());
+        s
+    };
+    stack
+        .publisher
+        .publish(submit("+447700900661"))
+        .await
+        .unwrap();
+    let statuses = stack
+        .statuses_until_final(std::slice::from_ref(&id), WITHIN)
+        .await;
+    let attacker = exactly_one_final(&statuses, &id);
+    assert_eq!(attacker["error"]["code"], "destination", "{attacker}");
+    stack
+        .publisher
+        .publish(submit("+15551236611"))
+        .await
+        .unwrap();
+    let wanted = id.clone();
+    let statuses = stack
+        .statuses_until(WITHIN, move |got| {
+            got.iter()
+                .filter(|s| s["request_id"] == wanted.as_str() && s["final"] == true)
+                .count()
+                >= 2
+        })
+        .await;
+    let finals: Vec<_> = statuses
+        .iter()
+        .filter(|s| s["request_id"] == id.as_str() && s["final"] == true)
+        .map(|s| (s["status"].as_str().unwrap(), s["error"]["code"].as_str()))
+        .collect();
+    assert_eq!(
+        finals,
+        vec![("failed", Some("destination")), ("sent", None)],
+        "the real request was delivered, not refused as a conflict"
+    );
+    let sent: Vec<_> = stack.sim.messages().iter().map(|m| m.to.clone()).collect();
+    assert_eq!(sent, vec!["+15551236611".to_string()]);
+    sms.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_country_is_never_sent() {
     let stack = Stack::start(1, roomy_sim()).await;

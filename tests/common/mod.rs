@@ -110,6 +110,21 @@ impl Stack {
         exactly_one_final(&statuses, &id);
     }
 
+    /// Statuses read back until `done` says they are enough (or `within` passes).
+    pub async fn statuses_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool + Send + 'static,
+    ) -> Vec<Value> {
+        collect_json_until(
+            &self.t.kafka.brokers,
+            &self.t.topics.delivery_status(),
+            within,
+            done,
+        )
+        .await
+    }
+
     /// Statuses read back until each of `ids` has a final one (or `within` passes).
     pub async fn statuses_until_final(&self, ids: &[String], within: Duration) -> Vec<Value> {
         let ids = ids.to_vec();
@@ -214,4 +229,34 @@ fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The sum of a metric's series whose labels include `label` (e.g. `topic="..."`), in the
+/// Prometheus text of this process; `None` when it has none.
+pub fn metric_total(text: &str, name: &str, label: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Wait until this process's metric `name`, over the series labelled `label`, reaches
+/// `at_least`; panics with the metrics text after `within`. Metrics are polled, not pushed,
+/// so this looks every 100 ms.
+pub async fn metric_reaches(name: &str, label: &str, at_least: f64, within: Duration) -> f64 {
+    let prometheus = otp_kafka::observe::prometheus();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = prometheus.render();
+        if let Some(v) = metric_total(&text, name, label).filter(|v| *v >= at_least) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{{{label}}} did not reach {at_least} within {within:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

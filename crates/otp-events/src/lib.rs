@@ -11,6 +11,7 @@
 //! used as the Kafka message key and in status events, so no other crate needs to touch the
 //! number beyond handing it to a provider.
 
+mod admission;
 mod channel;
 mod decode;
 mod error;
@@ -26,6 +27,7 @@ mod status;
 mod topics;
 mod validate;
 
+pub use admission::{AbuseAdmission, ABUSE_ADMISSION_SCHEMA};
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;

@@ -56,6 +56,12 @@ impl Topics {
         format!("{}otp.channel-signals", self.prefix)
     }
 
+    /// Requests admitted by the workers' abuse rules, keyed by phone hash; every worker reads
+    /// every partition, so the rules' counts hold across channels and workers.
+    pub fn abuse_admissions(&self) -> String {
+        format!("{}otp.abuse-admissions", self.prefix)
+    }
+
     /// Every topic the pipeline needs, for `otp topics create`.
     pub fn all(&self) -> Vec<String> {
         let mut all: Vec<String> = Channel::ALL.iter().map(|c| self.requests(*c)).collect();
@@ -64,6 +70,7 @@ impl Topics {
         all.push(self.delivery_receipts());
         all.push(self.pending_confirmations());
         all.push(self.channel_signals());
+        all.push(self.abuse_admissions());
         all
     }
 }

@@ -40,8 +40,9 @@ pub fn topic_config(name: &str, replication: i32) -> Vec<(&'static str, &'static
         // The tracker's state: only the latest record per key matters, and a tombstone removes
         // it. (Segment and cleaning settings are left to the operator: docs/design-notes.md.)
         config.push(("cleanup.policy", "compact"));
-    } else if name.ends_with("otp.channel-signals") {
-        // Read from its end by workers that are running: an hour is plenty.
+    } else if name.ends_with("otp.channel-signals") || name.ends_with("otp.abuse-admissions") {
+        // Read from its end (signals) or from one abuse window back (admissions) by workers
+        // that are running: an hour is plenty.
         config.push(("retention.ms", "3600000"));
     }
     config

@@ -16,6 +16,7 @@
 //! Nothing here knows a channel or a provider.
 
 pub mod admin;
+pub mod broadcast;
 pub mod group;
 pub mod observe;
 pub mod process;

@@ -1,5 +1,5 @@
 //! The writer: everything a worker or the confirmation tracker writes to Kafka, delivery
-//! statuses, dead letters, fallback requests and pending confirmations. Their decisions are
+//! statuses, dead letters, fallback requests, pending confirmations and abuse admissions. Their decisions are
 //! made elsewhere, as values; this is the one place that writes them.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
@@ -13,8 +13,9 @@
 use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
 use otp_events::{
-    CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt, Topics, HEADER_SCHEMA,
-    MESSAGE_INDEX_SCHEMA, PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
+    AbuseAdmission, CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt,
+    Topics, ABUSE_ADMISSION_SCHEMA, HEADER_SCHEMA, MESSAGE_INDEX_SCHEMA,
+    PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
@@ -125,6 +126,20 @@ impl KafkaWriter {
         let key = receipt.key();
         self.keyed("receipt", &topic, &key, Some(&payload), RECEIPT_SCHEMA)
             .await;
+    }
+
+    /// Share an abuse admission with the fleet, keyed by its phone hash.
+    pub async fn admission(&self, admission: &AbuseAdmission) {
+        let topic = self.topics.abuse_admissions();
+        let payload = admission.to_json();
+        self.keyed(
+            "admission",
+            &topic,
+            &admission.phone_key,
+            Some(&payload),
+            ABUSE_ADMISSION_SCHEMA,
+        )
+        .await;
     }
 
     /// Delete a pending confirmation (or a message index): a tombstone for its key.

@@ -69,10 +69,10 @@ pub enum Next {
     Done(Outcome),
 }
 
-/// Before anything is sent: the request must be for this worker's channel, alive, and seen
-/// for the first time (`first_sight` is asked only for a live request, since asking records
-/// it). `None`: go on to the send.
-pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> Sight) -> Option<Outcome> {
+/// Before anything is sent: the request must be for this worker's channel, alive, and not
+/// seen before (`seen` looks without claiming the id: it is claimed by [`admit`], once the
+/// abuse rules let the request through). `None`: go on to [`admit`].
+pub fn guard(at: At<'_>, rules: &Rules, seen: impl FnOnce() -> Sight) -> Option<Outcome> {
     let At {
         request,
         channel,
@@ -98,13 +98,30 @@ pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> Sight) -> 
     if now >= request.expires_at {
         return Some(report(StatusKind::Expired, 0, None));
     }
-    match first_sight() {
-        Sight::First => {}
-        Sight::Again => return Some(report(StatusKind::Duplicate, 0, None)),
+    sighted(seen())
+}
+
+/// After the guards: the abuse rules' answer for the request, then the claim of its id. The id
+/// is claimed only once every rule let the request through, so a request that a rule refuses
+/// (a front-run id to a blocked destination, say) never holds an id that the real request
+/// needs. `claim` is asked only then. `None`: go on to the send.
+pub fn admit(abuse: Result<(), Limited>, claim: impl FnOnce() -> Sight) -> Option<Outcome> {
+    if let Err(limited) = abuse {
+        // An abuse rule refused the request itself: no channel may send it.
+        return Some(report(StatusKind::Failed, 0, Some(limit_error(&limited))));
+    }
+    sighted(claim())
+}
+
+/// What the duplicate memory's answer means for the request.
+fn sighted(sight: Sight) -> Option<Outcome> {
+    match sight {
+        Sight::First => None,
+        Sight::Again => Some(report(StatusKind::Duplicate, 0, None)),
         Sight::Conflict => {
             let reason = "request_id: already used by this app for a request asking for \
                           another number or code";
-            return Some(Outcome::Reject {
+            Some(Outcome::Reject {
                 reason: reason.to_string(),
                 error: StatusError {
                     category: ErrorCategory::InvalidRequest,
@@ -112,10 +129,17 @@ pub fn guard(at: At<'_>, rules: &Rules, first_sight: impl FnOnce() -> Sight) -> 
                     message: reason.to_string(),
                 },
                 tries: 0,
-            });
+            })
         }
     }
-    None
+}
+
+fn limit_error(limited: &Limited) -> StatusError {
+    StatusError {
+        category: limited.category,
+        code: limited.rule.to_string(),
+        message: limited.to_string(),
+    }
 }
 
 /// Before each try: the limits' answer, the clock and the circuit's admission. The circuit is
@@ -133,13 +157,9 @@ pub fn before_send(
         now,
     } = at;
     if let Err(limited) = limits {
-        let error = StatusError {
-            category: limited.category,
-            code: limited.rule.to_string(),
-            message: limited.to_string(),
-        };
-        // A provider limit's wait was too long: another channel may still make it. An abuse
-        // rule refused the request itself: no channel may send it.
+        let error = limit_error(&limited);
+        // A provider limit's wait was too long: another channel may still make it. A rule
+        // that refused the request itself: no channel may send it.
         return Some(if limited.waited_too_long {
             stop(request, now, error, tries)
         } else {

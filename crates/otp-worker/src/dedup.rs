@@ -68,14 +68,8 @@ impl Dedup {
     ) -> Sight {
         let mut inner = self.inner.lock().expect("dedup lock");
         inner.forget_expired(now);
-        if let Some((_, claimant, claimed)) = inner.expiry_of.get(key) {
-            return if *claimant == source {
-                Sight::First
-            } else if claimed != digest {
-                Sight::Conflict
-            } else {
-                Sight::Again
-            };
+        if let Some(sight) = inner.sight(key, digest, &source) {
+            return sight;
         }
         if inner.expiry_of.len() >= self.capacity {
             // Full of live ids: forget the one closest to expiry, the least likely to recur.
@@ -90,6 +84,14 @@ impl Dedup {
         Sight::First
     }
 
+    /// What [`Dedup::first_sight`] would say, without remembering anything: asked before the
+    /// rules that may still refuse the request, so that a refused request never holds an id.
+    pub fn peek(&self, key: &str, digest: &str, source: &Source, now: DateTime<Utc>) -> Sight {
+        let mut inner = self.inner.lock().expect("dedup lock");
+        inner.forget_expired(now);
+        inner.sight(key, digest, source).unwrap_or(Sight::First)
+    }
+
     /// Ids remembered now.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -98,6 +100,18 @@ impl Dedup {
 }
 
 impl Inner {
+    /// What a remembered `key` says about a request; `None` when it is not remembered.
+    fn sight(&self, key: &str, digest: &str, source: &Source) -> Option<Sight> {
+        let (_, claimant, claimed) = self.expiry_of.get(key)?;
+        Some(if claimant == source {
+            Sight::First
+        } else if claimed != digest {
+            Sight::Conflict
+        } else {
+            Sight::Again
+        })
+    }
+
     fn forget_expired(&mut self, now: DateTime<Utc>) {
         while let Some((exp, _)) = self.by_expiry.first() {
             if *exp + chrono::Duration::minutes(KEEP_AFTER_EXPIRY_MINUTES) > now {
@@ -113,6 +127,20 @@ impl Inner {
 mod tests {
     use super::*;
     use chrono::Duration;
+
+    #[test]
+    fn a_peek_answers_like_a_sight_and_remembers_nothing() {
+        let d = Dedup::new(10);
+        let now = Utc::now();
+        let exp = now + Duration::minutes(5);
+        let src = |o| ("t".to_string(), 0, o);
+        assert_eq!(d.peek("a", "d", &src(1), now), Sight::First);
+        assert_eq!(d.len(), 0, "a peek claims nothing");
+        assert_eq!(d.first_sight("a", "d", src(1), exp, now), Sight::First);
+        assert_eq!(d.peek("a", "d", &src(2), now), Sight::Again);
+        assert_eq!(d.peek("a", "other", &src(2), now), Sight::Conflict);
+        assert_eq!(d.peek("a", "d", &src(1), now), Sight::First, "redelivered");
+    }
 
     #[test]
     fn second_sight_is_a_duplicate_until_a_while_after_expiry() {

@@ -8,6 +8,7 @@
 //!   retry, then *settle*: the one place its outcome is written to Kafka;
 //! - `decide`: the decisions of that path as pure functions, tested without a broker;
 //! - `limits`, `retry`, `dedup`, `circuit`: the guards and the retry policy;
+//! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
 //! - `runtime`: the worker as a consumer-group member (`otp_kafka::group`), one task per
 //!   message, positions that follow what finished;
 //! - [`cli`]: the flags, config loading and `main` that both worker binaries share.
@@ -20,6 +21,7 @@ pub mod cli;
 mod config;
 mod decide;
 mod dedup;
+mod fleet_counts;
 mod limits;
 mod pipeline;
 mod retry;

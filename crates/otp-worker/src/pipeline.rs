@@ -1,6 +1,6 @@
-//! The data path of one message, top to bottom:
-//! decode → guard (channel, expiry, duplicate) → limit → send → classify → retry, until an
-//! [`Outcome`] is decided; then [`Pipeline::settle`] writes it (report / fall back / dead
+//! The data path of one message, top to bottom: decode → guard (clock, channel, expiry,
+//! duplicate) → abuse rules → claim the id → provider limits → send → classify → retry, until
+//! an [`Outcome`] is decided; then [`Pipeline::settle`] writes it (report / fall back / dead
 //! letter) in order, each write acknowledged. The decisions themselves are the pure functions
 //! of [`crate::decide`]; this module asks the guards and the provider and passes their answers
 //! on. The runtime ([`crate::runtime`]) does the consuming before and the committing after.
@@ -10,6 +10,7 @@ use crate::circuit::{Circuit, Verdict};
 use crate::config::ConfirmationConfig;
 use crate::decide::{self, At, Next, Outcome};
 use crate::dedup::Dedup;
+use crate::fleet_counts::FleetCounts;
 use crate::limits::{Attempt, Limiter, Subject};
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
@@ -22,6 +23,7 @@ use otp_events::{
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Everything one message needs on its way through; shared by all in-flight tasks.
@@ -31,12 +33,14 @@ pub struct Pipeline<C> {
     pub circuit: Circuit,
     pub dedup: Dedup,
     pub retry: RetryConfig,
-    pub writer: KafkaWriter,
+    pub writer: Arc<KafkaWriter>,
     pub rules: Rules,
     pub hasher: PhoneHasher,
     /// Checks that a request's fallback state was written by a worker or the tracker; without
     /// it (or without a valid proof) a request is a first try.
     pub fallback_key: Option<FallbackKey>,
+    /// Shares this worker's abuse admissions with the fleet; off when `None`.
+    pub fleet_counts: Option<FleetCounts>,
     /// Receipt-driven confirmation of accepted sends; off when `None`.
     pub confirmation: Option<ConfirmationConfig>,
 }
@@ -108,17 +112,35 @@ impl<C: ChannelClient> Pipeline<C> {
             message.partition(),
             message.offset(),
         );
-        let first_sight = || {
-            // Per app, with what the request asks for: the same id asking for another number
-            // or code is a conflict, not a duplicate. (Not the deadline: a login system that
-            // retries a publish computes it again, and the clock rules bound it anyway.)
-            let key = crate::dedup::key(request.app.as_deref(), &request.request_id);
-            let asks = format!("{}\n{}", request.phone, request.code);
-            let digest = self.hasher.hash(&asks);
-            self.dedup
-                .first_sight(&key, &digest, source, request.expires_at, now)
+        // Per app, with what the request asks for: the same id asking for another number or
+        // code is a conflict, not a duplicate. (Not the deadline: a login system that retries
+        // a publish computes it again, and the clock rules bound it anyway.)
+        let key = crate::dedup::key(request.app.as_deref(), &request.request_id);
+        let digest = self
+            .hasher
+            .hash(&format!("{}\n{}", request.phone, request.code));
+        let seen = || self.dedup.peek(&key, &digest, &source, now);
+        if let Some(outcome) = decide::guard(at(now), &self.rules, seen) {
+            return outcome;
+        }
+        // The abuse rules count a request once, on its first channel; its id is claimed only
+        // once they admit it.
+        let first = if fallback {
+            Attempt::Fallback
+        } else {
+            Attempt::First
         };
-        if let Some(outcome) = decide::guard(at(now), &self.rules, first_sight) {
+        let abuse = self.limiter.admit(subject, first);
+        if abuse.is_ok() && first == Attempt::First {
+            if let Some(fleet) = &self.fleet_counts {
+                fleet.admitted(subject);
+            }
+        }
+        let claim = || {
+            self.dedup
+                .first_sight(&key, &digest, source.clone(), request.expires_at, now)
+        };
+        if let Some(outcome) = decide::admit(abuse, claim) {
             return outcome;
         }
 
@@ -126,9 +148,8 @@ impl<C: ChannelClient> Pipeline<C> {
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut again = None;
         loop {
-            let attempt = again.take().unwrap_or(match (schedule.tries(), fallback) {
-                (0, false) => Attempt::First,
-                (0, true) => Attempt::Fallback,
+            let attempt = again.take().unwrap_or(match schedule.tries() {
+                0 => first,
                 _ => Attempt::Retry,
             });
             let limits = self.limiter.acquire(subject, latest, attempt).await;

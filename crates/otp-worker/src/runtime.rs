@@ -6,6 +6,7 @@ use crate::channel::ChannelClient;
 use crate::circuit::Circuit;
 use crate::config::WorkerConfig;
 use crate::dedup::Dedup;
+use crate::fleet_counts::FleetCounts;
 use crate::limits::{Limiter, LimitsConfig};
 use crate::pipeline::Pipeline;
 use futures_util::FutureExt;
@@ -51,6 +52,15 @@ pub async fn run<C: ChannelClient>(
         max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
         sealing: kafka.sealing.clone(),
     };
+    let writer = Arc::new(KafkaWriter::for_fallbacks(
+        &kafka,
+        rules.clone(),
+        hasher.clone(),
+    )?);
+    let fleet_counts = config
+        .abuse
+        .fleet_counts
+        .then(|| FleetCounts::new(writer.clone(), channel));
     let pipeline = Arc::new(Pipeline {
         client,
         limiter: Limiter::new(
@@ -60,11 +70,12 @@ pub async fn run<C: ChannelClient>(
         circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
         dedup: Dedup::new(config.dedup_capacity),
         retry: config.retry.clone(),
-        writer: KafkaWriter::for_fallbacks(&kafka, rules.clone(), hasher.clone())?,
+        writer: writer.clone(),
         rules,
         hasher,
         fallback_key: kafka.fallback_key.clone(),
         confirmation: config.confirmation.clone(),
+        fleet_counts,
     });
     // What the providers say outside a send's answer (failed receipts, system errors) feeds
     // this worker's circuit and sender limit; stopped when the worker stops.
@@ -76,6 +87,17 @@ pub async fn run<C: ChannelClient>(
         })
     };
     let _stop_signals = AbortOnDrop(signals);
+    // The rest of the fleet's abuse admissions, from one window back, join this worker's
+    // counts; stopped when the worker stops.
+    let lookback = pipeline.limiter.abuse_lookback();
+    let _stop_admissions = match (&pipeline.fleet_counts, lookback) {
+        (Some(fleet), Some(lookback)) => {
+            let p = pipeline.clone();
+            let count = move |subject: &_, at| p.limiter.admitted_elsewhere(subject, at);
+            Some(AbortOnDrop(fleet.listen(&kafka, lookback, count)))
+        }
+        _ => None,
+    };
     let topic = kafka.topics().requests(channel);
     let settings = GroupSettings {
         group_id: config

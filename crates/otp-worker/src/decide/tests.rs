@@ -161,17 +161,36 @@ fn with_the_limits_clear_and_the_circuit_closed_the_send_goes() {
 
 #[test]
 fn an_abuse_refusal_fails_the_request_whatever_channels_are_left() {
-    let r = request(&[WA, SMS], 300);
     let refused = Limited {
         rule: "per_phone",
         category: ErrorCategory::Blocked,
         waited_too_long: false,
     };
-    let outcome = before_send(at(&r, WA), Err(refused), || Admission::Send, 0).unwrap();
+    let outcome = admit(Err(refused), || panic!("a refused request claims no id")).unwrap();
     assert_eq!(
         reported(&outcome),
         Some((StatusKind::Failed, Some("per_phone")))
     );
+}
+
+#[test]
+fn the_id_is_claimed_only_when_the_abuse_rules_admit_the_request() {
+    // Admitted: the claim is asked, and its answer decides.
+    let mut claimed = false;
+    assert_eq!(
+        admit(Ok(()), || {
+            claimed = true;
+            Sight::First
+        }),
+        None
+    );
+    assert!(claimed);
+    let outcome = admit(Ok(()), || Sight::Again).unwrap();
+    assert_eq!(reported(&outcome), Some((StatusKind::Duplicate, None)));
+    match admit(Ok(()), || Sight::Conflict) {
+        Some(Outcome::Reject { error, .. }) => assert_eq!(error.code, "request_id_conflict"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

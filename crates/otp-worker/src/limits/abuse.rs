@@ -3,13 +3,15 @@
 //! Verify Fraud Guard, AWS protect configurations): per number, per number range (the number
 //! without its last 4 digits), per country, and no premium-rate or shared-cost numbers.
 //!
-//! A phone's state lives on the worker that owns its partition (the message key is the phone
-//! hash), so no shared store is needed. A request is counted once, on its first channel.
+//! A request is counted once, on its first channel, by the worker that admits it, and that
+//! admission is shared with the rest of the fleet (`crate::fleet_counts`), so that the counts
+//! hold across channels and workers.
 
-use super::{Decision, Limit, Subject};
+use super::Subject;
 use otp_events::ErrorCategory;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,12 @@ pub struct AbuseConfig {
     /// Refuse premium-rate and shared-cost numbers (default true).
     #[serde(default = "default_block_premium")]
     pub block_premium: bool,
+    /// Share the counts with the whole fleet through `otp.abuse-admissions` (default true):
+    /// both channels' workers, and every worker of a group, count every admission, and a
+    /// started worker reads the last window back. Off, each worker counts only what it
+    /// admitted itself.
+    #[serde(default = "default_fleet_counts")]
+    pub fleet_counts: bool,
 }
 
 fn default_per_phone() -> Option<WindowRule> {
@@ -62,6 +70,9 @@ fn default_per_prefix() -> Option<WindowRule> {
 fn default_block_premium() -> bool {
     true
 }
+fn default_fleet_counts() -> bool {
+    true
+}
 
 impl Default for AbuseConfig {
     fn default() -> Self {
@@ -72,33 +83,101 @@ impl Default for AbuseConfig {
             allow_countries: Vec::new(),
             deny_countries: Vec::new(),
             block_premium: default_block_premium(),
+            fleet_counts: default_fleet_counts(),
         }
     }
 }
 
-impl AbuseConfig {
-    pub(super) fn limits(&self) -> Vec<Box<dyn Limit>> {
-        let mut out: Vec<Box<dyn Limit>> = Vec::new();
-        if !self.allow_countries.is_empty() || !self.deny_countries.is_empty() || self.block_premium
-        {
-            out.push(Box::new(Destination {
-                allow: self.allow_countries.clone(),
-                deny: self.deny_countries.clone(),
-                block_premium: self.block_premium,
-            }));
-        }
+/// The abuse rules of one worker, asked together: a request is admitted only if every rule has
+/// room for it, and only then counted by each, so a request that one rule refuses takes no
+/// room in the others. Admissions made elsewhere in the fleet are counted with
+/// [`Abuse::record`].
+pub struct Abuse {
+    destination: Option<Destination>,
+    windows: Vec<Window>,
+}
+
+impl Abuse {
+    pub fn new(config: &AbuseConfig) -> Self {
+        Self::bounded(config, MAX_KEYS)
+    }
+
+    fn bounded(config: &AbuseConfig, max_keys: usize) -> Self {
+        let destination = (!config.allow_countries.is_empty()
+            || !config.deny_countries.is_empty()
+            || config.block_premium)
+            .then(|| Destination {
+                allow: config.allow_countries.clone(),
+                deny: config.deny_countries.clone(),
+                block_premium: config.block_premium,
+            });
         let windows = [
-            (self.per_phone, "per_phone", Key::Phone),
-            (self.per_prefix, "per_prefix", Key::Prefix),
-            (self.per_country, "per_country", Key::Country),
-        ];
-        for (rule, name, key) in windows {
-            if let Some(rule) = rule {
-                out.push(Box::new(Window::new(name, key, rule)));
+            (config.per_phone, "per_phone", Key::Phone),
+            (config.per_prefix, "per_prefix", Key::Prefix),
+            (config.per_country, "per_country", Key::Country),
+        ]
+        .into_iter()
+        .filter_map(|(rule, name, key)| Some(Window::bounded(name, key, rule?, max_keys)))
+        .collect();
+        Self {
+            destination,
+            windows,
+        }
+    }
+
+    /// The longest window of any rule: how far back the fleet's admissions still count.
+    pub fn longest_window(&self) -> Option<Duration> {
+        self.windows.iter().map(|w| w.window).max()
+    }
+
+    /// Admit `subject` at `now` and count it, or name the rule that refuses it.
+    pub fn admit(&self, subject: &Subject, now: Instant) -> Result<(), Refusal> {
+        if let Some(d) = &self.destination {
+            if d.refuses(subject) {
+                return Err(Refusal {
+                    rule: "destination",
+                    category: ErrorCategory::Blocked,
+                });
             }
         }
-        out
+        // Every window's state at once (always in this order, so two requests cannot wait for
+        // each other): checked, then counted, with no other request in between.
+        let mut states: Vec<_> = self.windows.iter().map(Window::lock).collect();
+        for (w, state) in self.windows.iter().zip(states.iter_mut()) {
+            if let Some(key) = w.key_of(subject) {
+                if !w.has_room(state, key, now) {
+                    return Err(Refusal {
+                        rule: w.name,
+                        category: ErrorCategory::RateLimited,
+                    });
+                }
+            }
+        }
+        for (w, state) in self.windows.iter().zip(states.iter_mut()) {
+            if let Some(key) = w.key_of(subject) {
+                w.push(state, key, now);
+            }
+        }
+        Ok(())
     }
+
+    /// Count an admission that another worker made at `at` (whatever room is left: it was
+    /// admitted there).
+    pub fn record(&self, subject: &Subject, at: Instant) {
+        for w in &self.windows {
+            if let Some(key) = w.key_of(subject) {
+                let mut state = w.lock();
+                w.push(&mut state, key, at);
+            }
+        }
+    }
+}
+
+/// The rule that refused a request, and the category its status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: &'static str,
+    pub category: ErrorCategory,
 }
 
 /// Countries and number types we never send to.
@@ -108,23 +187,12 @@ struct Destination {
     block_premium: bool,
 }
 
-impl Limit for Destination {
-    fn rule(&self) -> &'static str {
-        "destination"
-    }
-    fn applies_to_fallbacks(&self) -> bool {
-        false
-    }
-    fn check(&self, subject: &Subject) -> Decision {
+impl Destination {
+    fn refuses(&self, subject: &Subject) -> bool {
         let country = subject.country.as_deref().unwrap_or("");
-        let denied = self.deny.iter().any(|c| c == country)
+        self.deny.iter().any(|c| c == country)
             || (!self.allow.is_empty() && !self.allow.iter().any(|c| c == country))
-            || (self.block_premium && subject.premium);
-        if denied {
-            Decision::Refuse(ErrorCategory::Blocked)
-        } else {
-            Decision::Go
-        }
+            || (self.block_premium && subject.premium)
     }
 }
 
@@ -136,8 +204,9 @@ enum Key {
 }
 
 /// At most `count` per `window` per key, over any window of that length: a log of each key's
-/// admissions in the last window (at most `count` of them). A token bucket would let a burst
-/// and then its refill through in the first window (about twice `count`); this does not.
+/// admissions in the last window (at most `count` of them, plus what other workers admitted).
+/// A token bucket would let a burst and then its refill through in the first window (about
+/// twice `count`); this does not.
 ///
 /// Memory is bounded: a key is forgotten once its newest admission is a window old, and at most
 /// `max_keys` keys are held; under a flood of distinct numbers the key admitted longest ago is
@@ -165,6 +234,7 @@ struct WindowState {
 const MAX_KEYS: usize = 500_000;
 
 impl Window {
+    #[cfg(test)]
     fn new(name: &'static str, key: Key, rule: WindowRule) -> Self {
         Self::bounded(name, key, rule, MAX_KEYS)
     }
@@ -185,19 +255,61 @@ impl Window {
         }
     }
 
-    /// Admit one for `key` at `now` if fewer than `count` were admitted in the window before.
-    fn admit(&self, key: &str, now: Instant) -> bool {
-        use std::hash::BuildHasher;
-        let mut state = self.state.lock().expect("abuse window lock");
-        let state = &mut *state;
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().expect("abuse window lock")
+    }
+
+    /// What this rule counts a subject by; `None`: the rule does not apply to it.
+    fn key_of<'a>(&self, subject: &'a Subject) -> Option<&'a str> {
+        match self.key {
+            Key::Phone => Some(&subject.phone_key),
+            Key::Prefix => Some(&subject.prefix_key),
+            Key::Country => subject.country.as_deref(),
+        }
+    }
+
+    /// Times count from one window before `origin`, so that "a window ago" is never before
+    /// zero; an admission from before that (another worker's, read back) is at zero.
+    fn ms(&self, state: &WindowState, at: Instant) -> u64 {
         let window = self.window.as_millis() as u64;
-        // Times count from one window before `origin`, so that "a window ago" is never
-        // before zero.
-        let at = now.saturating_duration_since(state.origin).as_millis() as u64 + window;
-        let since = at - window;
+        match at.checked_duration_since(state.origin) {
+            Some(after) => window + after.as_millis() as u64,
+            None => window.saturating_sub(state.origin.duration_since(at).as_millis() as u64),
+        }
+    }
+
+    /// Whether `key` had fewer than `count` admissions in the window before `now`.
+    fn has_room(&self, state: &mut WindowState, key: &str, now: Instant) -> bool {
+        let since = self.ms(state, now) - self.window.as_millis() as u64;
         let h = state.hasher.hash_one(key);
-        // Forget what left its window: admissions, and keys with nothing left in theirs. A
-        // new key at the bound makes room by forgetting the key admitted longest ago.
+        self.forget(state, since, h);
+        state.log.get(&h).map_or(0, |times| {
+            times.len() - times.partition_point(|t| *t <= since)
+        }) < self.count
+    }
+
+    /// Count an admission of `key` at `at`, in time order (another worker's may be older than
+    /// ours).
+    fn push(&self, state: &mut WindowState, key: &str, at: Instant) {
+        let t = self.ms(state, at);
+        let now = self.ms(state, Instant::now().max(at));
+        let since = now - self.window.as_millis() as u64;
+        if t <= since {
+            return; // already out of its window
+        }
+        let h = state.hasher.hash_one(key);
+        self.forget(state, since, h);
+        let times = state.log.entry(h).or_default();
+        let i = times.partition_point(|x| *x <= t);
+        times.insert(i, t);
+        let i = state.admissions.partition_point(|x| x.0 <= t);
+        state.admissions.insert(i, (t, h));
+    }
+
+    /// Forget what left its window by `since`: admissions, and keys with nothing left in
+    /// theirs. To make room for `h` when it is new at the bound, forget the key admitted
+    /// longest ago.
+    fn forget(&self, state: &mut WindowState, since: u64, h: u64) {
         let new_key = !state.log.contains_key(&h);
         while let Some(&(t, k)) = state.admissions.front() {
             if t > since && !(new_key && state.log.len() >= self.max_keys) {
@@ -218,45 +330,22 @@ impl Window {
                 }
             }
         }
-        let times = state.log.entry(h).or_default();
-        while times.front().is_some_and(|t| *t <= since) {
-            times.pop_front();
+    }
+
+    /// Admit one for `key` at `now` if fewer than `count` were admitted in the window before.
+    #[cfg(test)]
+    fn admit(&self, key: &str, now: Instant) -> bool {
+        let mut state = self.lock();
+        let room = self.has_room(&mut state, key, now);
+        if room {
+            self.push(&mut state, key, now);
         }
-        if times.len() >= self.count {
-            return false;
-        }
-        times.push_back(at);
-        state.admissions.push_back((at, h));
-        true
+        room
     }
 
     #[cfg(test)]
     fn keys(&self) -> usize {
-        self.state.lock().expect("abuse window lock").log.len()
-    }
-}
-
-impl Limit for Window {
-    fn rule(&self) -> &'static str {
-        self.name
-    }
-    fn applies_to_fallbacks(&self) -> bool {
-        false
-    }
-    fn check(&self, subject: &Subject) -> Decision {
-        let key = match self.key {
-            Key::Phone => &subject.phone_key,
-            Key::Prefix => &subject.prefix_key,
-            Key::Country => match &subject.country {
-                Some(c) => c,
-                None => return Decision::Go,
-            },
-        };
-        if self.admit(key, Instant::now()) {
-            Decision::Go
-        } else {
-            Decision::Refuse(ErrorCategory::RateLimited)
-        }
+        self.lock().log.len()
     }
 }
 
@@ -273,16 +362,13 @@ mod tests {
         }
     }
 
-    fn outcome(limits: &[Box<dyn Limit>], s: &Subject) -> Option<&'static str> {
-        limits
-            .iter()
-            .find(|l| l.check(s) != Decision::Go)
-            .map(|l| l.rule())
+    fn outcome(abuse: &Abuse, s: &Subject) -> Option<&'static str> {
+        abuse.admit(s, Instant::now()).err().map(|r| r.rule)
     }
 
     #[test]
     fn per_phone_allows_five_then_refuses() {
-        let limits = AbuseConfig::default().limits();
+        let limits = Abuse::new(&AbuseConfig::default());
         for i in 0..5 {
             assert_eq!(
                 outcome(&limits, &subject("a", &format!("p{i}"), "US", false)),
@@ -302,7 +388,7 @@ mod tests {
 
     #[test]
     fn per_prefix_catches_a_range() {
-        let limits = AbuseConfig::default().limits();
+        let limits = Abuse::new(&AbuseConfig::default());
         for i in 0..20 {
             assert_eq!(
                 outcome(&limits, &subject(&format!("n{i}"), "range", "US", false)),
@@ -380,7 +466,7 @@ mod tests {
             deny_countries: vec!["GB".into()],
             ..AbuseConfig::default()
         };
-        let limits = config.limits();
+        let limits = Abuse::new(&config);
         assert_eq!(
             outcome(&limits, &subject("a", "p", "GB", false)),
             Some("destination")
@@ -390,14 +476,66 @@ mod tests {
             Some("destination")
         );
         assert_eq!(outcome(&limits, &subject("c", "r", "US", false)), None);
-        let allow = AbuseConfig {
+        let allow = Abuse::new(&AbuseConfig {
             allow_countries: vec!["US".into()],
             ..AbuseConfig::default()
-        }
-        .limits();
+        });
         assert_eq!(
             outcome(&allow, &subject("d", "s", "DE", false)),
             Some("destination")
         );
+    }
+
+    #[test]
+    fn a_request_one_rule_refuses_takes_no_room_in_another() {
+        let abuse = Abuse::new(&AbuseConfig {
+            per_prefix: Some(WindowRule {
+                count: 1,
+                window: Duration::from_secs(600),
+            }),
+            ..AbuseConfig::default()
+        });
+        assert_eq!(outcome(&abuse, &subject("a", "r1", "US", false)), None);
+        for _ in 0..3 {
+            assert_eq!(
+                outcome(&abuse, &subject("b", "r1", "US", false)),
+                Some("per_prefix")
+            );
+        }
+        // b was refused three times: none of them counted against b's own five.
+        for i in 0..5 {
+            assert_eq!(
+                outcome(&abuse, &subject("b", &format!("s{i}"), "US", false)),
+                None,
+                "b's code {i}"
+            );
+        }
+        assert_eq!(
+            outcome(&abuse, &subject("b", "s9", "US", false)),
+            Some("per_phone")
+        );
+    }
+
+    #[test]
+    fn admissions_made_elsewhere_count_in_time_order_and_only_inside_the_window() {
+        let abuse = Abuse::new(&AbuseConfig::default());
+        let now = Instant::now();
+        let ago = |s| now.checked_sub(Duration::from_secs(s)).unwrap_or(now);
+        // Out of order, as admissions of several workers arrive.
+        for s in [30, 500, 10, 200] {
+            abuse.record(&subject("a", &format!("p{s}"), "US", false), ago(s));
+        }
+        // Older than the window: does not count.
+        abuse.record(&subject("a", "old", "US", false), ago(700));
+        assert_eq!(outcome(&abuse, &subject("a", "x", "US", false)), None);
+        assert_eq!(
+            outcome(&abuse, &subject("a", "y", "US", false)),
+            Some("per_phone"),
+            "four from elsewhere and one here make five"
+        );
+        let w = &abuse.windows[0];
+        let state = w.lock();
+        let times: Vec<u64> = state.admissions.iter().map(|(t, _)| *t).collect();
+        assert!(times.windows(2).all(|p| p[0] <= p[1]), "{times:?}");
     }
 }

@@ -1,15 +1,16 @@
-//! Limits checked before a send: the providers' rate limits, so they never have to reject
-//! us, and our own abuse limits, so that nobody can use our login codes to pump SMS fees.
+//! Limits checked before a send: our own abuse limits, so that nobody can use our login codes
+//! to pump SMS fees, and the providers' rate limits, so they never have to reject us.
 //!
-//! Each limit is a [`Limit`] that answers *go*, *wait until*, or *refuse*. The [`Limiter`]
-//! asks them in order: abuse limits first (they refuse, never wait), then the provider's
-//! sender rate, then its per-recipient rate (last, so its slot is taken right before the
-//! send). A wait that would pass the request's latest useful send time is not taken.
+//! The abuse rules ([`Abuse`]) are asked once per request, on its first channel, before its id
+//! is claimed: they admit or refuse, never wait. The provider limits are [`Limit`]s asked
+//! before every try: the sender rate, then the per-recipient rate (last, so its slot is taken
+//! right before the send); they answer *go* or *wait until*, and a wait that would pass the
+//! request's latest useful send time is not taken.
 
 mod abuse;
 mod provider;
 
-pub use abuse::{AbuseConfig, WindowRule};
+pub use abuse::{Abuse, AbuseConfig, Refusal, WindowRule};
 pub use provider::{RecipientLimit, SenderLimit};
 
 use otp_events::ErrorCategory;
@@ -56,8 +57,6 @@ pub enum Decision {
     Go,
     /// Not before this instant.
     WaitUntil(Instant),
-    /// Never for this request.
-    Refuse(ErrorCategory),
 }
 
 /// One limit. `check` must take its share (consume a cell) when it answers `Go`.
@@ -68,11 +67,6 @@ pub trait Limit: Send + Sync {
     /// Whether a retry of a failed send must pass this limit again. A failed send delivered
     /// nothing to the recipient, so per-recipient limits count only first tries.
     fn applies_to_retries(&self) -> bool {
-        true
-    }
-    /// Whether a request handed on from another channel must pass it again. Abuse limits
-    /// count a request once, on its first channel.
-    fn applies_to_fallbacks(&self) -> bool {
         true
     }
 }
@@ -121,6 +115,8 @@ pub enum Attempt {
 const DEFAULT_PAIR_PERIOD: Duration = Duration::from_secs(6);
 
 pub struct Limiter {
+    abuse: Abuse,
+    /// The provider limits, in the order they are asked.
     limits: Vec<Arc<dyn Limit>>,
     sender: Arc<SenderLimit>,
     /// The recipient window a try waits for after the provider's pair-rate answer: the
@@ -134,8 +130,7 @@ impl Limiter {
             limits.sender_per_second,
             limits.sender_burst,
         ));
-        let mut all: Vec<Arc<dyn Limit>> = abuse.limits().into_iter().map(Arc::from).collect();
-        all.push(Arc::new(sender.clone()));
+        let mut all: Vec<Arc<dyn Limit>> = vec![Arc::new(sender.clone())];
         let pair = Arc::new(RecipientLimit::new(
             limits.recipient_period.unwrap_or(DEFAULT_PAIR_PERIOD),
         ));
@@ -143,10 +138,40 @@ impl Limiter {
             all.push(pair.clone());
         }
         Self {
+            abuse: Abuse::new(abuse),
             limits: all,
             sender,
             pair,
         }
+    }
+
+    /// The abuse rules' answer for a request's first try on its first channel (counting it
+    /// when they admit it). A fallback was counted on its first channel, and a retry with its
+    /// first try: both pass.
+    pub fn admit(&self, subject: &Subject, attempt: Attempt) -> Result<(), Limited> {
+        if attempt != Attempt::First {
+            return Ok(());
+        }
+        self.abuse
+            .admit(subject, Instant::now())
+            .map_err(|Refusal { rule, category }| {
+                metrics::counter!("otp_limited_total", "rule" => rule).increment(1);
+                Limited {
+                    rule,
+                    category,
+                    waited_too_long: false,
+                }
+            })
+    }
+
+    /// Count a request that another worker of the fleet admitted at `at`.
+    pub fn admitted_elsewhere(&self, subject: &Subject, at: Instant) {
+        self.abuse.record(subject, at);
+    }
+
+    /// How far back admissions made elsewhere still count; `None` without window rules.
+    pub fn abuse_lookback(&self) -> Option<Duration> {
+        self.abuse.longest_window()
     }
 
     /// The provider refused a send to `subject` for its pair rate: its window starts now
@@ -165,7 +190,8 @@ impl Limiter {
         self.sender.slow_down(Instant::now());
     }
 
-    /// Pass every limit that applies to `attempt`, waiting as needed, never past `latest`.
+    /// Pass every provider limit that applies to `attempt`, waiting as needed, never past
+    /// `latest`.
     pub async fn acquire(
         &self,
         subject: &Subject,
@@ -173,11 +199,8 @@ impl Limiter {
         attempt: Attempt,
     ) -> Result<(), Limited> {
         let applies = |l: &dyn Limit| match attempt {
-            Attempt::First => true,
-            Attempt::Fallback => l.applies_to_fallbacks(),
-            Attempt::Retry | Attempt::AfterPairLimit => {
-                l.applies_to_retries() && l.applies_to_fallbacks()
-            }
+            Attempt::First | Attempt::Fallback => true,
+            Attempt::Retry | Attempt::AfterPairLimit => l.applies_to_retries(),
         };
         // After a pair-rate answer the recipient's window comes first, whatever is configured.
         let pair = (attempt == Attempt::AfterPairLimit).then(|| self.pair.as_ref() as &dyn Limit);
@@ -188,19 +211,15 @@ impl Limiter {
             .filter(|l| applies(*l));
         for limit in pair.into_iter().chain(others) {
             loop {
-                let refused = |category, waited_too_long| {
-                    metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);
-                    Err(Limited {
-                        rule: limit.rule(),
-                        category,
-                        waited_too_long,
-                    })
-                };
                 match limit.check(subject) {
                     Decision::Go => break,
-                    Decision::Refuse(category) => return refused(category, false),
                     Decision::WaitUntil(when) if when > latest => {
-                        return refused(ErrorCategory::RateLimited, true)
+                        metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);
+                        return Err(Limited {
+                            rule: limit.rule(),
+                            category: ErrorCategory::RateLimited,
+                            waited_too_long: true,
+                        });
                     }
                     Decision::WaitUntil(when) => {
                         tokio::time::sleep_until(tokio::time::Instant::from_std(when)).await

@@ -1,0 +1,140 @@
+//! Topics that every worker reads whole: news for the whole fleet, not work to share out.
+//!
+//! `otp.channel-signals` (what the providers said about a channel's health) and
+//! `otp.abuse-admissions` (what the abuse rules of every worker admitted) are read this way:
+//! every partition, outside any consumer group, nothing committed. A reader starts at the
+//! topic's end, or a while back (to rebuild state from the recent past), and runs until its
+//! handle is dropped or aborted. A topic it cannot find is retried for a bounded time and
+//! then given up with an error log: the worker keeps delivering, only this feedback is lost.
+
+use crate::KafkaArgs;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How long a reader looks for its topic before giving up.
+const FIND_TOPIC_WITHIN: Duration = Duration::from_secs(300);
+/// Bound of each metadata or offset lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy)]
+pub enum StartAt {
+    /// Only what is written from now on.
+    End,
+    /// What was written in the last `Duration`, then what is written from now on.
+    Back(Duration),
+}
+
+/// Read every partition of `topic` from `start`; `on_payload` gets each message's payload.
+/// `name` tells the reader apart in logs and in the client id. Abort the handle to stop.
+pub fn listen(
+    kafka: &KafkaArgs,
+    topic: String,
+    name: &str,
+    start: StartAt,
+    on_payload: impl Fn(&[u8]) + Send + 'static,
+) -> JoinHandle<()> {
+    let mut config: ClientConfig = kafka.client_config();
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest")
+        .set("client.id", name)
+        // librdkafka wants a group for assign() too; it is never joined (no subscribe) and
+        // nothing is committed under it.
+        .set("group.id", format!("{}{name}", kafka.topic_prefix));
+    kafka.apply_overrides(&mut config);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let consumer: Arc<StreamConsumer> = match config.create() {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(reader = %name, error = %e, "no consumer; this feedback is off");
+                return;
+            }
+        };
+        let Some(assignment) = find(&consumer, &topic, start).await else {
+            tracing::error!(reader = %name, %topic, "topic not found; this feedback is off");
+            return;
+        };
+        if let Err(e) = consumer.assign(&assignment) {
+            tracing::error!(reader = %name, error = %e, "assign failed; this feedback is off");
+            return;
+        }
+        tracing::info!(reader = %name, %topic, partitions = assignment.count(), ?start, "reading the fleet's topic");
+        loop {
+            match consumer.recv().await {
+                Ok(m) => on_payload(m.payload().unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(reader = %name, error = %e, "read failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Every partition of `topic`, each from `start`; `None` if it cannot be found in time.
+async fn find(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    start: StartAt,
+) -> Option<TopicPartitionList> {
+    let deadline = tokio::time::Instant::now() + FIND_TOPIC_WITHIN;
+    loop {
+        // Blocking calls (each bounded): off the async workers.
+        let (c, t) = (consumer.clone(), topic.to_string());
+        let found = tokio::task::spawn_blocking(move || {
+            let n = c
+                .fetch_metadata(Some(&t), LOOKUP_TIMEOUT)
+                .ok()?
+                .topics()
+                .iter()
+                .find(|x| x.name() == t && x.error().is_none())
+                .map(|x| x.partitions().len() as i32)
+                .filter(|n| *n > 0)?;
+            let mut list = TopicPartitionList::new();
+            for p in 0..n {
+                list.add_partition_offset(&t, p, Offset::End).ok()?;
+            }
+            if let StartAt::Back(back) = start {
+                let since = chrono::Utc::now() - chrono::Duration::from_std(back).ok()?;
+                // Offsets of the first messages at or after `since`; a partition with none
+                // keeps its end. A failed lookup starts at the end: counts start empty, as
+                // they would have without this topic.
+                let mut times = TopicPartitionList::new();
+                for p in 0..n {
+                    times
+                        .add_partition_offset(&t, p, Offset::Offset(since.timestamp_millis()))
+                        .ok()?;
+                }
+                match c.offsets_for_times(times, LOOKUP_TIMEOUT) {
+                    Ok(at) => {
+                        for e in at.elements() {
+                            if matches!(e.offset(), Offset::Offset(_)) {
+                                let _ = list.set_partition_offset(&t, e.partition(), e.offset());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %t, error = %e, "could not look back; reading from the end")
+                    }
+                }
+            }
+            Some(list)
+        })
+        .await
+        .ok()
+        .flatten();
+        if found.is_some() {
+            return found;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
