@@ -26,6 +26,9 @@ enum Command {
     Load(Box<otp::load::LoadArgs>),
     /// Publish one code request and print its request_id once the broker acknowledged it.
     Send(SendArgs),
+    /// Sum up the delivery-status topic for analysts: per channel and country, delivered,
+    /// sent, fallbacks by reason, failures, time to first delivery, estimated cost.
+    Report(otp::report::ReportArgs),
     /// Run a delivery worker: the same program as `otp-whatsapp-worker` / `otp-sms-worker`.
     Worker {
         #[command(subcommand)]
@@ -120,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => otp::demo::run(args).await,
         Command::Load(args) => otp::load::run(*args).await,
         Command::Send(args) => send(args).await,
+        Command::Report(args) => otp::report::run(args).await,
         Command::Worker { .. } | Command::Receipts { .. } => unreachable!("handled above"),
         Command::Topics {
             command:

@@ -1,0 +1,440 @@
+//! What analysts ask of the status topic, as a pure function of its events: per channel and
+//! country, how many requests went out, how many were delivered (by receipt) or only sent, why
+//! they fell back, how many failed or expired, how long the first delivery took, and what it
+//! cost. [`Tally`] takes events in topic order (any order across requests), drops replays by
+//! `event_id`, and [`Tally::report`] sums them up. Nothing here reads Kafka.
+
+use super::prices::Prices;
+use hdrhistogram::Histogram;
+use otp_events::{Channel, DeliveryStatus, StatusKind};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The events of a run, deduplicated, grouped by request.
+#[derive(Default)]
+pub struct Tally {
+    seen: HashSet<String>,
+    requests: HashMap<String, Request>,
+    /// Events dropped as replays (an `event_id` seen before).
+    pub replays: u64,
+}
+
+/// What one request went through, per channel tried.
+#[derive(Default)]
+struct Request {
+    /// The request's country (from any of its events).
+    country: Option<String>,
+    channels: BTreeMap<Channel, OnChannel>,
+    /// Seen only as `duplicate` events (its first copy is outside the range read).
+    duplicate_only: bool,
+    rejected: bool,
+}
+
+#[derive(Default, Clone)]
+struct OnChannel {
+    /// The provider took it (`accepted` or `sent`).
+    sent: bool,
+    /// A receipt said delivered or read; with the first one's latency.
+    delivered_ms: Option<u64>,
+    sent_ms: Option<u64>,
+    /// Handed on, with the reason (`error.code`).
+    fallback: Option<String>,
+    failed: bool,
+    expired: bool,
+}
+
+impl Tally {
+    /// Take one event; a replay (same `event_id`) is counted and dropped.
+    pub fn add(&mut self, status: DeliveryStatus) {
+        if !self.seen.insert(status.event_id.clone()) {
+            self.replays += 1;
+            return;
+        }
+        let request = self.requests.entry(status.request_id.clone()).or_default();
+        if request.country.is_none() {
+            request.country = status.country.clone();
+        }
+        match status.status {
+            // A duplicate says nothing about the request it duplicates; a request seen only
+            // as duplicates is counted apart.
+            StatusKind::Duplicate => {
+                if request.channels.is_empty() && !request.rejected {
+                    request.duplicate_only = true;
+                }
+                return;
+            }
+            StatusKind::Rejected => {
+                request.rejected = true;
+                return;
+            }
+            _ => request.duplicate_only = false,
+        }
+        let on = request.channels.entry(status.channel).or_default();
+        let ms = status.latency_ms;
+        match status.status {
+            StatusKind::Accepted | StatusKind::Sent => {
+                on.sent = true;
+                on.sent_ms = min_of(on.sent_ms, ms);
+            }
+            StatusKind::Delivered | StatusKind::Read => {
+                on.sent = true;
+                on.delivered_ms = min_of(on.delivered_ms, ms);
+            }
+            StatusKind::Fallback => {
+                on.fallback = Some(status.error.map(|e| e.code).unwrap_or_default());
+            }
+            StatusKind::Failed => on.failed = true,
+            StatusKind::Expired => on.expired = true,
+            StatusKind::Duplicate | StatusKind::Rejected => {}
+        }
+    }
+
+    /// The report, per channel and country (and per channel over all countries), with costs
+    /// from `prices`.
+    pub fn report(&self, prices: &Prices) -> Report {
+        let mut rows: BTreeMap<(Channel, String), Row> = BTreeMap::new();
+        let mut all = Summary::default();
+        let mut first_delivery = new_histogram();
+        for request in self.requests.values() {
+            if request.rejected && request.channels.is_empty() {
+                all.rejected += 1;
+                continue;
+            }
+            if request.duplicate_only {
+                all.duplicates_only += 1;
+                continue;
+            }
+            all.requests += 1;
+            let country = request.country.clone().unwrap_or_else(|| "??".into());
+            let delivered_at = request
+                .channels
+                .values()
+                .filter_map(|c| c.delivered_ms)
+                .min();
+            if let Some(ms) = delivered_at {
+                all.delivered += 1;
+                let _ = first_delivery.record(ms);
+            } else if request.channels.values().any(|c| c.sent) {
+                all.sent_only += 1;
+            }
+            if request.channels.values().any(|c| c.fallback.is_some()) {
+                all.fell_back += 1;
+            }
+            let last = request.channels.values().last();
+            if last.is_some_and(|c| c.failed) {
+                all.failed += 1;
+            }
+            if last.is_some_and(|c| c.expired) {
+                all.expired += 1;
+            }
+            for (channel, on) in &request.channels {
+                for key in [(*channel, country.clone()), (*channel, "all".to_string())] {
+                    rows.entry(key).or_default().add(on);
+                }
+            }
+        }
+        let mut rows: Vec<ChannelRow> = rows
+            .into_iter()
+            .map(|((channel, country), row)| row.finish(channel, country, prices))
+            .collect();
+        // Prices are per country: a channel's total is the sum of its countries' costs.
+        for i in 0..rows.len() {
+            if rows[i].country == "all" {
+                let channel = rows[i].channel;
+                let cost = rows
+                    .iter()
+                    .filter(|r| r.channel == channel && r.country != "all")
+                    .map(|r| r.estimated_cost)
+                    .sum();
+                let row = &mut rows[i];
+                row.estimated_cost = cost;
+                row.cost_per_delivered = per(cost, row.charged_basis());
+            }
+        }
+        all.estimated_cost = rows
+            .iter()
+            .filter(|r| r.country == "all")
+            .map(|r| r.estimated_cost)
+            .sum();
+        all.cost_per_delivered = per(all.estimated_cost, all.delivered + all.sent_only);
+        all.fallback_rate = ratio(all.fell_back, all.requests);
+        all.first_delivery_ms = Percentiles::of(&first_delivery);
+        Report {
+            currency: prices.currency.clone(),
+            summary: all,
+            rows,
+            replays_dropped: self.replays,
+        }
+    }
+}
+
+fn min_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures is a valid histogram")
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn per(cost: f64, count: u64) -> Option<f64> {
+    (count > 0).then(|| cost / count as f64)
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub currency: String,
+    pub summary: Summary,
+    pub rows: Vec<ChannelRow>,
+    pub replays_dropped: u64,
+}
+
+/// Per request, over all channels.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Distinct requests (not counting those seen only as duplicates or rejected).
+    pub requests: u64,
+    /// Delivered on some channel, by receipt.
+    pub delivered: u64,
+    /// Taken by a provider, with no delivery receipt (confirmation off, or not yet).
+    pub sent_only: u64,
+    /// Handed to another channel at least once.
+    pub fell_back: u64,
+    pub fallback_rate: f64,
+    /// Ended failed or expired on their last channel.
+    pub failed: u64,
+    pub expired: u64,
+    /// Refused as invalid (dead-lettered).
+    pub rejected: u64,
+    /// Seen only as duplicates of a request outside the range read.
+    pub duplicates_only: u64,
+    /// From `created_at` to the first delivery receipt, in milliseconds.
+    pub first_delivery_ms: Option<Percentiles>,
+    pub estimated_cost: f64,
+    /// Per request delivered or sent.
+    pub cost_per_delivered: Option<f64>,
+}
+
+/// One channel in one country (or `all`).
+#[derive(Debug, Serialize)]
+pub struct ChannelRow {
+    pub channel: Channel,
+    pub country: String,
+    /// Requests tried on this channel.
+    pub requests: u64,
+    /// Taken by the provider.
+    pub sent: u64,
+    /// Delivered, by receipt.
+    pub delivered: u64,
+    pub failed: u64,
+    pub expired: u64,
+    /// Handed to the next channel, by reason (`error.code`).
+    pub fallbacks: BTreeMap<String, u64>,
+    pub fallback_rate: f64,
+    /// From `created_at` to the first delivery receipt on this channel.
+    pub first_delivery_ms: Option<Percentiles>,
+    /// From `created_at` to the provider taking it.
+    pub sent_ms: Option<Percentiles>,
+    /// Messages charged for ([`Prices`] says which count) times the price.
+    pub estimated_cost: f64,
+    pub cost_per_delivered: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        (!h.is_empty()).then(|| Self {
+            p50: h.value_at_quantile(0.50),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    requests: u64,
+    sent: u64,
+    delivered: u64,
+    failed: u64,
+    expired: u64,
+    fallbacks: BTreeMap<String, u64>,
+    delivered_ms: Option<Histogram<u64>>,
+    sent_ms: Option<Histogram<u64>>,
+}
+
+impl Row {
+    fn add(&mut self, on: &OnChannel) {
+        self.requests += 1;
+        self.sent += u64::from(on.sent);
+        self.delivered += u64::from(on.delivered_ms.is_some());
+        self.failed += u64::from(on.failed);
+        self.expired += u64::from(on.expired);
+        if let Some(reason) = &on.fallback {
+            *self.fallbacks.entry(reason.clone()).or_default() += 1;
+        }
+        if let Some(ms) = on.delivered_ms {
+            let _ = self
+                .delivered_ms
+                .get_or_insert_with(new_histogram)
+                .record(ms);
+        }
+        if let Some(ms) = on.sent_ms {
+            let _ = self.sent_ms.get_or_insert_with(new_histogram).record(ms);
+        }
+    }
+
+    fn finish(self, channel: Channel, country: String, prices: &Prices) -> ChannelRow {
+        let charged = prices.charged(channel, self.sent, self.delivered);
+        let estimated_cost = charged as f64 * prices.price(channel, &country);
+        let fell_back: u64 = self.fallbacks.values().sum();
+        ChannelRow {
+            channel,
+            requests: self.requests,
+            sent: self.sent,
+            delivered: self.delivered,
+            failed: self.failed,
+            expired: self.expired,
+            fallback_rate: ratio(fell_back, self.requests),
+            fallbacks: self.fallbacks,
+            first_delivery_ms: self.delivered_ms.as_ref().and_then(Percentiles::of),
+            sent_ms: self.sent_ms.as_ref().and_then(Percentiles::of),
+            cost_per_delivered: None,
+            estimated_cost,
+            country,
+        }
+        .with_cost_per_delivered()
+    }
+}
+
+impl ChannelRow {
+    /// What a cost is shared over: delivered codes, or sent ones when no receipts were seen.
+    fn charged_basis(&self) -> u64 {
+        if self.delivered > 0 {
+            self.delivered
+        } else {
+            self.sent
+        }
+    }
+
+    fn with_cost_per_delivered(mut self) -> Self {
+        self.cost_per_delivered = per(self.estimated_cost, self.charged_basis());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otp_events::{StatusError, DELIVERY_STATUS_SCHEMA};
+
+    fn status(id: &str, kind: StatusKind, channel: Channel, ms: u64) -> DeliveryStatus {
+        DeliveryStatus {
+            schema: DELIVERY_STATUS_SCHEMA.to_string(),
+            event_id: format!("{id}-{}-{channel}-{ms}", kind.as_str()),
+            request_id: id.to_string(),
+            status: kind,
+            channel,
+            attempt: 1,
+            tries: None,
+            provider_message_id: None,
+            error: None,
+            country: Some("GB".into()),
+            phone_hash: Some("h".into()),
+            occurred_at: chrono::Utc::now(),
+            latency_ms: Some(ms),
+            next_channel: None,
+            app: None,
+            is_final: false,
+        }
+    }
+
+    fn fallback(id: &str, reason: &str) -> DeliveryStatus {
+        let mut s = status(id, StatusKind::Fallback, Channel::Whatsapp, 900);
+        s.error = Some(StatusError {
+            category: otp_events::ErrorCategory::Recipient,
+            code: reason.into(),
+            message: String::new(),
+        });
+        s
+    }
+
+    #[test]
+    fn a_run_with_known_outcomes_sums_up_to_them() {
+        use Channel::{Sms, Whatsapp};
+        use StatusKind::*;
+        let mut t = Tally::default();
+        // a: WhatsApp, delivered at 1.2 s.
+        t.add(status("a", Accepted, Whatsapp, 800));
+        t.add(status("a", Delivered, Whatsapp, 1200));
+        // b: not on WhatsApp, fell back, SMS sent (no receipt).
+        t.add(fallback("b", "131026"));
+        t.add(status("b", Sent, Sms, 1500));
+        // c: SMS failed; d: expired on WhatsApp; e: rejected; f: only a duplicate.
+        t.add(status("c", Failed, Sms, 300));
+        t.add(status("d", Expired, Whatsapp, 0));
+        t.add(status("e", Rejected, Whatsapp, 0));
+        t.add(status("f", Duplicate, Whatsapp, 0));
+        // a replay of a's delivery.
+        t.add(status("a", Delivered, Whatsapp, 1200));
+        let r = t.report(&Prices::default());
+        let s = &r.summary;
+        assert_eq!(
+            (
+                s.requests,
+                s.delivered,
+                s.sent_only,
+                s.fell_back,
+                s.failed,
+                s.expired
+            ),
+            (4, 1, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            (s.rejected, s.duplicates_only, r.replays_dropped),
+            (1, 1, 1)
+        );
+        assert_eq!(s.fallback_rate, 0.25);
+        assert_eq!(s.first_delivery_ms.map(|p| p.p50), Some(1200));
+        let row = |c: Channel, country: &str| {
+            r.rows
+                .iter()
+                .find(|x| x.channel == c && x.country == country)
+                .unwrap()
+        };
+        let wa = row(Whatsapp, "GB");
+        assert_eq!(
+            (wa.requests, wa.sent, wa.delivered, wa.expired),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(wa.fallbacks.get("131026"), Some(&1));
+        let sms = row(Sms, "all");
+        assert_eq!((sms.requests, sms.sent, sms.failed), (2, 1, 1));
+        // WhatsApp is charged per delivered, SMS per sent, at GB prices.
+        let p = Prices::default();
+        let expected = p.price(Whatsapp, "GB") + p.price(Sms, "GB");
+        assert!(
+            (s.estimated_cost - expected).abs() < 1e-9,
+            "{}",
+            s.estimated_cost
+        );
+        assert!((row(Whatsapp, "all").estimated_cost - p.price(Whatsapp, "GB")).abs() < 1e-9);
+    }
+}
