@@ -2,13 +2,14 @@
 //! to pump SMS fees, and the providers' rate limits, so they never have to reject us.
 //!
 //! The abuse rules ([`Abuse`]) are asked once per request, on its first channel, before its id
-//! is claimed: they admit or refuse, never wait. The provider limits are [`Limit`]s asked
-//! before every try: the sender rate, then the per-recipient rate (last, so its slot is taken
-//! right before the send); they answer *go* or *wait until*, and a wait that would pass the
-//! request's latest useful send time is not taken.
+//! is claimed: they admit or refuse, never wait. The provider limits are asked before every
+//! try ([`Limiter::acquire`]): a slot of the sender rate (first come, first served), then the
+//! recipient's pair window at that slot; a wait that would pass the request's latest useful
+//! send time is not taken.
 
 mod abuse;
 mod provider;
+mod schedule;
 
 pub use abuse::{Abuse, AbuseConfig, Refusal, WindowRule};
 pub use provider::{RecipientLimit, SenderLimit};
@@ -49,26 +50,6 @@ pub struct Subject {
     pub country: Option<String>,
     /// Premium-rate or shared-cost number, where the numbering plan says so.
     pub premium: bool,
-}
-
-/// The outcome of asking a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Go,
-    /// Not before this instant.
-    WaitUntil(Instant),
-}
-
-/// One limit. `check` must take its share (consume a cell) when it answers `Go`.
-pub trait Limit: Send + Sync {
-    /// Name used as the error code in statuses and as the `rule` metric label.
-    fn rule(&self) -> &'static str;
-    fn check(&self, subject: &Subject) -> Decision;
-    /// Whether a retry of a failed send must pass this limit again. A failed send delivered
-    /// nothing to the recipient, so per-recipient limits count only first tries.
-    fn applies_to_retries(&self) -> bool {
-        true
-    }
 }
 
 /// Refused by `rule`. `category` is `rate_limited` or `blocked`; `waited_too_long` tells a
@@ -116,32 +97,27 @@ const DEFAULT_PAIR_PERIOD: Duration = Duration::from_secs(6);
 
 pub struct Limiter {
     abuse: Abuse,
-    /// The provider limits, in the order they are asked.
-    limits: Vec<Arc<dyn Limit>>,
-    sender: Arc<SenderLimit>,
-    /// The recipient window a try waits for after the provider's pair-rate answer: the
-    /// configured per-recipient limit (the same one, shared), or one of Meta's period.
+    sender: SenderLimit,
+    /// The recipient window: the configured per-recipient limit, or (asked only after the
+    /// provider's pair-rate answer) one of Meta's period.
     pair: Arc<RecipientLimit>,
+    /// Whether every first try passes the recipient window (`recipient_period` configured).
+    pair_always: bool,
 }
+
+/// Rounds of "sender slot, then the recipient was not free" before a try gives up: each round
+/// waits for the recipient, so this is reached only when requests for one recipient race.
+const MAX_ROUNDS: u32 = 8;
 
 impl Limiter {
     pub fn new(limits: &LimitsConfig, abuse: &AbuseConfig) -> Self {
-        let sender = Arc::new(SenderLimit::new(
-            limits.sender_per_second,
-            limits.sender_burst,
-        ));
-        let mut all: Vec<Arc<dyn Limit>> = vec![Arc::new(sender.clone())];
-        let pair = Arc::new(RecipientLimit::new(
-            limits.recipient_period.unwrap_or(DEFAULT_PAIR_PERIOD),
-        ));
-        if limits.recipient_period.is_some() {
-            all.push(pair.clone());
-        }
         Self {
             abuse: Abuse::new(abuse),
-            limits: all,
-            sender,
-            pair,
+            sender: SenderLimit::new(limits.sender_per_second, limits.sender_burst),
+            pair: Arc::new(RecipientLimit::new(
+                limits.recipient_period.unwrap_or(DEFAULT_PAIR_PERIOD),
+            )),
+            pair_always: limits.recipient_period.is_some(),
         }
     }
 
@@ -177,7 +153,7 @@ impl Limiter {
     /// The provider refused a send to `subject` for its pair rate: its window starts now
     /// (unless a send of ours already started it), and the next try waits for it.
     pub fn pair_limited(&self, subject: &Subject) {
-        let _ = self.pair.check(subject);
+        let _ = self.pair.take(subject);
     }
 
     /// Take `owned` of the topic's `total` partitions' share of the fleet's sender rate.
@@ -190,44 +166,55 @@ impl Limiter {
         self.sender.slow_down(Instant::now());
     }
 
-    /// Pass every provider limit that applies to `attempt`, waiting as needed, never past
-    /// `latest`.
+    /// Pass the provider limits that apply to `attempt`, waiting as needed, never past
+    /// `latest`: a slot of the sender rate, first come, first served; then, at that slot, the
+    /// recipient's pair window (first tries and fallbacks when configured, and every try after
+    /// the provider's pair-rate answer; a failed send delivered nothing, so retries skip it).
+    ///
+    /// The recipient is asked at the sender slot, right before the send, so neither limit is
+    /// taken long before the send it counts. A recipient that is not free costs that sender
+    /// slot (the fleet then sends less than its rate, never more), and the try waits for the
+    /// recipient and takes a new slot.
     pub async fn acquire(
         &self,
         subject: &Subject,
         latest: Instant,
         attempt: Attempt,
     ) -> Result<(), Limited> {
-        let applies = |l: &dyn Limit| match attempt {
-            Attempt::First | Attempt::Fallback => true,
-            Attempt::Retry | Attempt::AfterPairLimit => l.applies_to_retries(),
+        let pair = match attempt {
+            Attempt::First | Attempt::Fallback => self.pair_always,
+            Attempt::AfterPairLimit => true,
+            Attempt::Retry => false,
         };
-        // After a pair-rate answer the recipient's window comes first, whatever is configured.
-        let pair = (attempt == Attempt::AfterPairLimit).then(|| self.pair.as_ref() as &dyn Limit);
-        let others = self
-            .limits
-            .iter()
-            .map(|l| l.as_ref())
-            .filter(|l| applies(*l));
-        for limit in pair.into_iter().chain(others) {
-            loop {
-                match limit.check(subject) {
-                    Decision::Go => break,
-                    Decision::WaitUntil(when) if when > latest => {
-                        metrics::counter!("otp_limited_total", "rule" => limit.rule()).increment(1);
-                        return Err(Limited {
-                            rule: limit.rule(),
-                            category: ErrorCategory::RateLimited,
-                            waited_too_long: true,
-                        });
-                    }
-                    Decision::WaitUntil(when) => {
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(when)).await
-                    }
-                }
+        let refused = |rule: &'static str| {
+            metrics::counter!("otp_limited_total", "rule" => rule).increment(1);
+            Err(Limited {
+                rule,
+                category: ErrorCategory::RateLimited,
+                waited_too_long: true,
+            })
+        };
+        for _ in 0..MAX_ROUNDS {
+            match self.sender.reserve(latest) {
+                Ok(slot) => sleep_until(slot).await,
+                Err(_) => return refused("sender_rate"),
+            }
+            if !pair {
+                return Ok(());
+            }
+            match self.pair.take(subject) {
+                None => return Ok(()),
+                Some(free) if free > latest => return refused("recipient_rate"),
+                Some(free) => sleep_until(free).await,
             }
         }
-        Ok(())
+        refused("recipient_rate")
+    }
+}
+
+async fn sleep_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
     }
 }
 

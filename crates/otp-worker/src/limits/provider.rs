@@ -1,34 +1,24 @@
 //! The providers' own rate limits: the sender's throughput, shared across the fleet, and the
 //! per-recipient pair rate.
 
-use super::{Decision, Limit, Subject};
+use super::schedule::Schedule;
+use super::Subject;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-pub(super) fn nonzero(n: u32) -> NonZeroU32 {
+fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("max(1) is non-zero")
 }
 
 /// One clock for the process. Building governor's default clock calibrates quanta's TSC
-/// (cpuid and a measurement): done per decision, it was 73 % of a rate-limited worker's CPU.
+/// (cpuid and a measurement): it is built once, not per decision.
 fn clock() -> &'static DefaultClock {
     static CLOCK: std::sync::OnceLock<DefaultClock> = std::sync::OnceLock::new();
     CLOCK.get_or_init(DefaultClock::default)
-}
-
-pub(super) fn decision(
-    result: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
-) -> Decision {
-    match result {
-        Ok(()) => Decision::Go,
-        Err(not_until) => {
-            Decision::WaitUntil(Instant::now() + not_until.wait_time_from(clock().now()))
-        }
-    }
 }
 
 /// The provider's per-sender throughput (80/s on WhatsApp by default, 1/s on an SMS long
@@ -38,21 +28,24 @@ pub(super) fn decision(
 /// It also adapts: when the provider says we are over a window (130429, 429), the rate is
 /// halved (at most once per [`SLOW_DOWN_EVERY`], down to [`SLOWEST`] of the share), and it
 /// recovers by a quarter every [`RECOVER_EVERY`] without such an answer.
+///
+/// Slots are handed out by a [`Schedule`]: first come, first served, each waiter sleeping once
+/// until its slot, and the burst shared like the rate (a fraction of one when the share is
+/// small), so that the fleet never sends more than its burst at once.
 pub struct SenderLimit {
     total_per_second: u32,
     total_burst: u32,
     current: RwLock<Current>,
+    schedule: Schedule,
 }
 
-/// The rate in force and its limiter. A new limiter starts with a full burst, so it is
-/// replaced only when the rate really changes.
+/// The share of the fleet's rate in force.
 struct Current {
     share: f64,
     /// The fraction of the share in force: 1 unless the provider throttled us lately.
     factor: f64,
     /// When `factor` last changed.
     changed: Instant,
-    limiter: DefaultDirectRateLimiter,
 }
 
 /// How often the rate may be halved: one burst of throttled answers is one signal.
@@ -71,19 +64,20 @@ impl SenderLimit {
                 share: 1.0,
                 factor: 1.0,
                 changed: Instant::now(),
-                limiter: direct(per_second as f64, burst as f64),
             }),
+            schedule: Schedule::new(f64::from(per_second), f64::from(burst)),
         }
     }
 
-    /// Own `owned` of `total` partitions: take that share of the rate and the burst. With no
-    /// partitions known yet (before the first assignment) the whole budget applies.
+    /// Own `owned` of `total` partitions: take that share of the rate and the burst. Before
+    /// the first assignment nothing is sent, so the whole budget stands until then. A count
+    /// that says nothing (no partitions owned while a revoke drains; metadata that shows
+    /// none) keeps the share in force: it never hands one worker the whole fleet's budget.
     pub fn set_share(&self, owned: usize, total: usize) {
-        let share = if total == 0 || owned == 0 {
-            1.0
-        } else {
-            owned.min(total) as f64 / total as f64
-        };
+        if total == 0 || owned == 0 {
+            return;
+        }
+        let share = owned.min(total) as f64 / total as f64;
         let mut current = self.current.write().expect("sender limit lock");
         if current.share == share {
             return;
@@ -133,9 +127,17 @@ impl SenderLimit {
     fn rebuild(&self, current: &mut Current) {
         let scale = current.share * current.factor;
         let rate = self.total_per_second as f64 * scale;
-        let burst = (self.total_burst as f64 * scale).max(1.0);
+        let burst = self.total_burst as f64 * scale;
         metrics::gauge!("otp_sender_rate_share_per_second").set(rate);
-        current.limiter = direct(rate, burst);
+        self.schedule.set(rate, burst);
+    }
+
+    /// Take the next send slot, unless it is later than `latest` (then `Err`: when it would
+    /// have been; nothing is taken).
+    pub fn reserve(&self, latest: Instant) -> Result<Instant, Instant> {
+        let now = Instant::now();
+        self.recover(now);
+        self.schedule.reserve(now, latest)
     }
 
     /// The rate in force, per second.
@@ -143,31 +145,6 @@ impl SenderLimit {
     fn rate(&self) -> f64 {
         let current = self.current.read().expect("sender limit lock");
         self.total_per_second as f64 * current.share * current.factor
-    }
-}
-
-/// A direct limiter for a fractional rate (e.g. 0.5/s when one of two workers shares 1/s).
-fn direct(per_second: f64, burst: f64) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
-    let quota = Quota::with_period(period)
-        .expect("period is non-zero")
-        .allow_burst(nonzero(burst.floor() as u32));
-    governor::RateLimiter::direct(quota)
-}
-
-impl Limit for Arc<SenderLimit> {
-    fn rule(&self) -> &'static str {
-        "sender_rate"
-    }
-    fn check(&self, _: &Subject) -> Decision {
-        self.recover(Instant::now());
-        decision(
-            self.current
-                .read()
-                .expect("sender limit lock")
-                .limiter
-                .check(),
-        )
     }
 }
 
@@ -187,16 +164,9 @@ impl RecipientLimit {
             checks: AtomicU64::new(0),
         }
     }
-}
 
-impl Limit for RecipientLimit {
-    fn rule(&self) -> &'static str {
-        "recipient_rate"
-    }
-    fn applies_to_retries(&self) -> bool {
-        false
-    }
-    fn check(&self, subject: &Subject) -> Decision {
+    /// Take `subject`'s slot now (`None`), or say when it is free (nothing taken).
+    pub fn take(&self, subject: &Subject) -> Option<Instant> {
         // Forget recipients whose state is back to idle, now and then, to bound memory.
         if self
             .checks
@@ -205,7 +175,10 @@ impl Limit for RecipientLimit {
         {
             self.limiter.retain_recent();
         }
-        decision(self.limiter.check_key(&subject.phone_key))
+        match self.limiter.check_key(&subject.phone_key) {
+            Ok(()) => None,
+            Err(not_until) => Some(Instant::now() + not_until.wait_time_from(clock().now())),
+        }
     }
 }
 
@@ -214,24 +187,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_share_of_the_partitions_is_a_share_of_the_rate() {
-        let limit = Arc::new(SenderLimit::new(10, 10));
-        let s = Subject {
-            phone_key: "k".into(),
-            prefix_key: "p".into(),
-            country: None,
-            premium: false,
-        };
-        let goes = |l: &Arc<SenderLimit>| (0..100).filter(|_| l.check(&s) == Decision::Go).count();
-        assert_eq!(goes(&limit), 10, "alone: the whole burst");
+    fn a_share_of_the_partitions_is_a_share_of_the_rate_and_burst() {
+        let limit = SenderLimit::new(10, 10);
+        let soon = Instant::now() + Duration::from_millis(5);
+        let at_once = |l: &SenderLimit| (0..100).filter(|_| l.reserve(soon).is_ok()).count();
+        assert_eq!(at_once(&limit), 10, "alone: the whole burst");
         limit.set_share(2, 2);
         assert_eq!(
-            goes(&limit),
+            at_once(&limit),
             0,
-            "an unchanged share keeps the limiter's state"
+            "an unchanged share grants no fresh burst"
         );
-        limit.set_share(1, 2);
-        assert_eq!(goes(&limit), 5, "half the partitions: half the burst");
+        let fresh = SenderLimit::new(10, 10);
+        fresh.set_share(1, 2);
+        assert_eq!(at_once(&fresh), 5, "half the partitions: half the burst");
+        fresh.set_share(0, 2);
+        fresh.set_share(1, 0);
+        assert_eq!(
+            fresh.rate(),
+            5.0,
+            "no partitions known: the share in force stands"
+        );
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! Send slots at a rate with a burst, handed out in the order they are asked for.
+//!
+//! This is the generic cell rate algorithm (GCRA, which governor implements too) with
+//! *reservations*: each caller takes the next free slot and sleeps once until it. Callers are
+//! served first come, first served, a waiter costs one timer and no CPU, and nobody asks
+//! again. (governor answers "not until T" without reserving anything, so its waiters race for
+//! the next cell and ask again and again; under a limit that cost more CPU than the sends.)
+//!
+//! The burst may be fractional: a worker that owns a quarter of the partitions of a fleet
+//! whose burst is 1 gets a burst of 0.25, so after an idle spell its first send waits three
+//! quarters of an interval, and the fleet together never sends more than its burst at once.
+//! A changed rate keeps the state: a new share or a slow-down never hands out a fresh burst.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Schedule {
+    state: Mutex<State>,
+}
+
+struct State {
+    origin: Instant,
+    /// Seconds between slots.
+    interval: f64,
+    /// Slots that may go at once after an idle spell.
+    burst: f64,
+    /// When the bucket was (or will be) empty, in seconds after `origin`: each slot taken moves
+    /// it one interval on; it never lags `now` by more than the burst.
+    empty_at: f64,
+}
+
+/// A rate below this is treated as this (one slot in about 17 minutes).
+const SLOWEST_PER_SECOND: f64 = 0.001;
+
+impl Schedule {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        let now = Instant::now();
+        let mut state = State {
+            origin: now,
+            interval: 0.0,
+            burst: 0.0,
+            empty_at: 0.0,
+        };
+        state.set(per_second, burst);
+        state.empty_at = -state.burst * state.interval; // full
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Change the rate and the burst from now on; slots already handed out stand.
+    pub fn set(&self, per_second: f64, burst: f64) {
+        self.state
+            .lock()
+            .expect("schedule lock")
+            .set(per_second, burst);
+    }
+
+    /// Take the next free slot at or after `now`, unless it is later than `latest`: then
+    /// nothing is taken and `Err` tells when it would have been.
+    pub fn reserve(&self, now: Instant, latest: Instant) -> Result<Instant, Instant> {
+        let mut s = self.state.lock().expect("schedule lock");
+        let n = s.seconds(now);
+        let empty_at = s.empty_at.max(n - s.burst * s.interval);
+        let at = n.max(empty_at + s.interval);
+        let slot = s.instant(at);
+        if slot > latest {
+            return Err(slot);
+        }
+        s.empty_at = empty_at + s.interval;
+        Ok(slot)
+    }
+}
+
+impl State {
+    fn set(&mut self, per_second: f64, burst: f64) {
+        self.interval = 1.0 / per_second.max(SLOWEST_PER_SECOND);
+        self.burst = burst.max(0.0);
+    }
+
+    fn seconds(&self, at: Instant) -> f64 {
+        match at.checked_duration_since(self.origin) {
+            Some(d) => d.as_secs_f64(),
+            None => -self.origin.duration_since(at).as_secs_f64(),
+        }
+    }
+
+    fn instant(&self, seconds: f64) -> Instant {
+        if seconds >= 0.0 {
+            self.origin + Duration::from_secs_f64(seconds)
+        } else {
+            self.origin
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn a_burst_goes_at_once_then_one_slot_per_interval_in_order() {
+        let s = Schedule::new(10.0, 3.0);
+        let now = Instant::now();
+        let slots: Vec<Duration> = (0..6)
+            .map(|_| {
+                s.reserve(now, far())
+                    .unwrap()
+                    .saturating_duration_since(now)
+            })
+            .collect();
+        let ms: Vec<u128> = slots.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![0, 0, 0, 100, 200, 300], "first come, first served");
+    }
+
+    #[test]
+    fn a_slot_past_the_deadline_is_not_taken() {
+        let s = Schedule::new(1.0, 1.0);
+        let now = Instant::now();
+        assert!(s.reserve(now, now).is_ok());
+        let soon = now + Duration::from_millis(500);
+        let refused = s.reserve(now, soon).unwrap_err();
+        assert!(
+            refused >= now + Duration::from_millis(999),
+            "would be a second later"
+        );
+        // Nothing was taken: the next caller gets that same slot.
+        let next = s.reserve(now, far()).unwrap();
+        assert_eq!(next, refused);
+    }
+
+    #[test]
+    fn a_fractional_burst_delays_the_first_slot_and_a_new_rate_grants_no_fresh_burst() {
+        // A quarter of a fleet of 4/s with a burst of 1: 1/s, burst 0.25.
+        let s = Schedule::new(1.0, 0.25);
+        let now = Instant::now();
+        let first = s.reserve(now, far()).unwrap().duration_since(now);
+        assert!(
+            (first.as_secs_f64() - 0.75).abs() < 0.01,
+            "three quarters of an interval: {first:?}"
+        );
+        // A rebalance doubles the share: the next slot follows the last, no burst at once.
+        s.set(2.0, 0.5);
+        let next = s.reserve(now, far()).unwrap().duration_since(now);
+        assert!(next > first, "{next:?} after {first:?}");
+    }
+
+    #[test]
+    fn over_any_second_the_slots_never_exceed_rate_plus_burst() {
+        let s = Schedule::new(100.0, 5.0);
+        let now = Instant::now();
+        let slots: Vec<f64> = (0..1000)
+            .map(|_| {
+                s.reserve(now, far())
+                    .unwrap()
+                    .duration_since(now)
+                    .as_secs_f64()
+            })
+            .collect();
+        for (i, start) in slots.iter().enumerate() {
+            let within = slots[i..].iter().take_while(|t| **t < start + 1.0).count();
+            assert!(within <= 105, "{within} slots in the second from {start}");
+        }
+        let last = slots.last().unwrap();
+        assert!(
+            (last - 9.95).abs() < 0.01,
+            "1000 slots at 100/s after a burst of 5: {last}"
+        );
+    }
+}
