@@ -40,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         command: otp_receipts::ReceiptsCommand,
     },
+    /// The HTTP ingress for login systems: the same program as `otp-producer`.
+    Producer {
+        #[command(subcommand)]
+        command: otp_producer::cli::ProducerCommand,
+    },
+    /// The provider simulator: the same program as `otp-provider-sim`.
+    Sim(otp_provider_sim::SimCli),
     /// Manage the pipeline's topics.
     Topics {
         #[command(subcommand)]
@@ -96,6 +103,8 @@ enum TopicsCommand {
         /// 1 for a single-broker development cluster.
         #[arg(long, default_value_t = otp_kafka::admin::DEFAULT_REPLICATION)]
         replication_factor: i32,
+        #[command(flatten)]
+        check: otp_kafka::process::CheckConfig,
     },
 }
 
@@ -111,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             channel: WorkerCommand::Sms(cli),
         } => return cli.run().await,
         Command::Receipts { command } => return command.run().await,
+        Command::Producer { command } => return command.run().await,
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -124,15 +134,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => otp::load::run(*args).await,
         Command::Send(args) => send(args).await,
         Command::Report(args) => otp::report::run(args).await,
-        Command::Worker { .. } | Command::Receipts { .. } => unreachable!("handled above"),
+        Command::Sim(sim) => sim.run().await,
+        Command::Worker { .. } | Command::Receipts { .. } | Command::Producer { .. } => {
+            unreachable!("handled above")
+        }
         Command::Topics {
             command:
                 TopicsCommand::Create {
                     kafka,
                     partitions,
                     replication_factor,
+                    check,
                 },
         } => {
+            anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
+            anyhow::ensure!(
+                replication_factor > 0,
+                "--replication-factor must be at least 1"
+            );
+            if check.done("otp topics create") {
+                return Ok(());
+            }
             let names = kafka.topics().all();
             for (name, outcome) in
                 create_topics(&kafka, &names, partitions, replication_factor).await?

@@ -225,6 +225,77 @@ async fn a_silent_whatsapp_user_gets_the_code_by_sms_after_the_window() {
     }
 }
 
+/// Every metric the Grafana dashboard queries is on a running pipeline's `/metrics`, read over
+/// HTTP: the workers (one serving the endpoint), the receipts ingress and the tracker of a run
+/// with a delivery, a fallback by receipt timeout, a fallback by a failed receipt that also
+/// signals a broken channel, a fallback on a send error, and a dead letter. (All in one process, so one recorder holds
+/// them all, as Prometheus would across the services it scrapes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_on_a_live_metrics_endpoint() {
+    let l = start(|_| {}).await;
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut config = confirming(Duration::from_secs(3));
+    let mut serving = config.clone();
+    serving.metrics_listen = Some(listen);
+    let s = &l.stack;
+    let sms = sms_client_reporting_to(&s.sim, Some(l.ingress.sms_status_callback()));
+    config.metrics_listen = None;
+    let workers = vec![
+        s.worker(Whatsapp, serving),
+        Worker::start(
+            &s.t.kafka,
+            config,
+            open_limits(),
+            PhoneHasher::new(HASH_KEY),
+            sms,
+        ),
+    ];
+    let tracker = l.tracker();
+    let delivered = s.publish("+15551250777", "410001", &[Whatsapp, Sms]).await;
+    let silent = s.publish("+15551250404", "410002", &[Whatsapp, Sms]).await;
+    let locked = s.publish("+15551251031", "410003", &[Whatsapp, Sms]).await;
+    let not_on_whatsapp = s.publish("+15551250026", "410004", &[Whatsapp, Sms]).await;
+    let topic = s.t.topics.requests(Whatsapp);
+    s.t.publish_raw(&topic, "k", b"{not a code request").await;
+    let (a, b, c, d) = (delivered, silent, locked, not_on_whatsapp);
+    l.statuses_until(move |got| {
+        has(got, &a, "delivered", "whatsapp")
+            && [&b, &c, &d].iter().all(|id| has(got, id, "sent", "sms"))
+    })
+    .await;
+    let wanted = common::dashboard::dashboard_metric_names();
+    let url = format!("http://{listen}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let live: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !live.contains(n.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        // Lag and the oldest message's age are exported every few seconds, not at once.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard queries metrics that a running pipeline does not export: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_user_gets_exactly_one_code() {
     let l = start(|_| {}).await;

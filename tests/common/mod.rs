@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod dashboard;
+
 use otp::stack::{sms_client, whatsapp_client, Worker};
 use otp_events::{Channel, PhoneHasher, Submission};
 use otp_producer::CodeRequestPublisher;

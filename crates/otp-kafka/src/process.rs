@@ -54,6 +54,27 @@ pub struct DevMode {
     pub dev: bool,
 }
 
+/// `--check-config`: read the settings (flags and environment), check what can be checked
+/// without a broker, a provider or a secret, print "configuration ok" and exit 0; a bad
+/// setting fails as it would at start, naming it. For deployment checks: the tests run every
+/// docker-compose command with it. Flattened into every service's flags.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct CheckConfig {
+    /// Check the settings and exit, without connecting to anything or reading secrets.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl CheckConfig {
+    /// When checking: say the settings of `what` are fine, and return true (the caller exits).
+    pub fn done(self, what: &str) -> bool {
+        if self.check_config {
+            println!("{what}: configuration ok");
+        }
+        self.check_config
+    }
+}
+
 /// A secret every production service needs: from `name` (or `name_FILE`); without it, the
 /// development value in development mode (with a loud warning naming `without`, what its
 /// absence gives away), else an error naming the variable, `why` it is needed, and `--dev`.

@@ -49,6 +49,20 @@ impl KafkaWriter {
             .set("linger.ms", "2")
             .set("message.timeout.ms", "30000");
         kafka.apply_overrides(&mut config);
+        // Every series from the start, so dashboards and `increase()` alerts see zero, not
+        // nothing, until the first event.
+        metrics::counter!("otp_dead_letters_total").increment(0);
+        for what in [
+            "status",
+            "pending",
+            "receipt",
+            "admission",
+            "dead letter",
+            "fallback",
+        ] {
+            metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(0);
+            metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(0);
+        }
         Ok(Self {
             producer: ProducerSession::new(config)?,
             topics: kafka.topics(),

@@ -5,6 +5,7 @@
 //! `otp send` command call. Every way validates with `otp_events` before anything reaches
 //! Kafka, and returns only after the broker acknowledged (`acks=all`, idempotent producer).
 
+pub mod cli;
 pub mod ingress;
 
 pub use otp_kafka::{

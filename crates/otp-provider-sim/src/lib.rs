@@ -312,3 +312,30 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<Sim
     });
     Ok(SimHandle { addr, sim, task })
 }
+
+/// The `otp-provider-sim` command (also `otp sim`): serve both APIs until Ctrl-C (SIGINT).
+#[derive(Debug, clap::Args)]
+pub struct SimCli {
+    #[command(flatten)]
+    pub config: SimConfig,
+    /// Check the settings and exit, without listening.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl SimCli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        if self.check_config {
+            println!("otp-provider-sim: configuration ok");
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, "provider simulator listening");
+        axum::serve(listener, router(self.config))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -23,6 +23,8 @@ pub enum ReceiptsCommand {
         log_json: bool,
         #[command(flatten)]
         dev: otp_kafka::process::DevMode,
+        #[command(flatten)]
+        check: otp_kafka::process::CheckConfig,
     },
 }
 
@@ -30,11 +32,14 @@ impl ReceiptsCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             ReceiptsCommand::Serve(args) => {
-                init_logging(args.log_json);
                 if let Some(callback) = &args.sms_status_callback_url {
                     crate::config::check_callback_pairing(&args.public_url, callback)
                         .map_err(anyhow::Error::msg)?;
                 }
+                if args.check.done("otp-receipts serve") {
+                    return Ok(());
+                }
+                init_logging(args.log_json);
                 let secrets = WebhookSecrets::from_env();
                 tracing::info!(?secrets, "webhook secrets");
                 let ingress = crate::ingress::Ingress::new(
@@ -64,7 +69,11 @@ impl ReceiptsCommand {
                 config,
                 log_json,
                 dev,
+                check,
             } => {
+                if check.done("otp-receipts track") {
+                    return Ok(());
+                }
                 init_logging(log_json);
                 let hasher = phone_hasher(dev)?;
                 let mut kafka = kafka;

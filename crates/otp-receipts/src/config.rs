@@ -35,6 +35,8 @@ pub struct ServeArgs {
     pub log_json: bool,
     #[command(flatten)]
     pub dev: otp_kafka::process::DevMode,
+    #[command(flatten)]
+    pub check: otp_kafka::process::CheckConfig,
 }
 
 /// The three webhook secrets. An absent one turns its endpoint off (404): a deployment may

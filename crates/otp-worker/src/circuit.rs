@@ -106,6 +106,12 @@ pub struct Circuit {
 impl Circuit {
     pub fn new(channel: &'static str, config: CircuitConfig) -> Self {
         metrics::gauge!("otp_channel_circuit_state", "channel" => channel).set(0.0);
+        // Every series from the start, so dashboards and `increase()` alerts see zero, not
+        // nothing, until the first change.
+        for to in ["open", "half_open", "closed"] {
+            metrics::counter!("otp_channel_circuit_transitions_total", "channel" => channel, "to" => to)
+                .absolute(0);
+        }
         Self {
             channel,
             config,

@@ -2,7 +2,9 @@
 
 use crate::config::WorkerConfig;
 use anyhow::Context;
-use otp_kafka::process::{init_logging, keyring, phone_hasher, secret, shutdown_signal, DevMode};
+use otp_kafka::process::{
+    init_logging, keyring, phone_hasher, secret, shutdown_signal, CheckConfig, DevMode,
+};
 use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +43,8 @@ pub struct WorkerArgs {
     /// exit without connecting to anything.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub check: CheckConfig,
     #[command(flatten)]
     pub dev: DevMode,
 }
@@ -99,6 +103,9 @@ pub async fn run_binary<C: crate::ChannelClient>(
     client: impl FnOnce(&WorkerConfig, String) -> anyhow::Result<C>,
 ) -> anyhow::Result<()> {
     let mut config = args.load(&default_limits)?;
+    if args.check.done("worker") {
+        return Ok(());
+    }
     if args.print_config {
         config.limits.get_or_insert_with(|| default_limits.clone());
         print!("{}", config.to_toml()?);

@@ -99,6 +99,8 @@ pub async fn run<C: ChannelClient>(
         _ => None,
     };
     let topic = kafka.topics().requests(channel);
+    metrics::counter!("otp_fallback_unproven_total", "channel" => channel.as_str()).increment(0);
+    metrics::counter!("otp_commit_errors_total").increment(0);
     let settings = GroupSettings {
         group_id: config
             .group_id

@@ -42,6 +42,9 @@ pub struct IngressConfig {
     pub dev: otp_kafka::process::DevMode,
 
     #[command(flatten)]
+    pub check: otp_kafka::process::CheckConfig,
+
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 }
 
@@ -61,7 +64,25 @@ impl IngressConfig {
             max_ttl: Duration::from_secs(30 * 60),
             api_keys: None,
             dev: Default::default(),
+            check: Default::default(),
             kafka,
         }
+    }
+
+    /// Settings that cannot work together, named.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.request_timeout > self.ack_timeout,
+            "--request-timeout ({:?}) must be above --ack-timeout ({:?}): a request would time \
+             out before the broker could acknowledge it",
+            self.request_timeout,
+            self.ack_timeout
+        );
+        anyhow::ensure!(self.body_limit > 0, "--body-limit must be above 0");
+        anyhow::ensure!(
+            self.max_concurrent_requests > 0,
+            "--max-concurrent-requests must be above 0"
+        );
+        Ok(())
     }
 }

@@ -52,6 +52,9 @@ pub async fn run(
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
+    for reason in ["receipt_timeout", "receipt_failed"] {
+        metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason).increment(0);
+    }
     let settings = GroupSettings {
         group_id: config.group_id.clone(),
         instance_id: config.group_instance_id.clone(),

@@ -125,6 +125,15 @@ impl Abuse {
         }
     }
 
+    /// The names of the rules in force.
+    pub fn rules(&self) -> Vec<&'static str> {
+        let destination = self.destination.as_ref().map(|_| "destination");
+        destination
+            .into_iter()
+            .chain(self.windows.iter().map(|w| w.name))
+            .collect()
+    }
+
     /// The longest window of any rule: how far back the fleet's admissions still count.
     pub fn longest_window(&self) -> Option<Duration> {
         self.windows.iter().map(|w| w.window).max()

@@ -111,6 +111,15 @@ const MAX_ROUNDS: u32 = 8;
 
 impl Limiter {
     pub fn new(limits: &LimitsConfig, abuse: &AbuseConfig) -> Self {
+        // Every rule's series from the start (zero until it refuses), and the slow-downs.
+        for rule in Abuse::new(abuse)
+            .rules()
+            .into_iter()
+            .chain(["sender_rate", "recipient_rate"])
+        {
+            metrics::counter!("otp_limited_total", "rule" => rule).increment(0);
+        }
+        metrics::counter!("otp_sender_slow_downs_total").increment(0);
         Self {
             abuse: Abuse::new(abuse),
             sender: SenderLimit::new(limits.sender_per_second, limits.sender_burst),

@@ -57,6 +57,7 @@ pub const SLOWEST: f64 = 1.0 / 16.0;
 
 impl SenderLimit {
     pub fn new(per_second: u32, burst: u32) -> Self {
+        metrics::gauge!("otp_sender_rate_share_per_second").set(f64::from(per_second));
         Self {
             total_per_second: per_second,
             total_burst: burst,
