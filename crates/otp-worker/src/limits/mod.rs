@@ -26,7 +26,9 @@ pub struct LimitsConfig {
     /// Sends per second to the provider for the whole fleet of this channel's workers (the
     /// sender limit). Each worker takes the share of the partitions it owns.
     pub sender_per_second: u32,
-    /// Sends that may go out at once after an idle spell (shared the same way).
+    /// The provider's burst: sends that may go out at once after an idle spell (shared the
+    /// same way). A worker uses half of it; the other half absorbs the network's jitter, so
+    /// the provider never sees more than its limit.
     #[serde(default = "default_sender_burst")]
     pub sender_burst: u32,
     /// At most one send per this period to one recipient (WhatsApp's pair limit); none when
@@ -253,7 +255,8 @@ mod tests {
         let limiter = Limiter::new(
             &LimitsConfig {
                 sender_per_second: 1,
-                sender_burst: 1,
+                // A worker uses half the burst: one send at once.
+                sender_burst: 2,
                 recipient_period: None,
             },
             &no_abuse(),
