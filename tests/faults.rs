@@ -404,7 +404,8 @@ async fn worker_sigkill_mid_load_then_restart() {
 }
 
 /// A second worker joins the group under load, then leaves it (SIGTERM): two rebalances,
-/// nothing lost, and the revoked partitions' work is finished before they move.
+/// nothing lost, nothing sent twice, and the revoked partitions' work is finished before they
+/// move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_joins_and_leaves_under_load() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -428,11 +429,26 @@ async fn worker_joins_and_leaves_under_load() {
     let v = check_invariants(&requests, &statuses, &sc.sim.messages());
     report("worker joins and leaves", &v);
     sc.assert_nothing_lost(&v, &["a", "b"]);
-    let b = std::fs::read_to_string(sc.log("b")).unwrap();
+    let (a, b) = (
+        std::fs::read_to_string(sc.log("a")).unwrap(),
+        std::fs::read_to_string(sc.log("b")).unwrap(),
+    );
     assert!(
         b.contains("partitions assigned"),
         "the joiner took partitions"
     );
+    assert!(
+        a.contains("partitions revoked"),
+        "the steady worker gave partitions up when the joiner came"
+    );
+    assert!(
+        b.contains("draining"),
+        "the leaver drained its own when it left"
+    );
+    // Graceful moves repeat nothing: a revoked partition starts no new send, lets the sends
+    // under way finish, and commits them before it goes.
+    assert_eq!(v.duplicate_sends, 0, "{v}");
+    assert_eq!(v.extra_finals, 0, "{v}");
 }
 
 /// The broker goes down and comes back, staged with librdkafka's mock cluster (tansu 0.6,

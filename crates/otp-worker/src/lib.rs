@@ -9,6 +9,7 @@
 //! - `decide`: the decisions of that path as pure functions, tested without a broker;
 //! - `limits`, `retry`, `dedup`, `circuit`: the guards and the retry policy;
 //! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
+//! - `letting_go`: no new send for a partition being revoked or a worker stopping;
 //! - `runtime`: the worker as a consumer-group member (`otp_kafka::group`), one task per
 //!   message, positions that follow what finished;
 //! - [`cli`]: the flags, config loading and `main` that both worker binaries share.
@@ -22,6 +23,7 @@ mod config;
 mod decide;
 mod dedup;
 mod fleet_counts;
+mod letting_go;
 mod limits;
 mod pipeline;
 mod retry;

@@ -1,6 +1,7 @@
 //! The data path of one message, top to bottom: decode → guard (clock, channel, expiry,
 //! duplicate) → abuse rules → claim the id → provider limits → send → classify → retry, until
-//! an [`Outcome`] is decided; then [`Pipeline::settle`] writes it (report / fall back / dead
+//! an [`Outcome`] is decided (or the partition is let go before a send starts: the message is
+//! then abandoned to its next owner, see [`crate::letting_go`]); then [`Pipeline::settle`] writes it (report / fall back / dead
 //! letter) in order, each write acknowledged. The decisions themselves are the pure functions
 //! of [`crate::decide`]; this module asks the guards and the provider and passes their answers
 //! on. The runtime ([`crate::runtime`]) does the consuming before and the committing after.
@@ -11,6 +12,7 @@ use crate::config::ConfirmationConfig;
 use crate::decide::{self, At, Next, Outcome};
 use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
+use crate::letting_go::{Handled, Stop};
 use crate::limits::{Attempt, Limiter, Subject};
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
@@ -47,22 +49,34 @@ pub struct Pipeline<C> {
 
 impl<C: ChannelClient> Pipeline<C> {
     /// Take one message from the request topic to its final status or its fallback. Returns
-    /// once what it wrote was acknowledged: then the message is finished.
-    pub async fn handle(&self, message: &OwnedMessage) {
+    /// once what it wrote was acknowledged (then the message is finished), or once its
+    /// partition was let go before its send started (`stop`: then it is abandoned, and its
+    /// next owner delivers it).
+    pub async fn handle(&self, message: &OwnedMessage, stop: &Stop) -> Handled {
         let request = match decode_code_request(message.payload().unwrap_or_default(), &self.rules)
         {
             Ok(request) => request,
             Err(e) => {
                 let reason = format!("invalid code request: {e}");
-                return self.reject_undecodable(message, &reason).await;
+                self.reject_undecodable(message, &reason).await;
+                return Handled::Finished;
             }
         };
         // Everything derived from the phone number, once: libphonenumber's parse is the
         // costliest step of a message.
         let subject = self.subject_of(&request);
         let fallback = self.proven_fallback(message, &request);
-        let outcome = self.decide(message, &request, &subject, fallback).await;
+        let Some(outcome) = self
+            .decide(message, &request, &subject, fallback, stop)
+            .await
+        else {
+            let channel = self.client.channel().as_str();
+            metrics::counter!("otp_abandoned_total", "channel" => channel).increment(1);
+            tracing::debug!(request_id = %request.request_id, "partition let go before the send: left to its next owner");
+            return Handled::Abandoned;
+        };
         self.settle(message, &request, &subject, outcome).await;
+        Handled::Finished
     }
 
     /// Whether the request is a fallback a worker or the tracker wrote: it claims fallback
@@ -92,14 +106,16 @@ impl<C: ChannelClient> Pipeline<C> {
         proven
     }
 
-    /// Guard, then send and retry while the decisions say so.
+    /// Guard, then send and retry while the decisions say so; `None` when the partition was
+    /// let go before a send started (a send under way is never cut off).
     async fn decide(
         &self,
         message: &OwnedMessage,
         request: &CodeRequest,
         subject: &Subject,
         fallback: bool,
-    ) -> Outcome {
+        stop: &Stop,
+    ) -> Option<Outcome> {
         let channel = self.client.channel();
         let at = |now| At {
             request,
@@ -121,7 +137,7 @@ impl<C: ChannelClient> Pipeline<C> {
             .hash(&format!("{}\n{}", request.phone, request.code));
         let seen = || self.dedup.peek(&key, &digest, &source, now);
         if let Some(outcome) = decide::guard(at(now), &self.rules, seen) {
-            return outcome;
+            return Some(outcome);
         }
         // The abuse rules count a request once, on its first channel; its id is claimed only
         // once they admit it.
@@ -141,7 +157,7 @@ impl<C: ChannelClient> Pipeline<C> {
                 .first_sight(&key, &digest, source.clone(), request.expires_at, now)
         };
         if let Some(outcome) = decide::admit(abuse, claim) {
-            return outcome;
+            return Some(outcome);
         }
 
         let latest = latest_useful(request, self.retry.safety_margin);
@@ -152,20 +168,33 @@ impl<C: ChannelClient> Pipeline<C> {
                 0 => first,
                 _ => Attempt::Retry,
             });
-            let limits = self.limiter.acquire(subject, latest, attempt).await;
+            let limits = tokio::select! {
+                biased;
+                () = stop.wait() => return None,
+                limits = self.limiter.acquire(subject, latest, attempt) => limits,
+            };
+            // Let go while waiting for the slot: the slot goes unused.
+            if stop.abandons() {
+                return None;
+            }
             let admission = || self.circuit.admit();
             if let Some(outcome) =
                 decide::before_send(at(Utc::now()), limits, admission, schedule.tries())
             {
-                return outcome;
+                return Some(outcome);
             }
+            stop.sending();
             let answer = self.send_once(request, subject, &mut schedule).await;
             let left = latest.saturating_duration_since(Instant::now());
             let confirmation = self.confirmation.as_ref();
             match decide::after_send(at(Utc::now()), answer, &mut schedule, left, confirmation) {
-                Next::RetryIn(delay) => tokio::time::sleep(delay).await,
+                Next::RetryIn(delay) => tokio::select! {
+                    biased;
+                    () = stop.wait() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                },
                 Next::Again(attempt) => again = Some(attempt),
-                Next::Done(outcome) => return outcome,
+                Next::Done(outcome) => return Some(outcome),
             }
         }
     }

@@ -7,6 +7,7 @@ use crate::circuit::Circuit;
 use crate::config::WorkerConfig;
 use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
+use crate::letting_go::{Handled, LetGo};
 use crate::limits::{Limiter, LimitsConfig};
 use crate::pipeline::Pipeline;
 use futures_util::FutureExt;
@@ -126,6 +127,7 @@ pub async fn run<C: ChannelClient>(
         pipeline,
         ledger: Arc::new(OffsetLedger::default()),
         tasks: HashMap::new(),
+        let_go: HashMap::new(),
         assigned: HashSet::new(),
         revoke_grace: config.revoke_grace,
         topic,
@@ -148,6 +150,8 @@ struct Worker<C> {
     pipeline: Arc<Pipeline<C>>,
     ledger: Arc<OffsetLedger>,
     tasks: HashMap<TopicPartition, JoinSet<()>>,
+    /// Per assigned partition: tells its messages when it is let go.
+    let_go: HashMap<TopicPartition, LetGo>,
     assigned: HashSet<TopicPartition>,
     revoke_grace: Duration,
     /// The request topic, whose partitions share the provider's sender budget.
@@ -165,31 +169,46 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
         let offset = message.offset();
         let generation = self.ledger.started(&tp, offset);
         let (pipeline, ledger) = (self.pipeline.clone(), self.ledger.clone());
+        let stop = self.let_go.entry(tp.clone()).or_default().subscribe(offset);
         let set = self.tasks.entry(tp.clone()).or_default();
         // Reap finished tasks so a long-lived partition's set stays small.
         while set.try_join_next().is_some() {}
         set.spawn(async move {
-            let handled = AssertUnwindSafe(pipeline.handle(&message))
+            let handled = AssertUnwindSafe(pipeline.handle(&message, &stop))
                 .catch_unwind()
                 .await;
-            if handled.is_err() {
-                // A bug must not wedge the partition's commits or lose the request.
-                tracing::error!(offset, "handling panicked; dead-lettering the event");
-                let reason = "internal error: the worker failed on this event";
-                pipeline.reject_undecodable(&message, reason).await;
+            match handled {
+                Ok(Handled::Finished) => ledger.finished(&tp, offset, generation),
+                // Not finished: its offset stays uncommitted, and the next owner delivers it.
+                Ok(Handled::Abandoned) => {}
+                Err(_) => {
+                    // A bug must not wedge the partition's commits or lose the request.
+                    tracing::error!(offset, "handling panicked; dead-lettering the event");
+                    let reason = "internal error: the worker failed on this event";
+                    pipeline.reject_undecodable(&message, reason).await;
+                    ledger.finished(&tp, offset, generation);
+                }
             }
-            ledger.finished(&tp, offset, generation);
             drop(place);
         });
     }
 
     async fn assigned(&mut self, partitions: &[TopicPartition], _: &Group) {
+        for p in partitions {
+            self.let_go.insert(p.clone(), LetGo::new());
+        }
         self.assigned.extend(partitions.iter().cloned());
     }
 
-    /// Let in-flight work of `partitions` finish within the grace period, abandon the rest,
-    /// and return their positions.
+    /// Start no new send for `partitions` (their messages not yet at their send are abandoned
+    /// to the next owner), let the sends under way finish within the grace period, abandon
+    /// what is left, and return their positions.
     async fn revoked(&mut self, partitions: &[TopicPartition]) -> Vec<Position> {
+        for p in partitions {
+            if let Some(switch) = self.let_go.remove(p) {
+                switch.now();
+            }
+        }
         let mut sets: Vec<JoinSet<()>> = partitions
             .iter()
             .filter_map(|p| self.tasks.remove(p))
@@ -240,7 +259,12 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
         self.ledger.committable(None)
     }
 
+    /// Stopping: start no new send (what has not reached its send is left to the next run or
+    /// another member), and let the sends under way finish.
     async fn drain(&mut self) {
+        for switch in self.let_go.values() {
+            switch.now();
+        }
         for set in self.tasks.values_mut() {
             while set.join_next().await.is_some() {}
         }

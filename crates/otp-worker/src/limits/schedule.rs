@@ -67,8 +67,8 @@ impl Schedule {
             .set(per_second, burst);
     }
 
-    /// Take the next free slot at or after `now`, unless it is later than `latest`: then
-    /// nothing is taken and `Err` tells when it would have been.
+    /// Take the next free slot at or after `now`, unless waiting for it would pass `latest`:
+    /// then nothing is taken and `Err` tells when it would have been.
     pub fn reserve(&self, now: Instant, latest: Instant) -> Result<Instant, Instant> {
         let mut s = self.state.lock().expect("schedule lock");
         let n = s.seconds(now);
@@ -81,7 +81,9 @@ impl Schedule {
             at.min(n.max(at - 1e-6))
         };
         let slot = s.instant(wake);
-        if slot > latest {
+        // Only a wait is refused: a slot free now is taken even past `latest` (the deadline
+        // checks that follow decide whether the send is still worth it).
+        if slot > latest && wake > n {
             return Err(slot);
         }
         s.empty_at = empty_at + s.interval;
@@ -159,6 +161,11 @@ mod tests {
         // Nothing was taken: the next caller gets that same slot.
         let next = s.reserve(now, far()).unwrap();
         assert_eq!(next, refused);
+        // A slot free now is taken even past `latest`: only a wait is refused.
+        let idle = Schedule::new(1.0, 1.0);
+        let now = Instant::now();
+        let past = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        assert!(idle.reserve(now, past).is_ok());
     }
 
     #[test]
