@@ -43,7 +43,9 @@ pub use receipt::{
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use seal::{sealed_key_id, Keyring, SealError};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
-pub use status::{DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA};
+pub use status::{
+    new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA,
+};
 pub use topics::Topics;
 pub use validate::{is_valid_app, is_valid_request_id, Rules};
 

@@ -100,6 +100,11 @@ pub struct StatusError {
     pub message: String,
 }
 
+/// A fresh `event_id` (UUIDv7: unique, and ordered by time).
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryStatus {
@@ -163,7 +168,7 @@ impl DeliveryStatus {
         let latency = (now - request.created_at).num_milliseconds().max(0) as u64;
         Self {
             schema: DELIVERY_STATUS_SCHEMA.to_string(),
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: new_event_id(),
             request_id: request.request_id.clone(),
             status,
             channel,
@@ -186,7 +191,7 @@ impl DeliveryStatus {
     pub fn rejected(request_id: String, channel: Channel, error: StatusError) -> Self {
         Self {
             schema: DELIVERY_STATUS_SCHEMA.to_string(),
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: new_event_id(),
             request_id,
             status: StatusKind::Rejected,
             channel,

@@ -19,8 +19,8 @@ use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
     decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
-    ConfirmationState, DeliveryStatus, ErrorCategory, FallbackKey, MessageIndex, PhoneHasher,
-    Rules, StatusError, StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
+    ConfirmationState, DeliveryStatus, FallbackKey, MessageIndex, PhoneHasher, Rules, StatusError,
+    StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -313,22 +313,14 @@ impl<C: ChannelClient> Pipeline<C> {
                 status.provider_message_id = Some(public_id);
                 self.write_status(status).await;
             }
-            Outcome::FallBack { next, tries, error } => match self.writer.fallback(&next).await {
-                Ok(()) => {
-                    let mut status = status(StatusKind::Fallback, tries, Some(error));
-                    status.next_channel = next.current_channel();
-                    self.write_status(status).await;
-                }
-                Err(e) => {
-                    let error = StatusError {
-                        category: ErrorCategory::Internal,
-                        code: "fallback_refused".to_string(),
-                        message: e.to_string(),
-                    };
-                    self.write_status(status(StatusKind::Failed, tries, Some(error)))
-                        .await;
-                }
-            },
+            Outcome::FallBack { next, tries, error } => {
+                let mut status = status(StatusKind::Fallback, tries, Some(error));
+                status.next_channel = next.current_channel();
+                self.log_status(&status);
+                // The fallback status before the request it hands on (cause before effect);
+                // a request that cannot be handed on ends `failed` (`fallback_refused`).
+                let _ = self.writer.fall_back(&next, &status).await;
+            }
         }
     }
 
@@ -366,6 +358,12 @@ impl<C: ChannelClient> Pipeline<C> {
 
     /// Write a status about a request, with its log line and its latency when final.
     async fn write_status(&self, status: DeliveryStatus) {
+        self.log_status(&status);
+        self.writer.status(&status).await;
+    }
+
+    /// A status's log line, and its latency when final.
+    fn log_status(&self, status: &DeliveryStatus) {
         let channel = self.client.channel().as_str();
         if status.is_final {
             metrics::histogram!(
@@ -382,7 +380,6 @@ impl<C: ChannelClient> Pipeline<C> {
             phone_hash = status.phone_hash.as_deref().unwrap_or(""),
             "status"
         );
-        self.writer.status(&status).await;
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, reason: &str) {

@@ -182,10 +182,21 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
                 // Not finished: its offset stays uncommitted, and the next owner delivers it.
                 Ok(Handled::Abandoned) => {}
                 Err(_) => {
-                    // A bug must not wedge the partition's commits or lose the request.
+                    // A bug must not wedge the partition's commits or lose the request: the
+                    // event goes to the dead letters, and the partition moves on even if that
+                    // panics too.
                     tracing::error!(offset, "handling panicked; dead-lettering the event");
                     let reason = "internal error: the worker failed on this event";
-                    pipeline.reject_undecodable(&message, reason).await;
+                    let rejected = AssertUnwindSafe(pipeline.reject_undecodable(&message, reason))
+                        .catch_unwind()
+                        .await;
+                    if rejected.is_err() {
+                        metrics::counter!("otp_events_skipped_total").increment(1);
+                        tracing::error!(
+                            offset,
+                            "dead-lettering panicked too; the event is skipped"
+                        );
+                    }
                     ledger.finished(&tp, offset, generation);
                 }
             }

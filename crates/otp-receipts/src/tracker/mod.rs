@@ -291,24 +291,11 @@ impl Tracker {
                         .as_ref()
                         .map_or("", |e| e.code.as_str())
                         .to_string();
-                    match self.writer.fallback(&next).await {
-                        Ok(()) => {
-                            metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
-                            tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
-                            self.writer.status(&status).await;
-                        }
-                        Err(e) => {
-                            let mut failed = status.clone();
-                            failed.status = otp_events::StatusKind::Failed;
-                            failed.is_final = true;
-                            failed.next_channel = None;
-                            failed.error = Some(otp_events::StatusError {
-                                category: otp_events::ErrorCategory::Internal,
-                                code: "fallback_refused".into(),
-                                message: e.to_string(),
-                            });
-                            self.writer.status(&failed).await;
-                        }
+                    // The fallback status before the request it hands on (cause before
+                    // effect); one that cannot be handed on ends `failed`.
+                    if self.writer.fall_back(&next, &status).await.is_ok() {
+                        metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
+                        tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
                     }
                 }
                 Action::Status(status) => self.writer.status(&status).await,
