@@ -119,6 +119,16 @@ async fn wait(mut proc: Proc) -> std::process::ExitStatus {
         .unwrap()
 }
 
+/// How long the i-th code lives: one in ten only 4 s, so that some expire during each fault
+/// and "no send after expiry" is tested where it can fail; the rest 10 minutes.
+fn life(i: usize) -> chrono::Duration {
+    if i % 10 == 9 {
+        chrono::Duration::seconds(4)
+    } else {
+        chrono::Duration::minutes(10)
+    }
+}
+
 /// Publish `n` requests at about `per_second`, from `first` on; returns them as published.
 async fn publish_steady(
     publisher: Arc<CodeRequestPublisher>,
@@ -134,13 +144,8 @@ async fn publish_steady(
         tick.tick().await;
         let chunk: Vec<CodeRequest> = (chunk_start..(chunk_start + per_tick).min(first + n))
             .map(|i| {
-                Submission::new(
-                    phone(i),
-                    code(i),
-                    channels.clone(),
-                    chrono::Duration::minutes(10),
-                )
-                .complete(chrono::Utc::now())
+                Submission::new(phone(i), code(i), channels.clone(), life(i))
+                    .complete(chrono::Utc::now())
             })
             .collect();
         let acks =
@@ -375,6 +380,14 @@ async fn worker_sigkill_mid_load_then_restart() {
 
     let v = check_invariants(&requests, &statuses, &sc.sim.messages());
     report("worker SIGKILL + restart", &v);
+    // One code in ten lives 4 s: those in the crashed worker's hands expired before the
+    // restart took their partitions, so "no send after expiry" was tested where it can fail.
+    let expired = statuses.iter().filter(|s| s["status"] == "expired").count();
+    println!("[worker SIGKILL + restart] {expired} short-lived codes expired during the fault");
+    assert!(
+        expired > 0,
+        "some short-lived codes expired during the fault"
+    );
     let log = std::fs::read_to_string(sc.log("second")).unwrap_or_default();
     match first_assignment(&log) {
         Some(at) => println!(
@@ -502,7 +515,7 @@ async fn broker_down_then_up() {
     let post = |i: usize| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let expires_at = chrono::Utc::now() + chrono::Duration::minutes(10);
+            let expires_at = chrono::Utc::now() + life(i);
             let body = serde_json::json!({
                 "phone": phone(i), "code": code(i), "channels": ["sms"],
                 "expires_at": expires_at.to_rfc3339(),
@@ -510,31 +523,29 @@ async fn broker_down_then_up() {
             let r = http.post(&url).json(&body).send().await.unwrap();
             let status = r.status().as_u16();
             let answer: Value = r.json().await.unwrap_or(Value::Null);
-            (status, answer["request_id"].as_str().map(str::to_string))
+            let id = answer["request_id"].as_str().map(str::to_string);
+            (status, id, expires_at)
         }
     };
 
     let mut accepted: Vec<CodeRequest> = Vec::new();
-    let mut record = |i: usize, id: String| {
-        let mut s = Submission::new(
-            phone(i),
-            code(i),
-            vec![Channel::Sms],
-            chrono::Duration::minutes(10),
-        );
+    let mut record = |i: usize, id: String, expires_at: chrono::DateTime<chrono::Utc>| {
+        let mut s = Submission::new(phone(i), code(i), vec![Channel::Sms], life(i));
         s.request_id = Some(id);
-        accepted.push(s.complete(chrono::Utc::now()));
+        let mut r = s.complete(chrono::Utc::now());
+        r.expires_at = expires_at; // as posted
+        accepted.push(r);
     };
     let mut i = 0;
     while i < 300 {
-        let (status, id) = post(i).await;
+        let (status, id, expires_at) = post(i).await;
         assert_eq!(status, 202, "broker up: accepted");
-        record(i, id.unwrap());
+        record(i, id.unwrap(), expires_at);
         i += 1;
     }
     mock.broker_down(1).unwrap();
     for _ in 0..3 {
-        let (status, _) = post(i).await;
+        let (status, _, _) = post(i).await;
         assert_eq!(
             status, 503,
             "broker down: 503, so the login system can retry or fall back"
@@ -554,9 +565,9 @@ async fn broker_down_then_up() {
             std::time::Instant::now() < recover_by,
             "the ingress did not recover within 60 s ({after} accepted since the broker came back)"
         );
-        let (status, id) = post(i).await;
+        let (status, id, expires_at) = post(i).await;
         if status == 202 {
-            record(i, id.unwrap());
+            record(i, id.unwrap(), expires_at);
             after += 1;
         } else {
             assert_eq!(status, 503, "only 503 while the producer reconnects");

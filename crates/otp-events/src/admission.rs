@@ -4,8 +4,9 @@
 //! A worker counts what it admits at once, in memory. Alone, that count would see only its
 //! own partitions of its own channel: a number's requests split across the WhatsApp and SMS
 //! groups (or a number range's requests spread over partitions owned by different workers)
-//! would each meet a fresh count. So every admission is also written here, and every worker
-//! reads every partition of the topic and adds the admissions of the others to its counts.
+//! would each meet a fresh count. So every admission is also written here (in batches of a
+//! few milliseconds), and every worker reads every partition of the topic and adds the
+//! admissions of the others to its counts.
 //! A worker that starts (or takes over partitions) reads back the last window of admissions,
 //! so its counts do not start from zero either.
 //!
@@ -15,17 +16,25 @@ use crate::Channel;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub const ABUSE_ADMISSION_SCHEMA: &str = "otp.abuse_admission.v1";
+pub const ABUSE_ADMISSION_SCHEMA: &str = "otp.abuse_admissions.v1";
 
-/// One request admitted by the abuse rules of one worker, keyed by `phone_key`.
+/// The requests one worker's abuse rules admitted over a few milliseconds, in one message
+/// (one write per batch, not per request), keyed by `origin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbuseAdmissions {
+    pub schema: String,
+    /// The channel of the worker that admitted them.
+    pub channel: Channel,
+    /// The worker process that admitted them (random per process): it has counted them.
+    pub origin: String,
+    pub admitted: Vec<AbuseAdmission>,
+}
+
+/// One admitted request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbuseAdmission {
-    pub schema: String,
-    /// The channel of the worker that admitted it.
-    pub channel: Channel,
-    /// The worker process that admitted it (random per process): it has counted it already.
-    pub origin: String,
     /// Keyed hash of the canonical number (the status events' `phone_hash`).
     pub phone_key: String,
     /// Keyed hash of the number's range (the number without its last 4 digits).
@@ -36,12 +45,12 @@ pub struct AbuseAdmission {
     pub admitted_at: DateTime<Utc>,
 }
 
-impl AbuseAdmission {
+impl AbuseAdmissions {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an AbuseAdmission always serialises")
+        serde_json::to_vec(self).expect("AbuseAdmissions always serialise")
     }
 
-    /// The admission in `payload`, if it is one of this schema.
+    /// The batch in `payload`, if it is one of this schema.
     pub fn from_json(payload: &[u8]) -> Option<Self> {
         serde_json::from_slice::<Self>(payload)
             .ok()
@@ -55,21 +64,23 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_other_schemas() {
-        let a = AbuseAdmission {
+        let a = AbuseAdmissions {
             schema: ABUSE_ADMISSION_SCHEMA.to_string(),
             channel: Channel::Sms,
             origin: "w1".into(),
-            phone_key: "ph_1".into(),
-            prefix_key: "ph_2".into(),
-            country: Some("GB".into()),
-            admitted_at: Utc::now(),
+            admitted: vec![AbuseAdmission {
+                phone_key: "ph_1".into(),
+                prefix_key: "ph_2".into(),
+                country: Some("GB".into()),
+                admitted_at: Utc::now(),
+            }],
         };
-        assert_eq!(AbuseAdmission::from_json(&a.to_json()), Some(a.clone()));
-        let other = AbuseAdmission {
+        assert_eq!(AbuseAdmissions::from_json(&a.to_json()), Some(a.clone()));
+        let other = AbuseAdmissions {
             schema: "otp.other.v1".into(),
             ..a
         };
-        assert_eq!(AbuseAdmission::from_json(&other.to_json()), None);
-        assert_eq!(AbuseAdmission::from_json(b"{}"), None);
+        assert_eq!(AbuseAdmissions::from_json(&other.to_json()), None);
+        assert_eq!(AbuseAdmissions::from_json(b"{}"), None);
     }
 }

@@ -27,7 +27,7 @@ mod status;
 mod topics;
 mod validate;
 
-pub use admission::{AbuseAdmission, ABUSE_ADMISSION_SCHEMA};
+pub use admission::{AbuseAdmission, AbuseAdmissions, ABUSE_ADMISSION_SCHEMA};
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;

@@ -13,7 +13,7 @@
 use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
 use otp_events::{
-    AbuseAdmission, CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt,
+    AbuseAdmissions, CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt,
     Topics, ABUSE_ADMISSION_SCHEMA, HEADER_SCHEMA, MESSAGE_INDEX_SCHEMA,
     PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
@@ -142,14 +142,14 @@ impl KafkaWriter {
             .await;
     }
 
-    /// Share an abuse admission with the fleet, keyed by its phone hash.
-    pub async fn admission(&self, admission: &AbuseAdmission) {
+    /// Share a batch of abuse admissions with the fleet, keyed by the worker that made them.
+    pub async fn admissions(&self, batch: &AbuseAdmissions) {
         let topic = self.topics.abuse_admissions();
-        let payload = admission.to_json();
+        let payload = batch.to_json();
         self.keyed(
             "admission",
             &topic,
-            &admission.phone_key,
+            &batch.origin,
             Some(&payload),
             ABUSE_ADMISSION_SCHEMA,
         )

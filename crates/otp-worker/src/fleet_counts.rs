@@ -5,75 +5,73 @@
 //! requests of its own partitions on its own channel: a number's codes split between the
 //! WhatsApp and SMS topics would meet two fresh counts, a number range spread over partitions
 //! owned by several workers one count per worker, and a restarted worker a count of zero. So
-//! each admission is also written to `otp.abuse-admissions` (in the background: a send never
-//! waits for it), and every worker reads every partition of that topic, from one abuse window
-//! back, adding the admissions of the others to its own counts.
+//! each admission is also written to `otp.abuse-admissions` (in the background, batched: a
+//! send never waits for it), and every worker reads every partition of that topic, from one
+//! abuse window back, adding the admissions of the others to its own counts.
 //!
-//! The counts are shared, not locked: an admission reaches the other workers some
-//! milliseconds after it was made, so two requests for one number on two channels within that
-//! time can both pass the last slot. A burst that tries this is still capped by each worker's
-//! own count. The admissions carry keyed hashes only (see `otp_events::AbuseAdmission`).
+//! The counts are shared, not locked: an admission reaches the other workers tens of
+//! milliseconds after it was made (the batch window, then the broker), so two requests for one
+//! number on two channels within that time can both pass the last slot. A burst that tries this is still capped by each worker's
+//! own count. The admissions carry keyed hashes only (see `otp_events::AbuseAdmissions`),
+//! and are written in batches of up to 20 ms, one message each.
 
 use crate::limits::Subject;
 use chrono::Utc;
-use otp_events::{AbuseAdmission, Channel, ABUSE_ADMISSION_SCHEMA};
+use otp_events::{AbuseAdmission, AbuseAdmissions, Channel, ABUSE_ADMISSION_SCHEMA};
 use otp_kafka::broadcast::{self, StartAt};
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Admission writes in flight at most; past that (the broker is slow or away) an admission is
-/// not shared, and counted in `otp_abuse_admissions_unshared_total`.
-const MAX_IN_FLIGHT: usize = 4096;
+/// Admissions waiting to be written, at most; past that (the broker is slow or away) an
+/// admission is not shared, and counted in `otp_abuse_admissions_unshared_total`.
+const QUEUE: usize = 8192;
+/// A batch is written after this long, or at this size, whichever comes first.
+const BATCH_WITHIN: Duration = Duration::from_millis(20);
+const BATCH_SIZE: usize = 500;
 
-/// This worker's side of the shared counts: writes its admissions.
+/// This worker's side of the shared counts: writes its admissions, in batches.
 pub struct FleetCounts {
-    writer: Arc<KafkaWriter>,
     channel: Channel,
     /// This process, among the writers: its own admissions, read back, are not counted twice.
     origin: String,
-    slots: Arc<Semaphore>,
+    queue: mpsc::Sender<AbuseAdmission>,
+    _writer: AbortOnDrop,
 }
 
 impl FleetCounts {
     pub fn new(writer: Arc<KafkaWriter>, channel: Channel) -> Self {
+        let origin = uuid::Uuid::now_v7().simple().to_string();
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_batches(writer, channel, origin.clone(), rx));
         Self {
-            writer,
             channel,
-            origin: uuid::Uuid::now_v7().simple().to_string(),
-            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            origin,
+            queue,
+            _writer: AbortOnDrop(task),
         }
     }
 
     /// Share an admission this worker just counted. Returns at once.
     pub fn admitted(&self, subject: &Subject) {
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            metrics::counter!("otp_abuse_admissions_unshared_total", "channel" => self.channel.as_str())
-                .increment(1);
-            return;
-        };
         let admission = AbuseAdmission {
-            schema: ABUSE_ADMISSION_SCHEMA.to_string(),
-            channel: self.channel,
-            origin: self.origin.clone(),
             phone_key: subject.phone_key.clone(),
             prefix_key: subject.prefix_key.clone(),
             country: subject.country.clone(),
             admitted_at: Utc::now(),
         };
-        let writer = self.writer.clone();
-        tokio::spawn(async move {
-            writer.admission(&admission).await;
-            drop(slot);
-        });
+        if self.queue.try_send(admission).is_err() {
+            metrics::counter!("otp_abuse_admissions_unshared_total", "channel" => self.channel.as_str())
+                .increment(1);
+        }
     }
 
     /// Read the fleet's admissions, from `lookback` ago, and hand each (all but this worker's
-    /// own) to `count` (the limiter's `admitted_elsewhere`) with the instant it
-    /// was made. Runs until the handle is aborted.
+    /// own) to `count` (the limiter's `admitted_elsewhere`) with the instant it was made. Runs
+    /// until the handle is aborted.
     pub fn listen(
         &self,
         kafka: &KafkaArgs,
@@ -90,26 +88,68 @@ impl FleetCounts {
             &name,
             StartAt::Back(lookback),
             move |payload| {
-                let Some(a) = AbuseAdmission::from_json(payload) else {
+                let Some(batch) = AbuseAdmissions::from_json(payload) else {
                     metrics::counter!("otp_abuse_admissions_unreadable_total").increment(1);
                     return;
                 };
-                if a.origin == origin {
+                if batch.origin == origin {
                     return;
                 }
-                let subject = Subject {
-                    phone_key: a.phone_key,
-                    prefix_key: a.prefix_key,
-                    country: a.country,
-                    premium: false,
-                };
-                // Its age by the wall clock, on this process's monotonic clock.
-                let age = (Utc::now() - a.admitted_at).to_std().unwrap_or_default();
-                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                count(&subject, at);
+                let (now, wall) = (Instant::now(), Utc::now());
+                for a in &batch.admitted {
+                    let subject = Subject {
+                        phone_key: a.phone_key.clone(),
+                        prefix_key: a.prefix_key.clone(),
+                        country: a.country.clone(),
+                        premium: false,
+                    };
+                    // Its age by the wall clock, on this process's monotonic clock.
+                    let age = (wall - a.admitted_at).to_std().unwrap_or_default();
+                    count(&subject, now.checked_sub(age).unwrap_or(now));
+                }
                 metrics::counter!("otp_abuse_admissions_counted_total", "channel" => channel.as_str(), "topic" => label.clone())
-                .increment(1);
+                .increment(batch.admitted.len() as u64);
             },
         )
+    }
+}
+
+/// Write what `queue` brings in batches (one message each), until the queue closes.
+async fn write_batches(
+    writer: Arc<KafkaWriter>,
+    channel: Channel,
+    origin: String,
+    mut queue: mpsc::Receiver<AbuseAdmission>,
+) {
+    let mut admitted = Vec::with_capacity(BATCH_SIZE);
+    loop {
+        if queue.recv_many(&mut admitted, BATCH_SIZE).await == 0 {
+            return; // closed
+        }
+        // Gather what comes within the batch window.
+        let until = tokio::time::Instant::now() + BATCH_WITHIN;
+        while admitted.len() < BATCH_SIZE {
+            let room = BATCH_SIZE - admitted.len();
+            match tokio::time::timeout_at(until, queue.recv_many(&mut admitted, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let batch = AbuseAdmissions {
+            schema: ABUSE_ADMISSION_SCHEMA.to_string(),
+            channel,
+            origin: origin.clone(),
+            admitted: std::mem::take(&mut admitted),
+        };
+        writer.admissions(&batch).await;
+    }
+}
+
+/// Aborts the batch writer when the worker's counts are dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
