@@ -159,32 +159,9 @@ fn every_service_command_is_one_its_program_accepts() {
             "otp-provider-sim" => &["sim"],
             _ => continue, // not ours (kafka, prometheus, grafana)
         };
-        let mut run = Command::new(env!("CARGO_BIN_EXE_otp"));
-        run.env_clear()
-            .args(route)
-            .args(&cmd[1..])
-            .arg("--check-config");
-        for (var, value) in environment(service) {
-            match value {
-                Some(value) => {
-                    run.env(&var, interpolate(&value));
-                }
-                None => {
-                    if let Some((_, stand_in)) = OPERATOR_SETTINGS.iter().find(|(n, _)| *n == var) {
-                        run.env(&var, stand_in);
-                    }
-                }
-            }
-        }
-        let out = run.output().expect("run the otp binary");
+        let out = run_as_composed(name, service, route, "--check-config");
         assert!(
-            out.status.success(),
-            "{name}: `{}` is refused: {}",
-            cmd.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("configuration ok"),
+            out.contains("configuration ok"),
             "{name}: the settings were not checked"
         );
         checked.push(name.to_string());
@@ -547,11 +524,16 @@ fn print_config(name: &str, service: &Value) -> String {
         Some("otp-sms-worker") => "sms",
         _ => panic!("{name} runs no worker"),
     };
+    run_as_composed(name, service, &["worker", channel], "--print-config")
+}
+
+/// Run `service`'s command as compose would (its environment, the operator's settings stood
+/// in for), through `otp` and its `route` to the program, with `flag` added; its stdout.
+/// Panics, naming the service, when the program refuses the command.
+fn run_as_composed(name: &str, service: &Value, route: &[&str], flag: &str) -> String {
+    let cmd = command(service);
     let mut run = Command::new(env!("CARGO_BIN_EXE_otp"));
-    run.env_clear()
-        .args(["worker", channel])
-        .args(&cmd[1..])
-        .arg("--print-config");
+    run.env_clear().args(route).args(&cmd[1..]).arg(flag);
     for (var, value) in environment(service) {
         match value {
             Some(value) => {
@@ -571,7 +553,7 @@ fn print_config(name: &str, service: &Value) -> String {
         cmd.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("UTF-8 settings")
+    String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// A duration setting in the TOML that `--print-config` prints (`shutdown_grace = "30s"`).

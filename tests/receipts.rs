@@ -62,16 +62,22 @@ impl Loop {
 
     /// Both workers with `config`; the SMS one asks for status callbacks.
     fn workers_with(&self, config: WorkerConfig) -> Vec<Worker> {
+        self.workers_each(config.clone(), config)
+    }
+
+    /// The WhatsApp worker with `whatsapp`, the SMS one (asking for status callbacks) with
+    /// `sms`.
+    fn workers_each(&self, whatsapp: WorkerConfig, sms: WorkerConfig) -> Vec<Worker> {
         let s = &self.stack;
-        let sms = sms_client_reporting_to(&s.sim, Some(self.ingress.sms_status_callback()));
+        let client = sms_client_reporting_to(&s.sim, Some(self.ingress.sms_status_callback()));
         vec![
-            s.worker(Whatsapp, config.clone()),
+            s.worker(Whatsapp, whatsapp),
             Worker::start(
                 &s.t.kafka,
-                config,
+                sms,
                 open_limits(),
                 PhoneHasher::new(HASH_KEY),
-                sms,
+                client,
             ),
         ]
     }
@@ -237,22 +243,11 @@ async fn every_metric_the_dashboard_queries_is_on_a_live_metrics_endpoint() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let mut config = confirming(Duration::from_secs(3));
+    let config = confirming(Duration::from_secs(3));
     let mut serving = config.clone();
     serving.metrics_listen = Some(listen);
     let s = &l.stack;
-    let sms = sms_client_reporting_to(&s.sim, Some(l.ingress.sms_status_callback()));
-    config.metrics_listen = None;
-    let workers = vec![
-        s.worker(Whatsapp, serving),
-        Worker::start(
-            &s.t.kafka,
-            config,
-            open_limits(),
-            PhoneHasher::new(HASH_KEY),
-            sms,
-        ),
-    ];
+    let workers = l.workers_each(serving, config);
     let tracker = l.tracker();
     let delivered = s.publish("+15551250777", "410001", &[Whatsapp, Sms]).await;
     let silent = s.publish("+15551250404", "410002", &[Whatsapp, Sms]).await;
