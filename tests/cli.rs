@@ -324,3 +324,71 @@ async fn load_measures_a_run_and_draws_it() {
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("Throughput"));
 }
+
+/// The HTTP ingress serves `/metrics` on its own listener (`--metrics-listen`), apart from the
+/// public one, with every outcome's series from the start and each call counted.
+#[tokio::test]
+async fn the_http_ingress_serves_its_metrics_apart_from_the_public_listener() {
+    let free = || {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let (public, metrics) = (free(), free());
+    let broker = shared_broker();
+    let mut ingress = Command::new(env!("CARGO_BIN_EXE_otp"))
+        .args(["producer", "serve", "--dev"])
+        .args(["--listen", &public, "--metrics-listen", &metrics])
+        .args(["--brokers", &broker.bootstrap()])
+        .args(["--topic-prefix", &format!("ingress{}.", std::process::id())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the ingress");
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        http.get(format!("http://{metrics}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    // Up once its metrics answer (it binds both listeners at start).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        if let Some(text) = scrape().await {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingress did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        before.contains("otp_ingress_requests_total{outcome=\"invalid\"} 0"),
+        "every outcome from the start: {before}"
+    );
+    let refused = http
+        .post(format!("http://{public}/v1/code-requests"))
+        .body("{\"phone\": 12}")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let public_metrics = http
+        .get(format!("http://{public}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public_metrics.status(), 404, "not on the public listener");
+    let after = scrape().await.expect("metrics");
+    ingress.kill().unwrap();
+    let _ = ingress.wait();
+    assert!(
+        after.contains("otp_ingress_requests_total{outcome=\"invalid\"} 1"),
+        "{after}"
+    );
+}

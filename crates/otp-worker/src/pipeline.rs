@@ -314,6 +314,10 @@ impl<C: ChannelClient> Pipeline<C> {
                 self.write_status(status).await;
             }
             Outcome::FallBack { next, tries, error } => {
+                // Why, by category (a bounded label; the provider's code is on the status).
+                let channel = self.client.channel().as_str();
+                metrics::counter!("otp_fallbacks_total", "channel" => channel, "category" => error.category.as_str())
+                    .increment(1);
                 let mut status = status(StatusKind::Fallback, tries, Some(error));
                 status.next_channel = next.current_channel();
                 self.log_status(&status);

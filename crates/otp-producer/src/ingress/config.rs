@@ -38,6 +38,10 @@ pub struct IngressConfig {
     #[arg(long, env = "OTP_INGRESS_API_KEYS")]
     pub api_keys: Option<std::path::PathBuf>,
 
+    /// Serve `/metrics` here (Prometheus), apart from the public listener; keep it internal.
+    #[arg(long, env = "OTP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub dev: otp_kafka::process::DevMode,
 
@@ -63,6 +67,7 @@ impl IngressConfig {
             ack_timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(30 * 60),
             api_keys: None,
+            metrics_listen: None,
             dev: Default::default(),
             check: Default::default(),
             kafka,

@@ -99,6 +99,24 @@ pub async fn serve(
              with `otp-producer keys new --app NAME`, or pass --dev for local development"
         ),
     };
+    if let Some(listen) = config.metrics_listen {
+        otp_kafka::observe::prometheus();
+        for outcome in [
+            "accepted",
+            "invalid",
+            "unauthenticated",
+            "disabled",
+            "over_quota",
+            "unavailable",
+        ] {
+            metrics::counter!("otp_ingress_requests_total", "outcome" => outcome).increment(0);
+        }
+        tokio::spawn(async move {
+            if let Err(e) = otp_kafka::observe::serve(listen, || true).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "ingress listening");
     axum::serve(listener, router_with(publisher.clone(), &config, auth))

@@ -14,11 +14,13 @@
 //! decisions are written.
 
 mod book;
+mod catch_up;
 pub mod config;
 
 pub use book::{Action, Book, Outcome, Tag};
 pub use config::TrackerConfig;
 
+use catch_up::CatchUp;
 use chrono::Utc;
 use otp_events::{
     MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
@@ -28,7 +30,6 @@ use otp_kafka::group::{
 };
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
@@ -82,6 +83,8 @@ pub async fn run(
         writer,
         ledger: OffsetLedger::default(),
         catching_up: HashMap::new(),
+        lookups: Vec::new(),
+        consumer: None,
         deferred: HashMap::new(),
         topics,
         rules,
@@ -100,6 +103,11 @@ struct Tracker {
     ledger: OffsetLedger,
     /// Per partition number: where each topic stood at assignment, until read up to there.
     catching_up: HashMap<i32, CatchUp>,
+    /// The broker's answers on where the topics stand, asked in the background on assignment:
+    /// (partition, the catch-up it is for, the lookup).
+    lookups: Vec<(i32, Instant, tokio::task::JoinHandle<Vec<catch_up::Found>>)>,
+    /// The tracker's consumer, for those lookups.
+    consumer: Option<std::sync::Arc<otp_kafka::group::GroupConsumer>>,
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
     topics: Topics,
@@ -108,13 +116,6 @@ struct Tracker {
     ready_within: Duration,
     /// When the gauges were last set: counting walks everything held, so once a second.
     last_gauges: Instant,
-}
-
-struct CatchUp {
-    /// Topic → the offset that must be read before the partition is ready.
-    targets: HashMap<String, i64>,
-    since: Instant,
-    warned: bool,
 }
 
 impl GroupMember for Tracker {
@@ -143,6 +144,7 @@ impl GroupMember for Tracker {
 
     /// Fire what is due, on partitions whose records are all read back.
     async fn tick(&mut self) {
+        self.take_lookups().await;
         let waiting = self.not_ready();
         let outcome = self.book.due(Utc::now(), |p| !waiting.contains(&p));
         self.execute(outcome).await;
@@ -165,7 +167,7 @@ impl Tracker {
                 c.warned = true;
                 tracing::warn!(
                     partition,
-                    targets = ?c.targets,
+                    state = %c.describe(),
                     "partition still reading back its records; its deadlines wait"
                 );
             }
@@ -176,14 +178,15 @@ impl Tracker {
 
     fn seen(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(c) = self.catching_up.get_mut(&partition) {
-            if c.targets.get(topic).is_some_and(|t| offset + 1 >= *t) {
-                c.targets.remove(topic);
-            }
-            if c.targets.is_empty() {
-                self.catching_up.remove(&partition);
-                tracing::info!(partition, "partition caught up; its deadlines are live");
+            if c.seen(topic, offset) {
+                self.caught_up(partition);
             }
         }
+    }
+
+    fn caught_up(&mut self, partition: i32) {
+        self.catching_up.remove(&partition);
+        tracing::info!(partition, "partition caught up; its deadlines are live");
     }
 
     /// Whether the partition's records are still being read back after assignment.
@@ -191,7 +194,28 @@ impl Tracker {
         let topic = self.topics.pending_confirmations();
         self.catching_up
             .get(&partition)
-            .is_some_and(|c| c.targets.contains_key(&topic))
+            .is_some_and(|c| c.behind_on(&topic))
+    }
+
+    /// Apply the broker's answers that have come (never waiting for one).
+    async fn take_lookups(&mut self) {
+        let mut i = 0;
+        while i < self.lookups.len() {
+            if !self.lookups[i].2.is_finished() {
+                i += 1;
+                continue;
+            }
+            let (partition, since, lookup) = self.lookups.swap_remove(i);
+            let found = lookup.await.unwrap_or_default();
+            // Only for the catch-up it was asked for (not one of a later assignment).
+            let ready = match self.catching_up.get_mut(&partition) {
+                Some(c) if c.since == since => c.found(found),
+                _ => false,
+            };
+            if ready {
+                self.caught_up(partition);
+            }
+        }
     }
 
     async fn read(&mut self, m: OwnedMessage) {
@@ -315,55 +339,31 @@ impl Tracker {
         }
     }
 
-    /// Note where both topics stand for each new partition: its deadlines wait until the
-    /// tracker has read that far.
+    /// Note where both topics stand for each new partition, asking the broker in the
+    /// background: its deadlines wait until the tracker has read that far.
     async fn start_read_back(&mut self, partitions: &[TopicPartition], group: &Group) {
-        let consumer = group.consumer();
-        let parts = partitions.to_vec();
-        let targets = tokio::task::spawn_blocking(move || {
-            parts
-                .into_iter()
-                .filter_map(|TopicPartition { topic, partition: p }| {
-                    // Where the partition stands; without it, no read-back can be trusted
-                    // complete, so keep asking (the broker is needed for anything anyway).
-                    let (low, high) = loop {
-                        match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
-                            Ok(w) => break w,
-                            Err(e) => {
-                                tracing::warn!(%topic, partition = p, error = %e, "watermarks unavailable; retrying");
-                                std::thread::sleep(Duration::from_millis(500));
-                            }
-                        }
-                    };
-                    let mut tpl = rdkafka::TopicPartitionList::new();
-                    tpl.add_partition(&topic, p);
-                    let committed = consumer
-                        .committed_offsets(tpl, Duration::from_secs(5))
-                        .ok()
-                        .and_then(|c| c.elements().first().and_then(|e| e.offset().to_raw()))
-                        .filter(|o| *o >= 0)
-                        .unwrap_or(low);
-                    (high > committed.max(low)).then_some((topic, p, high))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for tp in partitions {
-            self.catching_up
-                .entry(tp.partition)
-                .or_insert_with(|| CatchUp {
-                    targets: HashMap::new(),
-                    since: Instant::now(),
-                    warned: false,
-                });
-        }
-        for (topic, p, high) in targets {
-            if let Some(c) = self.catching_up.get_mut(&p) {
-                c.targets.insert(topic, high);
+        let consumer = self
+            .consumer
+            .get_or_insert_with(|| group.consumer())
+            .clone();
+        let topics = vec![
+            self.topics.pending_confirmations(),
+            self.topics.delivery_receipts(),
+        ];
+        let now = Instant::now();
+        let mut new: Vec<i32> = partitions.iter().map(|tp| tp.partition).collect();
+        new.sort_unstable();
+        new.dedup();
+        for partition in new {
+            if self.catching_up.contains_key(&partition) {
+                continue;
             }
+            self.catching_up.insert(partition, CatchUp::new(now));
+            let (consumer, topics) = (consumer.clone(), topics.clone());
+            let lookup =
+                tokio::task::spawn_blocking(move || catch_up::look_up(consumer, topics, partition));
+            self.lookups.push((partition, now, lookup));
         }
-        self.catching_up.retain(|_, c| !c.targets.is_empty());
         tracing::info!(
             ?partitions,
             catching_up = self.catching_up.len(),
@@ -384,6 +384,7 @@ impl Tracker {
         for tp in partitions {
             self.book.drop_partition(tp.partition);
             self.catching_up.remove(&tp.partition);
+            self.lookups.retain(|(p, _, _)| *p != tp.partition);
             self.deferred.remove(&tp.partition);
             self.ledger.remove(tp);
         }
