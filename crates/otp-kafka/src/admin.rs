@@ -41,7 +41,7 @@ pub fn topic_config(name: &str, replication: i32) -> Vec<(&'static str, &'static
         // it. (Segment and cleaning settings are left to the operator: docs/design-notes.md.)
         config.push(("cleanup.policy", "compact"));
     } else if name.ends_with("otp.channel-signals") || name.ends_with("otp.abuse-admissions") {
-        // Read from its end (signals) or from one abuse window back (admissions) by workers
+        // Read from its end (signals) or whole (admissions, counted for one abuse window) by workers
         // that are running: an hour is plenty.
         config.push(("retention.ms", "3600000"));
     }

@@ -3,8 +3,8 @@
 //! `otp.channel-signals` (what the providers said about a channel's health) and
 //! `otp.abuse-admissions` (what the abuse rules of every worker admitted) are read this way:
 //! every partition, outside any consumer group, nothing committed. A reader starts at the
-//! topic's end, or a while back (to rebuild state from the recent past), and runs until its
-//! handle is dropped or aborted. A topic it cannot find is retried for a bounded time and
+//! topic's end, or at its beginning (to rebuild state from the recent past a short retention
+//! keeps), and runs until its handle is dropped or aborted. A topic it cannot find is retried for a bounded time and
 //! then given up with an error log: the worker keeps delivering, only this feedback is lost.
 
 use crate::KafkaArgs;
@@ -24,8 +24,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StartAt {
     /// Only what is written from now on.
     End,
-    /// What was written in the last `Duration`, then what is written from now on.
-    Back(Duration),
+    /// Everything the topic still holds (its retention), then what is written from now on.
+    Beginning,
 }
 
 /// Read every partition of `topic` from `start`; `on_payload` gets each message's payload.
@@ -97,32 +97,12 @@ async fn find(
                 .map(|x| x.partitions().len() as i32)
                 .filter(|n| *n > 0)?;
             let mut list = TopicPartitionList::new();
+            let from = match start {
+                StartAt::Beginning => Offset::Beginning,
+                StartAt::End => Offset::End,
+            };
             for p in 0..n {
-                list.add_partition_offset(&t, p, Offset::End).ok()?;
-            }
-            if let StartAt::Back(back) = start {
-                let since = chrono::Utc::now() - chrono::Duration::from_std(back).ok()?;
-                // Offsets of the first messages at or after `since`; a partition with none
-                // keeps its end. A failed lookup starts at the end: counts start empty, as
-                // they would have without this topic.
-                let mut times = TopicPartitionList::new();
-                for p in 0..n {
-                    times
-                        .add_partition_offset(&t, p, Offset::Offset(since.timestamp_millis()))
-                        .ok()?;
-                }
-                match c.offsets_for_times(times, LOOKUP_TIMEOUT) {
-                    Ok(at) => {
-                        for e in at.elements() {
-                            if matches!(e.offset(), Offset::Offset(_)) {
-                                let _ = list.set_partition_offset(&t, e.partition(), e.offset());
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %t, error = %e, "could not look back; reading from the end")
-                    }
-                }
+                list.add_partition_offset(&t, p, from).ok()?;
             }
             Some(list)
         })

@@ -6,14 +6,16 @@
 //! WhatsApp and SMS topics would meet two fresh counts, a number range spread over partitions
 //! owned by several workers one count per worker, and a restarted worker a count of zero. So
 //! each admission is also written to `otp.abuse-admissions` (in the background, batched: a
-//! send never waits for it), and every worker reads every partition of that topic, from one
-//! abuse window back, adding the admissions of the others to its own counts.
+//! send never waits for it), and every worker reads every partition of that topic from its
+//! beginning (its retention is short), adding the others' admissions of the last window to its
+//! own counts. (Not from a point in time: asking the broker for offsets by time is a scan on
+//! some brokers; tansu on SQLite stalled its writes doing it.)
 //!
 //! The counts are shared, not locked: an admission reaches the other workers tens of
 //! milliseconds after it was made (the batch window, then the broker), so two requests for one
-//! number on two channels within that time can both pass the last slot. A burst that tries this is still capped by each worker's
-//! own count. The admissions carry keyed hashes only (see `otp_events::AbuseAdmissions`),
-//! and are written in batches of up to 20 ms, one message each.
+//! number on two channels within that time can both pass the last slot. A burst that tries
+//! this is still capped by each worker's own count. The admissions carry keyed hashes only (see
+//! `otp_events::AbuseAdmissions`), and are written in batches of up to 20 ms, one message each.
 
 use crate::limits::Subject;
 use chrono::Utc;
@@ -69,7 +71,7 @@ impl FleetCounts {
         }
     }
 
-    /// Read the fleet's admissions, from `lookback` ago, and hand each (all but this worker's
+    /// Read the fleet's admissions of the last `lookback`, and hand each (all but this worker's
     /// own) to `count` (the limiter's `admitted_elsewhere`) with the instant it was made. Runs
     /// until the handle is aborted.
     pub fn listen(
@@ -86,7 +88,9 @@ impl FleetCounts {
             kafka,
             topic,
             &name,
-            StartAt::Back(lookback),
+            // The whole topic (its retention is short); admissions older than every window
+            // are skipped as they are read.
+            StartAt::Beginning,
             move |payload| {
                 let Some(batch) = AbuseAdmissions::from_json(payload) else {
                     metrics::counter!("otp_abuse_admissions_unreadable_total").increment(1);
@@ -96,19 +100,24 @@ impl FleetCounts {
                     return;
                 }
                 let (now, wall) = (Instant::now(), Utc::now());
+                let mut counted = 0;
                 for a in &batch.admitted {
+                    // Its age by the wall clock, on this process's monotonic clock.
+                    let age = (wall - a.admitted_at).to_std().unwrap_or_default();
+                    if age > lookback {
+                        continue; // out of every window
+                    }
                     let subject = Subject {
                         phone_key: a.phone_key.clone(),
                         prefix_key: a.prefix_key.clone(),
                         country: a.country.clone(),
                         premium: false,
                     };
-                    // Its age by the wall clock, on this process's monotonic clock.
-                    let age = (wall - a.admitted_at).to_std().unwrap_or_default();
                     count(&subject, now.checked_sub(age).unwrap_or(now));
+                    counted += 1;
                 }
                 metrics::counter!("otp_abuse_admissions_counted_total", "channel" => channel.as_str(), "topic" => label.clone())
-                .increment(batch.admitted.len() as u64);
+                .increment(counted);
             },
         )
     }

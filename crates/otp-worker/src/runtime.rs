@@ -88,7 +88,7 @@ pub async fn run<C: ChannelClient>(
         })
     };
     let _stop_signals = AbortOnDrop(signals);
-    // The rest of the fleet's abuse admissions, from one window back, join this worker's
+    // The rest of the fleet's abuse admissions of the last window join this worker's
     // counts; stopped when the worker stops.
     let lookback = pipeline.limiter.abuse_lookback();
     let _stop_admissions = match (&pipeline.fleet_counts, lookback) {

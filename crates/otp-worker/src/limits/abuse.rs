@@ -49,7 +49,7 @@ pub struct AbuseConfig {
     pub block_premium: bool,
     /// Share the counts with the whole fleet through `otp.abuse-admissions` (default true):
     /// both channels' workers, and every worker of a group, count every admission, and a
-    /// started worker reads the last window back. Off, each worker counts only what it
+    /// started worker reads back the admissions of the last window. Off, each worker counts only what it
     /// admitted itself.
     #[serde(default = "default_fleet_counts")]
     pub fleet_counts: bool,
