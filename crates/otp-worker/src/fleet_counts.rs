@@ -41,7 +41,8 @@ pub struct FleetCounts {
     /// This process, among the writers: its own admissions, read back, are not counted twice.
     origin: String,
     queue: mpsc::Sender<AbuseAdmission>,
-    _writer: AbortOnDrop,
+    /// The batch writer; aborted when the counts are dropped, or stopped with [`Self::stop`].
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl FleetCounts {
@@ -53,7 +54,17 @@ impl FleetCounts {
             channel,
             origin,
             queue,
-            _writer: AbortOnDrop(task),
+            writer: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Stop the batch writer and wait until it is gone (its producer closed). Admissions not
+    /// yet written are not shared: the fleet's counts are best effort at a worker's end.
+    pub async fn stop(&self) {
+        let task = self.writer.lock().expect("writer lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
         }
     }
 
@@ -154,11 +165,10 @@ async fn write_batches(
     }
 }
 
-/// Aborts the batch writer when the worker's counts are dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
+impl Drop for FleetCounts {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.writer.lock().expect("writer lock").take() {
+            task.abort();
+        }
     }
 }

@@ -87,18 +87,18 @@ pub async fn run<C: ChannelClient>(
             SignalKind::Throttled => pipeline.limiter.throttled(),
         })
     };
-    let _stop_signals = AbortOnDrop(signals);
+    let stop_signals = AbortOnDrop(Some(signals));
     // The rest of the fleet's abuse admissions of the last window join this worker's
     // counts; stopped when the worker stops.
     let lookback = pipeline.limiter.abuse_lookback();
-    let _stop_admissions = match (&pipeline.fleet_counts, lookback) {
+    let stop_admissions = AbortOnDrop(match (&pipeline.fleet_counts, lookback) {
         (Some(fleet), Some(lookback)) => {
             let p = pipeline.clone();
             let count = move |subject: &_, at| p.limiter.admitted_elsewhere(subject, at);
-            Some(AbortOnDrop(fleet.listen(&kafka, lookback, count)))
+            Some(fleet.listen(&kafka, lookback, count))
         }
         _ => None,
-    };
+    });
     let topic = kafka.topics().requests(channel);
     metrics::counter!("otp_fallback_unproven_total", "channel" => channel.as_str()).increment(0);
     metrics::counter!("otp_commit_errors_total").increment(0);
@@ -124,7 +124,7 @@ pub async fn run<C: ChannelClient>(
     };
     tracing::info!(%channel, %topic, group = %settings.group_id, max_in_flight = config.max_in_flight, "worker started");
     let worker = Worker {
-        pipeline,
+        pipeline: pipeline.clone(),
         ledger: Arc::new(OffsetLedger::default()),
         tasks: HashMap::new(),
         let_go: HashMap::new(),
@@ -132,17 +132,36 @@ pub async fn run<C: ChannelClient>(
         revoke_grace: config.revoke_grace,
         topic,
     };
-    group::run(&kafka, settings, worker, shutdown).await?;
+    let ran = group::run(&kafka, settings, worker, shutdown).await;
+    // The listeners' consumers are closed before the worker returns (not some time after).
+    stop_signals.stop().await;
+    stop_admissions.stop().await;
+    if let Some(fleet) = &pipeline.fleet_counts {
+        fleet.stop().await;
+    }
+    ran?;
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// Aborts a background task when dropped, however the worker's run ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a background task when dropped, however the worker's run ends; [`Self::stop`] also
+/// waits until the task is gone.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
