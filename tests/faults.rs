@@ -169,12 +169,21 @@ async fn publish_retrying(
     loop {
         // As a login system does: a publish that was not acknowledged is retried with the
         // same request_id (tansu on SQLite now and then answers a produce with an unknown
-        // error under this load; the workers' duplicate memory absorbs a retry that did land).
+        // error under this load, and its producer session is replaced; in the SIGKILL
+        // scenario it has then not acknowledged anything for more than 30 s in some runs, so
+        // the retries span a minute; the workers' duplicate memory absorbs a retry that did
+        // land).
         match publisher.publish_request(request).await {
             Err(
                 otp_producer::PublishError::Timeout { .. }
                 | otp_producer::PublishError::Kafka { .. },
-            ) if tries < 5 => tries += 1,
+            ) if tries < 12 => {
+                tries += 1;
+                println!(
+                    "publish of {} not acknowledged; retry {tries}",
+                    request.request_id
+                );
+            }
             other => return other,
         }
     }
