@@ -8,8 +8,8 @@
 //! each admission is also written to `otp.abuse-admissions` (in the background, batched: a
 //! send never waits for it), and every worker reads every partition of that topic from its
 //! beginning (its retention is short), adding the others' admissions of the last window to its
-//! own counts. (Not from a point in time: asking the broker for offsets by time is a scan on
-//! some brokers; tansu on SQLite stalled its writes doing it.)
+//! own counts. (Not from a point in time: that needs the broker to look offsets up by time,
+//! which the whole short topic makes unnecessary.)
 //!
 //! The counts are shared, not locked: an admission reaches the other workers tens of
 //! milliseconds after it was made (the batch window, then the broker), so two requests for one
