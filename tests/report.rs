@@ -52,10 +52,17 @@ async fn the_report_of_a_run_says_what_the_run_did() {
     let ids = vec![a.clone(), b.clone(), c.clone()];
     stack.statuses_until_final(&ids, WITHIN).await;
     stack.publisher.publish(again).await.unwrap();
+    // Read back until the duplicate and every final are in (the status topic's partitions are
+    // read side by side, so one can be ahead of the other).
+    let wanted = ids.clone();
     let statuses = stack
-        .statuses_until(WITHIN, |got| {
+        .statuses_until(WITHIN, move |got| {
             got.iter()
                 .any(|s| s["request_id"] == "report-a" && s["status"] == "duplicate")
+                && wanted.iter().all(|id| {
+                    got.iter()
+                        .any(|s| s["request_id"] == id.as_str() && s["final"] == true)
+                })
         })
         .await;
     assert_eq!(final_is(&statuses, &b, "sent", "sms")["attempt"], 2);
