@@ -11,11 +11,12 @@
 //! own counts. (Not from a point in time: that needs the broker to look offsets up by time,
 //! which the whole short topic makes unnecessary.)
 //!
-//! The counts are shared, not locked: an admission reaches the other workers tens of
-//! milliseconds after it was made (the batch window, then the broker), so two requests for one
-//! number on two channels within that time can both pass the last slot. A burst that tries
-//! this is still capped by each worker's own count. The admissions carry keyed hashes only (see
-//! `otp_events::AbuseAdmissions`), and are written in batches of up to 20 ms, one message each.
+//! The counts are shared, not locked: an admission reaches the other workers up to a few
+//! hundred milliseconds after it was made (the batch window of up to 200 ms, then the broker),
+//! so two requests for one number on two channels within that time can both pass the last
+//! slot. A burst that tries this is still capped by each worker's own count. The admissions
+//! carry keyed hashes only (see `otp_events::AbuseAdmissions`), and are written in batches,
+//! one message each: a few writes a second per worker, whatever the traffic.
 
 use crate::limits::Subject;
 use chrono::Utc;
@@ -32,8 +33,8 @@ use tokio::task::JoinHandle;
 /// admission is not shared, and counted in `otp_abuse_admissions_unshared_total`.
 const QUEUE: usize = 8192;
 /// A batch is written after this long, or at this size, whichever comes first.
-const BATCH_WITHIN: Duration = Duration::from_millis(20);
-const BATCH_SIZE: usize = 500;
+const BATCH_WITHIN: Duration = Duration::from_millis(200);
+const BATCH_SIZE: usize = 2000;
 
 /// This worker's side of the shared counts: writes its admissions, in batches.
 pub struct FleetCounts {
