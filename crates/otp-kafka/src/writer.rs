@@ -1,6 +1,6 @@
 //! The writer: everything a worker or the confirmation tracker writes to Kafka, delivery
-//! statuses, dead letters, fallback requests, pending confirmations and abuse admissions. Their decisions are
-//! made elsewhere, as values; this is the one place that writes them.
+//! statuses, dead letters, fallback requests, pending confirmations and abuse admissions.
+//! Their decisions are made elsewhere, as values; this is the one place that writes them.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
 //! message that caused it counts as finished, and is retried while trying again can help: a

@@ -1,8 +1,8 @@
 //! The data path of one message, top to bottom: decode → guard (clock, channel, expiry,
 //! duplicate) → abuse rules → claim the id → provider limits → send → classify → retry, until
 //! an [`Outcome`] is decided (or the partition is let go before a send starts: the message is
-//! then abandoned to its next owner, see [`crate::letting_go`]); then [`Pipeline::settle`] writes it (report / fall back / dead
-//! letter) in order, each write acknowledged. The decisions themselves are the pure functions
+//! then abandoned to its next owner, see [`crate::letting_go`]); then [`Pipeline::settle`]
+//! writes it (report / fall back / dead letter) in order, each write acknowledged. The decisions themselves are the pure functions
 //! of [`crate::decide`]; this module asks the guards and the provider and passes their answers
 //! on. The runtime ([`crate::runtime`]) does the consuming before and the committing after.
 
