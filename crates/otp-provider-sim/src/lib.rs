@@ -244,10 +244,15 @@ async fn system_error(
 }
 
 /// A simulator running in this process (tests, demo); stops when dropped.
+///
+/// It runs on a runtime and thread of its own, as a provider runs on machines of its own: a
+/// stall in the code under test (a blocked runtime thread, a slow poll) must not stall the
+/// provider's clock too, or its rate limits would count as a burst what the stall held back.
 pub struct SimHandle {
     pub addr: SocketAddr,
     sim: Arc<Sim>,
-    task: tokio::task::JoinHandle<()>,
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl SimHandle {
@@ -282,6 +287,8 @@ impl SimHandle {
     /// messages webhooks reference") with this code to the WhatsApp webhook URL, signed like
     /// the others. False when no `whatsapp_webhook_url` is configured.
     pub fn whatsapp_system_error(&self, code: i64) -> bool {
+        // The webhook is posted from the simulator's runtime.
+        let _on_sim = self.runtime.enter();
         webhooks::system_error(&self.sim, code)
     }
 
@@ -297,20 +304,47 @@ impl SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        // Its thread then drops the runtime, which cancels every request and webhook in flight.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
-/// Start a simulator on `listen` (use port 0 for a free one).
+/// Start a simulator on `listen` (use port 0 for a free one), on a thread of its own.
 pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let sim = Arc::new(Sim::new(config));
     let app = routes(sim.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(SimHandle { addr, sim, task })
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("provider-sim")
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::select! {
+            served = axum::serve(listener, app) => served,
+            _ = stopped => Ok(()),
+        }
+    };
+    std::thread::Builder::new()
+        .name("provider-sim".into())
+        .spawn(move || {
+            if let Err(e) = runtime.block_on(serve) {
+                tracing::error!(error = %e, "provider simulator stopped");
+            }
+        })?;
+    Ok(SimHandle {
+        addr,
+        sim,
+        runtime: handle,
+        stop: Some(stop),
+    })
 }
 
 /// The `otp-provider-sim` command (also `otp sim`): serve both APIs until Ctrl-C (SIGINT).
