@@ -122,6 +122,7 @@ impl Limiter {
             metrics::counter!("otp_limited_total", "rule" => rule).increment(0);
         }
         metrics::counter!("otp_sender_slow_downs_total").increment(0);
+        metrics::counter!("otp_sender_paced_total").increment(0);
         Self {
             abuse: Abuse::new(abuse),
             sender: SenderLimit::new(limits.sender_per_second, limits.sender_burst),
@@ -210,14 +211,25 @@ impl Limiter {
                 Ok(slot) => sleep_until(slot).await,
                 Err(_) => return refused("sender_rate"),
             }
-            if !pair {
-                return Ok(());
+            if pair {
+                match self.pair.take(subject) {
+                    None => {}
+                    Some(free) if free > latest => return refused("recipient_rate"),
+                    Some(free) => {
+                        sleep_until(free).await;
+                        continue;
+                    }
+                }
             }
-            match self.pair.take(subject) {
-                None => return Ok(()),
-                Some(free) if free > latest => return refused("recipient_rate"),
-                Some(free) => sleep_until(free).await,
-            }
+            // The slot has come; if the process stalled on the way, the send still leaves
+            // no faster than the rate allows.
+            return match self.sender.pace(latest) {
+                Ok(at) => {
+                    sleep_until(at).await;
+                    Ok(())
+                }
+                Err(_) => refused("sender_rate"),
+            };
         }
         refused("recipient_rate")
     }

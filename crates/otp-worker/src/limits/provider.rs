@@ -145,6 +145,18 @@ impl SenderLimit {
         self.schedule.reserve(now, latest)
     }
 
+    /// A send whose slot has come leaves now: when it may (see [`Schedule::pace`]), unless
+    /// that is later than `latest`. A send held back by pacing is counted: the process
+    /// stalled (CPU throttling, a blocked thread) and its overdue sends were spread out.
+    pub fn pace(&self, latest: Instant) -> Result<Instant, Instant> {
+        let now = Instant::now();
+        let paced = self.schedule.pace(now, latest);
+        if !matches!(paced, Ok(at) if at <= now) {
+            metrics::counter!("otp_sender_paced_total").increment(1);
+        }
+        paced
+    }
+
     /// The rate in force, per second.
     #[cfg(test)]
     fn rate(&self) -> f64 {

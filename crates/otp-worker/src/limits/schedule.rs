@@ -10,6 +10,13 @@
 //! whose burst is 1 gets a burst of 0.25, so after an idle spell its first send waits three
 //! quarters of an interval, and the fleet together never sends more than its burst at once.
 //! A changed rate keeps the state: a new share or a slow-down never hands out a fresh burst.
+//!
+//! Slots are handed out ahead of time, so a process that stalls (a CPU-throttled container, a
+//! blocked runtime thread) wakes its overdue waiters together, and the provider would see
+//! them as one burst. So each send is also *paced*: right before it goes, the instant it
+//! actually leaves is checked against the same rate and burst (with the wake-up grid as
+//! tolerance), and a send that would exceed them waits its turn. On time, pacing never
+//! delays anything.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +38,8 @@ struct State {
     /// When the bucket was (or will be) empty, in seconds after `origin`: each slot taken moves
     /// it one interval on; it never lags `now` by more than the burst.
     empty_at: f64,
+    /// The same, counted at the instants sends actually left ([`Schedule::pace`]).
+    sent_empty_at: f64,
 }
 
 /// A rate below this is treated as this (one slot in about 17 minutes).
@@ -41,6 +50,8 @@ const SLOWEST_PER_SECOND: f64 = 0.001;
 const MAX_QUANTUM: f64 = 0.020;
 /// ...and not at all when the burst allows less than this.
 const MIN_QUANTUM: f64 = 0.001;
+/// How late a timer may fire (seconds) without the send counting as held back.
+const TIMER_SLACK: f64 = 0.002;
 
 impl Schedule {
     pub fn new(per_second: f64, burst: f64) -> Self {
@@ -51,9 +62,11 @@ impl Schedule {
             burst: 0.0,
             quantum: 0.0,
             empty_at: 0.0,
+            sent_empty_at: 0.0,
         };
         state.set(per_second, burst);
         state.empty_at = -state.burst * state.interval; // full
+        state.sent_empty_at = state.empty_at;
         Self {
             state: Mutex::new(state),
         }
@@ -88,6 +101,25 @@ impl Schedule {
         }
         s.empty_at = empty_at + s.interval;
         Ok(slot)
+    }
+
+    /// A send whose slot has come is about to leave at `now`: when it goes, unless that would
+    /// pass `latest` (then `Err`, and nothing is counted).
+    ///
+    /// Sends that leave at their slots (or up to one wake-up grid step after) go at once.
+    /// Sends held back by a stall leave at most a burst at once, then one per interval.
+    pub fn pace(&self, now: Instant, latest: Instant) -> Result<Instant, Instant> {
+        let mut s = self.state.lock().expect("schedule lock");
+        let n = s.seconds(now);
+        let tolerance = s.burst * s.interval + s.quantum + TIMER_SLACK;
+        let empty_at = s.sent_empty_at.max(n - tolerance);
+        let at = n.max(empty_at + s.interval);
+        let go = s.instant(at);
+        if at > n && go > latest {
+            return Err(go);
+        }
+        s.sent_empty_at = empty_at + s.interval;
+        Ok(go)
     }
 }
 
@@ -182,6 +214,45 @@ mod tests {
         s.set(2.0, 0.5);
         let next = s.reserve(now, far()).unwrap().duration_since(now);
         assert!(next > first, "{next:?} after {first:?}");
+    }
+
+    #[test]
+    fn sends_that_leave_at_their_slots_are_never_held_back_by_pacing() {
+        // 100/s, burst 5: slots on a 20 ms grid; each send leaves at its slot or a timer's
+        // slack after it.
+        let s = Schedule::new(100.0, 5.0);
+        let now = Instant::now();
+        let slots: Vec<Instant> = (0..300).map(|_| s.reserve(now, far()).unwrap()).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            let leaves = *slot + Duration::from_micros(if i % 2 == 0 { 0 } else { 1900 });
+            assert_eq!(s.pace(leaves, far()), Ok(leaves), "send {i} held back");
+        }
+    }
+
+    #[test]
+    fn sends_held_back_by_a_stall_leave_a_burst_at_once_then_one_per_interval() {
+        // 10/s, burst 2; the process stalls for over a second, so twelve slots are overdue.
+        let s = Schedule::new(10.0, 2.0);
+        let now = Instant::now();
+        let slots: Vec<Instant> = (0..12).map(|_| s.reserve(now, far()).unwrap()).collect();
+        let woke = now + Duration::from_millis(1200);
+        assert!(slots.iter().all(|slot| *slot <= woke), "all overdue");
+        let leave: Vec<Instant> = slots.iter().map(|_| s.pace(woke, far()).unwrap()).collect();
+        let at_once = leave.iter().filter(|t| **t == woke).count();
+        assert_eq!(at_once, 2, "the burst, not the backlog: {leave:?}");
+        // The third within the wake-up grid's tolerance (20 ms, plus a timer's slack) of an
+        // interval later, and the rest an interval apart.
+        assert!(leave[2].duration_since(woke) >= Duration::from_millis(77));
+        for pair in leave[2..].windows(2) {
+            let gap = pair[1].duration_since(pair[0]);
+            assert!(
+                gap >= Duration::from_millis(99),
+                "then one per interval: {leave:?}"
+            );
+        }
+        // A send that would have to wait past its deadline is refused, and takes no turn.
+        let refused = s.pace(woke, woke).unwrap_err();
+        assert_eq!(s.pace(woke, far()), Ok(refused));
     }
 
     #[test]
