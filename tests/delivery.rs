@@ -10,6 +10,8 @@ use otp_provider_sim::SimConfig;
 use otp_test_support::{read_messages, TestTopics};
 use rdkafka::message::Headers;
 use rdkafka::Message;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -113,6 +115,97 @@ async fn not_on_whatsapp_falls_back_to_sms() {
     for w in workers {
         w.stop().await.unwrap();
     }
+}
+
+/// A channel client that counts the sends it made.
+struct Counting<C>(C, Arc<AtomicUsize>);
+
+impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient for Counting<C> {
+    fn channel(&self) -> otp_events::Channel {
+        self.0.channel()
+    }
+
+    async fn send(
+        &self,
+        request: &otp_events::CodeRequest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> otp_worker::channel::SendOutcome {
+        self.1.fetch_add(1, SeqCst);
+        self.0.send(request, now).await
+    }
+}
+
+/// The simulator's WhatsApp client with a bug: it panics right after the provider accepted a
+/// send to a number ending in 0777.
+struct PanicsAfterSend<C>(C);
+
+impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient
+    for PanicsAfterSend<C>
+{
+    fn channel(&self) -> otp_events::Channel {
+        self.0.channel()
+    }
+
+    async fn send(
+        &self,
+        request: &otp_events::CodeRequest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> otp_worker::channel::SendOutcome {
+        let outcome = self.0.send(request, now).await;
+        assert!(!request.phone.ends_with("0777"), "a bug after the send");
+        outcome
+    }
+}
+
+/// A panic after the provider accepted the send: the request gets exactly one ending (its
+/// event dead-lettered, a `rejected` status that says the code may have gone out, no other
+/// channel tried), and the partition goes on delivering and committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_after_the_send_leaves_one_ending_and_the_partition_moves_on() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let worker = otp::stack::Worker::start(
+        &stack.t.kafka,
+        test_config(),
+        open_limits(),
+        PhoneHasher::new(HASH_KEY),
+        PanicsAfterSend(otp::stack::whatsapp_client(&stack.sim)),
+    );
+    let mut ids = Vec::new();
+    for phone in ["+15551230701", "+15551230777", "+15551230702"] {
+        ids.push(stack.publish(phone, "707707", &[Whatsapp, Sms]).await);
+    }
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    for id in [&ids[0], &ids[2]] {
+        final_is(&statuses, id, "sent", "whatsapp");
+    }
+    let ending = exactly_one_final(&statuses, &ids[1]);
+    assert_eq!(ending["status"], "rejected", "{ending}");
+    let said = ending["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("may have been delivered"), "{ending}");
+    assert!(
+        story(&statuses, &ids[1])
+            .iter()
+            .all(|(_, c)| c == "whatsapp"),
+        "no fallback after a send that may have gone out: {:?}",
+        story(&statuses, &ids[1])
+    );
+    assert_eq!(stack.sim.messages().len(), 3, "each sent once");
+    let dead = read_messages(
+        &stack.t.kafka.brokers,
+        &stack.t.topics.dead_letter(),
+        1,
+        WITHIN,
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "the event is kept in the dead letters");
+    let group = format!("{}otp-whatsapp-workers", stack.t.kafka.topic_prefix);
+    let topic = stack.t.topics.requests(Whatsapp);
+    assert!(
+        otp_test_support::committed_past(&stack.t.kafka.brokers, &group, &topic, 0, 2, WITHIN)
+            .await,
+        "the partition committed past all three"
+    );
+    worker.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,24 +670,39 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
         },
     )
     .await;
-    let first = stack.worker(Sms, test_config());
-    let second = stack.worker(Sms, test_config());
+    let start = |sends: &Arc<AtomicUsize>| {
+        otp::stack::Worker::start(
+            &stack.t.kafka,
+            test_config(),
+            open_limits(),
+            PhoneHasher::new(HASH_KEY),
+            Counting(otp::stack::sms_client(&stack.sim), sends.clone()),
+        )
+    };
+    let (by_first, by_second) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let first = start(&by_first);
+    let second = start(&by_second);
+    // Requests go on until both workers have sent some: each was given partitions.
     let mut ids = Vec::new();
-    for i in 0..200 {
+    let mut i = 0;
+    while by_first.load(SeqCst) == 0 || by_second.load(SeqCst) == 0 {
+        assert!(i < 2000, "both workers sent within 2,000 requests");
         ids.push(
             stack
                 .publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms])
                 .await,
         );
-        if i == 100 {
-            first
-                .stop()
-                .await
-                .unwrap_or_else(|e| panic!("clean stop: {e}"));
-            break;
+        i += 1;
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await; // let them catch up
         }
     }
-    for i in 101..200 {
+    first
+        .stop()
+        .await
+        .unwrap_or_else(|e| panic!("clean stop: {e}"));
+    let second_before = by_second.load(SeqCst);
+    for i in i..i + 100 {
         ids.push(
             stack
                 .publish(&format!("+1555300{:04}", 2000 + i), "135790", &[Sms])
@@ -609,6 +717,10 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
         let s = exactly_one_final(&statuses, id);
         assert!(s["status"] == "sent", "{id}: {:?}", groups.get(id));
     }
+    assert!(
+        by_second.load(SeqCst) >= second_before + 100,
+        "the second worker took over the first one's partitions"
+    );
     second.stop().await.unwrap();
 }
 

@@ -145,11 +145,16 @@ fn limit_error(limited: &Limited) -> StatusError {
 /// Before each try: the limits' answer, the clock and the circuit's admission. The circuit is
 /// asked last, and only when the limits and the clock let the send go, since asking a
 /// half-open circuit takes its one probe. `None`: send.
+///
+/// No try starts with less than `cutoff` left before the code expires ([`send_cutoff`]): a
+/// send started a moment before expiry reaches the provider after it. Such a request is
+/// reported `expired` on the spot; another channel would have no more time.
 pub fn before_send(
     at: At<'_>,
     limits: Result<(), Limited>,
     circuit: impl FnOnce() -> Admission,
     tries: u32,
+    cutoff: chrono::Duration,
 ) -> Option<Outcome> {
     let At {
         request,
@@ -169,6 +174,17 @@ pub fn before_send(
     if now >= request.expires_at {
         return Some(stop(request, now, expired_error(), tries));
     }
+    if now >= request.expires_at - cutoff {
+        let error = StatusError {
+            category: ErrorCategory::Expired,
+            code: "expired".to_string(),
+            message: format!(
+                "less than {} ms were left before the code expired; not sent",
+                cutoff.num_milliseconds()
+            ),
+        };
+        return Some(report(StatusKind::Expired, tries, Some(error)));
+    }
     if circuit() == Admission::Refuse {
         let error = StatusError {
             category: ErrorCategory::ChannelBroken,
@@ -178,6 +194,13 @@ pub fn before_send(
         return Some(stop(request, now, error, tries));
     }
     None
+}
+
+/// The least time a try needs left before expiry to start: a fifth of the retry safety margin
+/// (1 s of the default 5 s). The margin itself is what retries leave to the next channel, so
+/// the cutoff must be smaller: a fallback that comes when the margin is reached still goes.
+pub fn send_cutoff(safety_margin: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(safety_margin / 5).unwrap_or_default()
 }
 
 /// After a try (recorded in `schedule`): accepted, retried while `time_left` (before the

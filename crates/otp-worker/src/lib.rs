@@ -7,9 +7,11 @@
 //! - `pipeline`: the data path of one message, decode → guard → limit → send → classify →
 //!   retry, then *settle*: the one place its outcome is written to Kafka;
 //! - `decide`: the decisions of that path as pure functions, tested without a broker;
-//! - `limits`, `retry`, `dedup`, `circuit`: the guards and the retry policy;
+//! - `guards`: the in-memory state those decisions are asked against (`limits`, `dedup`,
+//!   `circuit`), runnable without a broker or a provider; `retry`: the retry policy;
 //! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
 //! - `letting_go`: no new send for a partition being revoked or a worker stopping;
+//! - `progress`: how far a message got, so that a panic still leaves it exactly one ending;
 //! - `runtime`: the worker as a consumer-group member (`otp_kafka::group`), one task per
 //!   message, positions that follow what finished;
 //! - [`cli`]: the flags, config loading and `main` that both worker binaries share.
@@ -23,9 +25,11 @@ mod config;
 mod decide;
 mod dedup;
 mod fleet_counts;
+mod guards;
 mod letting_go;
 mod limits;
 mod pipeline;
+mod progress;
 mod retry;
 mod runtime;
 
@@ -35,3 +39,14 @@ pub use config::{ConfirmationConfig, WorkerConfig};
 pub use limits::{AbuseConfig, LimitsConfig, WindowRule};
 pub use retry::RetryConfig;
 pub use runtime::{run, WorkerSetup};
+
+/// The per-message path up to and after the send, without I/O, for `benches/hot_path.rs`.
+/// Not an API: nothing outside this crate's benchmark uses it.
+#[doc(hidden)]
+pub mod hot_path {
+    pub use crate::circuit::Circuit;
+    pub use crate::decide::At;
+    pub use crate::dedup::Dedup;
+    pub use crate::guards::Guards;
+    pub use crate::limits::{Attempt, Limiter};
+}

@@ -7,20 +7,21 @@
 //! on. The runtime ([`crate::runtime`]) does the consuming before and the committing after.
 
 use crate::channel::{ChannelClient, SendOutcome};
-use crate::circuit::{Circuit, Verdict};
+use crate::circuit::Verdict;
 use crate::config::ConfirmationConfig;
 use crate::decide::{self, At, Next, Outcome};
-use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
+use crate::guards::Guards;
 use crate::letting_go::{Handled, Stop};
-use crate::limits::{Attempt, Limiter, Subject};
+use crate::limits::{Attempt, Subject};
+use crate::progress::{Progress, Reached};
 use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
-    decode_code_request, is_valid_request_id, number_range, phone_facts, CodeRequest,
-    ConfirmationState, DeliveryStatus, FallbackKey, MessageIndex, PhoneHasher, Rules, StatusError,
-    StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
+    decode_code_request, is_valid_request_id, CodeRequest, ConfirmationState, DeliveryStatus,
+    FallbackKey, MessageIndex, StatusError, StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID,
+    MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -31,13 +32,10 @@ use std::time::{Duration, Instant};
 /// Everything one message needs on its way through; shared by all in-flight tasks.
 pub struct Pipeline<C> {
     pub client: C,
-    pub limiter: Limiter,
-    pub circuit: Circuit,
-    pub dedup: Dedup,
+    /// The in-memory checks before and around each send.
+    pub guards: Guards,
     pub retry: RetryConfig,
     pub writer: Arc<KafkaWriter>,
-    pub rules: Rules,
-    pub hasher: PhoneHasher,
     /// Checks that a request's fallback state was written by a worker or the tracker; without
     /// it (or without a valid proof) a request is a first try.
     pub fallback_key: Option<FallbackKey>,
@@ -51,23 +49,29 @@ impl<C: ChannelClient> Pipeline<C> {
     /// Take one message from the request topic to its final status or its fallback. Returns
     /// once what it wrote was acknowledged (then the message is finished), or once its
     /// partition was let go before its send started (`stop`: then it is abandoned, and its
-    /// next owner delivers it).
-    pub async fn handle(&self, message: &OwnedMessage, stop: &Stop) -> Handled {
-        let request = match decode_code_request(message.payload().unwrap_or_default(), &self.rules)
-        {
-            Ok(request) => request,
-            Err(e) => {
-                let reason = format!("invalid code request: {e}");
-                self.reject_undecodable(message, &reason).await;
-                return Handled::Finished;
-            }
-        };
+    /// next owner delivers it). `progress` tells the runtime how far it got, should it panic.
+    pub async fn handle(
+        &self,
+        message: &OwnedMessage,
+        stop: &Stop,
+        progress: &Progress,
+    ) -> Handled {
+        let request =
+            match decode_code_request(message.payload().unwrap_or_default(), &self.guards.rules) {
+                Ok(request) => request,
+                Err(e) => {
+                    let reason = format!("invalid code request: {e}");
+                    self.reject_undecodable(message, &reason).await;
+                    progress.reach(Reached::Ended);
+                    return Handled::Finished;
+                }
+            };
         // Everything derived from the phone number, once: libphonenumber's parse is the
         // costliest step of a message.
-        let subject = self.subject_of(&request);
+        let subject = self.guards.subject_of(&request);
         let fallback = self.proven_fallback(message, &request);
         let Some(outcome) = self
-            .decide(message, &request, &subject, fallback, stop)
+            .decide(message, &request, &subject, fallback, stop, progress)
             .await
         else {
             let channel = self.client.channel().as_str();
@@ -76,6 +80,7 @@ impl<C: ChannelClient> Pipeline<C> {
             return Handled::Abandoned;
         };
         self.settle(message, &request, &subject, outcome).await;
+        progress.reach(Reached::Ended);
         Handled::Finished
     }
 
@@ -115,6 +120,7 @@ impl<C: ChannelClient> Pipeline<C> {
         subject: &Subject,
         fallback: bool,
         stop: &Stop,
+        progress: &Progress,
     ) -> Option<Outcome> {
         let channel = self.client.channel();
         let at = |now| At {
@@ -122,45 +128,26 @@ impl<C: ChannelClient> Pipeline<C> {
             channel,
             now,
         };
-        let now = Utc::now();
         let source = (
             message.topic().to_string(),
             message.partition(),
             message.offset(),
         );
-        // Per app, with what the request asks for: the same id asking for another number or
-        // code is a conflict, not a duplicate. (Not the deadline: a login system that retries
-        // a publish computes it again, and the clock rules bound it anyway.)
-        let key = crate::dedup::key(request.app.as_deref(), &request.request_id);
-        let digest = self
-            .hasher
-            .hash(&format!("{}\n{}", request.phone, request.code));
-        let seen = || self.dedup.peek(&key, &digest, &source, now);
-        if let Some(outcome) = decide::guard(at(now), &self.rules, seen) {
-            return Some(outcome);
-        }
-        // The abuse rules count a request once, on its first channel; its id is claimed only
-        // once they admit it.
-        let first = if fallback {
-            Attempt::Fallback
-        } else {
-            Attempt::First
-        };
-        let abuse = self.limiter.admit(subject, first);
-        if abuse.is_ok() && first == Attempt::First {
+        let shared = |subject: &Subject| {
             if let Some(fleet) = &self.fleet_counts {
                 fleet.admitted(subject);
             }
-        }
-        let claim = || {
-            self.dedup
-                .first_sight(&key, &digest, source.clone(), request.expires_at, now)
         };
-        if let Some(outcome) = decide::admit(abuse, claim) {
-            return Some(outcome);
-        }
+        let first = match self
+            .guards
+            .admit(at(Utc::now()), subject, fallback, &source, shared)
+        {
+            Ok(first) => first,
+            Err(outcome) => return Some(outcome),
+        };
 
         let latest = latest_useful(request, self.retry.safety_margin);
+        let cutoff = decide::send_cutoff(self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut again = None;
         loop {
@@ -171,19 +158,20 @@ impl<C: ChannelClient> Pipeline<C> {
             let limits = tokio::select! {
                 biased;
                 () = stop.wait() => return None,
-                limits = self.limiter.acquire(subject, latest, attempt) => limits,
+                limits = self.guards.limiter.acquire(subject, latest, attempt) => limits,
             };
             // Let go while waiting for the slot: the slot goes unused.
             if stop.abandons() {
                 return None;
             }
-            let admission = || self.circuit.admit();
+            let admission = || self.guards.circuit.admit();
             if let Some(outcome) =
-                decide::before_send(at(Utc::now()), limits, admission, schedule.tries())
+                decide::before_send(at(Utc::now()), limits, admission, schedule.tries(), cutoff)
             {
                 return Some(outcome);
             }
             stop.sending();
+            progress.reach(Reached::SendStarted);
             let answer = self.send_once(request, subject, &mut schedule).await;
             let left = latest.saturating_duration_since(Instant::now());
             let confirmation = self.confirmation.as_ref();
@@ -217,7 +205,7 @@ impl<C: ChannelClient> Pipeline<C> {
             SendOutcome::Accepted {
                 provider_message_id,
             } => {
-                self.circuit.record(Verdict::Healthy);
+                self.guards.circuit.record(Verdict::Healthy);
                 // From here on only the public id: a wamid embeds the number, and the id is
                 // written to Kafka (status, pending record, message index).
                 // An unknown id stays recognisable: no receipt can be tied to it.
@@ -225,6 +213,7 @@ impl<C: ChannelClient> Pipeline<C> {
                     return Ok(provider_message_id);
                 }
                 let public = self
+                    .guards
                     .hasher
                     .public_message_id(self.client.channel(), &provider_message_id);
                 return Ok(public);
@@ -233,7 +222,7 @@ impl<C: ChannelClient> Pipeline<C> {
         };
         // A recipient's refusal or a rate window says nothing about the channel: it must not
         // reset the count of channel failures as an accepted send does.
-        self.circuit.record(match failure.class {
+        self.guards.circuit.record(match failure.class {
             ErrorClass::ChannelBroken => Verdict::ChannelBroken,
             ErrorClass::Transient
             | ErrorClass::Throttled
@@ -243,8 +232,8 @@ impl<C: ChannelClient> Pipeline<C> {
         match failure.class {
             // The window is the fleet's: every request of this worker slows down, not only
             // this one.
-            ErrorClass::Throttled => self.limiter.throttled(),
-            ErrorClass::PairLimited => self.limiter.pair_limited(subject),
+            ErrorClass::Throttled => self.guards.limiter.throttled(),
+            ErrorClass::PairLimited => self.guards.limiter.pair_limited(subject),
             _ => {}
         }
         if failure.class == ErrorClass::ChannelBroken {
@@ -293,7 +282,8 @@ impl<C: ChannelClient> Pipeline<C> {
             } => {
                 let mut kind = StatusKind::Sent;
                 let channel = self.client.channel();
-                let public_id = self.hasher.public_message_id(channel, &provider_message_id);
+                // Already the public id: `send_once` replaced the provider's.
+                let public_id = provider_message_id;
                 if let Some(record) = &pending {
                     if record.state == ConfirmationState::Awaiting {
                         kind = StatusKind::Accepted;
@@ -325,18 +315,6 @@ impl<C: ChannelClient> Pipeline<C> {
                 // a request that cannot be handed on ends `failed` (`fallback_refused`).
                 let _ = self.writer.fall_back(&next, &status).await;
             }
-        }
-    }
-
-    fn subject_of(&self, request: &CodeRequest) -> Subject {
-        let facts = phone_facts(&request.phone);
-        // Keyed by the canonical spelling, so that spellings of one subscriber share counts.
-        let canonical = facts.canonical.as_deref().unwrap_or(&request.phone);
-        Subject {
-            phone_key: self.hasher.hash(canonical),
-            prefix_key: self.hasher.hash(number_range(canonical)),
-            country: facts.country,
-            premium: facts.premium,
         }
     }
 

@@ -25,7 +25,10 @@ pub struct RetryConfig {
     /// Most tries on one channel (first send included) before falling back.
     #[serde(default = "default_max_tries")]
     pub max_tries: u32,
-    /// No retry is scheduled later than `expires_at` minus this margin.
+    /// No retry is scheduled later than `expires_at` minus this margin: the rest is left to the
+    /// next channel. And no try at all (a fallback's first included) starts with less than a
+    /// fifth of it left: a send started a moment before expiry would reach the provider after
+    /// it. Such a request is reported `expired` without a send.
     #[serde(default = "default_safety_margin", with = "humantime_serde")]
     pub safety_margin: Duration,
     /// Most sends on one channel answered with a rate window (throttling, the pair limit),

@@ -7,9 +7,11 @@ use crate::circuit::Circuit;
 use crate::config::WorkerConfig;
 use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
+use crate::guards::Guards;
 use crate::letting_go::{Handled, LetGo};
 use crate::limits::{Limiter, LimitsConfig};
 use crate::pipeline::Pipeline;
+use crate::progress::{Progress, Reached};
 use futures_util::FutureExt;
 use otp_events::{PhoneHasher, Rules, SignalKind};
 use otp_kafka::group::{
@@ -64,16 +66,18 @@ pub async fn run<C: ChannelClient>(
         .then(|| FleetCounts::new(writer.clone(), channel));
     let pipeline = Arc::new(Pipeline {
         client,
-        limiter: Limiter::new(
-            config.limits.as_ref().unwrap_or(&default_limits),
-            &config.abuse,
-        ),
-        circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
-        dedup: Dedup::new(config.dedup_capacity),
+        guards: Guards {
+            limiter: Limiter::new(
+                config.limits.as_ref().unwrap_or(&default_limits),
+                &config.abuse,
+            ),
+            circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
+            dedup: Dedup::new(config.dedup_capacity),
+            rules,
+            hasher,
+        },
         retry: config.retry.clone(),
         writer: writer.clone(),
-        rules,
-        hasher,
         fallback_key: kafka.fallback_key.clone(),
         confirmation: config.confirmation.clone(),
         fleet_counts,
@@ -83,18 +87,18 @@ pub async fn run<C: ChannelClient>(
     let signals = {
         let pipeline = pipeline.clone();
         otp_kafka::signals::listen(&kafka, channel, move |signal| match signal.kind {
-            SignalKind::ChannelBroken => pipeline.circuit.signal(),
-            SignalKind::Throttled => pipeline.limiter.throttled(),
+            SignalKind::ChannelBroken => pipeline.guards.circuit.signal(),
+            SignalKind::Throttled => pipeline.guards.limiter.throttled(),
         })
     };
     let stop_signals = AbortOnDrop(Some(signals));
     // The rest of the fleet's abuse admissions of the last window join this worker's
     // counts; stopped when the worker stops.
-    let lookback = pipeline.limiter.abuse_lookback();
+    let lookback = pipeline.guards.limiter.abuse_lookback();
     let stop_admissions = AbortOnDrop(match (&pipeline.fleet_counts, lookback) {
         (Some(fleet), Some(lookback)) => {
             let p = pipeline.clone();
-            let count = move |subject: &_, at| p.limiter.admitted_elsewhere(subject, at);
+            let count = move |subject: &_, at| p.guards.limiter.admitted_elsewhere(subject, at);
             Some(fleet.listen(&kafka, lookback, count))
         }
         _ => None,
@@ -165,6 +169,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A bug must not wedge the partition's commits, lose the request, or give it two endings:
+/// a request that has no ending yet gets one (its event dead-lettered, a `rejected` status),
+/// one that has gets nothing more; the partition moves on even if this panics too.
+async fn after_panic<C: ChannelClient>(
+    pipeline: &Pipeline<C>,
+    message: &OwnedMessage,
+    reached: Reached,
+) {
+    let offset = message.offset();
+    metrics::counter!("otp_handling_panics_total", "after" => reached.as_str()).increment(1);
+    let reason = match reached {
+        Reached::Ended => {
+            tracing::error!(
+                offset,
+                "handling panicked after the request's ending was written; nothing more is written"
+            );
+            return;
+        }
+        Reached::SendStarted => {
+            "internal error: the worker failed on this event after a send started (the code may have been delivered)"
+        }
+        Reached::Nothing => "internal error: the worker failed on this event",
+    };
+    tracing::error!(offset, "handling panicked; dead-lettering the event");
+    let rejected = AssertUnwindSafe(pipeline.reject_undecodable(message, reason))
+        .catch_unwind()
+        .await;
+    if rejected.is_err() {
+        metrics::counter!("otp_events_skipped_total").increment(1);
+        tracing::error!(offset, "dead-lettering panicked too; the event is skipped");
+    }
+}
+
 struct Worker<C> {
     pipeline: Arc<Pipeline<C>>,
     ledger: Arc<OffsetLedger>,
@@ -193,7 +230,8 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
         // Reap finished tasks so a long-lived partition's set stays small.
         while set.try_join_next().is_some() {}
         set.spawn(async move {
-            let handled = AssertUnwindSafe(pipeline.handle(&message, &stop))
+            let progress = Progress::default();
+            let handled = AssertUnwindSafe(pipeline.handle(&message, &stop, &progress))
                 .catch_unwind()
                 .await;
             match handled {
@@ -201,21 +239,7 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
                 // Not finished: its offset stays uncommitted, and the next owner delivers it.
                 Ok(Handled::Abandoned) => {}
                 Err(_) => {
-                    // A bug must not wedge the partition's commits or lose the request: the
-                    // event goes to the dead letters, and the partition moves on even if that
-                    // panics too.
-                    tracing::error!(offset, "handling panicked; dead-lettering the event");
-                    let reason = "internal error: the worker failed on this event";
-                    let rejected = AssertUnwindSafe(pipeline.reject_undecodable(&message, reason))
-                        .catch_unwind()
-                        .await;
-                    if rejected.is_err() {
-                        metrics::counter!("otp_events_skipped_total").increment(1);
-                        tracing::error!(
-                            offset,
-                            "dead-lettering panicked too; the event is skipped"
-                        );
-                    }
+                    after_panic(&pipeline, &message, progress.reached()).await;
                     ledger.finished(&tp, offset, generation);
                 }
             }
@@ -276,7 +300,7 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
             .count();
         metrics::gauge!("otp_assigned_partitions").set(owned as f64);
         match group.partition_count(&self.topic).await {
-            Some(total) => self.pipeline.limiter.set_sender_share(owned, total),
+            Some(total) => self.pipeline.guards.limiter.set_sender_share(owned, total),
             None => tracing::warn!("topic metadata unavailable; keeping the sender share"),
         }
     }

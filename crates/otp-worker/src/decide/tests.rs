@@ -19,6 +19,9 @@ fn request(channels: &[Channel], ttl_secs: i64) -> CodeRequest {
     .complete(Utc::now())
 }
 
+/// The send cutoff before expiry the tests use (that of the default 5 s safety margin).
+const MARGIN: chrono::Duration = chrono::Duration::seconds(1);
+
 fn at(request: &CodeRequest, channel: Channel) -> At<'_> {
     At {
         request,
@@ -156,7 +159,10 @@ fn a_request_seen_before_is_a_duplicate() {
 #[test]
 fn with_the_limits_clear_and_the_circuit_closed_the_send_goes() {
     let r = request(&[WA, SMS], 300);
-    assert_eq!(before_send(at(&r, WA), Ok(()), || Admission::Send, 0), None);
+    assert_eq!(
+        before_send(at(&r, WA), Ok(()), || Admission::Send, 0, MARGIN),
+        None
+    );
 }
 
 #[test]
@@ -201,7 +207,7 @@ fn a_provider_limit_that_would_pass_the_deadline_falls_back() {
         category: ErrorCategory::RateLimited,
         waited_too_long: true,
     };
-    let outcome = before_send(at(&r, WA), Err(too_long), || Admission::Send, 0).unwrap();
+    let outcome = before_send(at(&r, WA), Err(too_long), || Admission::Send, 0, MARGIN).unwrap();
     assert_eq!(fallback_to(&outcome), Some((SMS, "recipient_pair_rate")));
 }
 
@@ -215,18 +221,46 @@ fn the_circuit_is_not_asked_when_a_limit_or_the_clock_stops_the_send() {
         waited_too_long: false,
     };
     let not_asked = || -> Admission { panic!("the circuit was asked") };
-    assert!(before_send(at(&r, WA), Err(refused), not_asked, 0).is_some());
+    assert!(before_send(at(&r, WA), Err(refused), not_asked, 0, MARGIN).is_some());
     let late = At {
         now: r.expires_at,
         ..at(&r, WA)
     };
-    assert!(before_send(late, Ok(()), not_asked, 0).is_some());
+    assert!(before_send(late, Ok(()), not_asked, 0, MARGIN).is_some());
+}
+
+#[test]
+fn no_try_starts_within_the_cutoff_before_expiry() {
+    assert_eq!(send_cutoff(std::time::Duration::from_secs(5)), MARGIN);
+    let r = request(&[WA, SMS], 300);
+    let not_asked = || -> Admission { panic!("the circuit was asked") };
+    for (tries, left_ms) in [(0, 999), (2, 1)] {
+        let close = At {
+            now: r.expires_at - chrono::Duration::milliseconds(left_ms),
+            ..at(&r, WA)
+        };
+        let outcome = before_send(close, Ok(()), not_asked, tries, MARGIN).unwrap();
+        // Expired on the spot: no fallback, since the next channel would have no more time.
+        assert_eq!(
+            reported(&outcome),
+            Some((StatusKind::Expired, Some("expired"))),
+            "{left_ms} ms left"
+        );
+    }
+    let in_time = At {
+        now: r.expires_at - chrono::Duration::milliseconds(1001),
+        ..at(&r, WA)
+    };
+    assert_eq!(
+        before_send(in_time, Ok(()), || Admission::Send, 0, MARGIN),
+        None
+    );
 }
 
 #[test]
 fn an_open_circuit_falls_back_without_sending() {
     let r = request(&[WA, SMS], 300);
-    let outcome = before_send(at(&r, WA), Ok(()), || Admission::Refuse, 0).unwrap();
+    let outcome = before_send(at(&r, WA), Ok(()), || Admission::Refuse, 0, MARGIN).unwrap();
     assert_eq!(fallback_to(&outcome), Some((SMS, "circuit_open")));
 }
 
@@ -237,7 +271,7 @@ fn a_retry_due_after_the_deadline_is_not_sent() {
         now: r.expires_at,
         ..at(&r, WA)
     };
-    let outcome = before_send(late, Ok(()), || Admission::Send, 2).unwrap();
+    let outcome = before_send(late, Ok(()), || Admission::Send, 2, MARGIN).unwrap();
     assert_eq!(
         outcome,
         Outcome::Report {
