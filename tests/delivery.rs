@@ -117,33 +117,27 @@ async fn not_on_whatsapp_falls_back_to_sms() {
     }
 }
 
-/// A channel client that counts the sends it made.
-struct Counting<C>(C, Arc<AtomicUsize>);
+/// A real channel client, instrumented: it counts the sends it made and, given a suffix,
+/// has a bug that panics right after the provider accepted a send to a number ending in it.
+struct Instrumented<C> {
+    inner: C,
+    sends: Arc<AtomicUsize>,
+    panics_after_send_to: Option<&'static str>,
+}
 
-impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient for Counting<C> {
-    fn channel(&self) -> otp_events::Channel {
-        self.0.channel()
-    }
-
-    async fn send(
-        &self,
-        request: &otp_events::CodeRequest,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> otp_worker::channel::SendOutcome {
-        self.1.fetch_add(1, SeqCst);
-        self.0.send(request, now).await
+impl<C> Instrumented<C> {
+    fn counting(inner: C, sends: &Arc<AtomicUsize>) -> Self {
+        Self {
+            inner,
+            sends: sends.clone(),
+            panics_after_send_to: None,
+        }
     }
 }
 
-/// The simulator's WhatsApp client with a bug: it panics right after the provider accepted a
-/// send to a number ending in 0777.
-struct PanicsAfterSend<C>(C);
-
-impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient
-    for PanicsAfterSend<C>
-{
+impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient for Instrumented<C> {
     fn channel(&self) -> otp_events::Channel {
-        self.0.channel()
+        self.inner.channel()
     }
 
     async fn send(
@@ -151,8 +145,11 @@ impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient
         request: &otp_events::CodeRequest,
         now: chrono::DateTime<chrono::Utc>,
     ) -> otp_worker::channel::SendOutcome {
-        let outcome = self.0.send(request, now).await;
-        assert!(!request.phone.ends_with("0777"), "a bug after the send");
+        self.sends.fetch_add(1, SeqCst);
+        let outcome = self.inner.send(request, now).await;
+        if let Some(suffix) = self.panics_after_send_to {
+            assert!(!request.phone.ends_with(suffix), "a bug after the send");
+        }
         outcome
     }
 }
@@ -168,7 +165,10 @@ async fn a_panic_after_the_send_leaves_one_ending_and_the_partition_moves_on() {
         test_config(),
         open_limits(),
         PhoneHasher::new(HASH_KEY),
-        PanicsAfterSend(otp::stack::whatsapp_client(&stack.sim)),
+        Instrumented {
+            panics_after_send_to: Some("0777"),
+            ..Instrumented::counting(otp::stack::whatsapp_client(&stack.sim), &Arc::default())
+        },
     );
     let mut ids = Vec::new();
     for phone in ["+15551230701", "+15551230777", "+15551230702"] {
@@ -676,7 +676,7 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
             test_config(),
             open_limits(),
             PhoneHasher::new(HASH_KEY),
-            Counting(otp::stack::sms_client(&stack.sim), sends.clone()),
+            Instrumented::counting(otp::stack::sms_client(&stack.sim), sends),
         )
     };
     let (by_first, by_second) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

@@ -608,6 +608,15 @@ async fn broker_down_then_up() {
         &format!("broker down and up ({refused_after} refused while reconnecting)"),
         &v,
     );
+    for id in v.lost.iter().take(5) {
+        let seen: Vec<&Value> = statuses.iter().filter(|s| s["request_id"] == *id).collect();
+        let calls = sim
+            .messages()
+            .iter()
+            .filter(|m| m.request_id.as_deref() == Some(id.as_str()))
+            .count();
+        println!("lost {id}: {calls} provider calls; statuses seen: {seen:?}");
+    }
     v.assert_nothing_lost();
 }
 

@@ -81,6 +81,22 @@ impl ProducerSession {
             .client()
             .fatal_error()
             .map_or_else(|| error.to_string(), |(_, reason)| reason);
+        self.replace(&mut s, &reason);
+    }
+
+    /// Note a send whose delivery report never came (past `message.timeout.ms`, which
+    /// librdkafka should have kept): seen after a broker restart, with one status write left
+    /// waiting for minutes while later ones went through. The session is taken as broken, and
+    /// the write is retried on a new one (a report that comes after all makes it a duplicate,
+    /// which consumers dedupe by `event_id`).
+    pub fn stuck(&self, lease: &Lease) {
+        let mut s = self.state.lock().expect("producer session lock");
+        if s.generation == lease.generation {
+            self.replace(&mut s, "no delivery report within the bound");
+        }
+    }
+
+    fn replace(&self, s: &mut State, reason: &str) {
         match self.config.create::<FutureProducer>() {
             Ok(producer) => {
                 tracing::error!(%reason, "Kafka producer session broken; starting a new one");

@@ -34,6 +34,10 @@ pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
 pub const DLQ_TRUNCATED: &str = "otp-dlq-truncated";
 pub const DLQ_PAYLOAD_SHA256: &str = "otp-dlq-payload-sha256";
 
+/// `message.timeout.ms` (30 s) plus a margin: librdkafka reports every message by then, so a
+/// send still unreported is stuck, and is retried on a new producer session.
+const DELIVERY_BOUND: Duration = Duration::from_secs(35);
+
 pub struct KafkaWriter {
     producer: ProducerSession,
     topics: Topics,
@@ -303,18 +307,27 @@ impl KafkaWriter {
     /// One send on the current producer session; a broken session is replaced for the retry.
     async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), WriteFailure> {
         let lease = self.producer.lease();
-        let sent = lease
-            .producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
-            .await;
+        let sent = tokio::time::timeout(
+            DELIVERY_BOUND,
+            lease
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(5))),
+        )
+        .await;
         match sent {
-            Ok(_) => {
+            Ok(Ok(_)) => {
                 self.producer.succeeded(&lease);
                 Ok(())
             }
-            Err((e, _)) => {
+            Ok(Err((e, _))) => {
                 self.producer.failed(&lease, &e);
                 Err(WriteFailure::of(&e))
+            }
+            Err(_) => {
+                self.producer.stuck(&lease);
+                Err(WriteFailure::transient(format!(
+                    "no delivery report within {DELIVERY_BOUND:?}"
+                )))
             }
         }
     }
