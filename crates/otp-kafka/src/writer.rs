@@ -34,12 +34,15 @@ pub const DLQ_SOURCE_OFFSET: &str = "otp-dlq-source-offset";
 pub const DLQ_TRUNCATED: &str = "otp-dlq-truncated";
 pub const DLQ_PAYLOAD_SHA256: &str = "otp-dlq-payload-sha256";
 
-/// `message.timeout.ms` (30 s) plus a margin: librdkafka reports every message by then, so a
-/// send still unreported is stuck, and is retried on a new producer session.
-const DELIVERY_BOUND: Duration = Duration::from_secs(35);
+/// How long a send may wait for room in librdkafka's queue.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct KafkaWriter {
     producer: ProducerSession,
+    /// The queue wait, plus `message.timeout.ms` as configured, plus a margin: librdkafka
+    /// reports every message by then, so a send still unreported is stuck, and is retried on a
+    /// new producer session.
+    delivery_bound: Duration,
     topics: Topics,
     fallback: CodeRequestPublisher,
 }
@@ -53,6 +56,11 @@ impl KafkaWriter {
             .set("linger.ms", "2")
             .set("message.timeout.ms", "30000");
         kafka.apply_overrides(&mut config);
+        let message_timeout = config
+            .get("message.timeout.ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(Duration::from_secs(300), Duration::from_millis);
+        let delivery_bound = QUEUE_WAIT + message_timeout + Duration::from_secs(5);
         // Every series from the start, so dashboards and `increase()` alerts see zero, not
         // nothing, until the first event.
         metrics::counter!("otp_dead_letters_total").increment(0);
@@ -69,6 +77,7 @@ impl KafkaWriter {
         }
         Ok(Self {
             producer: ProducerSession::new(config)?,
+            delivery_bound,
             topics: kafka.topics(),
             fallback,
         })
@@ -308,10 +317,8 @@ impl KafkaWriter {
     async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), WriteFailure> {
         let lease = self.producer.lease();
         let sent = tokio::time::timeout(
-            DELIVERY_BOUND,
-            lease
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(5))),
+            self.delivery_bound,
+            lease.producer.send(record, Timeout::After(QUEUE_WAIT)),
         )
         .await;
         match sent {
@@ -326,7 +333,8 @@ impl KafkaWriter {
             Err(_) => {
                 self.producer.stuck(&lease);
                 Err(WriteFailure::transient(format!(
-                    "no delivery report within {DELIVERY_BOUND:?}"
+                    "no delivery report within {:?}",
+                    self.delivery_bound
                 )))
             }
         }

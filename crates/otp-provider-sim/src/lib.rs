@@ -253,6 +253,7 @@ pub struct SimHandle {
     sim: Arc<Sim>,
     runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SimHandle {
@@ -304,9 +305,13 @@ impl SimHandle {
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        // Its thread then drops the runtime, which cancels every request and webhook in flight.
+        // Its thread then drops the runtime, which cancels every request and webhook in flight;
+        // waiting for it means the port is closed when the handle is gone.
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -332,7 +337,7 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<Sim
             _ = stopped => Ok(()),
         }
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("provider-sim".into())
         .spawn(move || {
             if let Err(e) = runtime.block_on(serve) {
@@ -344,6 +349,7 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<Sim
         sim,
         runtime: handle,
         stop: Some(stop),
+        thread: Some(thread),
     })
 }
 

@@ -79,7 +79,8 @@ impl<C: ChannelClient> Pipeline<C> {
             tracing::debug!(request_id = %request.request_id, "partition let go before the send: left to its next owner");
             return Handled::Abandoned;
         };
-        self.settle(message, &request, &subject, outcome).await;
+        self.settle(message, &request, &subject, outcome, progress)
+            .await;
         progress.reach(Reached::Ended);
         Handled::Finished
     }
@@ -251,8 +252,8 @@ impl<C: ChannelClient> Pipeline<C> {
         Err(failure)
     }
 
-    /// Write what was decided, in order, each write acknowledged before the next: a fallback
-    /// request before its `fallback` status, a pending confirmation before its `accepted`
+    /// Write what was decided, in order, each write acknowledged before the next: a `fallback`
+    /// status before the request it hands on, a pending confirmation before its `accepted`
     /// status, a dead letter before its `rejected` status.
     async fn settle(
         &self,
@@ -260,6 +261,7 @@ impl<C: ChannelClient> Pipeline<C> {
         request: &CodeRequest,
         subject: &Subject,
         outcome: Outcome,
+        progress: &Progress,
     ) {
         let status = |kind, tries, error| self.status(request, subject, kind, tries, error);
         match outcome {
@@ -285,6 +287,8 @@ impl<C: ChannelClient> Pipeline<C> {
                 // Already the public id: `send_once` replaced the provider's.
                 let public_id = provider_message_id;
                 if let Some(record) = &pending {
+                    // From the first write on, the tracker owns the ending.
+                    progress.reach(Reached::Ended);
                     if record.state == ConfirmationState::Awaiting {
                         kind = StatusKind::Accepted;
                         // Before the record: a failed receipt without correlation (Meta's
@@ -312,7 +316,9 @@ impl<C: ChannelClient> Pipeline<C> {
                 status.next_channel = next.current_channel();
                 self.log_status(&status);
                 // The fallback status before the request it hands on (cause before effect);
-                // a request that cannot be handed on ends `failed` (`fallback_refused`).
+                // a request that cannot be handed on ends `failed` (`fallback_refused`). From
+                // the first write on, the next channel (or that failure) is the ending.
+                progress.reach(Reached::Ended);
                 let _ = self.writer.fall_back(&next, &status).await;
             }
         }

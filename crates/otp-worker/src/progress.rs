@@ -5,7 +5,8 @@
 //! final status per request, and must not wedge the partition. What it may write depends on
 //! how far the message got: nothing final yet, so the event is dead-lettered with a `rejected`
 //! status; a provider call started, so the same but saying the code may have gone out; its
-//! final status (or its hand-over to the next channel) already written, so nothing more.
+//! ending written or being handed over (to the next channel, or to the tracker through a
+//! pending confirmation), so nothing more: whoever it was handed to writes the ending.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -20,8 +21,9 @@ pub enum Reached {
     Nothing = 0,
     /// A provider call started: the code may have gone out.
     SendStarted = 1,
-    /// Its final status, or the hand-over to the next channel, was written: the request has
-    /// its ending, and nothing more may be written about it.
+    /// Its ending is written, or being handed over: its final status, its hand-over to the
+    /// next channel (`fall_back`), or its pending confirmation (from which the tracker writes
+    /// the ending). Nothing more may be written about it.
     Ended = 2,
 }
 

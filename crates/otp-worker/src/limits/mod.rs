@@ -179,11 +179,12 @@ impl Limiter {
     }
 
     /// Pass the provider limits that apply to `attempt`, waiting as needed, never past
-    /// `latest`: a slot of the sender rate, first come, first served; then, at that slot, the
-    /// recipient's pair window (first tries and fallbacks when configured, and every try after
-    /// the provider's pair-rate answer; a failed send delivered nothing, so retries skip it).
+    /// `latest`: a slot of the sender rate, first come, first served, paced at the instant it
+    /// comes; then the recipient's pair window (first tries and fallbacks when configured, and
+    /// every try after the provider's pair-rate answer; a failed send delivered nothing, so
+    /// retries skip it).
     ///
-    /// The recipient is asked at the sender slot, right before the send, so neither limit is
+    /// The recipient is asked last, right before the send, so neither limit is
     /// taken long before the send it counts. A recipient that is not free costs that sender
     /// slot (the fleet then sends less than its rate, never more), and the try waits for the
     /// recipient and takes a new slot.
@@ -211,6 +212,14 @@ impl Limiter {
                 Ok(slot) => sleep_until(slot).await,
                 Err(_) => return refused("sender_rate"),
             }
+            // The slot has come; if the process stalled on the way, the send still leaves
+            // no faster than the rate allows.
+            match self.sender.pace(latest) {
+                Ok(at) => sleep_until(at).await,
+                Err(_) => return refused("sender_rate"),
+            }
+            // The recipient last, right before the send, so that its window starts when the
+            // send leaves.
             if pair {
                 match self.pair.take(subject) {
                     None => {}
@@ -221,15 +230,7 @@ impl Limiter {
                     }
                 }
             }
-            // The slot has come; if the process stalled on the way, the send still leaves
-            // no faster than the rate allows.
-            return match self.sender.pace(latest) {
-                Ok(at) => {
-                    sleep_until(at).await;
-                    Ok(())
-                }
-                Err(_) => refused("sender_rate"),
-            };
+            return Ok(());
         }
         refused("recipient_rate")
     }

@@ -111,14 +111,21 @@ impl Schedule {
     pub fn pace(&self, now: Instant, latest: Instant) -> Result<Instant, Instant> {
         let mut s = self.state.lock().expect("schedule lock");
         let n = s.seconds(now);
-        let tolerance = s.burst * s.interval + s.quantum + TIMER_SLACK;
+        // At least one whole interval: a burst below one (a small share of the fleet's) is
+        // already waited for by the reservation; pacing only spreads sends that bunch.
+        let tolerance = s.burst.max(1.0) * s.interval + s.quantum + TIMER_SLACK;
         let empty_at = s.sent_empty_at.max(n - tolerance);
-        let at = n.max(empty_at + s.interval);
+        let at = empty_at + s.interval;
+        s.sent_empty_at = at;
+        if at <= n {
+            // Go now: `now` itself, not a round trip through seconds (float rounding).
+            return Ok(now);
+        }
         let go = s.instant(at);
-        if at > n && go > latest {
+        if go > latest {
+            s.sent_empty_at = empty_at; // nothing taken
             return Err(go);
         }
-        s.sent_empty_at = empty_at + s.interval;
         Ok(go)
     }
 }
@@ -227,6 +234,18 @@ mod tests {
             let leaves = *slot + Duration::from_micros(if i % 2 == 0 { 0 } else { 1900 });
             assert_eq!(s.pace(leaves, far()), Ok(leaves), "send {i} held back");
         }
+    }
+
+    #[test]
+    fn a_burst_below_one_is_waited_for_once_not_again_by_pacing() {
+        // A quarter of a fleet of 1/s with a burst of 1 (half used): 0.25/s, burst 0.125.
+        let s = Schedule::new(0.25, 0.125);
+        let now = Instant::now();
+        let slot = s.reserve(now, far()).unwrap();
+        assert!(slot > now, "the reservation waits");
+        assert_eq!(s.pace(slot, far()), Ok(slot), "pacing does not wait again");
+        let next = s.reserve(slot, far()).unwrap();
+        assert_eq!(s.pace(next, far()), Ok(next), "nor for the next, on time");
     }
 
     #[test]
