@@ -2,12 +2,15 @@
 
 use anyhow::Context;
 
-/// Logs to stderr, level from `RUST_LOG` (default info).
+/// Logs to stderr, level from `RUST_LOG` (default info). Colours only on a terminal: a log
+/// file or a container's log collector gets plain text that `grep " WARN "` finds.
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rdkafka=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -47,6 +47,50 @@ impl Verdict {
     }
 }
 
+/// Everything the outside saw of each lost request (the first 5): when it expires, the
+/// provider calls to its number, its statuses in `statuses` and in `again` (the status topic
+/// read once more after the workers stopped: late, or never written?), and every line of the
+/// named logs that mentions its id. A lost request is a bug to be found, so its failure must
+/// carry the trail.
+pub fn trail(
+    v: &Verdict,
+    requests: &[CodeRequest],
+    statuses: &[Value],
+    again: &[Value],
+    sends: &[Received],
+    logs: &[(&str, String)],
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for id in v.lost.iter().take(5) {
+        let r = requests.iter().find(|r| r.request_id == *id);
+        let calls: Vec<(&str, i64)> = sends
+            .iter()
+            .filter(|m| r.is_some_and(|r| r.phone == m.to))
+            .map(|m| (m.outcome.as_str(), m.received_at_ms))
+            .collect();
+        let of = |all: &[Value]| -> Vec<String> {
+            all.iter()
+                .filter(|s| s["request_id"] == *id.as_str())
+                .map(|s| format!("{}@{}", s["status"], s["occurred_at"]))
+                .collect()
+        };
+        let _ = writeln!(
+            out,
+            "lost {id}: expires {:?}; provider calls {calls:?}; statuses {:?}; read again after the stop {:?}",
+            r.map(|r| r.expires_at),
+            of(statuses),
+            of(again)
+        );
+        for (name, log) in logs {
+            for line in log.lines().filter(|l| l.contains(id.as_str())) {
+                let _ = writeln!(out, "  [{name}] {line}");
+            }
+        }
+    }
+    out
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -12,8 +12,8 @@ mod read;
 pub use broker::{shared_broker, Storage, TansuBroker};
 pub use invariants::{check as check_invariants, Verdict};
 pub use read::{
-    collect_json_until, committed_past, message_count, partition_count, payload_json,
-    read_messages, read_messages_blocking,
+    collect_json_until, committed_past, locate_requests, message_count, partition_count,
+    payload_json, read_messages, read_messages_blocking,
 };
 
 use otp_kafka::KafkaArgs;
@@ -37,6 +37,15 @@ pub fn test_keyring() -> otp_events::Keyring {
     otp_events::Keyring::parse(TEST_SEAL_KEYS).expect("the test keyring is valid")
 }
 
+/// What every client of an in-memory tansu writes with: one record per batch. tansu 0.6's
+/// in-memory store answers a fetch with the batches whose *first* offset is at or past the one
+/// asked for, so a consumer that resumes from an offset inside a batch (a group member taking
+/// over a partition whose last owner committed mid-batch, as ours do: they commit what they
+/// finished) never sees the rest of that batch. Kafka, and tansu on SQLite, return the whole
+/// batch. With one record per batch no offset is inside one. `tests/faults.rs` keeps a check
+/// that the defect is still there (`tansu_memory_skips_the_rest_of_a_batch`).
+pub const ONE_RECORD_PER_BATCH: [&str; 2] = ["batch.num.messages", "1"];
+
 impl TestTopics {
     /// Create the pipeline's topics under a prefix no other test in this process uses.
     pub async fn create(broker: &TansuBroker, partitions: i32) -> Self {
@@ -51,6 +60,11 @@ impl TestTopics {
         // Every test seals codes and numbers on the topics, as production does.
         kafka.sealing = Some(test_keyring());
         kafka.fallback_key = Some(otp_events::FallbackKey::new(TEST_FALLBACK_KEY.as_bytes()));
+        if broker.storage() == Storage::Memory {
+            kafka
+                .kafka_opts
+                .push(ONE_RECORD_PER_BATCH.map(String::from).into());
+        }
         let topics = kafka.topics();
         otp_kafka::admin::create_topics(&kafka, &topics.all(), partitions, 1)
             .await

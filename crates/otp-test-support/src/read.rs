@@ -165,3 +165,58 @@ pub async fn committed_past(
     .await
     .expect("offset reader thread")
 }
+
+/// Where each of `ids` (by the request-id header) sits in `topic`, beside `group`'s committed
+/// offset of that partition: a lost request's first question is whether it reached the topic
+/// at all, and whether its group committed past it. One line per id.
+pub async fn locate_requests(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    ids: &[String],
+) -> Vec<String> {
+    use rdkafka::message::Headers;
+    let messages = read_messages(bootstrap, topic, usize::MAX, Duration::from_secs(5)).await;
+    let (b, g, t) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    let committed: Vec<(i32, Option<i64>)> = tokio::task::spawn_blocking(move || {
+        let consumer = consumer_of(&b, &g);
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions(&consumer, &t) {
+            tpl.add_partition(&t, p);
+        }
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .map(|c| {
+                c.elements()
+                    .iter()
+                    .map(|e| (e.partition(), e.offset().to_raw()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .expect("offset reader thread");
+    ids.iter()
+        .map(|id| {
+            let found = messages.iter().find(|m| {
+                m.headers().is_some_and(|h| {
+                    h.iter().any(|h| {
+                        h.key == otp_events::HEADER_REQUEST_ID && h.value == Some(id.as_bytes())
+                    })
+                })
+            });
+            match found {
+                None => format!("{id}: not in {topic} ({} messages read)", messages.len()),
+                Some(m) => {
+                    let done = committed.iter().find(|(p, _)| *p == m.partition());
+                    format!(
+                        "{id}: {topic} partition {} offset {}; {group} committed {:?}",
+                        m.partition(),
+                        m.offset(),
+                        done.and_then(|(_, o)| *o)
+                    )
+                }
+            }
+        })
+        .collect()
+}

@@ -66,6 +66,12 @@ impl<C: ChannelClient> Pipeline<C> {
                     return Handled::Finished;
                 }
             };
+        tracing::debug!(
+            request_id = %request.request_id,
+            partition = message.partition(),
+            offset = message.offset(),
+            "handling"
+        );
         // Everything derived from the phone number, once: libphonenumber's parse is the
         // costliest step of a message.
         let subject = self.guards.subject_of(&request);
@@ -348,6 +354,7 @@ impl<C: ChannelClient> Pipeline<C> {
     async fn write_status(&self, status: DeliveryStatus) {
         self.log_status(&status);
         self.writer.status(&status).await;
+        tracing::debug!(request_id = %status.request_id, "status acknowledged");
     }
 
     /// A status's log line, and its latency when final.
