@@ -14,6 +14,7 @@
 //! are fetched again on resume.
 
 use super::in_flight::{InFlight, Permit};
+use super::letting_go::LettingGo;
 use super::{Position, TopicPartition};
 use crate::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -45,6 +46,8 @@ pub struct RebalanceBridge {
     reply_within: Duration,
     /// Set once the runtime has committed for good; revokes during close need no reply.
     closing: AtomicBool,
+    /// The partitions being given up, for the member to ask at any time.
+    letting_go: LettingGo,
 }
 
 /// A consumer group member's consumer, polled only by its own thread.
@@ -56,7 +59,12 @@ impl RebalanceBridge {
             events,
             reply_within,
             closing: AtomicBool::new(false),
+            letting_go: LettingGo::default(),
         }
+    }
+
+    pub fn letting_go(&self) -> LettingGo {
+        self.letting_go.clone()
     }
 }
 
@@ -76,6 +84,8 @@ impl ConsumerContext for RebalanceBridge {
             }
             Rebalance::Assign(_) => return,
         };
+        // Known to the member at once, whether or not it answers in time.
+        self.letting_go.revoking(&partitions);
         if self.closing.load(Ordering::SeqCst) || partitions.is_empty() {
             return;
         }
@@ -103,6 +113,7 @@ impl ConsumerContext for RebalanceBridge {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
+            self.letting_go.assigned(&partitions);
             tracing::info!(?partitions, "partitions assigned");
             let _ = self.events.send(ConsumerEvent::Assigned(partitions));
         }

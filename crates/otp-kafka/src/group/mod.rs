@@ -18,10 +18,12 @@
 mod bridge;
 mod in_flight;
 mod ledger;
+mod letting_go;
 
 pub use bridge::{group_config, CloseError, GroupConsumer};
 pub use in_flight::{InFlight, Permit};
 pub use ledger::{Generation, OffsetLedger};
+pub use letting_go::LettingGo;
 
 use crate::KafkaArgs;
 use anyhow::Context;
@@ -95,6 +97,11 @@ impl Group {
     /// `spawn_blocking`, never on a tokio worker.
     pub fn consumer(&self) -> Arc<GroupConsumer> {
         self.consumer.clone()
+    }
+
+    /// The partitions this member is giving up, from the moment their revoke is announced.
+    pub fn letting_go(&self) -> LettingGo {
+        self.consumer.context().letting_go()
     }
 
     /// How many partitions `topic` has, when the broker says within 5 s.

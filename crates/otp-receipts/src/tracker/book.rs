@@ -51,6 +51,21 @@ pub enum Action {
     Reroute(Receipt),
 }
 
+impl Action {
+    /// Whether this action tells the world something new (a fallback, a status, a receipt
+    /// handed on), as opposed to writing down what was already done (the record's new state,
+    /// a tombstone). A member that is giving the partition up stops before the next action
+    /// that acts, so that the partition's new owner, which rebuilds the same deadlines, is the
+    /// only one to act on them; the writing down of what it did still goes, so the new owner
+    /// reads it and does not act again.
+    pub fn acts(&self) -> bool {
+        match self {
+            Action::FallBack { .. } | Action::Status(_) | Action::Reroute(_) => true,
+            Action::Save(_) | Action::Forget(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub actions: Vec<Action>,

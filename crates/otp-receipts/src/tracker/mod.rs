@@ -26,13 +26,14 @@ use otp_events::{
     MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
 };
 use otp_kafka::group::{
-    self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
+    self, Group, GroupMember, GroupSettings, LettingGo, OffsetLedger, Permit, Position,
+    TopicPartition,
 };
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,7 @@ pub async fn run(
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
+    metrics::counter!("otp_tracker_left_to_new_owner_total").increment(0);
     for reason in ["receipt_timeout", "receipt_failed"] {
         metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason).increment(0);
     }
@@ -85,6 +87,8 @@ pub async fn run(
         catching_up: HashMap::new(),
         lookups: Vec::new(),
         consumer: None,
+        owned: BTreeSet::new(),
+        letting_go: None,
         deferred: HashMap::new(),
         topics,
         rules,
@@ -108,6 +112,10 @@ struct Tracker {
     lookups: Vec<(i32, Instant, tokio::task::JoinHandle<Vec<catch_up::Found>>)>,
     /// The tracker's consumer, for those lookups.
     consumer: Option<std::sync::Arc<otp_kafka::group::GroupConsumer>>,
+    /// The partitions (numbers, of both topics) assigned to this member.
+    owned: BTreeSet<i32>,
+    /// The partitions whose revoke has been announced: no act on them from then on.
+    letting_go: Option<LettingGo>,
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
     topics: Topics,
@@ -142,12 +150,18 @@ impl GroupMember for Tracker {
         self.ledger.oldest_unfinished()
     }
 
-    /// Fire what is due, on partitions whose records are all read back.
+    /// Fire what is due, on partitions whose records are all read back; partition by
+    /// partition, so that one being let go meanwhile stops only its own.
     async fn tick(&mut self) {
         self.take_lookups().await;
         let waiting = self.not_ready();
-        let outcome = self.book.due(Utc::now(), |p| !waiting.contains(&p));
-        self.execute(outcome).await;
+        let now = Utc::now();
+        for partition in self.owned.clone() {
+            let outcome = self
+                .book
+                .due(now, |p| p == partition && !waiting.contains(&p));
+            self.execute(partition, outcome).await;
+        }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
             self.last_gauges = Instant::now();
             metrics::gauge!("otp_confirmations_awaiting").set(self.book.awaiting() as f64);
@@ -301,13 +315,38 @@ impl Tracker {
                 }
             }
         };
-        self.execute(outcome).await;
+        self.execute(partition, outcome).await;
         self.seen(&topic, partition, offset);
     }
 
-    /// Carry out the book's decisions in order; each write is acknowledged before the next.
-    async fn execute(&mut self, outcome: Outcome) {
+    /// Whether `partition`'s revoke has been announced: it is the new owner's to act on.
+    fn let_go(&self, partition: i32) -> bool {
+        let Some(board) = &self.letting_go else {
+            return false;
+        };
+        [
+            self.topics.pending_confirmations(),
+            self.topics.delivery_receipts(),
+        ]
+        .iter()
+        .any(|topic| board.holds_back(&TopicPartition::new(topic, partition)))
+    }
+
+    /// Carry out the book's decisions about `partition` in order; each write is acknowledged
+    /// before the next. Once the partition's revoke is announced (a write Kafka held up can
+    /// outlast the revoke's reply window, after which the partition has a new owner that
+    /// rebuilds the same deadlines), nothing more that acts is carried out, and no receipt
+    /// is released: the new owner does both.
+    async fn execute(&mut self, partition: i32, outcome: Outcome) {
         for action in outcome.actions {
+            if action.acts() && self.let_go(partition) {
+                metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
+                tracing::warn!(
+                    partition,
+                    "partition being let go; its remaining decisions are left to its new owner"
+                );
+                break;
+            }
             match action {
                 Action::FallBack { next, status } => {
                     let reason = status
@@ -334,6 +373,10 @@ impl Tracker {
         }
         let topic = self.topics.delivery_receipts();
         for tag in outcome.released {
+            // A receipt whose decisions may have been left undone must not be committed.
+            if self.let_go(tag.partition) {
+                continue;
+            }
             let tp = TopicPartition::new(&topic, tag.partition);
             self.ledger.finished(&tp, tag.offset, tag.generation);
         }
@@ -346,6 +389,7 @@ impl Tracker {
             .consumer
             .get_or_insert_with(|| group.consumer())
             .clone();
+        self.letting_go.get_or_insert_with(|| group.letting_go());
         let topics = vec![
             self.topics.pending_confirmations(),
             self.topics.delivery_receipts(),
@@ -354,6 +398,7 @@ impl Tracker {
         let mut new: Vec<i32> = partitions.iter().map(|tp| tp.partition).collect();
         new.sort_unstable();
         new.dedup();
+        self.owned.extend(new.iter().copied());
         for partition in new {
             if self.catching_up.contains_key(&partition) {
                 continue;
@@ -382,6 +427,7 @@ impl Tracker {
             .collect();
         let positions = self.ledger.committable(Some(&mine));
         for tp in partitions {
+            self.owned.remove(&tp.partition);
             self.book.drop_partition(tp.partition);
             self.catching_up.remove(&tp.partition);
             self.lookups.retain(|(p, _, _)| *p != tp.partition);

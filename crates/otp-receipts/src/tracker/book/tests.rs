@@ -356,3 +356,16 @@ fn a_receipt_for_another_send_of_the_request_changes_nothing() {
     let delivered = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(1), now);
     assert_eq!(reported(&delivered), vec![(StatusKind::Delivered, true)]);
 }
+
+#[test]
+fn a_fired_deadline_is_one_act_then_the_record_of_it() {
+    // A member letting the partition go stops before an act, never between an act and its
+    // record: the record tells the new owner the deadline already fired.
+    let mut b = book();
+    let now = Utc::now();
+    awaiting_whatsapp(&mut b, "r", now);
+    let out = b.due(now + Duration::seconds(16), |_| true);
+    let acts: Vec<bool> = out.actions.iter().map(Action::acts).collect();
+    assert_eq!(acts, vec![true, false], "{:?}", out.actions);
+    assert!(matches!(&out.actions[1], Action::Save(r) if r.state == ConfirmationState::FellBack));
+}

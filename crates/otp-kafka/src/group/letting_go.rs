@@ -1,0 +1,56 @@
+//! Which partitions this member is giving up, known from the moment librdkafka announces the
+//! revoke, not from when the async side gets to the event.
+//!
+//! The revoke callback waits for the member's answer for a bounded time and then lets the
+//! partitions go anyway. A member busy in a write that Kafka holds up (a tracker's fallback,
+//! retried until acknowledged) may answer after that, when the partitions already have a new
+//! owner that fires the same deadlines. The member asks [`LettingGo::holds_back`] before each
+//! decision it carries out: a partition announced as revoked (and not assigned again since)
+//! is left to its new owner, even before the revoke event is handled.
+
+use super::TopicPartition;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// Shared by the poll thread's rebalance callbacks (which write) and the member (which asks).
+#[derive(Clone, Default)]
+pub struct LettingGo(Arc<Mutex<HashSet<TopicPartition>>>);
+
+impl LettingGo {
+    /// A revoke was announced for `partitions` (called before the member is told).
+    pub(crate) fn revoking(&self, partitions: &[TopicPartition]) {
+        let mut set = self.0.lock().expect("letting-go lock");
+        set.extend(partitions.iter().cloned());
+    }
+
+    /// `partitions` are this member's again.
+    pub(crate) fn assigned(&self, partitions: &[TopicPartition]) {
+        let mut set = self.0.lock().expect("letting-go lock");
+        for p in partitions {
+            set.remove(p);
+        }
+    }
+
+    /// Whether work on `tp` must stop: its revoke was announced and it was not assigned again.
+    pub fn holds_back(&self, tp: &TopicPartition) -> bool {
+        self.0.lock().expect("letting-go lock").contains(tp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_partition_is_held_back_until_it_is_assigned_again() {
+        let board = LettingGo::default();
+        let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        assert!(!board.holds_back(&p0));
+        let member = board.clone();
+        board.revoking(std::slice::from_ref(&p0));
+        assert!(member.holds_back(&p0), "seen by the member's copy at once");
+        assert!(!member.holds_back(&p1), "only the revoked partition");
+        board.assigned(std::slice::from_ref(&p0));
+        assert!(!member.holds_back(&p0));
+    }
+}
