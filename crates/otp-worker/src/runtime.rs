@@ -119,6 +119,7 @@ pub async fn run<C: ChannelClient>(
         // Fetched-but-unhandled messages are what pausing cannot stop; keep that buffer small.
         client: vec![("queued.max.messages.kbytes", "8192".to_string())],
         max_in_flight: config.max_in_flight,
+        hold_until_released: None,
         commit_interval: config.commit_interval,
         revoke_reply_within: config.revoke_grace + Duration::from_secs(5),
         shutdown_grace: config.shutdown_grace,

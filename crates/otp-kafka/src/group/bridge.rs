@@ -13,6 +13,7 @@
 //! [`HOLD_BEFORE_PAUSE`] pauses the partitions: pausing drops the prefetched messages, which
 //! are fetched again on resume.
 
+use super::holds::Holds;
 use super::in_flight::{InFlight, Permit};
 use super::letting_go::LettingGo;
 use super::{Position, TopicPartition};
@@ -48,19 +49,31 @@ pub struct RebalanceBridge {
     closing: AtomicBool,
     /// The partitions being given up, for the member to ask at any time.
     letting_go: LettingGo,
+    /// The partitions the member keeps from being fetched until it releases them.
+    holds: Holds,
 }
 
 /// A consumer group member's consumer, polled only by its own thread.
 pub type GroupConsumer = BaseConsumer<RebalanceBridge>;
 
 impl RebalanceBridge {
-    pub fn new(events: mpsc::UnboundedSender<ConsumerEvent>, reply_within: Duration) -> Self {
+    /// `held_topic`: partitions of it start held on every assignment ([`Holds`]).
+    pub fn new(
+        events: mpsc::UnboundedSender<ConsumerEvent>,
+        reply_within: Duration,
+        held_topic: Option<String>,
+    ) -> Self {
         Self {
             events,
             reply_within,
             closing: AtomicBool::new(false),
             letting_go: LettingGo::default(),
+            holds: Holds::new(held_topic),
         }
+    }
+
+    pub fn holds(&self) -> Holds {
+        self.holds.clone()
     }
 
     pub fn letting_go(&self) -> LettingGo {
@@ -86,6 +99,7 @@ impl ConsumerContext for RebalanceBridge {
         };
         // Known to the member at once, whether or not it answers in time.
         self.letting_go.revoking(&partitions);
+        self.holds.on_revoke(&partitions);
         if self.closing.load(Ordering::SeqCst) || partitions.is_empty() {
             return;
         }
@@ -110,10 +124,17 @@ impl ConsumerContext for RebalanceBridge {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             self.letting_go.assigned(&partitions);
+            // Paused here, inside the poll that assigned them: nothing of them is fetched.
+            let held = self.holds.on_assign(&partitions);
+            if !held.is_empty() {
+                if let Err(e) = consumer.pause(&partition_list(&held)) {
+                    tracing::warn!(error = %e, "could not hold newly assigned partitions");
+                }
+            }
             tracing::info!(?partitions, "partitions assigned");
             let _ = self.events.send(ConsumerEvent::Assigned(partitions));
         }
@@ -132,6 +153,14 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .iter()
         .map(|e| TopicPartition::new(e.topic(), e.partition()))
         .collect()
+}
+
+fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
 }
 
 fn position_list(positions: &[Position]) -> TopicPartitionList {
@@ -160,7 +189,15 @@ pub fn poll_loop(
 ) {
     let mut paused = false;
     let mut place: Option<Permit> = None;
+    let holds = consumer.context().holds();
     while !stop.load(Ordering::SeqCst) {
+        // Released by the member: fetched again now, or with the rest once back-pressure ends.
+        let released = holds.take_released();
+        if !released.is_empty() && !paused {
+            if let Err(e) = consumer.resume(&partition_list(&released)) {
+                tracing::warn!(error = %e, "could not resume released partitions");
+            }
+        }
         if place.is_none() {
             // While paused, poll on (rebalances are served inside `poll`) and look again.
             let within = if paused {
@@ -216,12 +253,18 @@ fn wait_for_place(in_flight: &InFlight, stop: &AtomicBool) -> Option<Permit> {
     None
 }
 
+/// Pause the whole assignment, or resume all of it but what the member holds.
 fn set_paused(consumer: &GroupConsumer, pause: bool) {
     if let Ok(assignment) = consumer.assignment() {
         let result = if pause {
             consumer.pause(&assignment)
         } else {
-            consumer.resume(&assignment)
+            let holds = consumer.context().holds();
+            let free: Vec<TopicPartition> = partitions_of(&assignment)
+                .into_iter()
+                .filter(|tp| !holds.is_held(tp))
+                .collect();
+            consumer.resume(&partition_list(&free))
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, pause, "pause/resume failed");

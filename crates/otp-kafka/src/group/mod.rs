@@ -16,11 +16,13 @@
 //!   commit its positions, close the consumer (leaving the group).
 
 mod bridge;
+mod holds;
 mod in_flight;
 mod ledger;
 mod letting_go;
 
 pub use bridge::{group_config, CloseError, GroupConsumer};
+pub use holds::Holds;
 pub use in_flight::{InFlight, Permit};
 pub use ledger::{Generation, OffsetLedger};
 pub use letting_go::LettingGo;
@@ -75,6 +77,9 @@ pub struct GroupSettings {
     pub client: Vec<(&'static str, String)>,
     /// Messages handed to the member and not yet released, at most.
     pub max_in_flight: usize,
+    /// A topic whose partitions are not fetched after an assignment until the member releases
+    /// them ([`Group::holds`]); none when `None`.
+    pub hold_until_released: Option<String>,
     pub commit_interval: Duration,
     /// How long a revoke waits for the member's answer before the partitions go anyway.
     pub revoke_reply_within: Duration,
@@ -97,6 +102,12 @@ impl Group {
     /// `spawn_blocking`, never on a tokio worker.
     pub fn consumer(&self) -> Arc<GroupConsumer> {
         self.consumer.clone()
+    }
+
+    /// Release the partitions held since their assignment
+    /// ([`GroupSettings::hold_until_released`]).
+    pub fn holds(&self) -> Holds {
+        self.consumer.context().holds()
     }
 
     /// The partitions this member is giving up, from the moment their revoke is announced.
@@ -181,7 +192,11 @@ pub async fn run<M: GroupMember>(
         config.set(*name, value);
     }
     kafka.apply_overrides(&mut config);
-    let bridge = RebalanceBridge::new(events_tx.clone(), settings.revoke_reply_within);
+    let bridge = RebalanceBridge::new(
+        events_tx.clone(),
+        settings.revoke_reply_within,
+        settings.hold_until_released.clone(),
+    );
     let consumer: Arc<GroupConsumer> = Arc::new(
         config
             .create_with_context(bridge)

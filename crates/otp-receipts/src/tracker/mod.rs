@@ -4,10 +4,12 @@
 //!
 //! Its memory is the [`Book`]; the compacted topic is the book's durable copy. The pending
 //! topic is never committed, so every assignment reads it from the start and rebuilds the
-//! partition's records; receipts are committed only once applied. No deadline of a partition
-//! fires until both of its topics have been read up to where they stood at assignment: a
-//! delivered receipt written while the tracker was down is seen before the timer that it
-//! cancels.
+//! partition's records; receipts are committed only once applied. A partition's receipts are
+//! not fetched until its records are read back (they are held from assignment, see
+//! `otp_kafka::group::Holds`), so none waits in memory beside the in-flight bound. No
+//! deadline of a partition fires until both of its topics have been read up to where they
+//! stood at assignment: a delivered receipt written while the tracker was down is seen before
+//! the timer that it cancels.
 //!
 //! The Kafka side is the consumer-group runner the delivery worker uses too
 //! (`otp_kafka::group`); the book decides, and [`Tracker::execute`] is the one place its
@@ -26,7 +28,7 @@ use otp_events::{
     MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
 };
 use otp_kafka::group::{
-    self, Group, GroupMember, GroupSettings, LettingGo, OffsetLedger, Permit, Position,
+    self, Group, GroupMember, GroupSettings, Holds, LettingGo, OffsetLedger, Permit, Position,
     TopicPartition,
 };
 use otp_kafka::writer::KafkaWriter;
@@ -55,6 +57,7 @@ pub async fn run(
         otp_kafka::observe::prometheus();
     }
     metrics::counter!("otp_tracker_left_to_new_owner_total").increment(0);
+    metrics::counter!("otp_tracker_receipts_deferred_total").increment(0);
     for reason in ["receipt_timeout", "receipt_failed"] {
         metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason).increment(0);
     }
@@ -67,6 +70,9 @@ pub async fn run(
         client: Vec::new(),
         // Messages are applied one at a time; this bounds what waits in the queue.
         max_in_flight: 1024,
+        // A partition's receipts are not fetched until its records are read back: they could
+        // not be applied before, and would wait in memory.
+        hold_until_released: Some(topics.delivery_receipts()),
         commit_interval: Duration::from_secs(1),
         revoke_reply_within: Duration::from_secs(15),
         // Nothing runs beside the loop: stopping is committing and leaving.
@@ -89,6 +95,7 @@ pub async fn run(
         consumer: None,
         owned: BTreeSet::new(),
         letting_go: None,
+        holds: None,
         deferred: HashMap::new(),
         topics,
         rules,
@@ -116,6 +123,8 @@ struct Tracker {
     owned: BTreeSet<i32>,
     /// The partitions whose revoke has been announced: no act on them from then on.
     letting_go: Option<LettingGo>,
+    /// Receipts partitions are held from assignment until their records are read back.
+    holds: Option<Holds>,
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
     topics: Topics,
@@ -194,13 +203,26 @@ impl Tracker {
         if let Some(c) = self.catching_up.get_mut(&partition) {
             if c.seen(topic, offset) {
                 self.caught_up(partition);
+            } else {
+                self.release_receipts_once_records_are_in(partition);
             }
         }
     }
 
     fn caught_up(&mut self, partition: i32) {
         self.catching_up.remove(&partition);
+        self.release_receipts_once_records_are_in(partition);
         tracing::info!(partition, "partition caught up; its deadlines are live");
+    }
+
+    /// The partition's receipts are fetched from when its records are all read back.
+    fn release_receipts_once_records_are_in(&self, partition: i32) {
+        if let Some(holds) = &self.holds {
+            if !self.records_behind(partition) {
+                let receipts = TopicPartition::new(self.topics.delivery_receipts(), partition);
+                holds.release(&receipts);
+            }
+        }
     }
 
     /// Whether the partition's records are still being read back after assignment.
@@ -228,6 +250,8 @@ impl Tracker {
             };
             if ready {
                 self.caught_up(partition);
+            } else {
+                self.release_receipts_once_records_are_in(partition);
             }
         }
     }
@@ -237,6 +261,14 @@ impl Tracker {
         // (or acted on) twice: receipts wait until the partition's records are all in.
         let receipts = m.topic() == self.topics.delivery_receipts();
         if receipts && self.records_behind(m.partition()) {
+            // Not expected: a partition's receipts are held until its records are in. Kept
+            // (and bounded by what was fetched) should the hold not have taken effect.
+            metrics::counter!("otp_tracker_receipts_deferred_total").increment(1);
+            tracing::warn!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "receipt deferred: read before its partition's records were"
+            );
             self.deferred.entry(m.partition()).or_default().push(m);
             return;
         }
@@ -390,6 +422,7 @@ impl Tracker {
             .get_or_insert_with(|| group.consumer())
             .clone();
         self.letting_go.get_or_insert_with(|| group.letting_go());
+        self.holds.get_or_insert_with(|| group.holds());
         let topics = vec![
             self.topics.pending_confirmations(),
             self.topics.delivery_receipts(),
@@ -401,6 +434,8 @@ impl Tracker {
         self.owned.extend(new.iter().copied());
         for partition in new {
             if self.catching_up.contains_key(&partition) {
+                // Held again by the assignment: released at once if its records are in.
+                self.release_receipts_once_records_are_in(partition);
                 continue;
             }
             self.catching_up.insert(partition, CatchUp::new(now));
