@@ -9,6 +9,10 @@
 //!   abandoned) before it commits them and lets go;
 //! - every message carries its place under the one in-flight bound ([`InFlight`]), released
 //!   when the member drops it; at the bound the poll thread stops polling;
+//! - a revoke is known to the member the moment it is announced ([`LettingGo`]), so a member
+//!   held up past the reply window acts on nothing that has a new owner;
+//! - a member can keep one topic's partitions from being fetched after each assignment until
+//!   it is ready for them ([`Holds`]; the tracker's receipts wait for their records);
 //! - the member's positions are committed every `commit_interval`;
 //! - `/metrics`, `/healthz` and `/readyz` (the broker answers for our first topic) are
 //!   served when asked;
