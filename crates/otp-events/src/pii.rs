@@ -92,19 +92,33 @@ pub struct PhoneFacts {
 }
 
 pub fn phone_facts(phone: &str) -> PhoneFacts {
-    use phonenumber::Type;
     let Ok(number) = phonenumber::parse(None, phone) else {
         return PhoneFacts::default();
     };
-    let premium = matches!(
-        number.number_type(&phonenumber::metadata::DATABASE),
-        Type::PremiumRate | Type::SharedCost
-    );
+    // One look-up of the number's region (for +1 it tries the general pattern of each region
+    // that shares the code), where `country().id()` and `number_type()` each made their own.
+    let meta = number.metadata(&phonenumber::metadata::DATABASE);
     PhoneFacts {
-        country: country_of_number(&number),
-        premium,
+        country: country_in(&number, meta),
+        premium: meta.is_some_and(|m| is_premium(m, &number.national().value().to_string())),
         canonical: Some(e164(&number)),
     }
+}
+
+/// libphonenumber's `number_type()` says `PremiumRate` or `SharedCost`, asking only what that
+/// answer depends on: its checks run in order (general pattern, premium rate, toll free,
+/// shared cost, then eight more kinds), so a number is shared-cost only if it is not
+/// toll-free, and the kinds after shared cost never change the answer. Each check is a
+/// regular expression looked up in the metadata's cache, so skipping eight of twelve is most
+/// of the cost (`phone_facts_agrees_with_number_type_on_every_example` holds it to the same
+/// answers).
+fn is_premium(meta: &phonenumber::Metadata, national: &str) -> bool {
+    let d = meta.descriptors();
+    let matches = |desc: Option<&phonenumber::metadata::Descriptor>| {
+        desc.is_some_and(|desc| desc.is_match(national))
+    };
+    d.general().is_match(national)
+        && (matches(d.premium_rate()) || (!matches(d.toll_free()) && matches(d.shared_cost())))
 }
 
 fn e164(number: &phonenumber::PhoneNumber) -> String {
@@ -136,7 +150,16 @@ pub fn country_of(phone: &str) -> Option<String> {
 }
 
 fn country_of_number(number: &phonenumber::PhoneNumber) -> Option<String> {
-    if let Some(id) = number.country().id() {
+    country_in(number, number.metadata(&phonenumber::metadata::DATABASE))
+}
+
+/// [`country_of`] with the number's region already looked up.
+fn country_in(
+    number: &phonenumber::PhoneNumber,
+    meta: Option<&phonenumber::Metadata>,
+) -> Option<String> {
+    // As `number.country().id()`: the region's id when it names a country.
+    if let Some(id) = meta.and_then(|m| m.id().parse::<phonenumber::country::Id>().ok()) {
         return Some(id.as_ref().to_string());
     }
     // Fictional or unassigned ranges: fall back to the main country of the calling code.
@@ -157,6 +180,69 @@ pub const WAMID_HASH_PREFIX: &str = "wamid-hash-";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The facts as libphonenumber's own calls give them (what `phone_facts` did before it
+    /// asked only what its answers depend on).
+    fn facts_the_long_way(phone: &str) -> PhoneFacts {
+        use phonenumber::Type;
+        let Ok(number) = phonenumber::parse(None, phone) else {
+            return PhoneFacts::default();
+        };
+        let country = match number.country().id() {
+            Some(id) => Some(id.as_ref().to_string()),
+            None => phonenumber::metadata::DATABASE
+                .by_code(&number.country().code())
+                .and_then(|regions| regions.first().map(|m| m.id().to_string())),
+        };
+        PhoneFacts {
+            country,
+            premium: matches!(
+                number.number_type(&phonenumber::metadata::DATABASE),
+                Type::PremiumRate | Type::SharedCost
+            ),
+            canonical: Some(e164(&number)),
+        }
+    }
+
+    #[test]
+    fn phone_facts_agrees_with_number_type_on_every_example() {
+        use phonenumber::Type;
+        let kinds = [
+            Type::FixedLine,
+            Type::Mobile,
+            Type::TollFree,
+            Type::PremiumRate,
+            Type::SharedCost,
+            Type::PersonalNumber,
+            Type::Voip,
+            Type::Pager,
+            Type::Uan,
+            Type::Voicemail,
+        ];
+        let (mut checked, mut premium) = (0, 0);
+        for meta in phonenumber::metadata::DATABASE.iter() {
+            for kind in kinds {
+                let Some(example) = meta.descriptors().get(kind).and_then(|d| d.example()) else {
+                    continue;
+                };
+                let phone = format!("+{}{example}", meta.country_code());
+                let expected = facts_the_long_way(&phone);
+                assert_eq!(
+                    phone_facts(&phone),
+                    expected,
+                    "{} {kind:?} example",
+                    meta.id()
+                );
+                checked += 1;
+                premium += usize::from(expected.premium);
+            }
+        }
+        assert!(checked > 1000, "every region's examples: {checked}");
+        assert!(
+            premium > 100,
+            "premium and shared-cost examples among them: {premium}"
+        );
+    }
 
     #[test]
     fn spellings_of_one_subscriber_share_one_canonical_number() {
