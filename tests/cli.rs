@@ -335,15 +335,14 @@ async fn the_http_ingress_serves_its_metrics_apart_from_the_public_listener() {
     };
     let (public, metrics) = (free(), free());
     let broker = shared_broker();
-    let mut ingress = Command::new(env!("CARGO_BIN_EXE_otp"))
-        .args(["producer", "serve", "--dev"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+    cmd.args(["producer", "serve", "--dev"])
         .args(["--listen", &public, "--metrics-listen", &metrics])
         .args(["--brokers", &broker.bootstrap()])
         .args(["--topic-prefix", &format!("ingress{}.", std::process::id())])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the ingress");
+        .stderr(std::process::Stdio::null());
+    let mut ingress = otp_test_support::spawn_kept(cmd).expect("start the ingress");
     let http = reqwest::Client::new();
     let scrape = || async {
         http.get(format!("http://{metrics}/metrics"))

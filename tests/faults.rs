@@ -98,7 +98,7 @@ fn spawn_worker(
     for (name, value) in &t.kafka.kafka_opts {
         cmd.args(["--kafka-opt", &format!("{name}={value}")]);
     }
-    cmd.spawn().expect("start otp worker")
+    otp_test_support::spawn_kept(cmd).expect("start otp worker")
 }
 
 /// A worker process that is killed if the scenario ends without stopping it (a failed

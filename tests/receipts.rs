@@ -670,8 +670,8 @@ async fn forged_missing_and_altered_signatures_are_refused_and_emit_nothing() {
 // ------------------------------------------------------------------ a tracker crash
 
 fn spawn_tracker(t: &TestTopics, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_otp"))
-        .args(["receipts", "track", "--tick", "50ms"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+    cmd.args(["receipts", "track", "--tick", "50ms"])
         .args(["--brokers", &t.kafka.brokers])
         .args(["--topic-prefix", &t.kafka.topic_prefix])
         .args(["--group-id", &format!("{}tracker", t.kafka.topic_prefix)])
@@ -689,9 +689,8 @@ fn spawn_tracker(t: &TestTopics, log: &std::path::Path) -> Child {
         .env("OTP_KAFKA__HEARTBEAT_INTERVAL_MS", "1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start otp receipts track")
+        .stderr(std::fs::File::create(log).unwrap());
+    otp_test_support::spawn_kept(cmd).expect("start otp receipts track")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,27 +29,26 @@ fn free_port() -> u16 {
 }
 
 fn spawn_worker(t: &TestTopics, sim_url: &str, metrics_port: u16, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_otp-sms-worker"))
-        .args([
-            "--sender-rate",
-            "200",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .env("OTP_KAFKA_BROKERS", &t.kafka.brokers)
-        .env("OTP_TOPIC_PREFIX", &t.kafka.topic_prefix)
-        .env("OTP_SMS_API_BASE_URL", sim_url)
-        .env("OTP_SMS_ACCOUNT_SID", "ACsim")
-        .env("OTP_SMS_FROM", "+15557654321")
-        .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
-        .env("OTP_PHONE_HASH_KEY", "sigterm-test")
-        .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
-        .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start otp-sms-worker")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-sms-worker"));
+    cmd.args([
+        "--sender-rate",
+        "200",
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+    ])
+    .env("OTP_KAFKA_BROKERS", &t.kafka.brokers)
+    .env("OTP_TOPIC_PREFIX", &t.kafka.topic_prefix)
+    .env("OTP_SMS_API_BASE_URL", sim_url)
+    .env("OTP_SMS_ACCOUNT_SID", "ACsim")
+    .env("OTP_SMS_FROM", "+15557654321")
+    .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
+    .env("OTP_PHONE_HASH_KEY", "sigterm-test")
+    .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
+    .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
+    .env("RUST_LOG", "debug")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap());
+    otp_test_support::spawn_kept(cmd).expect("start otp-sms-worker")
 }
 
 async fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {

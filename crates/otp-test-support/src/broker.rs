@@ -204,10 +204,12 @@ fn tail(path: &Path) -> String {
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-/// Spawn `cmd` from a thread that lives as long as the process. The child is killed when its
-/// parent *thread* ends (PR_SET_PDEATHSIG is per thread), so spawning from a short-lived test
-/// thread would kill a shared broker after the first test.
-fn spawn_kept(cmd: Command) -> std::io::Result<Child> {
+/// Spawn `cmd` so that it dies with the test process, however that ends (a panic, an abort, a
+/// SIGKILL from outside, where no `Drop` runs): from a thread that lives as long as the
+/// process, since the child is killed when its parent *thread* ends (PR_SET_PDEATHSIG is per
+/// thread), and spawning from a short-lived test thread would kill a shared broker after the
+/// first test. Every process a test starts goes through here.
+pub fn spawn_kept(cmd: Command) -> std::io::Result<Child> {
     static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let keeper = KEEPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();

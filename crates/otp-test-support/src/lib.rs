@@ -9,7 +9,7 @@ mod broker;
 pub mod invariants;
 mod read;
 
-pub use broker::{shared_broker, Storage, TansuBroker};
+pub use broker::{shared_broker, spawn_kept, Storage, TansuBroker};
 pub use invariants::{check as check_invariants, Verdict};
 pub use read::{
     collect_json_until, committed_past, locate_requests, message_count, partition_count,

@@ -127,12 +127,29 @@ impl ConsumerContext for RebalanceBridge {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
-            self.letting_go.assigned(&partitions);
-            // Paused here, inside the poll that assigned them: nothing of them is fetched.
+            // Held ones are paused here, inside the poll that assigned them: nothing of them
+            // is fetched. The others are resumed: librdkafka keeps an application's pause
+            // across an unassign, so a partition paused by back-pressure before it was
+            // revoked would come back paused for good; the poll loop pauses it again while
+            // back-pressure lasts.
             let held = self.holds.on_assign(&partitions);
-            if !held.is_empty() {
-                if let Err(e) = consumer.pause(&partition_list(&held)) {
-                    tracing::warn!(error = %e, "could not hold newly assigned partitions");
+            let free: Vec<TopicPartition> = partitions
+                .iter()
+                .filter(|p| !held.contains(p))
+                .cloned()
+                .collect();
+            for (list, pause) in [(held, true), (free, false)] {
+                if list.is_empty() {
+                    continue;
+                }
+                let tpl = partition_list(&list);
+                let done = if pause {
+                    consumer.pause(&tpl)
+                } else {
+                    consumer.resume(&tpl)
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, pause, "pause/resume of new partitions failed");
                 }
             }
             tracing::info!(?partitions, "partitions assigned");

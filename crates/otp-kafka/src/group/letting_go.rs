@@ -5,8 +5,13 @@
 //! partitions go anyway. A member busy in a write that Kafka holds up (a tracker's fallback,
 //! retried until acknowledged) may answer after that, when the partitions already have a new
 //! owner that fires the same deadlines. The member asks [`LettingGo::holds_back`] before each
-//! decision it carries out: a partition announced as revoked (and not assigned again since)
-//! is left to its new owner, even before the revoke event is handled.
+//! decision it carries out: a partition announced as revoked is left to its new owner, even
+//! before the revoke event is handled.
+//!
+//! The mark is set by the poll thread, at once, and cleared by the runner when it hands the
+//! member a later assignment of the partition, in the member's own order of events: a
+//! partition that moved away and came back during one held-up write stays marked until the
+//! member has handled its revoke (and dropped what it knew) and then its new assignment.
 
 use super::TopicPartition;
 use std::collections::HashSet;
@@ -23,7 +28,8 @@ impl LettingGo {
         set.extend(partitions.iter().cloned());
     }
 
-    /// `partitions` are this member's again.
+    /// `partitions` are this member's again: called by the runner as it hands the member
+    /// their assignment, after the revoke before it.
     pub(crate) fn assigned(&self, partitions: &[TopicPartition]) {
         let mut set = self.0.lock().expect("letting-go lock");
         for p in partitions {

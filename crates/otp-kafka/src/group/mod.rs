@@ -313,6 +313,9 @@ async fn dispatch<M: GroupMember>(member: &mut M, group: &Group, event: Consumer
     match event {
         ConsumerEvent::Message(message, place) => member.message(message, place).await,
         ConsumerEvent::Assigned(partitions) => {
+            // After the revoke before it (events come in order): the member has dropped what
+            // it knew of these partitions and may act on them again.
+            group.letting_go().assigned(&partitions);
             member.assigned(&partitions, group).await;
             member.rebalanced(group).await;
         }

@@ -215,10 +215,12 @@ impl Tracker {
         tracing::info!(partition, "partition caught up; its deadlines are live");
     }
 
-    /// The partition's receipts are fetched from when its records are all read back.
+    /// The partition's receipts are fetched from when its records are all read back. Not for
+    /// a partition being let go: its read-back belongs to an ownership that is ending, and a
+    /// release would lift the hold of its next assignment.
     fn release_receipts_once_records_are_in(&self, partition: i32) {
         if let Some(holds) = &self.holds {
-            if !self.records_behind(partition) {
+            if !self.records_behind(partition) && !self.let_go(partition) {
                 let receipts = TopicPartition::new(self.topics.delivery_receipts(), partition);
                 holds.release(&receipts);
             }
