@@ -209,6 +209,29 @@ impl DeliveryStatus {
         }
     }
 
+    /// The ending of a request whose `fallback` (this status) could not be handed on to its
+    /// next channel (the contract refused the request, or the write was given up): `failed`,
+    /// final, category `internal`, code `fallback_refused`, with `reason` (which names a field
+    /// and a rule or a Kafka error, never a value). Its latency runs to now.
+    pub fn fallback_refused(&self, reason: &str) -> Self {
+        let now = Utc::now();
+        let mut failed = self.clone();
+        failed.event_id = new_event_id();
+        failed.latency_ms = self
+            .latency_ms
+            .map(|ms| ms + (now - self.occurred_at).num_milliseconds().max(0) as u64);
+        failed.occurred_at = now;
+        failed.status = StatusKind::Failed;
+        failed.is_final = true;
+        failed.next_channel = None;
+        failed.error = Some(StatusError {
+            category: ErrorCategory::Internal,
+            code: "fallback_refused".into(),
+            message: reason.to_string(),
+        });
+        failed
+    }
+
     pub fn with_error(mut self, error: StatusError) -> Self {
         self.error = Some(error);
         self
@@ -216,5 +239,46 @@ impl DeliveryStatus {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a DeliveryStatus always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Submission;
+
+    #[test]
+    fn a_fallback_that_cannot_be_handed_on_ends_the_request_failed() {
+        let request = Submission::new(
+            "+15551230001",
+            "123456",
+            vec![Channel::Whatsapp, Channel::Sms],
+            chrono::Duration::minutes(5),
+        )
+        .complete(Utc::now());
+        let hasher = PhoneHasher::new(b"k");
+        let mut fallback =
+            DeliveryStatus::about(&request, StatusKind::Fallback, Channel::Whatsapp, &hasher);
+        fallback.next_channel = Some(Channel::Sms);
+        fallback.occurred_at = Utc::now() - chrono::Duration::seconds(2);
+        let before = fallback.latency_ms.unwrap();
+
+        let failed = fallback.fallback_refused("phone: must be E.164");
+        assert_eq!(failed.status, StatusKind::Failed);
+        assert!(failed.is_final, "the request's one ending");
+        assert_eq!(failed.next_channel, None);
+        assert_ne!(failed.event_id, fallback.event_id, "an event of its own");
+        assert_eq!(failed.request_id, fallback.request_id);
+        let error = failed.error.as_ref().unwrap();
+        assert_eq!(
+            (error.category, error.code.as_str()),
+            (ErrorCategory::Internal, "fallback_refused")
+        );
+        assert!(
+            failed.latency_ms.unwrap() >= before + 2000,
+            "latency runs to the ending"
+        );
+        let json = String::from_utf8(failed.to_json()).unwrap();
+        assert!(!json.contains("5551230001") && !json.contains("123456"));
     }
 }

@@ -343,29 +343,15 @@ impl KafkaWriter {
     /// Fall back: write `status` (the `fallback` that says why), then hand `next` on to its
     /// channel's topic, in that order, so analysts never see the next channel's statuses
     /// before the fallback that caused them. A request the contract refuses (or a write given
-    /// up) cannot be handed on: then a final `failed` status (`fallback_refused`) follows.
+    /// up) cannot be handed on: the caller then ends it with
+    /// [`DeliveryStatus::fallback_refused`].
     pub async fn fall_back(
         &self,
         next: &CodeRequest,
         status: &DeliveryStatus,
     ) -> Result<(), PublishError> {
         self.status(status).await;
-        let handed = self.fallback(next).await;
-        if let Err(e) = &handed {
-            let mut failed = status.clone();
-            failed.event_id = otp_events::new_event_id();
-            failed.occurred_at = chrono::Utc::now();
-            failed.status = otp_events::StatusKind::Failed;
-            failed.is_final = true;
-            failed.next_channel = None;
-            failed.error = Some(otp_events::StatusError {
-                category: otp_events::ErrorCategory::Internal,
-                code: "fallback_refused".into(),
-                message: e.to_string(),
-            });
-            self.status(&failed).await;
-        }
-        handed
+        self.fallback(next).await
     }
 
     /// Hand a request on to its next channel's topic. A request the contract refuses cannot be

@@ -325,7 +325,10 @@ impl<C: ChannelClient> Pipeline<C> {
                 // a request that cannot be handed on ends `failed` (`fallback_refused`). From
                 // the first write on, the next channel (or that failure) is the ending.
                 progress.reach(Reached::Ended);
-                let _ = self.writer.fall_back(&next, &status).await;
+                if let Err(e) = self.writer.fall_back(&next, &status).await {
+                    self.write_status(status.fallback_refused(&e.to_string()))
+                        .await;
+                }
             }
         }
     }

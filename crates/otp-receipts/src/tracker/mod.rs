@@ -390,9 +390,16 @@ impl Tracker {
                         .to_string();
                     // The fallback status before the request it hands on (cause before
                     // effect); one that cannot be handed on ends `failed`.
-                    if self.writer.fall_back(&next, &status).await.is_ok() {
-                        metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
-                        tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
+                    match self.writer.fall_back(&next, &status).await {
+                        Ok(()) => {
+                            metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
+                            tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
+                        }
+                        Err(e) => {
+                            let failed = status.fallback_refused(&e.to_string());
+                            tracing::warn!(request_id = %status.request_id, error = %e, "fallback could not be handed on; the request ends failed");
+                            self.writer.status(&failed).await;
+                        }
                     }
                 }
                 Action::Status(status) => self.writer.status(&status).await,
