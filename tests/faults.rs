@@ -295,17 +295,12 @@ impl Scenario {
         workers: &[&str],
     ) {
         if !v.promises_hold() {
+            // Plain text: a worker colours its logs only on a terminal.
             let logs: Vec<(&str, String)> = workers
                 .iter()
                 .map(|name| {
                     let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-                    (
-                        *name,
-                        log.lines()
-                            .map(strip_colours)
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    )
+                    (*name, log)
                 })
                 .collect();
             for (name, log) in &logs {
@@ -363,30 +358,11 @@ fn first_assignment(log: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let line = log
         .lines()
         .find(|l| l.contains("partitions assigned") && l.contains("TopicPartition {"))?;
-    // Lines start with the timestamp, possibly behind terminal colour codes.
-    let plain: String = strip_colours(line);
-    let stamp = plain.split_whitespace().next()?;
+    // Lines start with the timestamp (plain text: no colours off a terminal).
+    let stamp = line.split_whitespace().next()?;
     chrono::DateTime::parse_from_rfc3339(stamp)
         .ok()
         .map(|t| t.with_timezone(&chrono::Utc))
-}
-
-fn strip_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn report(scenario: &str, v: &Verdict) {

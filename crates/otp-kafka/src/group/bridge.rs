@@ -72,12 +72,12 @@ impl RebalanceBridge {
         }
     }
 
-    pub fn holds(&self) -> Holds {
-        self.holds.clone()
+    pub fn holds(&self) -> &Holds {
+        &self.holds
     }
 
-    pub fn letting_go(&self) -> LettingGo {
-        self.letting_go.clone()
+    pub fn letting_go(&self) -> &LettingGo {
+        &self.letting_go
     }
 }
 
@@ -133,24 +133,13 @@ impl ConsumerContext for RebalanceBridge {
             // revoked would come back paused for good; the poll loop pauses it again while
             // back-pressure lasts.
             let held = self.holds.on_assign(&partitions);
-            let free: Vec<TopicPartition> = partitions
-                .iter()
-                .filter(|p| !held.contains(p))
-                .cloned()
-                .collect();
-            for (list, pause) in [(held, true), (free, false)] {
-                if list.is_empty() {
-                    continue;
+            if !held.is_empty() {
+                if let Err(e) = consumer.pause(&partition_list(&held)) {
+                    tracing::warn!(error = %e, "could not hold newly assigned partitions");
                 }
-                let tpl = partition_list(&list);
-                let done = if pause {
-                    consumer.pause(&tpl)
-                } else {
-                    consumer.resume(&tpl)
-                };
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, pause, "pause/resume of new partitions failed");
-                }
+            }
+            if let Err(e) = resume_unless_held(consumer, &partitions) {
+                tracing::warn!(error = %e, "could not resume newly assigned partitions");
             }
             tracing::info!(?partitions, "partitions assigned");
             let _ = self.events.send(ConsumerEvent::Assigned(partitions));
@@ -270,18 +259,30 @@ fn wait_for_place(in_flight: &InFlight, stop: &AtomicBool) -> Option<Permit> {
     None
 }
 
+/// Resume `partitions`, but for those the member holds.
+fn resume_unless_held(
+    consumer: &GroupConsumer,
+    partitions: &[TopicPartition],
+) -> rdkafka::error::KafkaResult<()> {
+    let holds = consumer.context().holds();
+    let free: Vec<TopicPartition> = partitions
+        .iter()
+        .filter(|tp| !holds.is_held(tp))
+        .cloned()
+        .collect();
+    if free.is_empty() {
+        return Ok(());
+    }
+    consumer.resume(&partition_list(&free))
+}
+
 /// Pause the whole assignment, or resume all of it but what the member holds.
 fn set_paused(consumer: &GroupConsumer, pause: bool) {
     if let Ok(assignment) = consumer.assignment() {
         let result = if pause {
             consumer.pause(&assignment)
         } else {
-            let holds = consumer.context().holds();
-            let free: Vec<TopicPartition> = partitions_of(&assignment)
-                .into_iter()
-                .filter(|tp| !holds.is_held(tp))
-                .collect();
-            consumer.resume(&partition_list(&free))
+            resume_unless_held(consumer, &partitions_of(&assignment))
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, pause, "pause/resume failed");

@@ -11,11 +11,11 @@
 
 use super::TopicPartition;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// Shared by the poll thread and the member.
-#[derive(Clone, Default)]
-pub struct Holds(Arc<Mutex<State>>);
+/// Shared by the poll thread and the member, in the consumer's context.
+#[derive(Default)]
+pub struct Holds(Mutex<State>);
 
 #[derive(Default)]
 struct State {
@@ -29,10 +29,10 @@ struct State {
 impl Holds {
     /// Partitions of `topic` start held on every assignment; none when `None`.
     pub(crate) fn new(topic: Option<String>) -> Self {
-        Self(Arc::new(Mutex::new(State {
+        Self(Mutex::new(State {
             topic,
             ..State::default()
-        })))
+        }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -15,11 +15,12 @@
 
 use super::TopicPartition;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// Shared by the poll thread's rebalance callbacks (which write) and the member (which asks).
-#[derive(Clone, Default)]
-pub struct LettingGo(Arc<Mutex<HashSet<TopicPartition>>>);
+/// Shared by the poll thread's rebalance callbacks (which write) and the member (which asks),
+/// in the consumer's context.
+#[derive(Default)]
+pub struct LettingGo(Mutex<HashSet<TopicPartition>>);
 
 impl LettingGo {
     /// A revoke was announced for `partitions` (called before the member is told).
@@ -37,7 +38,8 @@ impl LettingGo {
         }
     }
 
-    /// Whether work on `tp` must stop: its revoke was announced and it was not assigned again.
+    /// Whether work on `tp` must stop: its revoke was announced, and the member has not been
+    /// handed a new assignment of it since.
     pub fn holds_back(&self, tp: &TopicPartition) -> bool {
         self.0.lock().expect("letting-go lock").contains(tp)
     }
@@ -52,9 +54,9 @@ mod tests {
         let board = LettingGo::default();
         let (p0, p1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         assert!(!board.holds_back(&p0));
-        let member = board.clone();
+        let member = &board; // the member's view, through the consumer's context
         board.revoking(std::slice::from_ref(&p0));
-        assert!(member.holds_back(&p0), "seen by the member's copy at once");
+        assert!(member.holds_back(&p0), "seen by the member at once");
         assert!(!member.holds_back(&p1), "only the revoked partition");
         board.assigned(std::slice::from_ref(&p0));
         assert!(!member.holds_back(&p0));

@@ -82,7 +82,8 @@ pub struct GroupSettings {
     /// Messages handed to the member and not yet released, at most.
     pub max_in_flight: usize,
     /// A topic whose partitions are not fetched after an assignment until the member releases
-    /// them ([`Group::holds`]); none when `None`.
+    /// them (the consumer's [`Holds`], `group.consumer().context().holds()`); none when
+    /// `None`.
     pub hold_until_released: Option<String>,
     pub commit_interval: Duration,
     /// How long a revoke waits for the member's answer before the partitions go anyway.
@@ -106,17 +107,6 @@ impl Group {
     /// `spawn_blocking`, never on a tokio worker.
     pub fn consumer(&self) -> Arc<GroupConsumer> {
         self.consumer.clone()
-    }
-
-    /// Release the partitions held since their assignment
-    /// ([`GroupSettings::hold_until_released`]).
-    pub fn holds(&self) -> Holds {
-        self.consumer.context().holds()
-    }
-
-    /// The partitions this member is giving up, from the moment their revoke is announced.
-    pub fn letting_go(&self) -> LettingGo {
-        self.consumer.context().letting_go()
     }
 
     /// How many partitions `topic` has, when the broker says within 5 s.
@@ -315,7 +305,7 @@ async fn dispatch<M: GroupMember>(member: &mut M, group: &Group, event: Consumer
         ConsumerEvent::Assigned(partitions) => {
             // After the revoke before it (events come in order): the member has dropped what
             // it knew of these partitions and may act on them again.
-            group.letting_go().assigned(&partitions);
+            group.consumer.context().letting_go().assigned(&partitions);
             member.assigned(&partitions, group).await;
             member.rebalanced(group).await;
         }

@@ -28,11 +28,11 @@ use otp_events::{
     MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
 };
 use otp_kafka::group::{
-    self, Group, GroupMember, GroupSettings, Holds, LettingGo, OffsetLedger, Permit, Position,
-    TopicPartition,
+    self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
 };
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -94,8 +94,6 @@ pub async fn run(
         lookups: Vec::new(),
         consumer: None,
         owned: BTreeSet::new(),
-        letting_go: None,
-        holds: None,
         deferred: HashMap::new(),
         topics,
         rules,
@@ -117,14 +115,12 @@ struct Tracker {
     /// The broker's answers on where the topics stand, asked in the background on assignment:
     /// (partition, the catch-up it is for, the lookup).
     lookups: Vec<(i32, Instant, tokio::task::JoinHandle<Vec<catch_up::Found>>)>,
-    /// The tracker's consumer, for those lookups.
+    /// The tracker's consumer, for those lookups, for the partitions whose revoke has been
+    /// announced (no act on them from then on), and for the receipts partitions held from
+    /// assignment until their records are read back.
     consumer: Option<std::sync::Arc<otp_kafka::group::GroupConsumer>>,
     /// The partitions (numbers, of both topics) assigned to this member.
     owned: BTreeSet<i32>,
-    /// The partitions whose revoke has been announced: no act on them from then on.
-    letting_go: Option<LettingGo>,
-    /// Receipts partitions are held from assignment until their records are read back.
-    holds: Option<Holds>,
     /// Receipts read before their partition's records were: applied once those are in.
     deferred: HashMap<i32, Vec<OwnedMessage>>,
     topics: Topics,
@@ -203,15 +199,13 @@ impl Tracker {
         if let Some(c) = self.catching_up.get_mut(&partition) {
             if c.seen(topic, offset) {
                 self.caught_up(partition);
-            } else {
-                self.release_receipts_once_records_are_in(partition);
             }
+            self.release_receipts_once_records_are_in(partition);
         }
     }
 
     fn caught_up(&mut self, partition: i32) {
         self.catching_up.remove(&partition);
-        self.release_receipts_once_records_are_in(partition);
         tracing::info!(partition, "partition caught up; its deadlines are live");
     }
 
@@ -219,10 +213,10 @@ impl Tracker {
     /// a partition being let go: its read-back belongs to an ownership that is ending, and a
     /// release would lift the hold of its next assignment.
     fn release_receipts_once_records_are_in(&self, partition: i32) {
-        if let Some(holds) = &self.holds {
+        if let Some(consumer) = &self.consumer {
             if !self.records_behind(partition) && !self.let_go(partition) {
                 let receipts = TopicPartition::new(self.topics.delivery_receipts(), partition);
-                holds.release(&receipts);
+                consumer.context().holds().release(&receipts);
             }
         }
     }
@@ -252,9 +246,8 @@ impl Tracker {
             };
             if ready {
                 self.caught_up(partition);
-            } else {
-                self.release_receipts_once_records_are_in(partition);
             }
+            self.release_receipts_once_records_are_in(partition);
         }
     }
 
@@ -355,9 +348,10 @@ impl Tracker {
 
     /// Whether `partition`'s revoke has been announced: it is the new owner's to act on.
     fn let_go(&self, partition: i32) -> bool {
-        let Some(board) = &self.letting_go else {
+        let Some(consumer) = &self.consumer else {
             return false;
         };
+        let board = consumer.context().letting_go();
         [
             self.topics.pending_confirmations(),
             self.topics.delivery_receipts(),
@@ -430,8 +424,6 @@ impl Tracker {
             .consumer
             .get_or_insert_with(|| group.consumer())
             .clone();
-        self.letting_go.get_or_insert_with(|| group.letting_go());
-        self.holds.get_or_insert_with(|| group.holds());
         let topics = vec![
             self.topics.pending_confirmations(),
             self.topics.delivery_receipts(),
