@@ -64,6 +64,17 @@ impl Action {
             Action::Save(_) | Action::Forget(_) => false,
         }
     }
+
+    /// The request this action is about (a message's index key for its tombstone): the
+    /// writes about one key are made in the order the book decided them.
+    pub fn key(&self) -> String {
+        match self {
+            Action::FallBack { status, .. } | Action::Status(status) => status.request_id.clone(),
+            Action::Save(record) => record.request.request_id.clone(),
+            Action::Forget(key) => key.clone(),
+            Action::Reroute(receipt) => receipt.key(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

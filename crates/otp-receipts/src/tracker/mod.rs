@@ -12,18 +12,20 @@
 //! the timer that it cancels.
 //!
 //! The Kafka side is the consumer-group runner the delivery worker uses too
-//! (`otp_kafka::group`); the book decides, and [`Tracker::execute`] is the one place its
-//! decisions are written.
+//! (`otp_kafka::group`); the book decides, and the [`execute::Executor`] is the one place its
+//! decisions are written (the writes of different requests side by side).
 
 mod book;
 mod catch_up;
 pub mod config;
+mod execute;
 
 pub use book::{Action, Book, Outcome, Tag};
 pub use config::TrackerConfig;
 
 use catch_up::CatchUp;
 use chrono::Utc;
+use execute::Executor;
 use otp_events::{
     MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
 };
@@ -37,7 +39,12 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a revoke or a shutdown waits for the writes under way: within the revoke's
+/// 15 s reply window, and the tracker's stop grace.
+const SETTLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Run the tracker until `shutdown` resolves; then commit and leave the group.
 pub async fn run(
@@ -52,7 +59,11 @@ pub async fn run(
         sealing: kafka.sealing.clone(),
         ..Rules::default()
     };
-    let writer = KafkaWriter::for_fallbacks(&kafka, rules.clone(), hasher.clone())?;
+    let writer = Arc::new(KafkaWriter::for_fallbacks(
+        &kafka,
+        rules.clone(),
+        hasher.clone(),
+    )?);
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
@@ -75,8 +86,8 @@ pub async fn run(
         hold_until_released: Some(topics.delivery_receipts()),
         commit_interval: Duration::from_secs(1),
         revoke_reply_within: Duration::from_secs(15),
-        // Nothing runs beside the loop: stopping is committing and leaving.
-        shutdown_grace: Duration::from_secs(1),
+        // The writes under way finish (each is bounded by the writer's own timeout).
+        shutdown_grace: SETTLE_WITHIN,
         tick: Some(config.tick),
         metrics_listen: config.metrics_listen,
         name: "otp-tracker-consumer".into(),
@@ -89,7 +100,8 @@ pub async fn run(
             chrono::Duration::from_std(config.orphan_ttl)?,
         ),
         writer,
-        ledger: OffsetLedger::default(),
+        executor: None,
+        ledger: Arc::new(OffsetLedger::default()),
         catching_up: HashMap::new(),
         lookups: Vec::new(),
         consumer: None,
@@ -107,9 +119,12 @@ pub async fn run(
 
 struct Tracker {
     book: Book,
-    writer: KafkaWriter,
-    /// Receipts' offsets: committed up to the lowest one not yet applied.
-    ledger: OffsetLedger,
+    writer: Arc<KafkaWriter>,
+    /// Writes the book's decisions; made with the consumer, at the first assignment.
+    executor: Option<Executor>,
+    /// Receipts' offsets: committed up to the lowest one not yet applied (and its writes
+    /// acknowledged).
+    ledger: Arc<OffsetLedger>,
     /// Per partition number: where each topic stood at assignment, until read up to there.
     catching_up: HashMap<i32, CatchUp>,
     /// The broker's answers on where the topics stand, asked in the background on assignment:
@@ -143,8 +158,17 @@ impl GroupMember for Tracker {
         self.start_read_back(partitions, group).await;
     }
 
+    /// The writes under way for `partitions` finish first (their revoke is announced, so
+    /// they stop before anything that acts), then their receipts' positions are returned.
     async fn revoked(&mut self, partitions: &[TopicPartition]) -> Vec<Position> {
+        let numbers: Vec<i32> = partitions.iter().map(|tp| tp.partition).collect();
+        self.settle(Some(&numbers)).await;
         self.give_up(partitions)
+    }
+
+    /// Stopping: the writes under way finish (bounded by the runner's grace).
+    async fn drain(&mut self) {
+        self.settle(None).await;
     }
 
     fn positions(&self) -> Vec<Position> {
@@ -348,72 +372,38 @@ impl Tracker {
 
     /// Whether `partition`'s revoke has been announced: it is the new owner's to act on.
     fn let_go(&self, partition: i32) -> bool {
-        let Some(consumer) = &self.consumer else {
-            return false;
-        };
-        let board = consumer.context().letting_go();
-        [
-            self.topics.pending_confirmations(),
-            self.topics.delivery_receipts(),
-        ]
-        .iter()
-        .any(|topic| board.holds_back(&TopicPartition::new(topic, partition)))
+        self.consumer
+            .as_ref()
+            .is_some_and(|c| execute::let_go(c, &self.topics, partition))
     }
 
-    /// Carry out the book's decisions about `partition` in order; each write is acknowledged
-    /// before the next. Once the partition's revoke is announced (a write Kafka held up can
-    /// outlast the revoke's reply window, after which the partition has a new owner that
-    /// rebuilds the same deadlines), nothing more that acts is carried out, and no receipt
-    /// is released: the new owner does both.
+    /// Hand the book's decisions about `partition` to the executor (waiting only for room in
+    /// its queues).
     async fn execute(&mut self, partition: i32, outcome: Outcome) {
-        for action in outcome.actions {
-            if action.acts() && self.let_go(partition) {
-                metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
-                tracing::warn!(
-                    partition,
-                    "partition being let go; its remaining decisions are left to its new owner"
-                );
-                break;
-            }
-            match action {
-                Action::FallBack { next, status } => {
-                    let reason = status
-                        .error
-                        .as_ref()
-                        .map_or("", |e| e.code.as_str())
-                        .to_string();
-                    // The fallback status before the request it hands on (cause before
-                    // effect); one that cannot be handed on ends `failed`.
-                    match self.writer.fall_back(&next, &status).await {
-                        Ok(()) => {
-                            metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason.clone()).increment(1);
-                            tracing::info!(request_id = %status.request_id, reason, "fallback after receipt");
-                        }
-                        Err(e) => {
-                            let failed = status.fallback_refused(&e.to_string());
-                            tracing::warn!(request_id = %status.request_id, error = %e, "fallback could not be handed on; the request ends failed");
-                            self.writer.status(&failed).await;
-                        }
-                    }
-                }
-                Action::Status(status) => self.writer.status(&status).await,
-                Action::Save(record) => self.writer.pending(&record).await,
-                Action::Forget(key) => self.writer.forget_pending(&key).await,
-                Action::Reroute(receipt) => {
-                    metrics::counter!("otp_receipts_resolved_by_message_total", "channel" => receipt.channel.as_str())
-                        .increment(1);
-                    self.writer.receipt(&receipt).await;
-                }
-            }
+        if outcome.actions.is_empty() && outcome.released.is_empty() {
+            return;
         }
-        let topic = self.topics.delivery_receipts();
-        for tag in outcome.released {
-            // A receipt whose decisions may have been left undone must not be committed.
-            if self.let_go(tag.partition) {
-                continue;
-            }
-            let tp = TopicPartition::new(&topic, tag.partition);
-            self.ledger.finished(&tp, tag.offset, tag.generation);
+        match &self.executor {
+            Some(executor) => executor.submit(partition, outcome).await,
+            // Decisions come only from assigned partitions, after the executor is made.
+            None => tracing::error!(partition, "decision before any assignment; dropped"),
+        }
+    }
+
+    /// Wait for the decisions under way about `partitions` (all, when None), at most
+    /// [`SETTLE_WITHIN`]: what is left is not committed, and the next owner reads it again.
+    async fn settle(&self, partitions: Option<&[i32]>) {
+        let Some(executor) = &self.executor else {
+            return;
+        };
+        if tokio::time::timeout(SETTLE_WITHIN, executor.settled(partitions))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?partitions,
+                "tracker writes still under way; their receipts are left to be read again"
+            );
         }
     }
 
@@ -424,6 +414,14 @@ impl Tracker {
             .consumer
             .get_or_insert_with(|| group.consumer())
             .clone();
+        if self.executor.is_none() {
+            self.executor = Some(Executor::new(
+                self.writer.clone(),
+                self.ledger.clone(),
+                consumer.clone(),
+                self.topics.clone(),
+            ));
+        }
         let topics = vec![
             self.topics.pending_confirmations(),
             self.topics.delivery_receipts(),
@@ -433,6 +431,8 @@ impl Tracker {
         new.sort_unstable();
         new.dedup();
         self.owned.extend(new.iter().copied());
+        // As the workers report theirs: partitions of the request-side topic owned.
+        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
         for partition in new {
             if self.catching_up.contains_key(&partition) {
                 // Held again by the assignment: released at once if its records are in.
@@ -470,6 +470,7 @@ impl Tracker {
             self.deferred.remove(&tp.partition);
             self.ledger.remove(tp);
         }
+        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
         positions
     }
 }
