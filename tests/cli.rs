@@ -325,6 +325,55 @@ async fn load_measures_a_run_and_draws_it() {
     assert!(svg.starts_with("<svg") && svg.contains("Throughput"));
 }
 
+/// `otp load --embedded --receipts`: the receipts path under load, on the embedded broker.
+/// The receipts ingress and the confirmation tracker run as processes of their own, every
+/// WhatsApp delivery is confirmed by the tracker (SMS, the last channel, ends `sent`), every
+/// webhook the simulator posted is answered, and the receipts figures add up.
+#[tokio::test]
+async fn load_with_receipts_confirms_every_delivery_on_the_embedded_broker() {
+    let out = otp(&[
+        "load",
+        "--embedded",
+        "--receipts",
+        "--receipt-delay",
+        "100ms",
+        "--partitions",
+        "2",
+        "--requests",
+        "100",
+        "--not-on-whatsapp",
+        "20",
+        "--json",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["finished"], 100, "{report:#}");
+    assert_eq!(report["finals"]["delivered/whatsapp"], 80, "{report:#}");
+    assert_eq!(report["finals"]["sent/sms"], 20, "{report:#}");
+    assert_eq!(report["fallbacks"], 20, "only the staged ones: {report:#}");
+    let r = &report["receipts"];
+    assert_eq!(r["confirmed"], 80, "{report:#}");
+    assert_eq!(r["receipt_delay_ms"], 100);
+    let latency = &r["confirmation_latency_ms"];
+    assert_eq!(latency["count"], 80, "{report:#}");
+    assert!(latency["p50"].as_u64().unwrap() >= 100, "{report:#}");
+    // sent and delivered for each of the 80 WhatsApp and the 20 SMS messages, each answered.
+    assert_eq!(r["webhooks"]["attempts"], 200, "{report:#}");
+    assert_eq!(r["webhooks"]["delivered"], 200, "{report:#}");
+    assert_eq!(r["ingress_answer_us"]["count"], 200, "{report:#}");
+    for service in ["ingress", "tracker"] {
+        let f = &r[service];
+        assert!(f["cpu_seconds"].as_f64().unwrap() > 0.0, "{service}: {f}");
+        assert!(f["peak_rss_mb"].as_f64().unwrap() > 1.0, "{service}: {f}");
+    }
+}
+
 /// The HTTP ingress serves `/metrics` on its own listener (`--metrics-listen`), apart from the
 /// public one, with every outcome's series from the start and each call counted.
 #[tokio::test]

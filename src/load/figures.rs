@@ -1,11 +1,11 @@
 //! The figures of a load run, computed once from what was published, what the status topic
 //! said, what the simulator received and what /proc said of the workers.
 
-use super::fleet::Usage;
+use super::fleet::{Role, Usage};
 use super::{Observed, Sent};
 use hdrhistogram::Histogram;
 use otp_events::Channel;
-use otp_provider_sim::{Received, Stats};
+use otp_provider_sim::{Quantiles, Received, Stats};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,32 +24,21 @@ pub struct Inputs<'a> {
     pub sent: &'a HashMap<String, Sent>,
     pub sim_messages: &'a [Received],
     pub sim_stats: &'a Stats,
-    pub usage: &'a [(Channel, Usage)],
+    pub usage: &'a [(Role, Usage)],
+    /// The simulator's receipt delay when the receipts path ran (`--receipts`).
+    pub receipt_delay: Option<std::time::Duration>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: u64,
-    pub p95: u64,
-    pub p99: u64,
-    pub max: u64,
-}
+/// Percentiles of a run's latencies, as the simulator reports its own.
+pub type Percentiles = Quantiles;
 
-impl Percentiles {
-    fn of(values: impl IntoIterator<Item = i64>) -> Option<Self> {
-        let mut h = Histogram::<u64>::new(3).expect("valid histogram");
-        for v in values {
-            h.record(v.max(0) as u64).ok()?;
-        }
-        (!h.is_empty()).then(|| Self {
-            count: h.len(),
-            p50: h.value_at_quantile(0.50),
-            p95: h.value_at_quantile(0.95),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        })
+/// The percentiles of `values` (negative ones count as 0); None when there are none.
+fn percentiles(values: impl IntoIterator<Item = i64>) -> Option<Percentiles> {
+    let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+    for v in values {
+        h.record(v.max(0) as u64).ok()?;
     }
+    Quantiles::of(&h)
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +73,41 @@ pub struct Report {
     pub latency_to_fallback_sms_ms: Option<Percentiles>,
     pub rate_limit_violations: u64,
     pub workers: Vec<WorkerFigures>,
+    /// The receipts path, when it ran (`--receipts`).
+    pub receipts: Option<ReceiptFigures>,
+}
+
+/// CPU and memory of a receipts service, per unit of its work.
+#[derive(Debug, Serialize)]
+pub struct ServiceFigures {
+    pub cpu_seconds: f64,
+    /// CPU per unit: per webhook call answered (ingress), per request confirmed (tracker).
+    pub cpu_us_per_unit: Option<f64>,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReceiptFigures {
+    /// The simulator's delay from accepting a message to reporting it delivered, ms: part of
+    /// every confirmation latency.
+    pub receipt_delay_ms: u64,
+    /// Webhook calls the simulator made, by outcome (`attempts`, `delivered`, `retried`,
+    /// `given_up`).
+    pub webhooks: BTreeMap<String, u64>,
+    /// How long the ingress took to answer a webhook call, as the simulator saw it, µs.
+    pub ingress_answer_us: Option<Quantiles>,
+    /// Requests ended by the tracker: a final `delivered` or `read`.
+    pub confirmed: usize,
+    /// Requests reported `accepted` by a worker, per second from the first to the last.
+    pub accepted_per_second: f64,
+    /// Confirmations per second from the first to the last: the tracker keeps up when this
+    /// matches `accepted_per_second` and the confirmation latency stays near the receipt
+    /// delay.
+    pub confirmed_per_second: f64,
+    /// A request's `accepted` status to its confirming final status, ms.
+    pub confirmation_latency_ms: Option<Percentiles>,
+    pub ingress: Option<ServiceFigures>,
+    pub tracker: Option<ServiceFigures>,
 }
 
 impl Report {
@@ -139,6 +163,10 @@ impl Report {
         let workers = i
             .usage
             .iter()
+            .filter_map(|(role, u)| match role {
+                Role::Worker(channel) => Some((channel, u)),
+                _ => None,
+            })
             .map(|(channel, u)| {
                 let n = sends.get(channel.as_str()).copied().unwrap_or(0);
                 let per = |scale: f64| (n > 0).then(|| u.cpu_seconds * scale / n as f64);
@@ -160,15 +188,25 @@ impl Report {
             finals,
             fallbacks: i.observed.fallbacks,
             duplicates: i.observed.duplicates,
-            latency_to_final_ms: Percentiles::of(to_final),
-            latency_to_provider_ms: Percentiles::of(to_provider),
-            latency_to_fallback_sms_ms: Percentiles::of(to_fallback),
+            latency_to_final_ms: percentiles(to_final),
+            latency_to_provider_ms: percentiles(to_provider),
+            latency_to_fallback_sms_ms: percentiles(to_fallback),
             rate_limit_violations: i.sim_stats.rate_limit_violations.values().sum(),
             workers,
+            receipts: i
+                .receipt_delay
+                .map(|delay| ReceiptFigures::compute(&i, delay)),
         }
     }
 
     pub fn print_table(&self) {
+        self.print_deliveries();
+        if let Some(r) = &self.receipts {
+            r.print_table();
+        }
+    }
+
+    fn print_deliveries(&self) {
         println!(
             "requests {:>9}   final {:>9}   in {:.1} s   throughput {:.0}/s",
             self.requests, self.finished, self.elapsed_seconds, self.throughput_per_second
@@ -216,6 +254,97 @@ impl Report {
                 opt(w.cpu_seconds_per_10k_sends, 2),
                 w.peak_rss_mb
             );
+        }
+    }
+}
+
+/// Events per second between the first and the last of `times` (Unix ms).
+fn rate(times: impl IntoIterator<Item = i64>) -> f64 {
+    let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
+    for t in times {
+        n += 1;
+        first = first.min(t);
+        last = last.max(t);
+    }
+    if n < 2 {
+        return 0.0;
+    }
+    n as f64 * 1000.0 / (last - first).max(1) as f64
+}
+
+impl ReceiptFigures {
+    fn compute(i: &Inputs<'_>, delay: std::time::Duration) -> Self {
+        let confirmations: Vec<(&String, &super::Final)> = i
+            .observed
+            .finals
+            .iter()
+            .filter(|(_, f)| matches!(f.status.as_str(), "delivered" | "read"))
+            .collect();
+        let latency = confirmations.iter().filter_map(|(id, f)| {
+            let accepted = i.observed.accepted.get(*id)?;
+            Some(f.at_ms - accepted)
+        });
+        let webhook_calls = i.sim_stats.webhooks.get("attempts").copied().unwrap_or(0);
+        let service = |role: Role, units: u64| {
+            i.usage
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map(|(_, u)| ServiceFigures {
+                    cpu_seconds: u.cpu_seconds,
+                    cpu_us_per_unit: (units > 0).then(|| u.cpu_seconds * 1e6 / units as f64),
+                    peak_rss_mb: u.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                })
+        };
+        Self {
+            receipt_delay_ms: delay.as_millis() as u64,
+            webhooks: i.sim_stats.webhooks.clone(),
+            ingress_answer_us: i.sim_stats.webhook_answer_us,
+            confirmed: confirmations.len(),
+            accepted_per_second: rate(i.observed.accepted.values().copied()),
+            confirmed_per_second: rate(confirmations.iter().map(|(_, f)| f.at_ms)),
+            confirmation_latency_ms: percentiles(latency),
+            ingress: service(Role::Ingress, webhook_calls),
+            tracker: service(Role::Tracker, confirmations.len() as u64),
+        }
+    }
+
+    fn print_table(&self) {
+        println!(
+            "\nreceipts: {} confirmed; accepted {:.0}/s, confirmed {:.0}/s; webhook calls {}; \
+             the simulator reports delivered {} ms after accepting",
+            self.confirmed,
+            self.accepted_per_second,
+            self.confirmed_per_second,
+            self.webhooks.get("attempts").copied().unwrap_or(0),
+            self.receipt_delay_ms
+        );
+        println!(
+            "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
+            "", "p50", "p95", "p99", "max", "count"
+        );
+        if let Some(p) = &self.confirmation_latency_ms {
+            println!(
+                "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                "accepted -> confirmed (ms)", p.p50, p.p95, p.p99, p.max, p.count
+            );
+        }
+        if let Some(q) = &self.ingress_answer_us {
+            println!(
+                "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                "ingress answer (us)", q.p50, q.p95, q.p99, q.max, q.count
+            );
+        }
+        for (name, unit, f) in [
+            ("ingress", "webhook call", &self.ingress),
+            ("tracker", "confirmation", &self.tracker),
+        ] {
+            if let Some(f) = f {
+                let per = f.cpu_us_per_unit.map_or("-".into(), |v| format!("{v:.0}"));
+                println!(
+                    "{name:<10} CPU {:.2} s, {per} us per {unit}, peak RSS {:.1} MB",
+                    f.cpu_seconds, f.peak_rss_mb
+                );
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The workers of a load run, each its own process (`otp worker <channel>`, the binaries'
-//! code), so that their CPU time and memory are their own and can be read from /proc.
+//! The services of a load run, each its own process (`otp worker <channel>`, and with
+//! receipts `otp receipts serve` and `otp receipts track`: the binaries' code), so that their
+//! CPU time and memory are their own and can be read from /proc.
 
 use anyhow::{bail, Context};
 use otp_events::Channel;
@@ -27,8 +28,28 @@ pub struct FleetSpec<'a> {
     pub fallback_key: &'a str,
 }
 
-pub struct WorkerProcess {
-    pub channel: Channel,
+/// What a process of the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Worker(Channel),
+    /// The receipts ingress (`otp receipts serve`): the providers' webhooks.
+    Ingress,
+    /// The confirmation tracker (`otp receipts track`).
+    Tracker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Worker(channel) => write!(f, "{channel} worker"),
+            Role::Ingress => f.write_str("receipts ingress"),
+            Role::Tracker => f.write_str("tracker"),
+        }
+    }
+}
+
+pub struct ServiceProcess {
+    pub role: Role,
     child: Child,
     pid: u32,
     metrics: SocketAddr,
@@ -44,42 +65,70 @@ pub struct Usage {
     pub peak_rss_bytes: u64,
 }
 
-impl WorkerProcess {
-    pub async fn start(spec: &FleetSpec<'_>, channel: Channel) -> anyhow::Result<Self> {
+impl ServiceProcess {
+    /// A delivery worker; with `status_callback` (receipts on), the SMS worker asks for
+    /// status callbacks there.
+    pub async fn worker(
+        spec: &FleetSpec<'_>,
+        channel: Channel,
+        status_callback: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let config = spec.dir.join(format!("{channel}-worker.toml"));
         std::fs::write(&config, (spec.config_toml)(channel))?;
-        let log = spec.dir.join(format!("{channel}-worker.log"));
-        let metrics = free_port()?;
-        let exe = std::env::current_exe().context("locate the otp executable")?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("worker")
-            .arg(channel.as_str())
-            .args(["--brokers", spec.brokers])
-            .args(["--topic-prefix", spec.topic_prefix])
-            .arg("--config")
+        let mut cmd = command(spec, &["worker", channel.as_str()]);
+        cmd.arg("--config")
             .arg(&config)
-            .args(["--metrics-listen", &metrics.to_string()])
             .args(["--api-base-url", spec.sim_url])
-            .env("RUST_LOG", spec.log_filter)
-            .env("OTP_PHONE_HASH_KEY", spec.hash_key)
-            .env("OTP_SEAL_KEYS", spec.seal_keys)
-            .env("OTP_FALLBACK_KEY", spec.fallback_key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true);
+            .env("OTP_FALLBACK_KEY", spec.fallback_key);
         match channel {
             Channel::Whatsapp => cmd
                 .args(["--phone-number-id", "1055500000"])
                 .env("OTP_WHATSAPP_TOKEN", "sim-token"),
             Channel::Sms => cmd
                 .args(["--account-sid", "ACsim", "--from", "+15557654321"])
+                .args(status_callback.map(|url| format!("--status-callback-url={url}")))
                 .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token"),
         };
-        let child = cmd.spawn().context("start a worker process")?;
-        let pid = child.id().context("the worker exited at once")?;
+        Self::spawn(spec, cmd, Role::Worker(channel))
+    }
+
+    /// The receipts ingress, listening on `listen` (its public URL too), with the
+    /// simulator's webhook secrets.
+    pub async fn ingress(spec: &FleetSpec<'_>, listen: SocketAddr) -> anyhow::Result<Self> {
+        let secrets = crate::stack::sim_webhook_secrets();
+        let mut cmd = command(spec, &["receipts", "serve"]);
+        cmd.args(["--listen", &listen.to_string()])
+            .args(["--public-url", &format!("http://{listen}")]);
+        for (name, value) in [
+            ("OTP_WHATSAPP_APP_SECRET", secrets.whatsapp_app_secret),
+            ("OTP_WHATSAPP_VERIFY_TOKEN", secrets.whatsapp_verify_token),
+            ("OTP_SMS_AUTH_TOKEN", secrets.sms_auth_token),
+        ] {
+            cmd.env(name, value.unwrap_or_default());
+        }
+        Self::spawn(spec, cmd, Role::Ingress)
+    }
+
+    /// The confirmation tracker.
+    pub async fn tracker(spec: &FleetSpec<'_>) -> anyhow::Result<Self> {
+        let mut cmd = command(spec, &["receipts", "track"]);
+        cmd.env("OTP_FALLBACK_KEY", spec.fallback_key);
+        Self::spawn(spec, cmd, Role::Tracker)
+    }
+
+    fn spawn(spec: &FleetSpec<'_>, mut cmd: Command, role: Role) -> anyhow::Result<Self> {
+        let log = spec
+            .dir
+            .join(format!("{}.log", role.to_string().replace(' ', "-")));
+        let metrics = free_port()?;
+        cmd.args(["--metrics-listen", &metrics.to_string()])
+            .stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn().with_context(|| format!("start the {role}"))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("the {role} exited at once"))?;
         Ok(Self {
-            channel,
+            role,
             child,
             pid,
             metrics,
@@ -129,57 +178,96 @@ impl WorkerProcess {
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
-            .context("the worker did not stop within 60 s of SIGTERM")??;
+            .with_context(|| format!("the {} did not stop within 60 s of SIGTERM", self.role))??;
         if !status.success() {
             bail!(
-                "the {} worker exited with {status}; see {}",
-                self.channel,
+                "the {} exited with {status}; see {}",
+                self.role,
                 self.log.display()
             );
         }
         Ok(())
     }
+
+    /// Whether it is ready to measure: a group member owns its share of the partitions (and
+    /// a tracker has read them back); the ingress answers its metrics.
+    async fn ready(&self) -> Option<f64> {
+        match self.role {
+            Role::Worker(_) => self.metric("otp_assigned_partitions").await,
+            Role::Tracker => {
+                let catching_up = self.metric("otp_tracker_partitions_catching_up").await?;
+                let owned = self.metric("otp_assigned_partitions").await?;
+                (catching_up == 0.0).then_some(owned)
+            }
+            Role::Ingress => self.metric("otp_webhooks_total").await,
+        }
+    }
 }
 
-/// Wait until the workers of each channel together own all `partitions` of its topic, so
-/// measuring does not include joining the group.
-pub async fn wait_assigned(
-    workers: &mut [WorkerProcess],
+/// `otp <args>` as the run starts its services: its logs to a file, its keys from the run.
+fn command(spec: &FleetSpec<'_>, args: &[&str]) -> Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "otp".into());
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .args(["--brokers", spec.brokers])
+        .args(["--topic-prefix", spec.topic_prefix])
+        .env("RUST_LOG", spec.log_filter)
+        .env("OTP_PHONE_HASH_KEY", spec.hash_key)
+        .env("OTP_SEAL_KEYS", spec.seal_keys)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Wait until the members of each group together own all `partitions` of its topic (and the
+/// ingress serves), so measuring does not include joining the groups.
+pub async fn wait_ready(
+    services: &mut [ServiceProcess],
     partitions: i32,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let groups = [
+        Role::Worker(Channel::Whatsapp),
+        Role::Worker(Channel::Sms),
+        Role::Tracker,
+        Role::Ingress,
+    ];
     loop {
         let mut all = true;
-        for channel in [Channel::Whatsapp, Channel::Sms] {
+        for role in groups {
             let mut owned = 0.0;
             let mut present = false;
-            for w in workers.iter().filter(|w| w.channel == channel) {
+            for s in services.iter().filter(|s| s.role == role) {
                 present = true;
-                owned += w.metric("otp_assigned_partitions").await.unwrap_or(0.0);
+                match s.ready().await {
+                    Some(n) => owned += n,
+                    None => all = false,
+                }
             }
-            all &= !present || owned as i32 == partitions;
+            all &= !present || role == Role::Ingress || owned as i32 == partitions;
         }
         if all {
             return Ok(());
         }
-        for w in workers.iter_mut() {
-            if let Some(status) = w.child.try_wait()? {
+        for s in services.iter_mut() {
+            if let Some(status) = s.child.try_wait()? {
                 bail!(
-                    "the {} worker exited with {status}; see {}",
-                    w.channel,
-                    w.log.display()
+                    "the {} exited with {status}; see {}",
+                    s.role,
+                    s.log.display()
                 );
             }
         }
         if Instant::now() > deadline {
-            bail!("the workers did not own every partition within {timeout:?}");
+            bail!("the services were not ready (every partition owned) within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }

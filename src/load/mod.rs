@@ -7,6 +7,12 @@
 //! final. It reports throughput, latency from `created_at` to the final status and to the
 //! provider, the simulator's rate-limit violations, and each worker's CPU time and peak
 //! memory ([`figures`]); `--plot` draws latency and throughput over time ([`plot`]).
+//!
+//! With `--receipts` the receipts path runs too: the simulator posts its status webhooks to
+//! the receipts ingress (`otp receipts serve`), the confirmation tracker (`otp receipts
+//! track`) ends each request with `delivered`, and the workers run with delivery
+//! confirmation on. The run then also reports the ingress's answer times as the simulator saw
+//! them, the confirmation latency, and whether the tracker kept up with the accepted sends.
 
 mod figures;
 mod fleet;
@@ -15,7 +21,7 @@ mod plot;
 use crate::follow::StatusFollower;
 use anyhow::Context;
 use chrono::Utc;
-use fleet::{FleetSpec, WorkerProcess};
+use fleet::{FleetSpec, Role, ServiceProcess};
 use indicatif::{ProgressBar, ProgressStyle};
 use otp_events::{Channel, PhoneHasher, Submission};
 use otp_kafka::admin::create_topics;
@@ -90,6 +96,16 @@ pub struct LoadArgs {
     /// directory, named at the end of the run.
     #[arg(long, default_value = "warn,rdkafka=error")]
     worker_log: String,
+    /// Run the receipts path too: the receipts ingress and the confirmation tracker as
+    /// processes of their own, the simulator's status webhooks, delivery confirmation on in
+    /// the workers. Every request then ends `delivered` (or falls back when a receipt says
+    /// failed), and the report adds the receipts figures.
+    #[arg(long)]
+    receipts: bool,
+    /// With `--receipts`: how long after accepting a message the simulator reports it
+    /// delivered (the confirmation latency includes it).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "receipts")]
+    receipt_delay: Duration,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -111,6 +127,8 @@ pub(crate) struct Final {
 #[derive(Default)]
 pub(crate) struct Observed {
     pub finals: HashMap<String, Final>,
+    /// Unix ms of each request's first `accepted` status (delivery confirmation on).
+    pub accepted: HashMap<String, i64>,
     pub fallbacks: usize,
     pub duplicates: usize,
 }
@@ -163,6 +181,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     } else {
         (args.sender_rate, (args.sender_rate / 20).max(1))
     };
+    // The ingress's address is chosen first: the simulator is told where to post.
+    let ingress = if args.receipts {
+        Some(fleet::free_port()?)
+    } else {
+        None
+    };
     let sim = otp_provider_sim::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
@@ -172,6 +196,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             whatsapp_burst: burst,
             sms_rate: rate,
             sms_burst: burst,
+            whatsapp_webhook_url: ingress.map(|a| format!("http://{a}/webhooks/whatsapp")),
+            receipt_delay: args.receipt_delay,
             ..SimConfig::default()
         },
     )
@@ -211,9 +237,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let sent = Arc::new(Mutex::new(HashMap::<String, Sent>::new()));
     let bar = progress(args.requests, args.json);
 
-    let mut workers = Vec::new();
+    let mut services = Vec::new();
     if !args.backlog {
-        workers = start_fleet(&spec, channels, args.partitions).await?;
+        services = start_fleet(&spec, channels, args.partitions, ingress).await?;
     }
     let started = Instant::now();
     let started_ms = Utc::now().timestamp_millis();
@@ -228,7 +254,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             p.await??;
         }
         bar.set_message("backlog published; starting the workers");
-        workers = start_fleet(&spec, channels, args.partitions).await?;
+        services = start_fleet(&spec, channels, args.partitions, ingress).await?;
     }
     // A backlog run measures from the moment the workers own their partitions.
     let (measured_from, measured_from_ms) = if args.backlog {
@@ -249,8 +275,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     while !follower.is_finished() && measured_from.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(250)).await;
         bar.set_position(observed.lock().expect("observed lock").finals.len() as u64);
-        let rss_bytes = workers
+        let rss_bytes = services
             .iter()
+            .filter(|s| matches!(s.role, Role::Worker(_)))
             .map(|w| w.usage().map_or(0, |u| u.rss_bytes))
             .sum();
         timeline.push(figures::Sample {
@@ -261,12 +288,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     done.store(true, Ordering::SeqCst);
     follower.join().expect("follower thread")?;
     bar.finish_and_clear();
-    let usage: Vec<(Channel, fleet::Usage)> = workers
+    let usage: Vec<(Role, fleet::Usage)> = services
         .iter()
-        .map(|w| Ok((w.channel, w.usage()?)))
+        .map(|s| Ok((s.role, s.usage()?)))
         .collect::<anyhow::Result<_>>()?;
-    for w in workers {
-        w.stop().await?;
+    // Workers first: the tracker and the ingress stay until nothing more comes to them.
+    services.sort_by_key(|s| !matches!(s.role, Role::Worker(_)));
+    for s in services {
+        s.stop().await?;
     }
     if let Some(p) = publishing {
         p.await??;
@@ -282,6 +311,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         sim_messages: &sim.messages(),
         sim_stats: &sim.stats(),
         usage: &usage,
+        receipt_delay: args.receipts.then_some(args.receipt_delay),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -303,31 +333,45 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start the run's services (with `ingress`, the receipts path before the workers) and wait
+/// until they own every partition.
 async fn start_fleet(
     spec: &FleetSpec<'_>,
     channels: &[Channel],
     partitions: i32,
-) -> anyhow::Result<Vec<WorkerProcess>> {
-    let mut workers = Vec::new();
-    for channel in channels {
-        workers.push(WorkerProcess::start(spec, *channel).await?);
+    ingress: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Vec<ServiceProcess>> {
+    let mut services = Vec::new();
+    if let Some(listen) = ingress {
+        services.push(ServiceProcess::ingress(spec, listen).await?);
+        services.push(ServiceProcess::tracker(spec).await?);
     }
-    fleet::wait_assigned(&mut workers, partitions, Duration::from_secs(60)).await?;
-    Ok(workers)
+    let callback = ingress.map(|a| format!("http://{a}{}", otp_receipts::config::SMS_STATUS_PATH));
+    for channel in channels {
+        services.push(ServiceProcess::worker(spec, *channel, callback.as_deref()).await?);
+    }
+    fleet::wait_ready(&mut services, partitions, Duration::from_secs(60)).await?;
+    Ok(services)
 }
 
 /// The workers' settings for this run: the channel's limits at the run's rate, abuse limits
-/// that real traffic would not trip (every recipient is distinct), the rest as shipped.
+/// that real traffic would not trip (every recipient is distinct), delivery confirmation
+/// (shipped defaults) with `--receipts`, the rest as shipped.
 fn worker_toml(args: &LoadArgs, channel: Channel, rate: u32, burst: u32) -> String {
     let recipient = match channel {
         Channel::Whatsapp => "recipient_period = \"6s\"\n",
         Channel::Sms => "",
     };
+    let confirmation = if args.receipts {
+        "[confirmation]\n"
+    } else {
+        ""
+    };
     format!(
         "max_in_flight = {}\n\
          [limits]\nsender_per_second = {rate}\nsender_burst = {burst}\n{recipient}\
          [abuse]\nper_phone = {{ count = 5, window = \"10m\" }}\n\
-         per_prefix = {{ count = {}, window = \"10m\" }}\n",
+         per_prefix = {{ count = {}, window = \"10m\" }}\n{confirmation}",
         args.max_in_flight,
         args.requests.max(20)
     )
@@ -399,10 +443,11 @@ fn recipient(args: &LoadArgs, i: usize) -> (String, Vec<Channel>) {
     }
 }
 
-/// +1 555 NNN NNNN with the last four digits from 2000 to 9999, clear of the simulator's
-/// staged recipients: eight million distinct numbers.
+/// +1 555 NNN NNNN with the last four digits from 4000 to 9999, clear of the simulator's
+/// staged recipients (its API answers and its receipt plans, such as 2026 or 3005): six
+/// million distinct numbers.
 fn ordinary(i: usize) -> String {
-    format!("+1555{:03}{:04}", (i / 8000) % 1000, 2000 + i % 8000)
+    format!("+1555{:03}{:04}", (i / 6000) % 1000, 4000 + i % 6000)
 }
 
 fn follow(
@@ -421,14 +466,16 @@ fn follow(
         match status["status"].as_str() {
             Some("fallback") => o.fallbacks += 1,
             Some("duplicate") => o.duplicates += 1,
+            Some("accepted") => {
+                let id = str_of(&status, "request_id");
+                let at_ms = occurred_ms(&status);
+                o.accepted.entry(id).or_insert(at_ms);
+            }
             _ => {}
         }
         if status["final"] == true {
             let id = str_of(&status, "request_id");
-            let at_ms = status["occurred_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map_or(0, |t| t.timestamp_millis());
+            let at_ms = occurred_ms(&status);
             o.finals.insert(
                 id,
                 Final {
@@ -445,6 +492,14 @@ fn follow(
     Ok(())
 }
 
+/// A status's `occurred_at`, Unix ms (0 when it has none).
+fn occurred_ms(status: &Value) -> i64 {
+    status["occurred_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| t.timestamp_millis())
+}
+
 fn str_of(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_string()
 }
@@ -457,4 +512,30 @@ fn progress(requests: usize, quiet: bool) -> ProgressBar {
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} requests final  {msg}")
             .expect("valid template"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ordinary;
+    use otp_provider_sim::behaviour::{self, ReceiptPlan, Staged};
+
+    /// A load run's ordinary recipients are accepted and delivered by the simulator: none of
+    /// them stages an error or a failed receipt that would count as the pipeline's doing.
+    #[test]
+    fn ordinary_recipients_stage_nothing_in_the_simulator() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..12_000 {
+            let phone = ordinary(i);
+            assert!(seen.insert(phone.clone()), "{phone} repeats");
+            let digits = phone.trim_start_matches('+');
+            assert_eq!(behaviour::whatsapp(digits, 1), Staged::Accept, "{phone}");
+            assert_eq!(behaviour::sms(digits, 1), Staged::Accept, "{phone}");
+            for api in ["whatsapp", "sms"] {
+                assert!(
+                    matches!(behaviour::receipts(api, digits), ReceiptPlan::Delivered),
+                    "{api} {phone}"
+                );
+            }
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub use config::SimConfig;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -72,6 +73,33 @@ pub struct Stats {
     /// API calls whose answer was never taken: the client went away during the latency.
     #[serde(default)]
     pub abandoned: u64,
+    /// How long the receivers took to answer the webhook calls (both providers, every try
+    /// that got an answer), µs: the receipts ingress's answer times as a provider sees them.
+    #[serde(default)]
+    pub webhook_answer_us: Option<Quantiles>,
+}
+
+/// Percentiles of a set of values (durations here; `otp load` reports its own with it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    /// None when `h` is empty.
+    pub fn of(h: &Histogram<u64>) -> Option<Self> {
+        (!h.is_empty()).then(|| Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        })
+    }
 }
 
 pub(crate) struct Sim {
@@ -90,6 +118,8 @@ pub(crate) struct Sim {
     /// When set, every WhatsApp send gets this code: a broken channel.
     pub whatsapp_outage: Mutex<Option<i64>>,
     pub webhook_client: reqwest::Client,
+    /// Webhook answer times, µs (bounded: a histogram, not a list).
+    pub webhook_answers: Mutex<Histogram<u64>>,
 }
 
 /// Counts a provider request in progress for as long as it lives.
@@ -142,7 +172,29 @@ impl Sim {
                 .connect_timeout(webhooks::CONNECT_TIMEOUT)
                 .build()
                 .expect("an HTTP client"),
+            // 1 µs to an hour, three significant digits: a fixed few tens of KB.
+            webhook_answers: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
         }
+    }
+
+    /// One webhook call answered after `took`.
+    pub(crate) fn webhook_answered(&self, took: std::time::Duration) {
+        let us = (took.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self
+            .webhook_answers
+            .lock()
+            .expect("answers lock")
+            .record(us);
+    }
+
+    /// The stats so far, with the answer times' percentiles.
+    fn stats(&self) -> Stats {
+        let mut stats = self.stats.lock().expect("stats lock").clone();
+        stats.webhook_answer_us =
+            Quantiles::of(&self.webhook_answers.lock().expect("answers lock"));
+        stats
     }
 
     pub(crate) fn record(&self, received: Received) {
@@ -222,7 +274,7 @@ async fn messages(
 }
 
 async fn stats(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Stats> {
-    Json(sim.stats.lock().expect("stats lock").clone())
+    Json(sim.stats())
 }
 
 #[derive(Deserialize)]
@@ -294,7 +346,7 @@ impl SimHandle {
     }
 
     pub fn stats(&self) -> Stats {
-        self.sim.stats.lock().expect("stats lock").clone()
+        self.sim.stats()
     }
 
     /// The languages the simulated authentication template is approved in.

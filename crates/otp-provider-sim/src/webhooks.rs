@@ -306,7 +306,7 @@ async fn deliver_meta(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder)
     for attempt in 1..=META_TRIES {
         sim.webhook_outcome("whatsapp", "attempts");
         // Meta counts only a 200 as received; any other answer or none is retried.
-        if matches!(request().send().await, Ok(r) if r.status() == reqwest::StatusCode::OK) {
+        if matches!(timed(sim, request()).await, Ok(r) if r.status() == reqwest::StatusCode::OK) {
             return true;
         }
         if attempt < META_TRIES {
@@ -321,7 +321,7 @@ async fn deliver_meta(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder)
 async fn deliver_twilio(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder) -> bool {
     for attempt in 1..=TWILIO_TRIES {
         sim.webhook_outcome("sms", "attempts");
-        match request().send().await {
+        match timed(sim, request()).await {
             Ok(r) => return r.status().is_success(),
             Err(e) if e.is_connect() && attempt < TWILIO_TRIES => {
                 sim.webhook_outcome("sms", "retried");
@@ -330,6 +330,17 @@ async fn deliver_twilio(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilde
         }
     }
     false
+}
+
+/// Send one webhook call, recording how long an answer took (calls with no answer are not
+/// timed: they are counted as retried or given up).
+async fn timed(sim: &Sim, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    let started = std::time::Instant::now();
+    let answer = request.send().await;
+    if answer.is_ok() {
+        sim.webhook_answered(started.elapsed());
+    }
+    answer
 }
 
 fn unix_secs() -> u64 {
