@@ -10,17 +10,22 @@
 //!
 //! A receipt's offset is finished (and may be committed) once every write it led to is
 //! acknowledged; a revoke or a shutdown waits for the writes of its partitions
-//! ([`Executor::settled`]).
+//! ([`Executor::settled`]). A decision about a partition whose revoke is announced stops
+//! before its next write that acts, and so does one from an ownership that has ended (a
+//! decision still queued when its partition was given up and assigned again): the
+//! partition's owner decides again from the topics.
 
 use super::book::{Action, Outcome, Tag};
+use futures_util::FutureExt;
 use otp_events::Topics;
 use otp_kafka::group::{GroupConsumer, OffsetLedger, TopicPartition};
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::consumer::Consumer;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -50,19 +55,33 @@ struct Shared {
     topics: Topics,
     /// Decisions queued or under way, per partition.
     outstanding: watch::Sender<HashMap<i32, usize>>,
+    /// Per partition, its current ownership: a decision made in an earlier one is stale.
+    epochs: Mutex<HashMap<i32, u64>>,
 }
 
-/// One request's writes from one decision of the book.
+/// One request's writes from one decision of the book. Counted in `outstanding` from the
+/// moment it is made until it is dropped, whether it ran, was cancelled or panicked.
 struct Job {
     partition: i32,
+    /// The partition's ownership it was decided in.
+    epoch: u64,
     actions: Vec<Action>,
     receipts: Arc<Receipts>,
+    shared: Arc<Shared>,
 }
 
-/// The receipts a decision applied: finished when the last of its jobs is done.
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.shared.done(self.partition);
+    }
+}
+
+/// The receipts a decision applied: finished when the last of its jobs is done, unless one
+/// of them left writes undone.
 struct Receipts {
     tags: Vec<Tag>,
     jobs_left: AtomicUsize,
+    skipped: AtomicBool,
 }
 
 pub struct Executor {
@@ -86,6 +105,7 @@ impl Executor {
             consumer,
             topics,
             outstanding: watch::channel(HashMap::new()).0,
+            epochs: Mutex::new(HashMap::new()),
         });
         let mut tasks = JoinSet::new();
         let lanes = (0..LANES)
@@ -94,7 +114,19 @@ impl Executor {
                 let shared = shared.clone();
                 tasks.spawn(async move {
                     while let Some(job) = rx.recv().await {
-                        shared.run(job).await;
+                        // A bug in one decision's writes must not stop the lane (and every
+                        // later decision of its requests): its receipts stay unfinished, so
+                        // they are read again after the next rebalance or restart.
+                        if AssertUnwindSafe(shared.run(job))
+                            .catch_unwind()
+                            .await
+                            .is_err()
+                        {
+                            metrics::counter!("otp_tracker_write_panics_total").increment(1);
+                            tracing::error!(
+                                "a tracker write panicked; its receipts stay uncommitted"
+                            );
+                        }
                     }
                 });
                 tx
@@ -114,26 +146,36 @@ impl Executor {
         let receipts = Arc::new(Receipts {
             tags: outcome.released,
             jobs_left: AtomicUsize::new(by_key.len()),
+            skipped: AtomicBool::new(false),
         });
         if by_key.is_empty() {
             self.shared.release(&receipts);
             return;
         }
+        let epoch = self.shared.epoch(partition);
         for (key, actions) in by_key {
             self.shared.outstanding.send_modify(|m| {
                 *m.entry(partition).or_default() += 1;
             });
             let job = Job {
                 partition,
+                epoch,
                 actions,
                 receipts: receipts.clone(),
+                shared: self.shared.clone(),
             };
-            if let Err(mpsc::error::SendError(job)) = self.lanes[lane(&key)].send(job).await {
-                // The lane's task is gone (it panicked): nothing is written, nothing released.
-                tracing::error!(partition, "tracker write lane stopped; decision dropped");
-                self.shared.done(job.partition);
+            if self.lanes[lane(&key)].send(job).await.is_err() {
+                // Only when the lanes are being dropped with the tracker: nothing is written,
+                // nothing released (the job's drop counts it done).
+                tracing::error!(partition, "tracker write lanes stopped; decision dropped");
             }
         }
+    }
+
+    /// `partition` was given up: decisions made until now belong to an ended ownership.
+    pub fn given_up(&self, partition: i32) {
+        let mut epochs = self.shared.epochs.lock().expect("epochs lock");
+        *epochs.entry(partition).or_default() += 1;
     }
 
     /// Wait until no decision about `partitions` (all, when None) is queued or under way.
@@ -149,14 +191,18 @@ impl Executor {
 }
 
 /// A decision's actions split by the request they are about, each request's in the book's
-/// order.
+/// order (requests in the order of their first action).
 fn by_request(actions: Vec<Action>) -> Vec<(String, Vec<Action>)> {
     let mut by_key: Vec<(String, Vec<Action>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for action in actions {
         let key = action.key();
-        match by_key.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, actions)) => actions.push(action),
-            None => by_key.push((key, vec![action])),
+        match index.get(&key) {
+            Some(&i) => by_key[i].1.push(action),
+            None => {
+                index.insert(key.clone(), by_key.len());
+                by_key.push((key, vec![action]));
+            }
         }
     }
     by_key
@@ -169,20 +215,30 @@ fn lane(key: &str) -> usize {
 }
 
 impl Shared {
+    fn epoch(&self, partition: i32) -> u64 {
+        let epochs = self.epochs.lock().expect("epochs lock");
+        epochs.get(&partition).copied().unwrap_or(0)
+    }
+
     /// Carry out one request's writes in order; each is acknowledged before the next. Once
     /// the partition's revoke is announced (a write Kafka held up can outlast the revoke's
     /// reply window, after which the partition has a new owner that rebuilds the same
-    /// deadlines), nothing more that acts is carried out, and no receipt is released: the
-    /// new owner does both.
-    async fn run(&self, job: Job) {
+    /// deadlines), or once the ownership the decision was made in has ended, nothing more
+    /// that acts is carried out, and the decision's receipts are not released: the owner
+    /// decides again from the topics.
+    async fn run(&self, mut job: Job) {
         let partition = job.partition;
-        for action in job.actions {
-            if action.acts() && let_go(&self.consumer, &self.topics, partition) {
+        for action in std::mem::take(&mut job.actions) {
+            if action.acts()
+                && (let_go(&self.consumer, &self.topics, partition)
+                    || self.epoch(partition) != job.epoch)
+            {
                 metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
                 tracing::warn!(
                     partition,
                     "partition being let go; its remaining decisions are left to its new owner"
                 );
+                job.receipts.skipped.store(true, Ordering::Release);
                 break;
             }
             self.write(action).await;
@@ -190,7 +246,6 @@ impl Shared {
         if job.receipts.jobs_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.release(&job.receipts);
         }
-        self.done(partition);
     }
 
     async fn write(&self, action: Action) {
@@ -226,14 +281,15 @@ impl Shared {
         }
     }
 
-    /// The receipts of a decision carried out: their offsets may be committed. Not those of
-    /// a partition being let go, whose decisions may have been left undone.
+    /// The receipts of a decision carried out: their offsets may be committed. Not when one
+    /// of its writes was left undone (the owner reads them again and decides again); a
+    /// receipt of an ownership that has ended is told apart by the ledger's generation.
     fn release(&self, receipts: &Receipts) {
+        if receipts.skipped.load(Ordering::Acquire) {
+            return;
+        }
         let topic = self.topics.delivery_receipts();
         for tag in &receipts.tags {
-            if let_go(&self.consumer, &self.topics, tag.partition) {
-                continue;
-            }
             let tp = TopicPartition::new(&topic, tag.partition);
             self.ledger.finished(&tp, tag.offset, tag.generation);
         }

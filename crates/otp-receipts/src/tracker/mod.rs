@@ -68,6 +68,7 @@ pub async fn run(
         otp_kafka::observe::prometheus();
     }
     metrics::counter!("otp_tracker_left_to_new_owner_total").increment(0);
+    metrics::counter!("otp_tracker_write_panics_total").increment(0);
     metrics::counter!("otp_tracker_receipts_deferred_total").increment(0);
     for reason in ["receipt_timeout", "receipt_failed"] {
         metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason).increment(0);
@@ -86,7 +87,8 @@ pub async fn run(
         hold_until_released: Some(topics.delivery_receipts()),
         commit_interval: Duration::from_secs(1),
         revoke_reply_within: Duration::from_secs(15),
-        // The writes under way finish (each is bounded by the writer's own timeout).
+        // The writes under way may finish (a write is retried until acknowledged, so this
+        // grace is what bounds them).
         shutdown_grace: SETTLE_WITHIN,
         tick: Some(config.tick),
         metrics_listen: config.metrics_listen,
@@ -463,6 +465,9 @@ impl Tracker {
             .collect();
         let positions = self.ledger.committable(Some(&mine));
         for tp in partitions {
+            if let Some(executor) = &self.executor {
+                executor.given_up(tp.partition);
+            }
             self.owned.remove(&tp.partition);
             self.book.drop_partition(tp.partition);
             self.catching_up.remove(&tp.partition);
