@@ -277,6 +277,21 @@ fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
     );
 }
 
+/// `otp load` on 2 partitions, a fifth of the recipients not on WhatsApp, with `args`: its
+/// JSON report, once it exited successfully.
+fn load_report(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["load", "--partitions", "2", "--not-on-whatsapp", "20"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--timeout", "120s"]);
+    let out = otp(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
 /// `otp load` end to end on the test broker: its workers are real processes, every request
 /// ends final, the figures add up, and the plot is written.
 #[tokio::test]
@@ -285,28 +300,14 @@ async fn load_measures_a_run_and_draws_it() {
     let bootstrap = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("run.svg");
-    let out = otp(&[
-        "load",
+    let report = load_report(&[
         "--brokers",
         &bootstrap,
-        "--partitions",
-        "2",
         "--requests",
         "60",
-        "--not-on-whatsapp",
-        "20",
-        "--json",
         "--plot",
         plot.to_str().unwrap(),
-        "--timeout",
-        "120s",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["finished"], 60, "{report:#}");
     assert_eq!(report["finals"]["sent/whatsapp"], 48, "{report:#}");
     assert_eq!(report["finals"]["sent/sms"], 12, "{report:#}");
@@ -331,28 +332,14 @@ async fn load_measures_a_run_and_draws_it() {
 /// webhook the simulator posted is answered, and the receipts figures add up.
 #[tokio::test]
 async fn load_with_receipts_confirms_every_delivery_on_the_embedded_broker() {
-    let out = otp(&[
-        "load",
+    let report = load_report(&[
         "--embedded",
         "--receipts",
         "--receipt-delay",
         "100ms",
-        "--partitions",
-        "2",
         "--requests",
         "100",
-        "--not-on-whatsapp",
-        "20",
-        "--json",
-        "--timeout",
-        "120s",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["finished"], 100, "{report:#}");
     assert_eq!(report["finals"]["delivered/whatsapp"], 80, "{report:#}");
     assert_eq!(report["finals"]["sent/sms"], 20, "{report:#}");
