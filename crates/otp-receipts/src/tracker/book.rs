@@ -2,9 +2,10 @@
 //! receipt, what each receipt means for them, and which deadlines have passed.
 //!
 //! The book is rebuilt from `otp.pending-confirmations` on assignment and kept in step with
-//! it: every decision comes back as [`Action`]s, which the runtime ([`super`]) executes in
-//! order (fallback request first, then statuses, then the record's new state), so a crash
-//! repeats a decision rather than losing it.
+//! it: every decision comes back as [`Action`]s, which the runtime ([`super`]) carries out
+//! in order for each request (a fallback's status, then the request handed on, then the
+//! record's new state; different requests side by side), so a crash repeats a decision
+//! rather than losing it.
 //!
 //! A failed receipt may come without a request_id (Meta does not document
 //! `biz_opaque_callback_data` on failed statuses). It is then keyed by its message and lands
@@ -36,7 +37,8 @@ pub struct Tag {
 
 #[derive(Debug)]
 pub enum Action {
-    /// Hand the request to its next channel (acks=all), then report `status`.
+    /// Report `status` (the `fallback`), then hand the request to its next channel
+    /// (acks=all): the cause before its effects on the status topic.
     FallBack {
         next: CodeRequest,
         status: DeliveryStatus,
