@@ -349,7 +349,6 @@ async fn load_with_receipts_confirms_every_delivery_on_the_embedded_broker() {
     assert_eq!(r["receipt_delay_ms"], 100);
     let latency = &r["confirmation_latency_ms"];
     assert_eq!(latency["count"], 80, "{report:#}");
-    assert!(latency["p50"].as_u64().unwrap() >= 100, "{report:#}");
     // sent and delivered for each of the 80 WhatsApp and the 20 SMS messages, each answered.
     assert_eq!(r["webhooks"]["attempts"], 200, "{report:#}");
     assert_eq!(r["webhooks"]["delivered"], 200, "{report:#}");

@@ -75,7 +75,7 @@ impl ServiceProcess {
     ) -> anyhow::Result<Self> {
         let config = spec.dir.join(format!("{channel}-worker.toml"));
         std::fs::write(&config, (spec.config_toml)(channel))?;
-        let mut cmd = command(spec, &["worker", channel.as_str()]);
+        let mut cmd = command(spec, &["worker", channel.as_str()])?;
         cmd.arg("--config")
             .arg(&config)
             .args(["--api-base-url", spec.sim_url])
@@ -96,7 +96,7 @@ impl ServiceProcess {
     /// simulator's webhook secrets.
     pub async fn ingress(spec: &FleetSpec<'_>, listen: SocketAddr) -> anyhow::Result<Self> {
         let secrets = crate::stack::sim_webhook_secrets();
-        let mut cmd = command(spec, &["receipts", "serve"]);
+        let mut cmd = command(spec, &["receipts", "serve"])?;
         cmd.args(["--listen", &listen.to_string()])
             .args(["--public-url", &format!("http://{listen}")]);
         for (name, value) in [
@@ -111,7 +111,7 @@ impl ServiceProcess {
 
     /// The confirmation tracker.
     pub async fn tracker(spec: &FleetSpec<'_>) -> anyhow::Result<Self> {
-        let mut cmd = command(spec, &["receipts", "track"]);
+        let mut cmd = command(spec, &["receipts", "track"])?;
         cmd.env("OTP_FALLBACK_KEY", spec.fallback_key);
         Self::spawn(spec, cmd, Role::Tracker)
     }
@@ -204,9 +204,10 @@ impl ServiceProcess {
     }
 }
 
-/// `otp <args>` as the run starts its services: its logs to a file, its keys from the run.
-fn command(spec: &FleetSpec<'_>, args: &[&str]) -> Command {
-    let exe = std::env::current_exe().unwrap_or_else(|_| "otp".into());
+/// `otp <args>` (this very executable) as the run starts its services: its logs to a file,
+/// its keys from the run.
+fn command(spec: &FleetSpec<'_>, args: &[&str]) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("locate the otp executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .args(["--brokers", spec.brokers])
@@ -217,7 +218,7 @@ fn command(spec: &FleetSpec<'_>, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
-    cmd
+    Ok(cmd)
 }
 
 /// Wait until the members of each group together own all `partitions` of its topic (and the

@@ -10,8 +10,8 @@
 //!
 //! With `--receipts` the receipts path runs too: the simulator posts its status webhooks to
 //! the receipts ingress (`otp receipts serve`), the confirmation tracker (`otp receipts
-//! track`) ends each request with `delivered`, and the workers run with delivery
-//! confirmation on. The run then also reports the ingress's answer times as the simulator saw
+//! track`) ends each WhatsApp request with `delivered` (SMS, the last channel, ends `sent`
+//! as without confirmation), and the workers run with delivery confirmation on. The run then also reports the ingress's answer times as the simulator saw
 //! them, the confirmation latency, and whether the tracker kept up with the accepted sends.
 
 mod figures;
@@ -98,8 +98,9 @@ pub struct LoadArgs {
     worker_log: String,
     /// Run the receipts path too: the receipts ingress and the confirmation tracker as
     /// processes of their own, the simulator's status webhooks, delivery confirmation on in
-    /// the workers. Every request then ends `delivered` (or falls back when a receipt says
-    /// failed), and the report adds the receipts figures.
+    /// the workers. Every WhatsApp request then ends `delivered` from the tracker (or falls
+    /// back when a receipt says failed; SMS, the last channel, ends `sent`), and the report
+    /// adds the receipts figures.
     #[arg(long)]
     receipts: bool,
     /// With `--receipts`: how long after accepting a message the simulator reports it
@@ -292,9 +293,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Ok((s.role, s.usage()?)))
         .collect::<anyhow::Result<_>>()?;
-    // Workers first: the tracker and the ingress stay until nothing more comes to them.
+    // Workers first: the tracker and the ingress stay until nothing more comes to them (the
+    // simulator's last webhooks, such as an SMS's `delivered` after its final `sent`).
     services.sort_by_key(|s| !matches!(s.role, Role::Worker(_)));
     for s in services {
+        if s.role == Role::Ingress && !sim.webhooks_sent(WEBHOOKS_WITHIN).await {
+            tracing::warn!(
+                "webhooks still pending after {WEBHOOKS_WITHIN:?}; stopping the ingress"
+            );
+        }
         s.stop().await?;
     }
     if let Some(p) = publishing {
@@ -332,6 +339,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long the ingress waits for the simulator's last webhooks at the end of a run: the
+/// longest retry schedule (Meta's, as the simulator keeps it: 6 tries 0.2 s apart, doubling)
+/// plus a margin.
+const WEBHOOKS_WITHIN: Duration = Duration::from_secs(30);
 
 /// Start the run's services (with `ingress`, the receipts path before the workers) and wait
 /// until they own every partition.

@@ -120,6 +120,8 @@ pub(crate) struct Sim {
     pub webhook_client: reqwest::Client,
     /// Webhook answer times, µs (bounded: a histogram, not a list).
     pub webhook_answers: Mutex<Histogram<u64>>,
+    /// Messages (and system errors) whose webhooks are not all sent yet.
+    pub webhooks_pending: tokio::sync::watch::Sender<u64>,
 }
 
 /// Counts a provider request in progress for as long as it lives.
@@ -172,7 +174,8 @@ impl Sim {
                 .connect_timeout(webhooks::CONNECT_TIMEOUT)
                 .build()
                 .expect("an HTTP client"),
-            // 1 µs to an hour, three significant digits: a fixed few tens of KB.
+            // 1 µs to an hour, three significant digits: a fixed size (about 190 KB).
+            webhooks_pending: tokio::sync::watch::channel(0).0,
             webhook_answers: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
@@ -347,6 +350,16 @@ impl SimHandle {
 
     pub fn stats(&self) -> Stats {
         self.sim.stats()
+    }
+
+    /// Wait until every webhook planned so far has been sent, given up or lost (at most
+    /// `within`); false when some are still pending then.
+    pub async fn webhooks_sent(&self, within: std::time::Duration) -> bool {
+        let mut pending = self.sim.webhooks_pending.subscribe();
+        let sent = tokio::time::timeout(within, pending.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        sent
     }
 
     /// The languages the simulated authentication template is approved in.

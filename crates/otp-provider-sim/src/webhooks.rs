@@ -97,7 +97,9 @@ pub(crate) fn after_accept(
     };
     let mut planned = plan(sim, api, &to_digits, fate);
     let sim = sim.clone();
+    let pending = Pending::new(&sim);
     tokio::spawn(async move {
+        let _pending = pending;
         let reorder = rand::random::<f64>() < sim.config.receipt_reorder;
         if reorder {
             // All at the time of the last, newest first.
@@ -127,6 +129,25 @@ pub(crate) fn after_accept(
             }
         }
     });
+}
+
+/// Counts a message's webhooks as pending for as long as it lives (their task ends, or is
+/// dropped with the simulator).
+struct Pending(Arc<Sim>);
+
+impl Pending {
+    fn new(sim: &Arc<Sim>) -> Self {
+        sim.webhooks_pending.send_modify(|n| *n += 1);
+        Self(sim.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0
+            .webhooks_pending
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// One entry of a Meta webhook `errors` array, as Meta, "Status messages webhook reference"
@@ -188,7 +209,9 @@ pub(crate) fn system_error(sim: &Arc<Sim>, code: i64) -> bool {
         return false;
     }
     let sim = sim.clone();
+    let pending = Pending::new(&sim);
     tokio::spawn(async move {
+        let _pending = pending;
         post_whatsapp(&sim, meta_envelope("errors", json!([meta_error(code)]))).await;
     });
     true

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -51,7 +51,9 @@ pub fn let_go(consumer: &GroupConsumer, topics: &Topics, partition: i32) -> bool
 struct Shared {
     writer: Arc<KafkaWriter>,
     ledger: Arc<OffsetLedger>,
-    consumer: Arc<GroupConsumer>,
+    /// Weak: the runner closes the consumer when the member is done with it, and must hold
+    /// its last handle then (a lane still running must not keep it open).
+    consumer: Weak<GroupConsumer>,
     topics: Topics,
     /// Decisions queued or under way, per partition.
     outstanding: watch::Sender<HashMap<i32, usize>>,
@@ -89,7 +91,7 @@ pub struct Executor {
     shared: Arc<Shared>,
     /// The lanes' tasks; dropping the executor aborts them (what they had not written is
     /// not committed, and is read again by the next owner).
-    _tasks: JoinSet<()>,
+    tasks: JoinSet<()>,
 }
 
 impl Executor {
@@ -102,7 +104,7 @@ impl Executor {
         let shared = Arc::new(Shared {
             writer,
             ledger,
-            consumer,
+            consumer: Arc::downgrade(&consumer),
             topics,
             outstanding: watch::channel(HashMap::new()).0,
             epochs: Mutex::new(HashMap::new()),
@@ -135,7 +137,7 @@ impl Executor {
         Self {
             lanes,
             shared,
-            _tasks: tasks,
+            tasks,
         }
     }
 
@@ -178,6 +180,12 @@ impl Executor {
         *epochs.entry(partition).or_default() += 1;
     }
 
+    /// Stop the lanes once their queues are done (stopping: nothing more is submitted).
+    pub async fn close(&mut self) {
+        self.lanes.clear();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
     /// Wait until no decision about `partitions` (all, when None) is queued or under way.
     pub async fn settled(&self, partitions: Option<&[i32]>) {
         let mut rx = self.shared.outstanding.subscribe();
@@ -215,6 +223,13 @@ fn lane(key: &str) -> usize {
 }
 
 impl Shared {
+    /// Whether `partition`'s revoke is announced; with the consumer gone, everything is.
+    fn let_go(&self, partition: i32) -> bool {
+        self.consumer
+            .upgrade()
+            .is_none_or(|c| let_go(&c, &self.topics, partition))
+    }
+
     fn epoch(&self, partition: i32) -> u64 {
         let epochs = self.epochs.lock().expect("epochs lock");
         epochs.get(&partition).copied().unwrap_or(0)
@@ -229,10 +244,7 @@ impl Shared {
     async fn run(&self, mut job: Job) {
         let partition = job.partition;
         for action in std::mem::take(&mut job.actions) {
-            if action.acts()
-                && (let_go(&self.consumer, &self.topics, partition)
-                    || self.epoch(partition) != job.epoch)
-            {
+            if action.acts() && (self.let_go(partition) || self.epoch(partition) != job.epoch) {
                 metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
                 tracing::warn!(
                     partition,

@@ -168,9 +168,13 @@ impl GroupMember for Tracker {
         self.give_up(partitions)
     }
 
-    /// Stopping: the writes under way finish (bounded by the runner's grace).
+    /// Stopping: the writes under way finish (bounded by the runner's grace), then the lanes
+    /// stop, so that the consumer's last handle is the runner's when it closes it.
     async fn drain(&mut self) {
         self.settle(None).await;
+        if let Some(executor) = &mut self.executor {
+            executor.close().await;
+        }
     }
 
     fn positions(&self) -> Vec<Position> {
@@ -442,6 +446,8 @@ impl Tracker {
                 continue;
             }
             self.catching_up.insert(partition, CatchUp::new(now));
+            metrics::gauge!("otp_tracker_partitions_catching_up")
+                .set(self.catching_up.len() as f64);
             let (consumer, topics) = (consumer.clone(), topics.clone());
             let lookup =
                 tokio::task::spawn_blocking(move || catch_up::look_up(consumer, topics, partition));
@@ -476,6 +482,7 @@ impl Tracker {
             self.ledger.remove(tp);
         }
         metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
+        metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
         positions
     }
 }
