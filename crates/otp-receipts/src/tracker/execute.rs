@@ -86,6 +86,26 @@ struct Receipts {
     skipped: AtomicBool,
 }
 
+impl Receipts {
+    fn new(tags: Vec<Tag>, jobs: usize) -> Self {
+        Self {
+            tags,
+            jobs_left: AtomicUsize::new(jobs),
+            skipped: AtomicBool::new(false),
+        }
+    }
+
+    /// One of the decision's jobs is done (`skipped`: it left writes undone). The receipts
+    /// to finish, when it was the last job and none left anything undone.
+    fn job_done(&self, skipped: bool) -> Option<&[Tag]> {
+        if skipped {
+            self.skipped.store(true, Ordering::Release);
+        }
+        let last = self.jobs_left.fetch_sub(1, Ordering::AcqRel) == 1;
+        (last && !self.skipped.load(Ordering::Acquire)).then_some(self.tags.as_slice())
+    }
+}
+
 pub struct Executor {
     lanes: Vec<mpsc::Sender<Job>>,
     shared: Arc<Shared>,
@@ -145,15 +165,11 @@ impl Executor {
     /// (waiting for room when the lane is full).
     pub async fn submit(&self, partition: i32, outcome: Outcome) {
         let by_key = by_request(outcome.actions);
-        let receipts = Arc::new(Receipts {
-            tags: outcome.released,
-            jobs_left: AtomicUsize::new(by_key.len()),
-            skipped: AtomicBool::new(false),
-        });
         if by_key.is_empty() {
-            self.shared.release(&receipts);
+            self.shared.release(&outcome.released);
             return;
         }
+        let receipts = Arc::new(Receipts::new(outcome.released, by_key.len()));
         let epoch = self.shared.epoch(partition);
         for (key, actions) in by_key {
             self.shared.outstanding.send_modify(|m| {
@@ -243,6 +259,7 @@ impl Shared {
     /// decides again from the topics.
     async fn run(&self, mut job: Job) {
         let partition = job.partition;
+        let mut skipped = false;
         for action in std::mem::take(&mut job.actions) {
             if action.acts() && (self.let_go(partition) || self.epoch(partition) != job.epoch) {
                 metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
@@ -250,13 +267,13 @@ impl Shared {
                     partition,
                     "partition being let go; its remaining decisions are left to its new owner"
                 );
-                job.receipts.skipped.store(true, Ordering::Release);
+                skipped = true;
                 break;
             }
             self.write(action).await;
         }
-        if job.receipts.jobs_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.release(&job.receipts);
+        if let Some(tags) = job.receipts.job_done(skipped) {
+            self.release(tags);
         }
     }
 
@@ -293,15 +310,11 @@ impl Shared {
         }
     }
 
-    /// The receipts of a decision carried out: their offsets may be committed. Not when one
-    /// of its writes was left undone (the owner reads them again and decides again); a
-    /// receipt of an ownership that has ended is told apart by the ledger's generation.
-    fn release(&self, receipts: &Receipts) {
-        if receipts.skipped.load(Ordering::Acquire) {
-            return;
-        }
+    /// The receipts of a decision carried out: their offsets may be committed (one of an
+    /// ownership that has ended is told apart by the ledger's generation).
+    fn release(&self, tags: &[Tag]) {
         let topic = self.topics.delivery_receipts();
-        for tag in &receipts.tags {
+        for tag in tags {
             let tp = TopicPartition::new(&topic, tag.partition);
             self.ledger.finished(&tp, tag.offset, tag.generation);
         }
@@ -349,6 +362,37 @@ mod tests {
         assert_eq!(names(&split[0].1), ["forget a", "forget a"]);
         assert_eq!(names(&split[1].1), ["forget b", "forget b"]);
         assert_eq!(split[2].1.len(), 1);
+    }
+
+    fn tag(offset: i64) -> Tag {
+        Tag {
+            partition: 0,
+            offset,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_decisions_receipts_are_finished_by_its_last_job_unless_one_left_writes_undone() {
+        let r = Receipts::new(vec![tag(7), tag(8)], 3);
+        assert!(r.job_done(false).is_none(), "two jobs left");
+        assert!(r.job_done(false).is_none(), "one job left");
+        let tags = r.job_done(false).expect("the last job releases");
+        assert_eq!(tags.iter().map(|t| t.offset).collect::<Vec<_>>(), [7, 8]);
+
+        let r = Receipts::new(vec![tag(9)], 2);
+        assert!(r.job_done(true).is_none(), "writes left undone");
+        assert!(
+            r.job_done(false).is_none(),
+            "the last job does not release what another left undone"
+        );
+
+        let r = Receipts::new(vec![tag(10)], 2);
+        assert!(r.job_done(false).is_none());
+        assert!(
+            r.job_done(true).is_none(),
+            "the last job left writes undone"
+        );
     }
 
     #[test]
