@@ -17,6 +17,9 @@ pub struct Verdict {
     /// Final statuses beyond the first, summed over requests (a redelivered message is
     /// handled again by a worker that does not remember it).
     pub extra_finals: usize,
+    /// Of those, the ones that said `expired`: a message handled again after its code's
+    /// life (or too close to its end to try) is reported expired without a send.
+    pub extra_expired: usize,
     /// `fallback` statuses with no later status on the channel they handed over to.
     pub fallbacks_not_followed: Vec<String>,
     /// Provider accepts beyond the first per request (a code the user got twice).
@@ -140,6 +143,12 @@ pub fn check(requests: &[CodeRequest], statuses: &[Value], sends: &[Received]) -
             v.lost.push(r.request_id.clone());
         }
         v.extra_finals += finals.saturating_sub(1);
+        v.extra_expired += story
+            .iter()
+            .filter(|s| s["final"] == true)
+            .skip(1)
+            .filter(|s| s["status"] == "expired")
+            .count();
         for (i, s) in story.iter().enumerate() {
             if s["status"] != "fallback" {
                 continue;
@@ -208,6 +217,7 @@ mod tests {
         let statuses = vec![
             json!({"request_id": a.request_id, "status": "sent", "channel": "sms", "final": true}),
             json!({"request_id": a.request_id, "status": "sent", "channel": "sms", "final": true}),
+            json!({"request_id": a.request_id, "status": "expired", "channel": "sms", "final": true}),
             json!({"request_id": b.request_id, "status": "fallback", "channel": "whatsapp",
                    "next_channel": "sms", "final": false}),
         ];
@@ -218,7 +228,7 @@ mod tests {
         ];
         let v = check(&[a, b.clone(), c.clone()], &statuses, &sends);
         assert_eq!(v.lost, vec![b.request_id.clone(), c.request_id.clone()]);
-        assert_eq!(v.extra_finals, 1);
+        assert_eq!((v.extra_finals, v.extra_expired), (2, 1));
         assert_eq!(v.fallbacks_not_followed, vec![b.request_id]);
         assert_eq!((v.delivered, v.duplicate_sends), (2, 1));
         assert_eq!(v.sends_after_expiry, 1);
