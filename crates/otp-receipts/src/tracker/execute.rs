@@ -257,11 +257,18 @@ impl Shared {
     /// deadlines), or once the ownership the decision was made in has ended, nothing more
     /// that acts is carried out, and the decision's receipts are not released: the owner
     /// decides again from the topics.
+    ///
+    /// A job that starts once that is so writes nothing at all, not even a record's new state:
+    /// an earlier job of the same request may have left its act undone, and the record must
+    /// not say it was done.
     async fn run(&self, mut job: Job) {
         let partition = job.partition;
         let mut skipped = false;
+        let mut started = false;
         for action in std::mem::take(&mut job.actions) {
-            if action.acts() && (self.let_go(partition) || self.epoch(partition) != job.epoch) {
+            // A job's first write, and each write that acts, checks the partition is still ours.
+            let check = action.acts() || !started;
+            if check && (self.let_go(partition) || self.epoch(partition) != job.epoch) {
                 metrics::counter!("otp_tracker_left_to_new_owner_total").increment(1);
                 tracing::warn!(
                     partition,
@@ -270,6 +277,7 @@ impl Shared {
                 skipped = true;
                 break;
             }
+            started = true;
             self.write(action).await;
         }
         if let Some(tags) = job.receipts.job_done(skipped) {
