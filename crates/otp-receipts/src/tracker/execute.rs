@@ -72,6 +72,27 @@ struct Job {
     shared: Arc<Shared>,
 }
 
+impl Job {
+    fn new(
+        shared: &Arc<Shared>,
+        partition: i32,
+        epoch: u64,
+        actions: Vec<Action>,
+        receipts: Arc<Receipts>,
+    ) -> Self {
+        shared.outstanding.send_modify(|m| {
+            *m.entry(partition).or_default() += 1;
+        });
+        Self {
+            partition,
+            epoch,
+            actions,
+            receipts,
+            shared: shared.clone(),
+        }
+    }
+}
+
 impl Drop for Job {
     fn drop(&mut self) {
         self.shared.done(self.partition);
@@ -172,16 +193,7 @@ impl Executor {
         let receipts = Arc::new(Receipts::new(outcome.released, by_key.len()));
         let epoch = self.shared.epoch(partition);
         for (key, actions) in by_key {
-            self.shared.outstanding.send_modify(|m| {
-                *m.entry(partition).or_default() += 1;
-            });
-            let job = Job {
-                partition,
-                epoch,
-                actions,
-                receipts: receipts.clone(),
-                shared: self.shared.clone(),
-            };
+            let job = Job::new(&self.shared, partition, epoch, actions, receipts.clone());
             if self.lanes[lane(&key)].send(job).await.is_err() {
                 // Only when the lanes are being dropped with the tracker: nothing is written,
                 // nothing released (the job's drop counts it done).

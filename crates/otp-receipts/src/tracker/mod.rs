@@ -221,7 +221,7 @@ impl Tracker {
                 );
             }
         }
-        metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
+        self.export_partitions();
         self.catching_up.keys().copied().collect()
     }
 
@@ -376,6 +376,12 @@ impl Tracker {
         self.seen(&topic, partition, offset);
     }
 
+    /// The partitions owned (as the workers report theirs) and those still reading back.
+    fn export_partitions(&self) {
+        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
+        metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
+    }
+
     /// Whether `partition`'s revoke has been announced: it is the new owner's to act on.
     fn let_go(&self, partition: i32) -> bool {
         self.consumer
@@ -437,8 +443,6 @@ impl Tracker {
         new.sort_unstable();
         new.dedup();
         self.owned.extend(new.iter().copied());
-        // As the workers report theirs: partitions of the request-side topic owned.
-        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
         for partition in new {
             if self.catching_up.contains_key(&partition) {
                 // Held again by the assignment: released at once if its records are in.
@@ -446,13 +450,12 @@ impl Tracker {
                 continue;
             }
             self.catching_up.insert(partition, CatchUp::new(now));
-            metrics::gauge!("otp_tracker_partitions_catching_up")
-                .set(self.catching_up.len() as f64);
             let (consumer, topics) = (consumer.clone(), topics.clone());
             let lookup =
                 tokio::task::spawn_blocking(move || catch_up::look_up(consumer, topics, partition));
             self.lookups.push((partition, now, lookup));
         }
+        self.export_partitions();
         tracing::info!(
             ?partitions,
             catching_up = self.catching_up.len(),
@@ -481,8 +484,7 @@ impl Tracker {
             self.deferred.remove(&tp.partition);
             self.ledger.remove(tp);
         }
-        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
-        metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
+        self.export_partitions();
         positions
     }
 }
