@@ -9,8 +9,8 @@
 //!
 //! It is the largest state a worker keeps per request handled (a heap profile of a 40,000
 //! request backlog run: 10.3 MB of the worker's heap peak before entries were made small,
-//! 2.4 MB after), so an entry is kept small: the key is shared by both indexes, and the topic of the claiming message is stored
-//! once per topic.
+//! 2.4 MB after), so an entry is kept small: the key is shared by both indexes, and the
+//! topic of the claiming message is stored once per topic.
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
@@ -46,8 +46,9 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    /// Per key: its expiry, the message that claimed it, and the digest of what it asked for.
-    expiry_of: HashMap<Arc<str>, Claim>,
+    /// Per key: the message that claimed it and the digest of what it asked for.
+    claims: HashMap<Arc<str>, Claim>,
+    /// Per key, its expiry, in time order.
     by_expiry: BTreeSet<(DateTime<Utc>, Arc<str>)>,
     /// The topics of claiming messages (a worker reads one or two), indexed by [`Claim`].
     topics: Vec<String>,
@@ -86,10 +87,10 @@ impl Dedup {
         if let Some(sight) = inner.sight(key, digest, &source) {
             return sight;
         }
-        if inner.expiry_of.len() >= self.capacity {
+        if inner.claims.len() >= self.capacity {
             // Full of live ids: forget the one closest to expiry, the least likely to recur.
             if let Some(first) = inner.by_expiry.pop_first() {
-                inner.expiry_of.remove(&first.1);
+                inner.claims.remove(&first.1);
             }
         }
         let topic = inner.topic_index(&source.0);
@@ -101,7 +102,7 @@ impl Dedup {
             digest: digest.into(),
         };
         // (A key already remembered was answered above: this one is new.)
-        inner.expiry_of.insert(key.clone(), claim);
+        inner.claims.insert(key.clone(), claim);
         inner.by_expiry.insert((expires_at, key));
         Sight::First
     }
@@ -117,14 +118,14 @@ impl Dedup {
     /// Ids remembered now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().expect("dedup lock").expiry_of.len()
+        self.inner.lock().expect("dedup lock").claims.len()
     }
 }
 
 impl Inner {
     /// What a remembered `key` says about a request; `None` when it is not remembered.
     fn sight(&self, key: &str, digest: &str, source: &Source) -> Option<Sight> {
-        let claim = self.expiry_of.get(key)?;
+        let claim = self.claims.get(key)?;
         let same_message = claim.partition == source.1
             && claim.offset == source.2
             && self.topics.get(usize::from(claim.topic)) == Some(&source.0);
@@ -156,7 +157,7 @@ impl Inner {
                 break;
             }
             let (_, id) = self.by_expiry.pop_first().expect("first exists");
-            self.expiry_of.remove(&id);
+            self.claims.remove(&id);
         }
     }
 }
