@@ -218,25 +218,24 @@ impl Report {
             "  fallbacks {}, duplicates {}, provider rate-limit violations {}",
             self.fallbacks, self.duplicates, self.rate_limit_violations
         );
-        println!(
-            "\n{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
-            "latency (ms)", "p50", "p95", "p99", "max", "count"
+        println!();
+        print_percentiles(
+            "latency (ms)",
+            &[
+                (
+                    "created_at -> final status",
+                    self.latency_to_final_ms.as_ref(),
+                ),
+                (
+                    "created_at -> provider",
+                    self.latency_to_provider_ms.as_ref(),
+                ),
+                (
+                    "created_at -> fallback SMS",
+                    self.latency_to_fallback_sms_ms.as_ref(),
+                ),
+            ],
         );
-        for (label, p) in [
-            ("created_at -> final status", &self.latency_to_final_ms),
-            ("created_at -> provider", &self.latency_to_provider_ms),
-            (
-                "created_at -> fallback SMS",
-                &self.latency_to_fallback_sms_ms,
-            ),
-        ] {
-            if let Some(p) = p {
-                println!(
-                    "{label:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
-                    p.p50, p.p95, p.p99, p.max, p.count
-                );
-            }
-        }
         println!(
             "\n{:<10} {:>9} {:>10} {:>12} {:>16} {:>13}",
             "worker", "sends", "CPU s", "CPU us/send", "CPU s/10k sends", "peak RSS MB"
@@ -253,6 +252,22 @@ impl Report {
                 opt(w.cpu_us_per_send, 0),
                 opt(w.cpu_seconds_per_10k_sends, 2),
                 w.peak_rss_mb
+            );
+        }
+    }
+}
+
+/// A table of percentiles under `heading`; rows without figures are left out.
+fn print_percentiles(heading: &str, rows: &[(&str, Option<&Percentiles>)]) {
+    println!(
+        "{heading:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "p50", "p95", "p99", "max", "count"
+    );
+    for (label, p) in rows {
+        if let Some(p) = p {
+            println!(
+                "{label:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                p.p50, p.p95, p.p99, p.max, p.count
             );
         }
     }
@@ -318,22 +333,16 @@ impl ReceiptFigures {
             self.webhooks.get("attempts").copied().unwrap_or(0),
             self.receipt_delay_ms
         );
-        println!(
-            "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
-            "", "p50", "p95", "p99", "max", "count"
+        print_percentiles(
+            "",
+            &[
+                (
+                    "accepted -> confirmed (ms)",
+                    self.confirmation_latency_ms.as_ref(),
+                ),
+                ("ingress answer (us)", self.ingress_answer_us.as_ref()),
+            ],
         );
-        if let Some(p) = &self.confirmation_latency_ms {
-            println!(
-                "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
-                "accepted -> confirmed (ms)", p.p50, p.p95, p.p99, p.max, p.count
-            );
-        }
-        if let Some(q) = &self.ingress_answer_us {
-            println!(
-                "{:<34} {:>7} {:>7} {:>7} {:>7} {:>8}",
-                "ingress answer (us)", q.p50, q.p95, q.p99, q.max, q.count
-            );
-        }
         for (name, unit, f) in [
             ("ingress", "webhook call", &self.ingress),
             ("tracker", "confirmation", &self.tracker),

@@ -68,7 +68,7 @@ pub struct Usage {
 impl ServiceProcess {
     /// A delivery worker; with `status_callback` (receipts on), the SMS worker asks for
     /// status callbacks there.
-    pub async fn worker(
+    pub fn worker(
         spec: &FleetSpec<'_>,
         channel: Channel,
         status_callback: Option<&str>,
@@ -94,7 +94,7 @@ impl ServiceProcess {
 
     /// The receipts ingress, listening on `listen` (its public URL too), with the
     /// simulator's webhook secrets.
-    pub async fn ingress(spec: &FleetSpec<'_>, listen: SocketAddr) -> anyhow::Result<Self> {
+    pub fn ingress(spec: &FleetSpec<'_>, listen: SocketAddr) -> anyhow::Result<Self> {
         let secrets = crate::stack::sim_webhook_secrets();
         let mut cmd = command(spec, &["receipts", "serve"])?;
         cmd.args(["--listen", &listen.to_string()])
@@ -110,7 +110,7 @@ impl ServiceProcess {
     }
 
     /// The confirmation tracker.
-    pub async fn tracker(spec: &FleetSpec<'_>) -> anyhow::Result<Self> {
+    pub fn tracker(spec: &FleetSpec<'_>) -> anyhow::Result<Self> {
         let mut cmd = command(spec, &["receipts", "track"])?;
         cmd.env("OTP_FALLBACK_KEY", spec.fallback_key);
         Self::spawn(spec, cmd, Role::Tracker)

@@ -11,8 +11,9 @@
 //! With `--receipts` the receipts path runs too: the simulator posts its status webhooks to
 //! the receipts ingress (`otp receipts serve`), the confirmation tracker (`otp receipts
 //! track`) ends each WhatsApp request with `delivered` (SMS, the last channel, ends `sent`
-//! as without confirmation), and the workers run with delivery confirmation on. The run then also reports the ingress's answer times as the simulator saw
-//! them, the confirmation latency, and whether the tracker kept up with the accepted sends.
+//! as without confirmation), and the workers run with delivery confirmation on. The run then
+//! also reports the ingress's answer times as the simulator saw them, the confirmation
+//! latency, and whether the tracker kept up with the accepted sends.
 
 mod figures;
 mod fleet;
@@ -355,12 +356,12 @@ async fn start_fleet(
 ) -> anyhow::Result<Vec<ServiceProcess>> {
     let mut services = Vec::new();
     if let Some(listen) = ingress {
-        services.push(ServiceProcess::ingress(spec, listen).await?);
-        services.push(ServiceProcess::tracker(spec).await?);
+        services.push(ServiceProcess::ingress(spec, listen)?);
+        services.push(ServiceProcess::tracker(spec)?);
     }
     let callback = ingress.map(|a| format!("http://{a}{}", otp_receipts::config::SMS_STATUS_PATH));
     for channel in channels {
-        services.push(ServiceProcess::worker(spec, *channel, callback.as_deref()).await?);
+        services.push(ServiceProcess::worker(spec, *channel, callback.as_deref())?);
     }
     fleet::wait_ready(&mut services, partitions, Duration::from_secs(60)).await?;
     Ok(services)

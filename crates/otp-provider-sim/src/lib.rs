@@ -102,6 +102,9 @@ impl Quantiles {
     }
 }
 
+/// The longest webhook answer time recorded (an hour, in µs); longer ones count as this.
+const LONGEST_ANSWER_US: u64 = 3_600_000_000;
+
 pub(crate) struct Sim {
     pub config: SimConfig,
     pub messages: Mutex<Vec<Received>>,
@@ -174,17 +177,17 @@ impl Sim {
                 .connect_timeout(webhooks::CONNECT_TIMEOUT)
                 .build()
                 .expect("an HTTP client"),
-            // 1 µs to an hour, three significant digits: a fixed size (about 190 KB).
             webhooks_pending: tokio::sync::watch::channel(0).0,
+            // 1 µs to an hour, three significant digits: a fixed size (about 190 KB).
             webhook_answers: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+                Histogram::new_with_bounds(1, LONGEST_ANSWER_US, 3).expect("valid bounds"),
             ),
         }
     }
 
     /// One webhook call answered after `took`.
     pub(crate) fn webhook_answered(&self, took: std::time::Duration) {
-        let us = (took.as_micros() as u64).clamp(1, 3_600_000_000);
+        let us = (took.as_micros() as u64).clamp(1, LONGEST_ANSWER_US);
         let _ = self
             .webhook_answers
             .lock()
