@@ -2,7 +2,8 @@
 //!
 //! - [`KafkaArgs`]: where the brokers are, and any librdkafka property an operator passes
 //!   through (TLS, SASL) on top of each role's defaults;
-//! - [`session`]: an idempotent producer that replaces itself when broken;
+//! - [`session`]: an idempotent producer that replaces itself when broken ([`producer`]:
+//!   librdkafka's, with a future per message and a thread that sleeps until reports come);
 //! - [`CodeRequestPublisher`]: a code request validated, keyed by phone hash and acknowledged
 //!   (`acks=all`); what login systems publish with and what workers hand fallbacks on with;
 //! - [`writer`]: the one place a worker or the tracker writes its decisions (statuses,
@@ -20,6 +21,7 @@ pub mod broadcast;
 pub mod group;
 pub mod observe;
 pub mod process;
+pub mod producer;
 mod publisher;
 pub mod session;
 mod settings;

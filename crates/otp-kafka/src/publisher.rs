@@ -10,7 +10,7 @@ use otp_events::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::sync::Arc;
@@ -172,7 +172,7 @@ impl CodeRequestPublisher {
         // librdkafka gives up at message.timeout.ms; the outer bound only guards against a
         // delivery report that never comes.
         let lease = self.producer.lease();
-        let delivery = lease.producer.send(record, Timeout::After(timeout));
+        let delivery = lease.producer.send(record, timeout);
         let outcome = tokio::time::timeout(timeout + Duration::from_secs(1), delivery).await;
         match &outcome {
             Ok(Ok(_)) => self.producer.succeeded(&lease),

@@ -10,8 +10,8 @@
 //! it: they are the broker being away, which librdkafka rides out. A send that gets no report
 //! at all within its bound does ([`ProducerSession::stuck`]).
 
+use crate::producer::Producer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 use std::sync::Mutex;
 
@@ -24,20 +24,20 @@ pub struct ProducerSession {
 }
 
 struct State {
-    producer: FutureProducer,
+    producer: Producer,
     generation: u64,
     refusals: u32,
 }
 
 /// The producer to send with, and which session it belongs to (for [`ProducerSession::failed`]).
 pub struct Lease {
-    pub producer: FutureProducer,
+    pub producer: Producer,
     generation: u64,
 }
 
 impl ProducerSession {
     pub fn new(config: ClientConfig) -> Result<Self, KafkaError> {
-        let producer = config.create()?;
+        let producer = Producer::create(&config)?;
         Ok(Self {
             config,
             state: Mutex::new(State {
@@ -98,7 +98,7 @@ impl ProducerSession {
     }
 
     fn replace(&self, s: &mut State, reason: &str) {
-        match self.config.create::<FutureProducer>() {
+        match Producer::create(&self.config) {
             Ok(producer) => {
                 tracing::error!(%reason, "Kafka producer session broken; starting a new one");
                 metrics::counter!("otp_producer_sessions_restarted_total").increment(1);
@@ -112,7 +112,7 @@ impl ProducerSession {
 
     pub fn flush(&self, timeout: std::time::Duration) {
         let producer = self.lease().producer;
-        let _ = producer.flush(rdkafka::util::Timeout::After(timeout));
+        let _ = producer.flush(timeout);
     }
 }
 

@@ -20,7 +20,6 @@ use otp_events::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use std::future::Future;
 use std::time::Duration;
@@ -316,11 +315,9 @@ impl KafkaWriter {
     /// One send on the current producer session; a broken session is replaced for the retry.
     async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), WriteFailure> {
         let lease = self.producer.lease();
-        let sent = tokio::time::timeout(
-            self.delivery_bound,
-            lease.producer.send(record, Timeout::After(QUEUE_WAIT)),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.delivery_bound, lease.producer.send(record, QUEUE_WAIT))
+                .await;
         match sent {
             Ok(Ok(_)) => {
                 self.producer.succeeded(&lease);

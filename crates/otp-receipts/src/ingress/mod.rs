@@ -26,7 +26,6 @@ use otp_kafka::session::ProducerSession;
 use otp_kafka::KafkaArgs;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,9 +106,7 @@ impl Ingress {
                 .key(o.key.as_bytes())
                 .payload(o.payload.as_slice())
                 .headers(headers);
-            lease
-                .producer
-                .send(record, Timeout::After(self.kafka_timeout))
+            lease.producer.send(record, self.kafka_timeout)
         });
         for result in futures_util::future::join_all(sends).await {
             if let Err((e, _)) = result {
