@@ -33,7 +33,8 @@ struct State {
     burst: f64,
     /// Wake-ups are rounded up to a multiple of this (seconds), so that waiters wake in small
     /// groups rather than one by one: fewer wake-ups and larger Kafka batches. A send woken
-    /// later than its slot never makes the rate higher; a group is at most half the burst.
+    /// later than its slot never makes the rate higher; a group is at most the burst (a
+    /// worker's burst is already half the provider's: the rest is the network's headroom).
     quantum: f64,
     /// When the bucket was (or will be) empty, in seconds after `origin`: each slot taken moves
     /// it one interval on; it never lags `now` by more than the burst.
@@ -45,8 +46,9 @@ struct State {
 /// A rate below this is treated as this (one slot in about 17 minutes).
 const SLOWEST_PER_SECOND: f64 = 0.001;
 /// Wake-ups are grouped over at most this (seconds; measured on `otp load --embedded` at
-/// 1,000/s: one wake-up per send cost 535 us of CPU per send, a 5 ms grid 354 us, 10 ms 286,
-/// 20 ms 266)...
+/// 1,000/s, burst 50, 25 used: one wake-up per send cost 535 us of CPU per send, a 5 ms grid
+/// 354 us, 10 ms 286, 12.5 ms (half the burst used, as groups were once bounded) 249-289,
+/// 20 ms 199-205, single runs of one hour; docs/performance.md)...
 const MAX_QUANTUM: f64 = 0.020;
 /// ...and not at all when the burst allows less than this.
 const MIN_QUANTUM: f64 = 0.001;
@@ -134,7 +136,7 @@ impl State {
     fn set(&mut self, per_second: f64, burst: f64) {
         self.interval = 1.0 / per_second.max(SLOWEST_PER_SECOND);
         self.burst = burst.max(0.0);
-        self.quantum = (self.burst / 2.0 * self.interval).min(MAX_QUANTUM);
+        self.quantum = (self.burst * self.interval).min(MAX_QUANTUM);
         if self.quantum < MIN_QUANTUM {
             self.quantum = 0.0;
         }
@@ -294,6 +296,24 @@ mod tests {
                 *slot + Duration::from_micros(5) >= due,
                 "waiter {i} woken before its slot"
             );
+        }
+    }
+
+    #[test]
+    fn a_group_is_as_large_as_the_burst_up_to_the_longest_grid_step() {
+        // A worker's share of a provider's 1000/s with a burst of 50 (half used: 25): groups
+        // of 20 on the 20 ms grid; with a burst of 10, groups of 10 on a 10 ms grid.
+        for (burst, step_ms) in [(25.0, 20), (10.0, 10)] {
+            let s = Schedule::new(1000.0, burst);
+            let now = Instant::now();
+            let slots: Vec<Instant> = (0..1025).map(|_| s.reserve(now, far()).unwrap()).collect();
+            let mut sizes = std::collections::BTreeMap::<Instant, usize>::new();
+            for slot in &slots[burst as usize..] {
+                *sizes.entry(*slot).or_default() += 1;
+            }
+            let largest = sizes.values().max().copied().unwrap_or(0);
+            assert_eq!(largest, step_ms, "burst {burst}: groups of {sizes:?}");
+            assert!(largest as f64 <= burst, "never more than the burst at once");
         }
     }
 
