@@ -7,9 +7,10 @@
 //! cost an idle worker about 15 ms of CPU a second (1.5 % of a core, per producer) and, under a
 //! 1,000/s sender limit, about 12 µs per send (docs/performance.md, "The producer's polling
 //! thread"). Here librdkafka itself says when its queue stops being empty
-//! (`rd_kafka_queue_cb_event_enable`: a callback from its own thread, under the queue's lock),
+//! (`rd_kafka_queue_cb_event_enable`: a callback, called under the queue's lock),
 //! and the thread then takes what is there without waiting. Everything else is librdkafka's
-//! and rdkafka's: the same `BaseProducer`, the same delivery results.
+//! and rdkafka's: the same `BaseProducer`, the same delivery results. (The callback runs on
+//! whichever thread enqueues: librdkafka's own, or one that sends or purges.)
 //!
 //! [`crate::session::ProducerSession`] holds one of these; the writer, the publisher and the
 //! receipts ingress send through it.
@@ -22,8 +23,10 @@ use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer as _, ProducerContext,
 };
+use rdkafka::util::IntoOpaque;
 use rdkafka::{ClientConfig, ClientContext, Timestamp};
 use std::os::raw::c_void;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -53,6 +56,13 @@ struct Shared {
 
 impl Producer {
     pub fn create(config: &ClientConfig) -> KafkaResult<Self> {
+        Self::with_idle_wait(config, IDLE_WAIT)
+    }
+
+    /// [`Producer::create`] with the thread's sleep bound set: the tests make it an hour, so
+    /// that a report served only when the bound runs out cannot pass for a woken thread.
+    #[doc(hidden)]
+    pub fn with_idle_wait(config: &ClientConfig, idle_wait: Duration) -> KafkaResult<Self> {
         let base: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (serving, started) = std::sync::mpsc::sync_channel(1);
@@ -60,7 +70,7 @@ impl Producer {
             let (base, stop) = (base.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("kafka-delivery".to_string())
-                .spawn(move || serve(&base, &stop, serving))
+                .spawn(move || serve(&base, &stop, idle_wait, serving))
                 .map_err(|e| KafkaError::ClientCreation(format!("delivery thread: {e}")))?
         };
         // Returned once librdkafka will wake the thread, so that no report waits for a timeout.
@@ -86,6 +96,7 @@ impl Producer {
         P: ToBytes + ?Sized,
     {
         let started = Instant::now();
+        let topic = record.topic;
         let (tx, rx) = oneshot::channel();
         let mut record = BaseRecord {
             topic: record.topic,
@@ -99,11 +110,22 @@ impl Producer {
         loop {
             match self.shared.base.send(record) {
                 Ok(()) => {
+                    // librdkafka reports every message (unless told to report only errors, which
+                    // no caller may: it would leave this waiting for its caller's bound).
                     return match rx.await {
                         Ok(report) => report,
-                        // The report's sender is dropped unsent only when librdkafka drops the
-                        // message without a report, which it does not while we hold the producer.
-                        Err(_) => Err((KafkaError::Canceled, unsent(None, None, "", None))),
+                        Err(_) => {
+                            let message = OwnedMessage::new(
+                                None,
+                                None,
+                                topic.to_string(),
+                                Timestamp::NotAvailable,
+                                -1,
+                                0,
+                                None,
+                            );
+                            Err((KafkaError::Canceled, message))
+                        }
                     };
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
@@ -112,15 +134,7 @@ impl Producer {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_RETRY).await;
                 }
-                Err((e, back)) => {
-                    let message = unsent(
-                        back.payload.map(ToBytes::to_bytes),
-                        back.key.map(ToBytes::to_bytes),
-                        back.topic,
-                        back.partition,
-                    );
-                    return Err((e, message));
-                }
+                Err((e, back)) => return Err((e, unsent(back))),
             }
         }
     }
@@ -135,20 +149,23 @@ impl Producer {
     }
 }
 
-fn unsent(
-    payload: Option<&[u8]>,
-    key: Option<&[u8]>,
-    topic: &str,
-    partition: Option<i32>,
-) -> OwnedMessage {
+/// A record librdkafka refused, as the message a failed send hands back (as rdkafka's does).
+fn unsent<K, P, D>(record: BaseRecord<'_, K, P, D>) -> OwnedMessage
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    D: IntoOpaque,
+{
     OwnedMessage::new(
-        payload.map(<[u8]>::to_vec),
-        key.map(<[u8]>::to_vec),
-        topic.to_string(),
-        Timestamp::NotAvailable,
-        partition.unwrap_or(-1),
+        record.payload.map(|p| p.to_bytes().to_vec()),
+        record.key.map(|k| k.to_bytes().to_vec()),
+        record.topic.to_string(),
+        record
+            .timestamp
+            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+        record.partition.unwrap_or(-1),
         0,
-        None,
+        record.headers,
     )
 }
 
@@ -162,9 +179,16 @@ impl Drop for Shared {
     }
 }
 
-/// The thread: sleep until librdkafka's queue has something (or [`IDLE_WAIT`] passes), then
-/// serve what is there, one event per `poll(0)`, which never waits.
-fn serve(base: &BaseProducer<Reports>, stop: &AtomicBool, serving: SyncSender<()>) {
+/// The thread: sleep until librdkafka's queue has something (or `idle_wait` passes), then
+/// serve what is there, one event per `poll(0)`, which never waits. A panic while serving one
+/// (a bug) is counted and logged, and the thread serves on: otherwise every later send of the
+/// producer would wait for its caller's bound.
+fn serve(
+    base: &BaseProducer<Reports>,
+    stop: &AtomicBool,
+    idle_wait: Duration,
+    serving: SyncSender<()>,
+) {
     let rk = base.client().native_ptr();
     // SAFETY: `rk` is alive as long as `base`, which outlives this function. The queue handle
     // taken here is given back below, before `base` can be dropped. The callback's opaque is a
@@ -177,7 +201,10 @@ fn serve(base: &BaseProducer<Reports>, stop: &AtomicBool, serving: SyncSender<()
     loop {
         let mut served = 0;
         while served < MAX_RUN && unsafe { rd::rd_kafka_queue_length(queue) } > 0 {
-            base.poll(Duration::ZERO);
+            if std::panic::catch_unwind(AssertUnwindSafe(|| base.poll(Duration::ZERO))).is_err() {
+                metrics::counter!("otp_kafka_delivery_panics_total").increment(1);
+                tracing::error!("serving a Kafka delivery report panicked; serving on");
+            }
             served += 1;
         }
         if stop.load(Ordering::SeqCst) {
@@ -185,7 +212,7 @@ fn serve(base: &BaseProducer<Reports>, stop: &AtomicBool, serving: SyncSender<()
         }
         if served < MAX_RUN {
             // An event queued after the length was read unparks us, so this returns at once.
-            std::thread::park_timeout(IDLE_WAIT);
+            std::thread::park_timeout(idle_wait);
         }
     }
     unsafe {
@@ -195,7 +222,7 @@ fn serve(base: &BaseProducer<Reports>, stop: &AtomicBool, serving: SyncSender<()
     }
 }
 
-/// librdkafka's "no longer empty" callback, on one of its threads: wake the serving thread.
+/// librdkafka's "no longer empty" callback, on the enqueuing thread: wake the serving thread.
 unsafe extern "C" fn wake(_: *mut rd::rd_kafka_t, opaque: *mut c_void) {
     // SAFETY: `opaque` is the boxed `Thread` of `serve`, alive while the callback is on.
     let thread = unsafe { &*opaque.cast::<Thread>() };

@@ -98,6 +98,7 @@ async fn a_full_queue_is_offered_again_until_the_queue_timeout() {
         ("queue.buffering.max.messages", "1"),
         ("message.timeout.ms", "5000"),
     ]);
+    let started = std::time::Instant::now();
     let first = producer.send(
         FutureRecord::to("t").key("a").payload("first"),
         Duration::ZERO,
@@ -124,6 +125,33 @@ async fn a_full_queue_is_offered_again_until_the_queue_timeout() {
         KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
     );
     assert_eq!(message.payload(), Some(&b"second"[..]));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "offered again until its queue timeout, not refused at once"
+    );
+}
+
+#[tokio::test]
+async fn reports_wake_the_thread_rather_than_wait_for_its_sleep_to_end() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let broker = shared_broker();
+    let topics = TestTopics::create(broker, 1).await;
+    let topic = topics.topics.dead_letter();
+    // Were the thread woken only by the end of its sleep, the first report would take an hour.
+    let producer =
+        Producer::with_idle_wait(&topics.kafka.client_config(), Duration::from_secs(3600))
+            .expect("producer");
+    for i in 0..20 {
+        let payload = format!("one after another {i}");
+        let record: FutureRecord<'_, (), String> = FutureRecord::to(&topic).payload(&payload);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            producer.send(record, Duration::from_secs(5)),
+        )
+        .await
+        .expect("reported without waiting for the thread's sleep to end")
+        .expect("delivered");
+    }
 }
 
 #[test]
