@@ -9,6 +9,7 @@ use otp::stack::{whatsapp_client, Worker};
 use otp_events::Channel::{Sms, Whatsapp};
 use otp_events::PhoneHasher;
 use otp_provider_sim::SimConfig;
+use otp_test_support::collect_json_until;
 use otp_worker::{AbuseConfig, LimitsConfig};
 use std::time::Duration;
 
@@ -526,4 +527,101 @@ async fn the_sender_budget_is_the_fleets_shared_by_partitions() {
             w.stop().await.unwrap();
         }
     }
+}
+
+/// A message still waiting for its rate-limit slot when its partition goes (here a retry,
+/// queued behind every slot the later messages reserved) is left to the next owner, and the
+/// later messages this worker already sent are not sent again: the commit names the offsets
+/// finished beyond its position, and the next owner skips them.
+///
+/// On librdkafka's mock cluster: tansu 0.6 keeps a commit's metadata but answers every offset
+/// fetch with an empty one (`tansu-broker`, `coordinator/group/administrator.rs`), so there the
+/// next owner hands those messages to the provider again, as it did before commits carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat_later_sends() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let kafka = otp_kafka::KafkaArgs::new(mock.bootstrap_servers());
+    let topics = kafka.topics();
+    for topic in topics.all() {
+        mock.create_topic(&topic, 1, 1).unwrap();
+    }
+    let sim = otp_provider_sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
+        .await
+        .unwrap();
+    let publisher = otp_producer::CodeRequestPublisher::new(
+        &kafka,
+        otp_producer::PublisherConfig {
+            topics: topics.clone(),
+            ..otp_producer::PublisherConfig::default()
+        },
+        PhoneHasher::new(HASH_KEY),
+    )
+    .unwrap();
+    let publish = |phone: String| {
+        let s = otp_events::Submission::new(
+            phone,
+            "700700",
+            vec![Whatsapp],
+            chrono::Duration::minutes(5),
+        );
+        let publisher = &publisher;
+        async move { publisher.publish(s).await.unwrap() }
+    };
+    // `0500` is answered 500 / 131000 twice: its retry waits behind the others' slots.
+    let mut ids = vec![publish("+15550010500".into()).await];
+    for i in 0..20 {
+        ids.push(publish(format!("+1555{:03}{:04}", i, 4000 + i)).await);
+    }
+    let worker = || {
+        let mut c = test_config();
+        c.limits = Some(LimitsConfig {
+            sender_per_second: 5,
+            sender_burst: 1,
+            recipient_period: None,
+        });
+        c.shutdown_grace = Duration::from_secs(1);
+        Worker::start(
+            &kafka,
+            c,
+            open_limits(),
+            PhoneHasher::new(HASH_KEY),
+            whatsapp_client(&sim),
+        )
+    };
+    let status_topic = topics.delivery_status();
+    let first = worker();
+    collect_json_until(&kafka.brokers, &status_topic, WITHIN, |got| {
+        got.iter().filter(|s| s["status"] == "sent").count() >= 4
+    })
+    .await;
+    first.stop().await.unwrap();
+    let before = sim.messages().len();
+    let second = worker();
+    let wanted = ids.clone();
+    let got = collect_json_until(&kafka.brokers, &status_topic, WITHIN, move |got| {
+        wanted.iter().all(|id| {
+            got.iter()
+                .any(|s| s["request_id"] == id.as_str() && s["final"] == true)
+        })
+    })
+    .await;
+    let mut sends: std::collections::HashMap<String, usize> = Default::default();
+    for m in sim.messages() {
+        *sends.entry(m.to).or_default() += usize::from(m.outcome == "accepted");
+    }
+    let twice = sends.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "{twice} recipients were sent twice ({before} calls before the first worker stopped)"
+    );
+    assert_eq!(sends.len(), ids.len(), "every recipient was sent to");
+    for id in &ids {
+        assert_eq!(exactly_one_final(&got, id)["status"], "sent");
+    }
+    assert!(
+        sim.stats().rate_limit_violations.is_empty(),
+        "{:?}",
+        sim.stats()
+    );
+    second.stop().await.unwrap();
 }

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+/// How long an assignment waits for the group's committed offsets (its messages wait with it).
+const INHERIT_WITHIN: Duration = Duration::from_secs(5);
+
 /// Everything a worker needs besides its channel client.
 pub struct WorkerSetup {
     pub kafka: KafkaArgs,
@@ -224,6 +227,12 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
             return; // fetched before its partition was revoked; the new owner reads it
         }
         let offset = message.offset();
+        if self.ledger.already_finished(&tp, offset) {
+            // A previous owner sent it and committed that (beyond its position): not again.
+            let channel = self.pipeline.client.channel().as_str();
+            metrics::counter!("otp_skipped_finished_total", "channel" => channel).increment(1);
+            return;
+        }
         let generation = self.ledger.started(&tp, offset);
         let (pipeline, ledger) = (self.pipeline.clone(), self.ledger.clone());
         let stop = self.let_go.entry(tp.clone()).or_default().subscribe(offset);
@@ -248,7 +257,22 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
         });
     }
 
-    async fn assigned(&mut self, partitions: &[TopicPartition], _: &Group) {
+    /// Before any message of `partitions` is handled: what the group committed for them, so
+    /// that what a previous owner finished beyond its position is skipped, not sent again.
+    /// Without an answer (a broker away for 5 s) those messages are handled again, as they
+    /// were before commits carried the note.
+    async fn assigned(&mut self, partitions: &[TopicPartition], group: &Group) {
+        match group.committed(partitions, INHERIT_WITHIN).await {
+            Ok(committed) => {
+                for c in committed {
+                    self.ledger.inherit(&c.partition, c.offset, &c.note);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "committed offsets unavailable; what a previous owner finished beyond them is handled again"
+            ),
+        }
         for p in partitions {
             self.let_go.insert(p.clone(), LetGo::new());
         }

@@ -161,7 +161,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
+pub(super) fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for tp in partitions {
         tpl.add_partition(&tp.topic, tp.partition);
@@ -171,9 +171,13 @@ fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
 
 fn position_list(positions: &[Position]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for (tp, offset) in positions {
-        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+    for p in positions {
+        let (topic, partition) = (&p.partition.topic, p.partition.partition);
+        tpl.add_partition_offset(topic, partition, Offset::Offset(p.offset))
             .expect("valid offset");
+        if let Some(mut element) = tpl.find_partition(topic, partition) {
+            element.set_metadata(&p.note);
+        }
     }
     tpl
 }

@@ -19,6 +19,7 @@
 //! - shutdown is a signal: stop fetching, let the member drain within `shutdown_grace`,
 //!   commit its positions, close the consumer (leaving the group).
 
+mod beyond;
 mod bridge;
 mod holds;
 mod in_flight;
@@ -65,8 +66,15 @@ impl TopicPartition {
     }
 }
 
-/// Where consumption of a partition resumes: the next offset to read. What is committed.
-pub type Position = (TopicPartition, i64);
+/// What is committed for a partition: where consumption resumes (the next offset to read), and
+/// a note of the offsets finished beyond it (the commit's metadata; see [`OffsetLedger`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    /// Empty when nothing beyond `offset` is finished.
+    pub note: String,
+}
 
 /// How a member takes part in its group.
 #[derive(Debug, Clone)]
@@ -121,6 +129,39 @@ impl Group {
         .await
         .ok()
         .flatten()
+    }
+    /// What the group has committed for `partitions` (positions with their notes of what is
+    /// finished beyond them), when the broker answers within `within`; partitions with nothing
+    /// committed are left out. Read at assignment, so a new owner skips what the last one
+    /// finished (see [`OffsetLedger::inherit`]).
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        within: Duration,
+    ) -> Result<Vec<Position>, rdkafka::error::KafkaError> {
+        let (consumer, tpl) = (self.consumer.clone(), bridge::partition_list(partitions));
+        let asked = tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, within));
+        // The call is bounded by `within`; the blocking thread answers soon after.
+        let tpl = match tokio::time::timeout(within + Duration::from_secs(1), asked).await {
+            Ok(Ok(answer)) => answer?,
+            _ => {
+                return Err(rdkafka::error::KafkaError::OffsetFetch(
+                    rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+                ))
+            }
+        };
+        Ok(tpl
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(offset) => Some(Position {
+                    partition: TopicPartition::new(e.topic(), e.partition()),
+                    offset,
+                    note: e.metadata().to_string(),
+                }),
+                _ => None,
+            })
+            .collect())
     }
 }
 
