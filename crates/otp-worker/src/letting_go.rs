@@ -14,9 +14,18 @@
 //! would make the next owner repeat that later send. So a message earlier than the latest
 //! send started on its partition goes on to its own send (within the grace) even after the
 //! partition is let go; only the messages after it are abandoned.
+//!
+//! For that to end within the grace, a partition's messages reserve their first sender slot
+//! in the order they were handed over ([`Stop::turn`]): then a message earlier than one
+//! already sending holds an earlier slot, and goes at once. (Tasks do not start in the order
+//! they were spawned: tokio runs the newest first, so without turns the last message of each
+//! batch took the batch's first slot, and its predecessors' slots stretched over seconds.)
+//! A retry reserves again, at the back of the line; what it leaves behind if the grace runs
+//! out is named in the commit instead (`otp_kafka::group`'s ledger).
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Held by the runtime, one per assigned partition: [`LetGo::now`] tells every message of it.
@@ -24,14 +33,55 @@ pub struct LetGo {
     set: watch::Sender<bool>,
     /// The highest offset of the partition whose send has started.
     highest_sending: Arc<AtomicI64>,
+    line: Arc<Line>,
+}
+
+/// The partition's messages in the order they were handed over, for their turns.
+struct Line {
+    /// The next place in line to hand out.
+    next: AtomicU64,
+    /// How many places, from the first, have had their turn; watched by those waiting.
+    passed: watch::Sender<u64>,
+    /// Places that had their turn out of order (their task ended first), not yet counted.
+    early: Mutex<BTreeSet<u64>>,
+}
+
+impl Line {
+    fn pass(&self, place: u64) {
+        let mut early = self.early.lock().expect("line lock");
+        let mut passed = *self.passed.borrow();
+        if place < passed {
+            return;
+        }
+        early.insert(place);
+        while early.remove(&passed) {
+            passed += 1;
+        }
+        self.passed.send_if_modified(|p| {
+            let moved = *p != passed;
+            *p = passed;
+            moved
+        });
+    }
 }
 
 /// Held by each message's task.
-#[derive(Clone)]
 pub struct Stop {
     set: watch::Receiver<bool>,
     highest_sending: Arc<AtomicI64>,
     offset: i64,
+    line: Arc<Line>,
+    place: u64,
+}
+
+/// A message's turn, from [`Stop::turn`]: the partition's later messages wait until it is
+/// dropped. Drop it once the message's first sender slot is reserved, or it needs none.
+pub struct Turn<'a>(&'a Stop);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.pass();
+    }
 }
 
 impl LetGo {
@@ -39,15 +89,23 @@ impl LetGo {
         Self {
             set: watch::channel(false).0,
             highest_sending: Arc::new(AtomicI64::new(-1)),
+            line: Arc::new(Line {
+                next: AtomicU64::new(0),
+                passed: watch::channel(0).0,
+                early: Mutex::new(BTreeSet::new()),
+            }),
         }
     }
 
-    /// The stop of the message at `offset`.
+    /// The stop of the message at `offset`; call it in the order messages are handed over
+    /// (it gives the message its place in the partition's line).
     pub fn subscribe(&self, offset: i64) -> Stop {
         Stop {
             set: self.set.subscribe(),
             highest_sending: self.highest_sending.clone(),
             offset,
+            line: self.line.clone(),
+            place: self.line.next.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -78,6 +136,20 @@ impl Stop {
         if !self.abandons() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Resolves once every message handed over before this one on its partition has had its
+    /// turn (reserved its first slot, or ended).
+    pub async fn turn(&self) -> Turn<'_> {
+        let mut passed = self.line.passed.subscribe();
+        // The sender is held by the line, which this stop holds: it cannot close.
+        let _ = passed.wait_for(|p| *p >= self.place).await;
+        Turn(self)
+    }
+
+    /// This message has had its turn, or will take none (it ended): idempotent.
+    pub fn pass(&self) {
+        self.line.pass(self.place);
     }
 
     /// This message's send starts now (call right before the provider call).
@@ -148,5 +220,52 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), late.wait())
             .await
             .expect("the later one is");
+    }
+
+    #[tokio::test]
+    async fn turns_follow_the_order_of_hand_over_whoever_asks_first() {
+        let switch = LetGo::new();
+        let stops: Vec<Stop> = (0..4).map(|o| switch.subscribe(o)).collect();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        // The last asks first, as tokio's newest-first start does.
+        for stop in stops.into_iter().rev() {
+            let order = order.clone();
+            tasks.spawn(async move {
+                let turn = stop.turn().await;
+                order.lock().unwrap().push(stop.offset);
+                drop(turn);
+            });
+            tokio::task::yield_now().await;
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_ends_before_its_turn_does_not_hold_up_the_line() {
+        let switch = LetGo::new();
+        let (a, b, c) = (
+            switch.subscribe(0),
+            switch.subscribe(1),
+            switch.subscribe(2),
+        );
+        b.pass(); // ended early (its task panicked, say)
+        b.pass(); // idempotent
+        let waiting = async { c.turn().await.0.offset };
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+                .await
+                .is_err(),
+            "0 has not had its turn"
+        );
+        drop(a.turn().await);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(1), waiting)
+                .await
+                .unwrap(),
+            2
+        );
     }
 }

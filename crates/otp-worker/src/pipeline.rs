@@ -60,6 +60,7 @@ impl<C: ChannelClient> Pipeline<C> {
             match decode_code_request(message.payload().unwrap_or_default(), &self.guards.rules) {
                 Ok(request) => request,
                 Err(e) => {
+                    stop.pass(); // no slot to reserve: the partition's line goes on
                     let reason = format!("invalid code request: {e}");
                     self.reject_undecodable(message, &reason).await;
                     progress.reach(Reached::Ended);
@@ -145,6 +146,14 @@ impl<C: ChannelClient> Pipeline<C> {
                 fleet.admitted(subject);
             }
         };
+        // The partition's messages are guarded and reserve their first slot in the order they
+        // were handed over (see `letting_go`): a revoke can then always finish the messages
+        // before one already sending.
+        let turn = tokio::select! {
+            biased;
+            () = stop.wait() => return None,
+            turn = stop.turn() => turn,
+        };
         let first = match self
             .guards
             .admit(at(Utc::now()), subject, fallback, &source, shared)
@@ -152,6 +161,7 @@ impl<C: ChannelClient> Pipeline<C> {
             Ok(first) => first,
             Err(outcome) => return Some(outcome),
         };
+        let mut turn = Some(turn);
 
         let latest = latest_useful(request, self.retry.safety_margin);
         let cutoff = decide::send_cutoff(self.retry.safety_margin);
@@ -165,7 +175,7 @@ impl<C: ChannelClient> Pipeline<C> {
             let limits = tokio::select! {
                 biased;
                 () = stop.wait() => return None,
-                limits = self.guards.limiter.acquire(subject, latest, attempt) => limits,
+                limits = self.guards.limiter.acquire_in_line(subject, latest, attempt, turn.take()) => limits,
             };
             // Let go while waiting for the slot: the slot goes unused.
             if stop.abandons() {

@@ -244,6 +244,7 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
             let handled = AssertUnwindSafe(pipeline.handle(&message, &stop, &progress))
                 .catch_unwind()
                 .await;
+            stop.pass(); // had its turn already, unless it panicked before: then now
             match handled {
                 Ok(Handled::Finished) => ledger.finished(&tp, offset, generation),
                 // Not finished: its offset stays uncommitted, and the next owner delivers it.

@@ -194,6 +194,19 @@ impl Limiter {
         latest: Instant,
         attempt: Attempt,
     ) -> Result<(), Limited> {
+        self.acquire_in_line(subject, latest, attempt, ()).await
+    }
+
+    /// [`Limiter::acquire`], holding `in_line` until the sender slot is reserved (or refused)
+    /// and dropping it then: the caller's turn among messages that must reserve in order.
+    pub async fn acquire_in_line<T>(
+        &self,
+        subject: &Subject,
+        latest: Instant,
+        attempt: Attempt,
+        in_line: T,
+    ) -> Result<(), Limited> {
+        let mut in_line = Some(in_line);
         let pair = match attempt {
             Attempt::First | Attempt::Fallback => self.pair_always,
             Attempt::AfterPairLimit => true,
@@ -208,7 +221,9 @@ impl Limiter {
             })
         };
         for _ in 0..MAX_ROUNDS {
-            match self.sender.reserve(latest) {
+            let reserved = self.sender.reserve(latest);
+            drop(in_line.take());
+            match reserved {
                 Ok(slot) => sleep_until(slot).await,
                 Err(_) => return refused("sender_rate"),
             }
