@@ -514,7 +514,7 @@ async fn the_sender_budget_is_the_fleets_shared_by_partitions() {
         let rate = observed_rate(&times);
         assert!(rate <= 20.5, "{workers} workers sent {rate:.1}/s together");
         if workers == 1 {
-            // Slots are 50 ms apart, woken on a 20 ms grid: a gap over 150 ms is a stall. Stalls
+            // Slots are 50 ms apart, woken on a 50 ms grid: a gap over 150 ms is a stall. Stalls
             // are rare (or the pace between them says little), and between them the worker
             // kept the budget's pace.
             let gaps = times.windows(2).count();

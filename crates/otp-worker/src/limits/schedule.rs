@@ -48,8 +48,10 @@ const SLOWEST_PER_SECOND: f64 = 0.001;
 /// Wake-ups are grouped over at most this (seconds; measured on `otp load --embedded` at
 /// 1,000/s, burst 50, 25 used: one wake-up per send cost 535 us of CPU per send, a 5 ms grid
 /// 354 us, 10 ms 286, 12.5 ms (half the burst used, as groups were once bounded) 249-289,
-/// 20 ms 199-205, single runs of one hour; docs/performance.md)...
-const MAX_QUANTUM: f64 = 0.020;
+/// 20 ms 199-205, single runs of one hour; a 25 ms grid (groups of the whole 25 used, which
+/// this bound allows) 180 against 206 for 20 ms, medians of nine alternated runs each;
+/// docs/performance.md). It bounds what a grid adds to a limited send's wait...
+const MAX_QUANTUM: f64 = 0.050;
 /// ...and not at all when the burst allows less than this.
 const MIN_QUANTUM: f64 = 0.001;
 /// How late a timer may fire (seconds) without the send counting as held back.
@@ -177,12 +179,12 @@ mod tests {
                     .saturating_duration_since(now)
             })
             .collect();
-        // Each at its slot, or woken at most one grid step (20 ms) after it.
+        // Each at its slot, or woken at most one grid step (50 ms) after it.
         let due = [0, 0, 0, 100, 200, 300];
         for (slot, due) in slots.iter().zip(due) {
             let ms = slot.as_millis();
             assert!(
-                (due..due + 20).contains(&ms),
+                (due..due + 50).contains(&ms),
                 "first come, first served: {slots:?}"
             );
         }
@@ -215,8 +217,9 @@ mod tests {
         let s = Schedule::new(1.0, 0.25);
         let now = Instant::now();
         let first = s.reserve(now, far()).unwrap().duration_since(now);
+        // (Or up to one 50 ms grid step after it.)
         assert!(
-            (first.as_secs_f64() - 0.75).abs() < 0.01,
+            (0.75..0.801).contains(&first.as_secs_f64()),
             "three quarters of an interval: {first:?}"
         );
         // A rebalance doubles the share: the next slot follows the last, no burst at once.
@@ -227,7 +230,7 @@ mod tests {
 
     #[test]
     fn sends_that_leave_at_their_slots_are_never_held_back_by_pacing() {
-        // 100/s, burst 5: slots on a 20 ms grid; each send leaves at its slot or a timer's
+        // 100/s, burst 5: slots on a 50 ms grid; each send leaves at its slot or a timer's
         // slack after it.
         let s = Schedule::new(100.0, 5.0);
         let now = Instant::now();
@@ -261,9 +264,9 @@ mod tests {
         let leave: Vec<Instant> = slots.iter().map(|_| s.pace(woke, far()).unwrap()).collect();
         let at_once = leave.iter().filter(|t| **t == woke).count();
         assert_eq!(at_once, 2, "the burst, not the backlog: {leave:?}");
-        // The third within the wake-up grid's tolerance (20 ms, plus a timer's slack) of an
+        // The third within the wake-up grid's tolerance (50 ms, plus a timer's slack) of an
         // interval later, and the rest an interval apart.
-        assert!(leave[2].duration_since(woke) >= Duration::from_millis(77));
+        assert!(leave[2].duration_since(woke) >= Duration::from_millis(47));
         for pair in leave[2..].windows(2) {
             let gap = pair[1].duration_since(pair[0]);
             assert!(
@@ -278,7 +281,7 @@ mod tests {
 
     #[test]
     fn waiters_wake_in_small_groups_never_before_their_slot() {
-        // 1000/s with a burst of 50: wake-ups on a 20 ms grid, 20 slots each.
+        // 1000/s with a burst of 50: wake-ups on a 50 ms grid, 50 slots each.
         let s = Schedule::new(1000.0, 50.0);
         let now = Instant::now();
         let slots: Vec<Instant> = (0..200).map(|_| s.reserve(now, far()).unwrap()).collect();
@@ -302,8 +305,9 @@ mod tests {
     #[test]
     fn a_group_is_as_large_as_the_burst_up_to_the_longest_grid_step() {
         // A worker's share of a provider's 1000/s with a burst of 50 (half used: 25): groups
-        // of 20 on the 20 ms grid; with a burst of 10, groups of 10 on a 10 ms grid.
-        for (burst, step_ms) in [(25.0, 20), (10.0, 10)] {
+        // of 25 on a 25 ms grid; with a burst of 10, groups of 10 on a 10 ms grid; with a
+        // burst of 100, groups of 50 on the longest step, 50 ms.
+        for (burst, step_ms) in [(25.0, 25), (10.0, 10), (100.0, 50)] {
             let s = Schedule::new(1000.0, burst);
             let now = Instant::now();
             let slots: Vec<Instant> = (0..1025).map(|_| s.reserve(now, far()).unwrap()).collect();
@@ -335,8 +339,8 @@ mod tests {
         }
         let last = slots.last().unwrap();
         assert!(
-            (last - 9.95).abs() < 0.01,
-            "1000 slots at 100/s after a burst of 5: {last}"
+            (9.95..10.001).contains(last),
+            "1000 slots at 100/s after a burst of 5 (woken on a 50 ms grid): {last}"
         );
     }
 }
