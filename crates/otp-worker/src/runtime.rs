@@ -124,7 +124,12 @@ pub async fn run<C: ChannelClient>(
         max_in_flight: config.max_in_flight,
         hold_until_released: None,
         commit_interval: config.commit_interval,
-        revoke_reply_within: config.revoke_grace + Duration::from_secs(5),
+        // A revoke may wait in line behind an assignment's committed-offset read (at most
+        // INHERIT_WITHIN and a second) and the sender share's metadata look-up (5 s).
+        revoke_reply_within: config.revoke_grace
+            + Duration::from_secs(5)
+            + INHERIT_WITHIN
+            + Duration::from_secs(6),
         shutdown_grace: config.shutdown_grace,
         tick: None,
         metrics_listen: config.metrics_listen,

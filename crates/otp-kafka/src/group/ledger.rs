@@ -27,8 +27,10 @@ struct Partition {
     generation: Generation,
     /// Offsets in flight, with when each was handed over.
     in_flight: BTreeMap<i64, Instant>,
-    /// Offsets finished above the position (this ownership's, and those a previous owner's
-    /// commit named); at most the messages in flight, plus what was inherited.
+    /// Offsets finished above the lowest in flight (this ownership's), and those a previous
+    /// owner's commit named that have not been received yet; at most [`beyond::MAX_NAMED`]
+    /// of this ownership's (past that, a finished offset is not noted: it would be handled
+    /// again after a move, as without notes).
     finished: BTreeSet<i64>,
     /// One past the highest offset received (or the committed position inherited).
     next: i64,
@@ -48,10 +50,11 @@ impl Partition {
         at
     }
 
-    /// Drop the finished offsets the position has passed: its commit covers them.
+    /// Drop the finished offsets the position has passed (its commit covers them), except
+    /// inherited ones not received yet: their messages must still be recognised when they come.
     fn prune(&mut self) {
-        let position = self.position();
-        self.finished = self.finished.split_off(&position);
+        let keep_from = self.position().min(self.next);
+        self.finished = self.finished.split_off(&keep_from);
     }
 }
 
@@ -114,7 +117,9 @@ impl OffsetLedger {
         let mut inner = self.inner.lock().expect("offsets lock");
         if let Some(p) = inner.get_mut(tp) {
             if p.generation == generation && p.in_flight.remove(&offset).is_some() {
-                p.finished.insert(offset);
+                if p.finished.len() < beyond::MAX_NAMED as usize {
+                    p.finished.insert(offset);
+                }
                 p.prune();
             }
         }
@@ -199,7 +204,7 @@ mod tests {
         assert_eq!(
             t.committable(None),
             vec![Position {
-                note: "otp-finished=1-2".into(),
+                note: "otp-finished@11=1-2".into(),
                 ..at(0, 11)
             }],
             "12 and 13 are named finished beyond it"
@@ -236,7 +241,7 @@ mod tests {
     fn a_new_owner_skips_what_the_last_one_finished_beyond_its_position() {
         let t = OffsetLedger::default();
         // The last owner committed 20, with 21-22 and 25 finished beyond it.
-        t.inherit(&tp(0), 20, "otp-finished=1-2,5");
+        t.inherit(&tp(0), 20, "otp-finished@20=1-2,5");
         assert!(!t.already_finished(&tp(0), 20), "20 is handled");
         let g = t.started(&tp(0), 20);
         assert!(t.already_finished(&tp(0), 21));
@@ -244,7 +249,7 @@ mod tests {
         assert_eq!(
             t.committable(None),
             vec![Position {
-                note: "otp-finished=1-2,5".into(),
+                note: "otp-finished@20=1-2,5".into(),
                 ..at(0, 20)
             }],
             "named again while 20 is unfinished, so a second move skips them too"
@@ -253,7 +258,7 @@ mod tests {
         assert_eq!(
             t.committable(None),
             vec![Position {
-                note: "otp-finished=2".into(),
+                note: "otp-finished@23=2".into(),
                 ..at(0, 23)
             }],
             "the position passes what is finished; 25 is still named"
@@ -267,7 +272,7 @@ mod tests {
         let t = OffsetLedger::default();
         t.inherit(&tp(0), 20, "written by another tool");
         assert!(!t.already_finished(&tp(0), 21));
-        t.inherit(&tp(1), 0, "otp-finished=1");
+        t.inherit(&tp(1), 0, "otp-finished@0=1");
         t.remove(&tp(1));
         assert!(!t.already_finished(&tp(1), 1));
     }
@@ -282,5 +287,20 @@ mod tests {
         t.started(&tp(0), 1);
         t.finished(&tp(0), 0, g);
         assert_eq!(t.committable(None), vec![at(0, 1)]);
+    }
+
+    #[test]
+    fn inherited_offsets_are_kept_until_received_though_the_position_passed_them() {
+        let t = OffsetLedger::default();
+        t.inherit(&tp(0), 20, "otp-finished@20=1-2");
+        let g = t.started(&tp(0), 20);
+        // 20 finishes before 21 and 22 arrive: the position passes them...
+        t.finished(&tp(0), 20, g);
+        assert_eq!(t.committable(None), vec![at(0, 23)]);
+        // ...and they are still known when they come.
+        assert!(t.already_finished(&tp(0), 21));
+        assert!(t.already_finished(&tp(0), 22));
+        assert!(!t.already_finished(&tp(0), 23));
+        assert_eq!(t.committable(None), vec![at(0, 23)], "never backwards");
     }
 }

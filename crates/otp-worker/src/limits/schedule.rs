@@ -117,7 +117,10 @@ impl Schedule {
         let n = s.seconds(now);
         // At least one whole interval: a burst below one (a small share of the fleet's) is
         // already waited for by the reservation; pacing only spreads sends that bunch.
-        let tolerance = s.burst.max(1.0) * s.interval + s.quantum + TIMER_SLACK;
+        // A group on the grid is at most the burst (the quantum is at most burst x interval),
+        // so the burst's own tolerance covers it: a stalled worker's overdue sends leave at
+        // most a burst (and a timer's slack) at once, within what the provider allows.
+        let tolerance = s.burst.max(1.0) * s.interval + TIMER_SLACK;
         let empty_at = s.sent_empty_at.max(n - tolerance);
         let at = empty_at + s.interval;
         s.sent_empty_at = at;
@@ -264,9 +267,9 @@ mod tests {
         let leave: Vec<Instant> = slots.iter().map(|_| s.pace(woke, far()).unwrap()).collect();
         let at_once = leave.iter().filter(|t| **t == woke).count();
         assert_eq!(at_once, 2, "the burst, not the backlog: {leave:?}");
-        // The third within the wake-up grid's tolerance (50 ms, plus a timer's slack) of an
-        // interval later, and the rest an interval apart.
-        assert!(leave[2].duration_since(woke) >= Duration::from_millis(47));
+        // The third within a timer's slack of an interval later, and the rest an interval
+        // apart.
+        assert!(leave[2].duration_since(woke) >= Duration::from_millis(97));
         for pair in leave[2..].windows(2) {
             let gap = pair[1].duration_since(pair[0]);
             assert!(
@@ -277,6 +280,30 @@ mod tests {
         // A send that would have to wait past its deadline is refused, and takes no turn.
         let refused = s.pace(woke, woke).unwrap_err();
         assert_eq!(s.pace(woke, far()), Ok(refused));
+    }
+
+    #[test]
+    fn after_a_stall_no_more_than_the_burst_leaves_at_once_on_the_longest_grid() {
+        // A worker's share of 1000/s with the provider's burst of 50 (25 used): groups of 25
+        // on a 25 ms grid. A stall of a second makes a thousand slots overdue.
+        let s = Schedule::new(1000.0, 25.0);
+        let now = Instant::now();
+        let slots: Vec<Instant> = (0..1000).map(|_| s.reserve(now, far()).unwrap()).collect();
+        let woke = now + Duration::from_millis(1100);
+        assert!(slots.iter().all(|slot| *slot <= woke), "all overdue");
+        let at_once = slots
+            .iter()
+            .filter(|_| s.pace(woke, far()).unwrap() == woke)
+            .count();
+        // The burst and a timer's slack (2 ms, two slots): well under the provider's 50.
+        assert!(at_once <= 27, "{at_once} at once");
+        // On time, a whole group still leaves at once: pacing holds nothing back.
+        let s = Schedule::new(1000.0, 25.0);
+        let now = Instant::now();
+        let slots: Vec<Instant> = (0..500).map(|_| s.reserve(now, far()).unwrap()).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            assert_eq!(s.pace(*slot, far()), Ok(*slot), "send {i} held back");
+        }
     }
 
     #[test]
