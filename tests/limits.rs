@@ -210,11 +210,7 @@ async fn codes_split_between_channels_share_one_count_across_the_fleet() {
     );
     // (The simulator holds WhatsApp's pair rate: the second code was refused once, 131056,
     // and sent on the retry.)
-    let accepted = stack.sim.messages();
-    let accepted: Vec<_> = accepted
-        .iter()
-        .filter(|m| m.outcome == "accepted")
-        .collect();
+    let accepted = accepted(&stack.sim);
     assert_eq!(
         accepted.len(),
         2,
@@ -411,13 +407,18 @@ async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
     }
 }
 
+/// The sends the simulator accepted, in the order they arrived.
+fn accepted(sim: &otp_provider_sim::SimHandle) -> Vec<otp_provider_sim::Received> {
+    sim.messages()
+        .into_iter()
+        .filter(|m| m.outcome == "accepted")
+        .collect()
+}
+
 /// When the simulator accepted each WhatsApp send (ms), in order.
 fn accepted_at(stack: &Stack) -> Vec<i64> {
-    let mut times: Vec<i64> = stack
-        .sim
-        .messages()
+    let mut times: Vec<i64> = accepted(&stack.sim)
         .iter()
-        .filter(|m| m.outcome == "accepted")
         .map(|m| m.received_at_ms)
         .collect();
     times.sort_unstable();
@@ -457,18 +458,15 @@ fn fleet_worker(stack: &Stack) -> Worker {
     )
 }
 
+/// The i-th recipient of a load: each distinct, clear of the simulator's staged digits.
+fn load_phone(i: usize) -> String {
+    format!("+1555{:03}{:04}", i, 4000 + i)
+}
+
 async fn publish_load(stack: &Stack, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(
-            stack
-                .publish(
-                    &format!("+1555{:03}{:04}", i, 4000 + i),
-                    "700700",
-                    &[Whatsapp],
-                )
-                .await,
-        );
+        ids.push(stack.publish(&load_phone(i), "700700", &[Whatsapp]).await);
     }
     ids
 }
@@ -545,16 +543,8 @@ async fn a_partitions_messages_are_sent_in_offset_order_under_the_limit() {
     for id in &ids {
         assert_eq!(exactly_one_final(&statuses, id)["status"], "sent");
     }
-    let sent: Vec<String> = stack
-        .sim
-        .messages()
-        .into_iter()
-        .filter(|m| m.outcome == "accepted")
-        .map(|m| m.to)
-        .collect();
-    let published: Vec<String> = (0..30)
-        .map(|i| format!("+1555{:03}{:04}", i, 4000 + i))
-        .collect();
+    let sent: Vec<String> = accepted(&stack.sim).into_iter().map(|m| m.to).collect();
+    let published: Vec<String> = (0..30).map(load_phone).collect();
     let mut in_order = sent.clone();
     in_order.sort_by_key(|to| published.iter().position(|p| p == to));
     assert_eq!(in_order, published, "each sent once");
@@ -612,7 +602,7 @@ async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat
     // `0500` is answered 500 / 131000 twice: its retry waits behind the others' slots.
     let mut ids = vec![publish("+15550010500".into()).await];
     for i in 0..20 {
-        ids.push(publish(format!("+1555{:03}{:04}", i, 4000 + i)).await);
+        ids.push(publish(load_phone(i)).await);
     }
     let worker = || {
         let mut c = test_config();
@@ -648,8 +638,8 @@ async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat
     })
     .await;
     let mut sends: std::collections::HashMap<String, usize> = Default::default();
-    for m in sim.messages() {
-        *sends.entry(m.to).or_default() += usize::from(m.outcome == "accepted");
+    for m in accepted(&sim) {
+        *sends.entry(m.to).or_default() += 1;
     }
     let twice = sends.values().filter(|n| **n > 1).count();
     assert_eq!(
