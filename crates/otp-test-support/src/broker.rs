@@ -31,6 +31,9 @@ pub struct TansuBroker {
     port: u16,
     storage: Storage,
     dir: tempfile::TempDir,
+    /// The address put in metadata, when clients reach the broker through something else
+    /// (a TLS proxy); its own listener otherwise.
+    advertised: Option<String>,
 }
 
 /// One broker per test binary, started on first use.
@@ -41,6 +44,16 @@ pub fn shared_broker() -> &'static TansuBroker {
 
 impl TansuBroker {
     pub fn start(storage: Storage) -> Self {
+        Self::start_advertising(storage, None)
+    }
+
+    /// A broker that tells clients to connect to `public` (host:port) instead of its own
+    /// listener: the address of a proxy in front of it.
+    pub fn start_behind(storage: Storage, public: &str) -> Self {
+        Self::start_advertising(storage, Some(public.to_string()))
+    }
+
+    fn start_advertising(storage: Storage, advertised: Option<String>) -> Self {
         // The SQLite store goes on tmpfs when there is one: right after a build the disk is
         // busy writing back, and SQLite's fsyncs then stall the broker for seconds.
         let shm = Path::new("/dev/shm");
@@ -56,6 +69,7 @@ impl TansuBroker {
             port,
             storage,
             dir,
+            advertised,
         };
         broker.launch();
         broker
@@ -96,6 +110,10 @@ impl TansuBroker {
     fn launch(&self) {
         let bin = tansu_binary();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self
+            .advertised
+            .as_ref()
+            .map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let storage = match self.storage {
             // tansu reads the part after `sqlite://` as relative unless it starts with `//`.
             Storage::Sqlite => format!("sqlite:///{}/tansu.db", self.dir.path().display()),
@@ -111,7 +129,7 @@ impl TansuBroker {
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .arg("--storage-engine")
             .arg(&storage)
             .env("RUST_LOG", "warn")
@@ -188,7 +206,7 @@ fn tansu_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

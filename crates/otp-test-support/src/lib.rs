@@ -8,6 +8,7 @@
 mod broker;
 pub mod invariants;
 mod read;
+mod tls;
 
 pub use broker::{shared_broker, spawn_kept, Storage, TansuBroker};
 pub use invariants::{check as check_invariants, Verdict};
@@ -15,6 +16,7 @@ pub use read::{
     collect_json_until, committed_past, locate_requests, message_count, partition_count,
     payload_json, read_messages, read_messages_blocking,
 };
+pub use tls::TlsKafka;
 
 use otp_kafka::KafkaArgs;
 use std::sync::atomic::{AtomicU32, Ordering};
