@@ -139,16 +139,24 @@ impl Abuse {
         self.windows.iter().map(|w| w.window).max()
     }
 
+    /// The destination rules alone (premium-rate and shared-cost numbers, allowed and denied
+    /// countries): stateless and cheap, so they hold for every try, fallbacks included. A
+    /// fallback's proof says the counts were passed on the first channel, not that the
+    /// destination is allowed: a forged pending record or receipt that makes the tracker sign
+    /// a fallback must still not reach a premium-rate number.
+    pub fn destination(&self, subject: &Subject) -> Result<(), Refusal> {
+        match &self.destination {
+            Some(d) if d.refuses(subject) => Err(Refusal {
+                rule: "destination",
+                category: ErrorCategory::Blocked,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Admit `subject` at `now` and count it, or name the rule that refuses it.
     pub fn admit(&self, subject: &Subject, now: Instant) -> Result<(), Refusal> {
-        if let Some(d) = &self.destination {
-            if d.refuses(subject) {
-                return Err(Refusal {
-                    rule: "destination",
-                    category: ErrorCategory::Blocked,
-                });
-            }
-        }
+        self.destination(subject)?;
         // Every window's state at once (always in this order, so two requests cannot wait for
         // each other): checked, then counted, with no other request in between.
         let mut states: Vec<_> = self.windows.iter().map(Window::lock).collect();

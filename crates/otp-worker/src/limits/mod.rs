@@ -134,22 +134,23 @@ impl Limiter {
     }
 
     /// The abuse rules' answer for a request's first try on its first channel (counting it
-    /// when they admit it). A fallback was counted on its first channel, and a retry with its
-    /// first try: both pass.
+    /// when they admit it). A proven fallback was counted on its first channel, and a retry
+    /// with its first try: they meet the destination rules only.
     pub fn admit(&self, subject: &Subject, attempt: Attempt) -> Result<(), Limited> {
-        if attempt != Attempt::First {
-            return Ok(());
-        }
-        self.abuse
-            .admit(subject, Instant::now())
-            .map_err(|Refusal { rule, category }| {
-                metrics::counter!("otp_limited_total", "rule" => rule).increment(1);
-                Limited {
-                    rule,
-                    category,
-                    waited_too_long: false,
-                }
-            })
+        let answer = match attempt {
+            Attempt::First => self.abuse.admit(subject, Instant::now()),
+            // A proven fallback passed the counts on its first channel; the destination
+            // rules hold for every try.
+            _ => self.abuse.destination(subject),
+        };
+        answer.map_err(|Refusal { rule, category }| {
+            metrics::counter!("otp_limited_total", "rule" => rule).increment(1);
+            Limited {
+                rule,
+                category,
+                waited_too_long: false,
+            }
+        })
     }
 
     /// Count a request that another worker of the fleet admitted at `at`.
@@ -334,5 +335,51 @@ mod tests {
             .acquire(&subject("alice"), latest, Attempt::Retry)
             .await
             .is_ok());
+    }
+
+    /// A proven fallback skips the counts it passed on its first channel, never the
+    /// destination rules: the tracker signs fallbacks for what it reads, and what it reads can
+    /// be forged.
+    #[test]
+    fn a_fallback_meets_the_destination_rules_but_not_the_counts() {
+        let limits = LimitsConfig {
+            sender_per_second: 1000,
+            sender_burst: 100,
+            recipient_period: None,
+        };
+        let limiter = Limiter::new(
+            &limits,
+            &AbuseConfig {
+                per_phone: Some(WindowRule {
+                    count: 1,
+                    window: Duration::from_secs(600),
+                }),
+                per_prefix: None,
+                deny_countries: vec!["GB".into()],
+                ..AbuseConfig::default()
+            },
+        );
+        let premium = Subject {
+            premium: true,
+            ..subject("premium")
+        };
+        let denied = Subject {
+            country: Some("GB".into()),
+            ..subject("denied")
+        };
+        for refused in [&premium, &denied] {
+            let err = limiter.admit(refused, Attempt::Fallback).unwrap_err();
+            assert_eq!(err.rule, "destination", "{refused:?}");
+        }
+        // The per-phone count (1) is spent by the first try; the fallback is not counted again.
+        assert!(limiter.admit(&subject("alice"), Attempt::First).is_ok());
+        assert!(limiter.admit(&subject("alice"), Attempt::Fallback).is_ok());
+        assert_eq!(
+            limiter
+                .admit(&subject("alice"), Attempt::First)
+                .unwrap_err()
+                .rule,
+            "per_phone"
+        );
     }
 }
