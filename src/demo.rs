@@ -149,6 +149,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     kafka.sealing = Some(otp_events::Keyring::parse(&crate::stack::run_seal_keys())?);
     // The demo's workers and tracker share this run's fallback-proof key.
     kafka.fallback_key = Some(otp_events::FallbackKey::new(&rand::random::<[u8; 32]>()));
+    // And this run's record keys: every internal record is authenticated by its writer's role.
+    kafka.record_keys = Some(otp_events::RecordKeys::generate().0);
     let topics = kafka.topics();
     if let Some(mock) = &mock {
         for topic in topics.all() {

@@ -12,6 +12,7 @@ fn otp(args: &[&str]) -> std::process::Output {
         .env("OTP_PHONE_HASH_KEY", "cli-test-key")
         .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
         .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
+        .env("OTP_RECORD_KEYS", otp_test_support::TEST_RECORD_KEYS)
         .output()
         .expect("run otp")
 }
@@ -155,7 +156,7 @@ fn every_service_refuses_to_start_without_the_phone_hash_key() {
 }
 
 #[test]
-fn workers_and_the_tracker_refuse_to_start_without_the_sealing_and_fallback_keys() {
+fn workers_and_the_tracker_refuse_to_start_without_the_sealing_fallback_and_record_keys() {
     let run = |args: &[&str], with: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
         cmd.args(args)
@@ -164,6 +165,8 @@ fn workers_and_the_tracker_refuse_to_start_without_the_sealing_and_fallback_keys
             .env_remove("OTP_SEAL_KEYS_FILE")
             .env_remove("OTP_FALLBACK_KEY")
             .env_remove("OTP_FALLBACK_KEY_FILE")
+            .env_remove("OTP_RECORD_KEYS")
+            .env_remove("OTP_RECORD_KEYS_FILE")
             .env_remove("OTP_DEV")
             .env("OTP_PHONE_HASH_KEY", "k")
             .env("OTP_WHATSAPP_TOKEN", "t");
@@ -191,6 +194,38 @@ fn workers_and_the_tracker_refuse_to_start_without_the_sealing_and_fallback_keys
         let stderr = run(args, &seal);
         assert!(
             stderr.contains("OTP_FALLBACK_KEY is not set"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The keys that authenticate internal records: every service that writes or reads them.
+    let fallback = ("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY);
+    let ingress = [
+        "receipts",
+        "serve",
+        "--public-url",
+        "http://127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    for args in [&whatsapp[..], &["receipts", "track"], &ingress[..]] {
+        let stderr = run(args, &[seal[0], fallback]);
+        assert!(
+            stderr.contains("OTP_RECORD_KEYS is not set"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Keys without a role the service needs: it names the role.
+    let ingress_only = (
+        "OTP_RECORD_KEYS",
+        "ingress:i=0000000000000000000000000000000000000000000000000000000000000001",
+    );
+    for (args, role) in [
+        (&whatsapp[..], "worker"),
+        (&["receipts", "track"][..], "worker"),
+    ] {
+        let stderr = run(args, &[seal[0], fallback, ingress_only]);
+        assert!(
+            stderr.contains("no key for role(s)") && stderr.contains(role),
             "{args:?}: {stderr}"
         );
     }

@@ -79,6 +79,7 @@ fn spawn_worker(
         .env("OTP_PHONE_HASH_KEY", HASH_KEY)
         .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
         .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
+        .env("OTP_RECORD_KEYS", otp_test_support::TEST_RECORD_KEYS)
         .env("OTP_WHATSAPP_TOKEN", "sim-token")
         .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token")
         .env("RUST_LOG", "debug")
@@ -527,7 +528,7 @@ async fn tansu_memory_skips_the_rest_of_a_batch() {
 
     let broker = TansuBroker::start(Storage::Memory);
     let topic = "batch-check".to_string();
-    let kafka = otp_kafka::KafkaArgs::new(broker.bootstrap());
+    let kafka = otp_test_support::test_kafka(broker.bootstrap());
     otp_kafka::admin::create_topics(&kafka, std::slice::from_ref(&topic), 1, 1)
         .await
         .unwrap();
@@ -603,7 +604,7 @@ async fn broker_down_then_up() {
         .with_env_filter("otp_kafka=warn,otp_worker=warn")
         .try_init();
     let mock = MockCluster::new(1).unwrap();
-    let kafka = otp_kafka::KafkaArgs::new(mock.bootstrap_servers());
+    let kafka = otp_test_support::test_kafka(mock.bootstrap_servers());
     let topics = kafka.topics();
     for topic in topics.all() {
         mock.create_topic(&topic, 2, 1).unwrap();

@@ -572,7 +572,7 @@ async fn a_partitions_messages_are_sent_in_offset_order_under_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat_later_sends() {
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let kafka = otp_kafka::KafkaArgs::new(mock.bootstrap_servers());
+    let kafka = otp_test_support::test_kafka(mock.bootstrap_servers());
     let topics = kafka.topics();
     for topic in topics.all() {
         mock.create_topic(&topic, 1, 1).unwrap();

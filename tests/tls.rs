@@ -9,8 +9,7 @@ mod common;
 use common::{open_limits, roomy_sim, test_config};
 use otp::stack::{sms_client, Worker};
 use otp_events::{Channel, PhoneHasher, Submission};
-use otp_kafka::KafkaArgs;
-use otp_test_support::{payload_json, test_keyring, TestTopics, TlsKafka, TEST_FALLBACK_KEY};
+use otp_test_support::{payload_json, test_kafka, TestTopics, TlsKafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::process::Command;
@@ -81,11 +80,9 @@ async fn topics_publish_and_delivery_over_tls_only_kafka() {
         "a client that does not trust the broker's CA created topics"
     );
 
-    let mut kafka = KafkaArgs::new(&brokers);
+    let mut kafka = test_kafka(&brokers);
     kafka.topic_prefix = prefix;
     kafka.kafka_opts = tls.client_opts();
-    kafka.sealing = Some(test_keyring());
-    kafka.fallback_key = Some(otp_events::FallbackKey::new(TEST_FALLBACK_KEY.as_bytes()));
     let t = TestTopics {
         topics: kafka.topics(),
         kafka,

@@ -26,6 +26,8 @@ pub struct FleetSpec<'a> {
     pub seal_keys: &'a str,
     /// The run's fallback-proof key, shared by its workers.
     pub fallback_key: &'a str,
+    /// The run's record keys (`OTP_RECORD_KEYS`), every role's, shared by its services.
+    pub record_keys: &'a str,
 }
 
 /// What a process of the run is.
@@ -215,6 +217,7 @@ fn command(spec: &FleetSpec<'_>, args: &[&str]) -> anyhow::Result<Command> {
         .env("RUST_LOG", spec.log_filter)
         .env("OTP_PHONE_HASH_KEY", spec.hash_key)
         .env("OTP_SEAL_KEYS", spec.seal_keys)
+        .env("OTP_RECORD_KEYS", spec.record_keys)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);

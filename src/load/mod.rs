@@ -163,6 +163,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
     // Workers hold this; the run's publisher, like any producer, does not.
     let fallback_key = hex::encode(rand::random::<[u8; 32]>());
+    // The services' record keys (every role's); the publisher holds none.
+    let (record_keys, record_keys_text) = otp_events::RecordKeys::generate();
+    kafka.record_keys = Some(record_keys);
     let topics = kafka.topics();
     match &mock {
         Some(mock) => {
@@ -214,6 +217,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         hash_key: &hash_key,
         seal_keys: &seal_keys,
         fallback_key: &fallback_key,
+        record_keys: &record_keys_text,
         brokers: &brokers,
         topic_prefix: &prefix,
         sim_url: &sim_url,

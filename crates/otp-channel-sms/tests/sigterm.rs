@@ -45,6 +45,7 @@ fn spawn_worker(t: &TestTopics, sim_url: &str, metrics_port: u16, log: &std::pat
     .env("OTP_PHONE_HASH_KEY", "sigterm-test")
     .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
     .env("OTP_FALLBACK_KEY", otp_test_support::TEST_FALLBACK_KEY)
+    .env("OTP_RECORD_KEYS", otp_test_support::TEST_RECORD_KEYS)
     .env("RUST_LOG", "debug")
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(log).unwrap());

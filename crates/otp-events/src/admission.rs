@@ -28,6 +28,8 @@ pub struct AbuseAdmissions {
     pub channel: Channel,
     /// The worker process that admitted them (random per process): it has counted them.
     pub origin: String,
+    /// This batch (a UUIDv7): a reader counts a batch once, however often it is written.
+    pub batch: String,
     pub admitted: Vec<AbuseAdmission>,
 }
 
@@ -68,6 +70,7 @@ mod tests {
             schema: ABUSE_ADMISSION_SCHEMA.to_string(),
             channel: Channel::Sms,
             origin: "w1".into(),
+            batch: "b1".into(),
             admitted: vec![AbuseAdmission {
                 phone_key: "ph_1".into(),
                 prefix_key: "ph_2".into(),

@@ -17,6 +17,7 @@ mod decode;
 mod error;
 mod pii;
 mod proof;
+pub mod provenance;
 pub mod provider_errors;
 mod receipt;
 mod request;
@@ -35,6 +36,7 @@ pub use pii::{
     country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
 };
 pub use proof::{FallbackKey, HEADER_FALLBACK_PROOF};
+pub use provenance::{ProvenanceError, Record, RecordKeys, Role, HEADER_RECORD_MAC};
 pub use receipt::{
     message_key, ConfirmationState, MessageIndex, PendingConfirmation, Receipt, ReceiptError,
     ReceiptStatus, MESSAGE_INDEX_SCHEMA, MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA,

@@ -54,6 +54,15 @@ pub enum SignalSource {
     SystemError,
 }
 
+impl SignalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalSource::Receipt => "receipt",
+            SignalSource::SystemError => "system_error",
+        }
+    }
+}
+
 /// One provider statement about a channel's health, keyed by channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

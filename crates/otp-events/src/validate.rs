@@ -20,6 +20,10 @@ pub struct Rules {
     /// written sealed with the first, and sealed ones read with any. `None`: written in
     /// plaintext, and a sealed request cannot be read.
     pub sealing: Option<Keyring>,
+    /// Whether a reader that holds keys still takes requests with `phone` and `code` in
+    /// plaintext (a producer that does not seal yet), during a migration only. Default:
+    /// refused, so that a request written straight to Kafka in plaintext is dead-lettered.
+    pub allow_plaintext: bool,
 }
 
 impl Default for Rules {
@@ -28,6 +32,7 @@ impl Default for Rules {
             max_ttl: Duration::minutes(30),
             max_clock_skew: Duration::seconds(30),
             sealing: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -56,10 +61,18 @@ impl Rules {
         serde_json::to_vec(&self.request_value(request)).expect("a JSON value serialises")
     }
 
-    /// Open a sealed request object in place (`sealed` → `phone` and `code`); a plaintext one
-    /// is left as it is. The error names the field and never the secret.
+    /// Open a sealed request object in place (`sealed` → `phone` and `code`). A plaintext one
+    /// is left as it is when the reader holds no keys or [`Rules::allow_plaintext`], and
+    /// refused otherwise. The error names the field and never the secret.
     pub fn open_object(&self, obj: &mut Map<String, Value>) -> Result<(), ValidationError> {
         let Some(sealed) = obj.remove("sealed") else {
+            if self.sealing.is_some() && !self.allow_plaintext {
+                return Err(ValidationError::new(
+                    "sealed",
+                    "is required: phone and code in plaintext are refused (the producer holds \
+                     no OTP_SEAL_KEYS); a migration may allow them (allow_plaintext_requests)",
+                ));
+            }
             return Ok(());
         };
         if obj.contains_key("phone") || obj.contains_key("code") {

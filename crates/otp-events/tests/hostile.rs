@@ -115,3 +115,28 @@ fn invalid_utf8_inside_a_string_is_refused_as_invalid_json() {
     assert_eq!(e.field, "$");
     assert!(e.message.contains("not valid JSON"), "{e:?}");
 }
+
+/// A reader that holds sealing keys refuses phone and code in plaintext (a producer writing
+/// straight to Kafka without sealing), naming the field; a migration may allow them.
+#[test]
+fn a_plaintext_request_is_refused_by_a_reader_with_keys_unless_allowed() {
+    let bytes = serde_json::to_vec(&valid()).unwrap();
+    let (ring, _) = otp_events::Keyring::generate("k1");
+    let strict = Rules {
+        sealing: Some(ring.clone()),
+        ..Rules::default()
+    };
+    let e = decode_code_request(&bytes, &strict).unwrap_err();
+    assert_eq!(e.field, "sealed", "{e:?}");
+    assert!(e.message.contains("plaintext"), "{e:?}");
+    let migrating = Rules {
+        sealing: Some(ring.clone()),
+        allow_plaintext: true,
+        ..Rules::default()
+    };
+    assert!(decode_code_request(&bytes, &migrating).is_ok());
+    // The same request sealed is read by the strict reader.
+    let request = decode_code_request(&bytes, &migrating).unwrap();
+    let sealed = strict.encode_request(&request);
+    assert!(decode_code_request(&sealed, &strict).is_ok());
+}

@@ -28,15 +28,26 @@ pub enum StartAt {
     Beginning,
 }
 
-/// Read every partition of `topic` from `start`; `on_payload` gets each message's payload.
-/// `name` tells the reader apart in logs and in the client id. Abort the handle to stop.
+/// Who may write a fleet topic: its records are acted on only if one of `roles` wrote them
+/// (see [`crate::records`]); `label` names the topic in `otp_records_refused_total`.
+#[derive(Debug, Clone, Copy)]
+pub struct Writers {
+    pub roles: &'static [otp_events::Role],
+    pub label: &'static str,
+}
+
+/// Read every partition of `topic` from `start`; `on_payload` gets the payload of each message
+/// that one of `writers` wrote (the others are refused and counted). `name` tells the reader
+/// apart in logs and in the client id. Abort the handle to stop.
 pub fn listen(
     kafka: &KafkaArgs,
     topic: String,
     name: &str,
     start: StartAt,
+    writers: Writers,
     on_payload: impl Fn(&[u8]) + Send + 'static,
 ) -> JoinHandle<()> {
+    let keys = kafka.record_keys.clone();
     let mut config: ClientConfig = kafka.client_config();
     config
         .set("enable.auto.commit", "false")
@@ -67,7 +78,11 @@ pub fn listen(
         tracing::info!(reader = %name, %topic, partitions = assignment.count(), ?start, "reading the fleet's topic");
         loop {
             match consumer.recv().await {
-                Ok(m) => on_payload(m.payload().unwrap_or_default()),
+                Ok(m) => {
+                    if crate::records::verified(keys.as_ref(), &m, writers.roles, writers.label) {
+                        on_payload(m.payload().unwrap_or_default());
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(reader = %name, error = %e, "read failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -23,6 +23,7 @@ pub mod observe;
 pub mod process;
 pub mod producer;
 mod publisher;
+pub mod records;
 pub mod session;
 mod settings;
 pub mod signals;

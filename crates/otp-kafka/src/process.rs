@@ -134,6 +134,35 @@ pub fn fallback_key(mode: DevMode) -> anyhow::Result<otp_events::FallbackKey> {
     Ok(otp_events::FallbackKey::new(key.as_bytes()))
 }
 
+/// The keys that authenticate internal records, from `OTP_RECORD_KEYS` (or `_FILE`):
+/// `role:id=<64 hex>,...`, with a key for every role in `needed` (the role the service writes
+/// as, and those whose records it reads). Fails closed.
+pub fn record_keys(
+    mode: DevMode,
+    needed: &[otp_events::Role],
+) -> anyhow::Result<otp_events::RecordKeys> {
+    let name = otp_events::RecordKeys::ENV;
+    let text = required_secret(
+        name,
+        mode,
+        DEV_RECORD_KEYS,
+        "anyone who can write an internal topic can make the services act",
+        "the services authenticate every internal record (pending confirmations, receipts, \
+         abuse admissions, channel signals) by the role that wrote it, so none starts without \
+         the keys of the roles it writes and reads (`role:id=<64 hex digits>`, comma-separated; \
+         roles worker, tracker, ingress; a role's first key signs)",
+    )?;
+    let keys = otp_events::RecordKeys::parse(&text).context(name)?;
+    keys.require(needed).context(name)?;
+    Ok(keys)
+}
+
+/// The public development record keys (`--dev` only): every role.
+pub const DEV_RECORD_KEYS: &str =
+    "worker:dev=101112131415161718191a1b1c1d1e1f101112131415161718191a1b1c1d1e1f,\
+tracker:dev=202122232425262728292a2b2c2d2e2f202122232425262728292a2b2c2d2e2f,\
+ingress:dev=303132333435363738393a3b3c3d3e3f303132333435363738393a3b3c3d3e3f";
+
 /// The public development keyring (`--dev` only).
 pub const DEV_SEAL_KEYS: &str =
     "dev=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

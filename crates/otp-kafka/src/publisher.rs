@@ -36,6 +36,13 @@ pub enum PublishError {
     },
     #[error("could not create the Kafka producer: {0}")]
     Setup(#[source] KafkaError),
+    /// No keys to seal phone and code with, outside a development run: the publisher fails
+    /// closed rather than write them in plaintext.
+    #[error(
+        "no sealing keys: set KafkaArgs::sealing (OTP_SEAL_KEYS, see otp_kafka::process::keyring); \
+         only a development run (PublisherConfig::development) publishes plaintext"
+    )]
+    Unsealed,
     /// A worker's fallback write that can never succeed (too large, not authorised, no such
     /// topic) was given up after a few tries.
     #[error("the fallback of request {request_id} was given up: {reason}")]
@@ -50,6 +57,9 @@ pub struct PublisherConfig {
     /// How long `publish` waits for the broker's acknowledgement (and librdkafka's
     /// `message.timeout.ms`, so a message is not delivered after we said it failed).
     pub ack_timeout: Duration,
+    /// A development run: publish with phone and code in plaintext when no sealing keys are
+    /// given. Off by default: without keys, [`CodeRequestPublisher::new`] fails.
+    pub development: bool,
 }
 
 impl Default for PublisherConfig {
@@ -58,6 +68,7 @@ impl Default for PublisherConfig {
             topics: Topics::default(),
             rules: Rules::default(),
             ack_timeout: Duration::from_secs(5),
+            development: false,
         }
     }
 }
@@ -72,8 +83,10 @@ pub const HEADER_KEY_ID: &str = "otp-key-id";
 /// use otp_events::{Channel, PhoneHasher, Submission};
 /// use otp_kafka::{CodeRequestPublisher, KafkaArgs, PublisherConfig};
 ///
-/// let kafka = KafkaArgs::new("127.0.0.1:9092");
-/// let (hasher, _) = PhoneHasher::from_env();
+/// let mut kafka = KafkaArgs::new("127.0.0.1:9092");
+/// // The deployment's keys: without them the publisher refuses to start.
+/// kafka.sealing = Some(otp_events::Keyring::parse(&std::env::var("OTP_SEAL_KEYS")?)?);
+/// let hasher = PhoneHasher::new(std::env::var("OTP_PHONE_HASH_KEY")?.as_bytes());
 /// let publisher = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), hasher)?;
 /// let submission = Submission::new("+15551234567", "123456",
 ///     vec![Channel::Whatsapp, Channel::Sms], chrono::Duration::minutes(5));
@@ -91,7 +104,8 @@ pub struct CodeRequestPublisher {
 
 impl CodeRequestPublisher {
     /// Requests are sealed with the keys of `kafka.sealing` (or of `config.rules`, when it
-    /// has its own).
+    /// has its own); without either, only a development run ([`PublisherConfig::development`])
+    /// gets a publisher.
     pub fn new(
         kafka: &KafkaArgs,
         mut config: PublisherConfig,
@@ -99,6 +113,9 @@ impl CodeRequestPublisher {
     ) -> Result<Self, PublishError> {
         if config.rules.sealing.is_none() {
             config.rules.sealing = kafka.sealing.clone();
+        }
+        if config.rules.sealing.is_none() && !config.development {
+            return Err(PublishError::Unsealed);
         }
         let mut client = kafka.client_config();
         client
@@ -218,5 +235,28 @@ impl CodeRequestPublisher {
     /// Wait for queued messages to be delivered (call before exit).
     pub fn flush(&self, timeout: Duration) {
         self.producer.flush(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No sealing keys: no publisher, unless it is a development run (which publishes
+    /// plaintext). Nothing connects to a broker here.
+    #[test]
+    fn a_publisher_without_sealing_keys_fails_closed() {
+        let kafka = KafkaArgs::new("127.0.0.1:1");
+        let hasher = PhoneHasher::new(b"k");
+        let refused = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), hasher.clone());
+        assert!(matches!(refused, Err(PublishError::Unsealed)));
+        let dev = PublisherConfig {
+            development: true,
+            ..PublisherConfig::default()
+        };
+        assert!(CodeRequestPublisher::new(&kafka, dev, hasher.clone()).is_ok());
+        let mut sealed = KafkaArgs::new("127.0.0.1:1");
+        sealed.sealing = Some(otp_events::Keyring::generate("k1").0);
+        assert!(CodeRequestPublisher::new(&sealed, PublisherConfig::default(), hasher).is_ok());
     }
 }

@@ -35,6 +35,13 @@ pub struct KafkaArgs {
     /// (`otp_events::FallbackKey`, from `OTP_FALLBACK_KEY`). Producers do not hold it.
     #[arg(skip)]
     pub fallback_key: Option<otp_events::FallbackKey>,
+
+    /// The keys that authenticate internal records by the role that wrote them
+    /// (`otp_events::RecordKeys`, from `OTP_RECORD_KEYS`; see [`crate::process::record_keys`]).
+    /// The writer signs what it writes, and readers of internal topics refuse what does not
+    /// verify. Producers do not hold them.
+    #[arg(skip)]
+    pub record_keys: Option<otp_events::RecordKeys>,
 }
 
 impl KafkaArgs {
@@ -45,6 +52,7 @@ impl KafkaArgs {
             topic_prefix: String::new(),
             sealing: None,
             fallback_key: None,
+            record_keys: None,
         }
     }
 

@@ -5,9 +5,9 @@
 //! signal is news for the whole fleet, and a signal older than the worker's start describes a
 //! past it did not see.
 
-use crate::broadcast::{self, StartAt};
+use crate::broadcast::{self, StartAt, Writers};
 use crate::KafkaArgs;
-use otp_events::{Channel, ChannelSignal, CHANNEL_SIGNAL_SCHEMA};
+use otp_events::{Channel, ChannelSignal, Role, CHANNEL_SIGNAL_SCHEMA};
 use tokio::task::JoinHandle;
 
 /// Start listening; `on_signal` gets each signal about `channel`. Abort the handle to stop.
@@ -18,7 +18,13 @@ pub fn listen(
 ) -> JoinHandle<()> {
     let topic = kafka.topics().channel_signals();
     let name = format!("otp-{channel}-signals");
-    broadcast::listen(kafka, topic, &name, StartAt::End, move |payload| {
+    // From the tracker (a failed receipt of one of our sends), or the ingress (a provider's
+    // system-level error).
+    let writers = Writers {
+        roles: &[Role::Tracker, Role::Ingress],
+        label: "signals",
+    };
+    broadcast::listen(kafka, topic, &name, StartAt::End, writers, move |payload| {
         let signal = serde_json::from_slice::<ChannelSignal>(payload)
             .ok()
             .filter(|s| s.schema == CHANNEL_SIGNAL_SCHEMA);

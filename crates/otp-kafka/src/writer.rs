@@ -3,12 +3,14 @@
 //! Their decisions are made elsewhere, as values; this is the one place that writes them.
 //!
 //! Every write is acknowledged by the broker (`acks=all`, idempotent producer) before the
-//! message that caused it counts as finished, and is retried while trying again can help: a
-//! status that was never written would leave a request without its final word. A write that
-//! can never succeed (too large, not authorised, no such topic) is tried a few times, counted
-//! (`otp_kafka_writes_abandoned_total{what}`) and given up, so that one poison pill cannot
-//! stop its partition for good; a dead letter too large for the broker is written as a
-//! reference instead (digest, size and source coordinates of the original).
+//! message that caused it counts as finished, and is retried until it is: a status that was
+//! never written would leave a request without its final word. Only a record too large for
+//! the broker is given up (counted in `otp_kafka_writes_abandoned_total{what}`), so that one
+//! poison pill cannot stop its partition for good; a dead letter too large for the broker is
+//! written as a reference instead (digest, size and source coordinates of the original).
+//! Every other refusal, an ACL mistake or a missing topic among them, is retried while it
+//! lasts and stalls the partition (`otp_kafka_writes_stalled{what}`, alerted on): it must stop
+//! progress, not lose codes.
 
 use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
@@ -44,10 +46,20 @@ pub struct KafkaWriter {
     delivery_bound: Duration,
     topics: Topics,
     fallback: CodeRequestPublisher,
+    /// Signs the internal records (pending confirmations, the message index, receipts,
+    /// admissions) as the role of the service that writes them.
+    signer: Option<crate::records::Signer>,
 }
 
 impl KafkaWriter {
-    pub fn new(kafka: &KafkaArgs, fallback: CodeRequestPublisher) -> Result<Self, KafkaError> {
+    /// A writer for a service of `role`: its internal records are signed with that role's
+    /// key from `kafka.record_keys` (without one they go unsigned, and no reader acts on them;
+    /// services check their keys at start).
+    pub fn new(
+        kafka: &KafkaArgs,
+        fallback: CodeRequestPublisher,
+        role: otp_events::Role,
+    ) -> Result<Self, KafkaError> {
         let mut config: ClientConfig = kafka.client_config();
         config
             .set("enable.idempotence", "true")
@@ -68,17 +80,23 @@ impl KafkaWriter {
             "pending",
             "receipt",
             "admission",
+            "signal",
             "dead letter",
             "fallback",
         ] {
             metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(0);
             metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(0);
+            metrics::gauge!("otp_kafka_writes_stalled", "what" => what).set(0.0);
         }
         Ok(Self {
             producer: ProducerSession::new(config)?,
             delivery_bound,
             topics: kafka.topics(),
             fallback,
+            signer: kafka
+                .record_keys
+                .as_ref()
+                .and_then(|keys| crate::records::Signer::new(keys, role)),
         })
     }
 
@@ -88,14 +106,16 @@ impl KafkaWriter {
         kafka: &KafkaArgs,
         rules: otp_events::Rules,
         hasher: otp_events::PhoneHasher,
+        role: otp_events::Role,
     ) -> anyhow::Result<Self> {
         let config = PublisherConfig {
             topics: kafka.topics(),
             rules,
             ack_timeout: Duration::from_secs(10),
+            ..PublisherConfig::default()
         };
         let publisher = CodeRequestPublisher::new(kafka, config, hasher)?;
-        Ok(Self::new(kafka, publisher)?)
+        Ok(Self::new(kafka, publisher, role)?)
     }
 
     /// Write a status, keyed by request_id.
@@ -154,6 +174,23 @@ impl KafkaWriter {
             .await;
     }
 
+    /// Tell the workers of a channel what a provider said about its health, keyed by channel.
+    pub async fn signal(&self, signal: &otp_events::ChannelSignal) {
+        let topic = self.topics.channel_signals();
+        let payload = signal.to_json();
+        let channel = signal.channel.as_str();
+        self.keyed(
+            "signal",
+            &topic,
+            channel,
+            Some(&payload),
+            otp_events::CHANNEL_SIGNAL_SCHEMA,
+        )
+        .await;
+        metrics::counter!("otp_channel_signals_total", "channel" => channel, "kind" => signal.kind.as_str(), "source" => signal.source.as_str())
+            .increment(1);
+    }
+
     /// Share a batch of abuse admissions with the fleet, keyed by the worker that made them.
     pub async fn admissions(&self, batch: &AbuseAdmissions) {
         let topic = self.topics.abuse_admissions();
@@ -191,11 +228,22 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         schema: &str,
     ) {
+        let mac = self
+            .signer
+            .as_ref()
+            .filter(|_| schema != otp_events::DELIVERY_STATUS_SCHEMA)
+            .map(|s| s.header(schema, key.as_bytes(), payload));
         let written = retry_until_acked(what, || {
-            let headers = OwnedHeaders::new().insert(Header {
+            let mut headers = OwnedHeaders::new().insert(Header {
                 key: HEADER_SCHEMA,
                 value: Some(schema),
             });
+            if let Some(mac) = &mac {
+                headers = headers.insert(Header {
+                    key: otp_events::HEADER_RECORD_MAC,
+                    value: Some(mac.as_str()),
+                });
+            }
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).key(key.as_bytes()).headers(headers);
             if let Some(payload) = payload {
@@ -387,6 +435,10 @@ struct WriteFailure {
     give_up_after: Option<u32>,
     /// Refused for its size.
     too_large: bool,
+    /// Refused in a way that trying again does not fix by itself (not authorised, no such
+    /// topic, invalid): retried while it lasts, and reported as a stall that needs an
+    /// operator (`otp_kafka_writes_stalled{what}`).
+    stalling: bool,
 }
 
 impl WriteFailure {
@@ -397,23 +449,28 @@ impl WriteFailure {
             code,
             Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge)
         );
-        let give_up_after = match code {
-            _ if too_large => Some(1),
+        // Only a record too large for the broker is a poison pill: given up at once (a dead
+        // letter then goes as a reference). Every other refusal (an ACL mistake, a topic
+        // deleted or not yet created, a broker that is away) is retried for as long as it
+        // lasts, and stalls its partition: nothing is committed past a write that was lost,
+        // so a request is never finished without its status, its fallback or its record.
+        let give_up_after = too_large.then_some(1);
+        let stalling = matches!(
+            code,
             Some(
                 Code::TopicAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-                | Code::InvalidRecord
-                | Code::InvalidTopic,
-            ) => Some(PERMANENT_TRIES),
-            // A missing topic is also what a broker that is coming back can say: give it
-            // minutes (60 tries, 5 s apart at most) before taking the topic as gone.
-            Some(Code::UnknownTopic | Code::UnknownTopicOrPartition) => Some(60),
-            _ => None,
-        };
+                    | Code::ClusterAuthorizationFailed
+                    | Code::InvalidRecord
+                    | Code::InvalidTopic
+                    | Code::UnknownTopic
+                    | Code::UnknownTopicOrPartition
+            )
+        );
         Self {
             message: e.to_string(),
             give_up_after,
             too_large,
+            stalling,
         }
     }
 
@@ -422,13 +479,10 @@ impl WriteFailure {
             message,
             give_up_after: None,
             too_large: false,
+            stalling: false,
         }
     }
 }
-
-/// Tries of a write refused as not authorised or invalid, before it is given up: with the
-/// backoff (100 ms doubling, at most 5 s) about half a minute, which a brief ACL change gets.
-const PERMANENT_TRIES: u32 = 12;
 
 fn abandoned(what: &'static str, e: &WriteFailure) {
     metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(1);
@@ -446,6 +500,7 @@ where
 {
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
+    let mut stall: Option<Stall> = None;
     loop {
         match write().await {
             Ok(value) => return Ok(value),
@@ -454,11 +509,86 @@ where
                 if e.give_up_after.is_some_and(|n| tries >= n) {
                     return Err(e);
                 }
-                tracing::warn!(what, error = %e.message, ?delay, "Kafka write failed; retrying");
+                if e.stalling && stall.is_none() {
+                    stall = Some(Stall::begin(what));
+                }
+                tracing::warn!(what, error = %e.message, ?delay, stalled = e.stalling, "Kafka write failed; retrying");
                 metrics::counter!("otp_kafka_write_retries_total", "what" => what).increment(1);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A write refused in a way that needs an operator, while it keeps being retried: counted in
+/// the gauge `otp_kafka_writes_stalled{what}` until it succeeds or its task ends.
+struct Stall {
+    what: &'static str,
+}
+
+impl Stall {
+    fn begin(what: &'static str) -> Self {
+        metrics::gauge!("otp_kafka_writes_stalled", "what" => what).increment(1.0);
+        tracing::error!(
+            what,
+            "Kafka refuses a write (not authorised, or no such topic): retrying without \
+             committing past it, so its partition stalls until the cause is fixed"
+        );
+        Self { what }
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        metrics::gauge!("otp_kafka_writes_stalled", "what" => self.what).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    fn refused(code: Code) -> WriteFailure {
+        WriteFailure::of(&KafkaError::MessageProduction(code))
+    }
+
+    /// An ACL mistake or a missing topic must stop progress, not lose codes: the write is
+    /// retried for as long as the refusal lasts (here 40 tries, minutes of backoff; it was
+    /// given up after 12), and reported as a stall meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_is_retried_while_the_refusal_lasts() {
+        for code in [
+            Code::TopicAuthorizationFailed,
+            Code::UnknownTopicOrPartition,
+            Code::InvalidRecord,
+        ] {
+            let mut tries = 0;
+            let written = retry_until_acked("status", || {
+                tries += 1;
+                let answer = if tries <= 40 {
+                    Err(refused(code))
+                } else {
+                    Ok(tries)
+                };
+                async move { answer }
+            })
+            .await;
+            assert_eq!(written.ok(), Some(41), "{code:?}");
+        }
+    }
+
+    /// Only a record too large for the broker is a poison pill: given up at once.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_record_too_large_is_given_up() {
+        let mut tries = 0;
+        let written: Result<(), _> = retry_until_acked("dead letter", || {
+            tries += 1;
+            async { Err(refused(Code::MessageSizeTooLarge)) }
+        })
+        .await;
+        assert!(written.unwrap_err().too_large);
+        assert_eq!(tries, 1);
     }
 }

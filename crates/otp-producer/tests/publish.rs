@@ -330,7 +330,7 @@ async fn ingress_answers_503_when_the_broker_does_not_ack() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
-    let kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
+    let kafka = otp_test_support::test_kafka(format!("127.0.0.1:{port}"));
     let topics = otp_events::Topics::default();
     let config = PublisherConfig {
         topics: topics.clone(),

@@ -4,6 +4,7 @@
 
 use crate::config::{ServeArgs, WebhookSecrets};
 use crate::tracker::TrackerConfig;
+use otp_events::Role;
 use otp_kafka::process::{init_logging, phone_hasher, shutdown_signal};
 use otp_kafka::KafkaArgs;
 use std::sync::Arc;
@@ -42,13 +43,18 @@ impl ReceiptsCommand {
                 init_logging(args.log_json);
                 let secrets = WebhookSecrets::from_env();
                 tracing::info!(?secrets, "webhook secrets");
+                let hasher = phone_hasher(args.dev)?;
+                let mut kafka = args.kafka.clone();
+                kafka.record_keys =
+                    Some(otp_kafka::process::record_keys(args.dev, &[Role::Ingress])?);
                 let ingress = crate::ingress::Ingress::new(
-                    &args.kafka,
+                    &kafka,
                     secrets,
                     &args.public_url,
                     args.kafka_timeout,
-                    phone_hasher(args.dev)?,
-                )?;
+                    hasher,
+                )?
+                .with_body_budget(args.body_budget_mib.saturating_mul(1024 * 1024));
                 if let Some(listen) = args.metrics_listen {
                     otp_kafka::observe::prometheus();
                     tokio::spawn(async move {
@@ -79,6 +85,10 @@ impl ReceiptsCommand {
                 let mut kafka = kafka;
                 kafka.sealing = Some(otp_kafka::process::keyring(dev)?);
                 kafka.fallback_key = Some(otp_kafka::process::fallback_key(dev)?);
+                kafka.record_keys = Some(otp_kafka::process::record_keys(
+                    dev,
+                    &[Role::Worker, Role::Tracker, Role::Ingress],
+                )?);
                 crate::tracker::run(kafka, config, hasher, shutdown_signal()).await
             }
         }

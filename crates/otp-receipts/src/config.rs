@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// internal).
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// MiB of webhook bodies larger than 64 KiB held at once; a call that would pass it is
+    /// answered 503 (`Retry-After`) before its body is read. Status webhooks are smaller and
+    /// never wait for it.
+    #[arg(long, env = "OTP_RECEIPTS_BODY_BUDGET_MIB", default_value_t = 32)]
+    pub body_budget_mib: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "OTP_LOG_JSON")]
     pub log_json: bool,

@@ -34,6 +34,27 @@ pub const TEST_SEAL_KEYS: &str =
 /// The workers' fallback-proof key in tests (`OTP_FALLBACK_KEY` for the binaries they start).
 pub const TEST_FALLBACK_KEY: &str = "test-fallback-key";
 
+/// The record keys of every role in tests (`OTP_RECORD_KEYS` for the binaries they start).
+pub const TEST_RECORD_KEYS: &str =
+    "worker:tw=7465737420776f726b6572207265636f7264206b657920666f72206f74702d70,\
+tracker:tt=74657374207472616365722072656f636f7264206b657920666f72206f74702d,\
+ingress:ti=7465737420696e6772657373207265636f7264206b657920666f72206f74702d";
+
+/// [`TEST_RECORD_KEYS`] as keys.
+pub fn test_record_keys() -> otp_events::RecordKeys {
+    otp_events::RecordKeys::parse(TEST_RECORD_KEYS).expect("the test record keys are valid")
+}
+
+/// Settings for `bootstrap` with the test keys, as a production service holds them: codes and
+/// numbers sealed, fallbacks proven, internal records signed.
+pub fn test_kafka(bootstrap: impl Into<String>) -> KafkaArgs {
+    let mut kafka = KafkaArgs::new(bootstrap);
+    kafka.sealing = Some(test_keyring());
+    kafka.fallback_key = Some(otp_events::FallbackKey::new(TEST_FALLBACK_KEY.as_bytes()));
+    kafka.record_keys = Some(test_record_keys());
+    kafka
+}
+
 /// [`TEST_SEAL_KEYS`] as a keyring.
 pub fn test_keyring() -> otp_events::Keyring {
     otp_events::Keyring::parse(TEST_SEAL_KEYS).expect("the test keyring is valid")
@@ -57,11 +78,8 @@ impl TestTopics {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut kafka = KafkaArgs::new(broker.bootstrap());
+        let mut kafka = test_kafka(broker.bootstrap());
         kafka.topic_prefix = prefix;
-        // Every test seals codes and numbers on the topics, as production does.
-        kafka.sealing = Some(test_keyring());
-        kafka.fallback_key = Some(otp_events::FallbackKey::new(TEST_FALLBACK_KEY.as_bytes()));
         if broker.storage() == Storage::Memory {
             kafka
                 .kafka_opts
@@ -90,6 +108,36 @@ impl TestTopics {
             )
             .await
             .unwrap_or_else(|(e, _)| panic!("raw publish to {topic}: {e}"));
+        (delivered.partition, delivered.offset)
+    }
+
+    /// Write a record with these headers to `topic`, as a client outside our services would.
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (i32, i64) {
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .create()
+            .expect("a raw producer");
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(h);
+        let delivered = producer
+            .send(record, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("publish to {topic}: {e}"));
         (delivered.partition, delivered.offset)
     }
 

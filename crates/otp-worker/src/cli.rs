@@ -120,6 +120,16 @@ pub async fn run_binary<C: crate::ChannelClient>(
     let mut kafka = args.kafka.clone();
     kafka.sealing = Some(keyring(args.dev)?);
     kafka.fallback_key = Some(otp_kafka::process::fallback_key(args.dev)?);
+    // Writes as a worker; reads the other workers' admissions and the signals of the tracker
+    // and the ingress.
+    kafka.record_keys = Some(otp_kafka::process::record_keys(
+        args.dev,
+        &[
+            otp_events::Role::Worker,
+            otp_events::Role::Tracker,
+            otp_events::Role::Ingress,
+        ],
+    )?);
     let setup = crate::WorkerSetup {
         kafka,
         config,

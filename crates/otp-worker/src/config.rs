@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     /// its code life in the duplicate memory and the tracker).
     #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Take requests whose phone and code are in plaintext (a producer that does not seal
+    /// yet), during a migration only. Default false: they are dead-lettered and `rejected`.
+    #[serde(default)]
+    pub allow_plaintext_requests: bool,
     #[serde(default)]
     pub retry: RetryConfig,
     /// Provider rate limits; the channel's defaults when absent.

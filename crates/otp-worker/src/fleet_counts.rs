@@ -20,8 +20,8 @@
 
 use crate::limits::Subject;
 use chrono::Utc;
-use otp_events::{AbuseAdmission, AbuseAdmissions, Channel, ABUSE_ADMISSION_SCHEMA};
-use otp_kafka::broadcast::{self, StartAt};
+use otp_events::{AbuseAdmission, AbuseAdmissions, Channel, Role, ABUSE_ADMISSION_SCHEMA};
+use otp_kafka::broadcast::{self, StartAt, Writers};
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
 use std::sync::Arc;
@@ -96,6 +96,11 @@ impl FleetCounts {
         let name = format!("otp-{}-abuse-admissions", self.channel);
         let (origin, channel) = (self.origin.clone(), self.channel);
         let label = topic.clone();
+        let seen = std::sync::Mutex::new(SeenBatches::default());
+        for reason in ["repeated", "future"] {
+            metrics::counter!("otp_abuse_admissions_ignored_total", "reason" => reason)
+                .increment(0);
+        }
         broadcast::listen(
             kafka,
             topic,
@@ -103,6 +108,10 @@ impl FleetCounts {
             // The whole topic (its retention is short); admissions older than every window
             // are skipped as they are read.
             StartAt::Beginning,
+            Writers {
+                roles: &[Role::Worker],
+                label: "admissions",
+            },
             move |payload| {
                 let Some(batch) = AbuseAdmissions::from_json(payload) else {
                     metrics::counter!("otp_abuse_admissions_unreadable_total").increment(1);
@@ -112,8 +121,25 @@ impl FleetCounts {
                     return;
                 }
                 let (now, wall) = (Instant::now(), Utc::now());
+                // A batch counts once: the same batch written again (a producer retry, or a
+                // replay of an authentic record) changes nothing.
+                if !seen
+                    .lock()
+                    .expect("seen batches")
+                    .first_sight(&batch.batch, now, lookback)
+                {
+                    metrics::counter!("otp_abuse_admissions_ignored_total", "reason" => "repeated")
+                        .increment(1);
+                    return;
+                }
                 let mut counted = 0;
                 for a in &batch.admitted {
+                    if a.admitted_at > wall + MAX_CLOCK_AHEAD {
+                        // From the future: it would count for longer than its window.
+                        metrics::counter!("otp_abuse_admissions_ignored_total", "reason" => "future")
+                            .increment(1);
+                        continue;
+                    }
                     // Its age by the wall clock, on this process's monotonic clock.
                     let age = (wall - a.admitted_at).to_std().unwrap_or_default();
                     if age > lookback {
@@ -132,6 +158,39 @@ impl FleetCounts {
                 .increment(counted);
             },
         )
+    }
+}
+
+/// How far ahead of this worker's clock an admission may be dated (another worker's clock
+/// may run ahead a little); later, it is ignored.
+const MAX_CLOCK_AHEAD: chrono::Duration = chrono::Duration::seconds(30);
+/// Batch ids remembered at most; a batch older than the lookback has nothing left to count,
+/// so its id is forgotten then, or the oldest first past this bound.
+const MAX_SEEN_BATCHES: usize = 200_000;
+
+/// The batches already counted, oldest first.
+#[derive(Default)]
+struct SeenBatches {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl SeenBatches {
+    /// Whether `id` is new (and remember it), forgetting what is older than `lookback`.
+    fn first_sight(&mut self, id: &str, now: Instant, lookback: Duration) -> bool {
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) <= lookback && self.order.len() < MAX_SEEN_BATCHES {
+                break;
+            }
+            self.ids.remove(old);
+            self.order.pop_front();
+        }
+        if self.ids.contains(id) {
+            return false;
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back((now, id.to_string()));
+        true
     }
 }
 
@@ -160,6 +219,7 @@ async fn write_batches(
             schema: ABUSE_ADMISSION_SCHEMA.to_string(),
             channel,
             origin: origin.clone(),
+            batch: uuid::Uuid::now_v7().simple().to_string(),
             admitted: std::mem::take(&mut admitted),
         };
         writer.admissions(&batch).await;
@@ -171,5 +231,23 @@ impl Drop for FleetCounts {
         if let Some(task) = self.writer.lock().expect("writer lock").take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_counts_once_and_old_ids_are_forgotten() {
+        let mut seen = SeenBatches::default();
+        let t0 = Instant::now();
+        let lookback = Duration::from_secs(600);
+        assert!(seen.first_sight("b1", t0, lookback));
+        assert!(!seen.first_sight("b1", t0 + Duration::from_secs(1), lookback));
+        assert!(seen.first_sight("b2", t0 + Duration::from_secs(2), lookback));
+        // Past the lookback, b1 is forgotten (a copy of it would have nothing left to count).
+        assert!(seen.first_sight("b3", t0 + Duration::from_secs(601), lookback));
+        assert_eq!(seen.ids.len(), 2);
     }
 }

@@ -57,11 +57,16 @@ pub async fn run<C: ChannelClient>(
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
         max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
         sealing: kafka.sealing.clone(),
+        allow_plaintext: config.allow_plaintext_requests,
     };
+    if config.allow_plaintext_requests {
+        tracing::warn!("allow_plaintext_requests: requests with phone and code in plaintext are taken (a migration setting)");
+    }
     let writer = Arc::new(KafkaWriter::for_fallbacks(
         &kafka,
         rules.clone(),
         hasher.clone(),
+        otp_events::Role::Worker,
     )?);
     let fleet_counts = config
         .abuse

@@ -81,6 +81,7 @@ pub async fn serve(
                 ..Rules::default()
             },
             ack_timeout: config.ack_timeout,
+            ..PublisherConfig::default()
         },
         hasher,
     )?;

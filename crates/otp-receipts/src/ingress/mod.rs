@@ -7,10 +7,13 @@
 //! outage makes the provider retry (Meta retries for days); a repeated receipt is harmless
 //! because the tracker applies each status once.
 
+pub mod budget;
 pub mod parse;
+pub mod replay;
 
 use crate::config::WebhookSecrets;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +22,7 @@ use axum::Router;
 use chrono::Utc;
 use otp_events::provider_errors::{self, ErrorClass};
 use otp_events::{
-    Channel, ChannelSignal, PhoneHasher, Receipt, ReceiptStatus, SignalKind, SignalSource, Topics,
+    Channel, ChannelSignal, PhoneHasher, Receipt, SignalKind, SignalSource, Topics,
     CHANNEL_SIGNAL_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA,
 };
 use otp_kafka::session::ProducerSession;
@@ -29,7 +32,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Ingress {
     producer: ProducerSession,
@@ -40,6 +43,13 @@ pub struct Ingress {
     kafka_timeout: Duration,
     /// WhatsApp's message ids embed the number: receipts carry their keyed hash.
     hasher: PhoneHasher,
+    /// Bytes of large bodies held at once ([`budget`]).
+    body_budget: usize,
+    /// Signs receipts and signals as the ingress: the tracker and the workers act only on
+    /// records a role of ours wrote.
+    signer: Option<otp_kafka::records::Signer>,
+    /// The calls accepted lately: a replay writes nothing again.
+    replays: replay::ReplayCache,
 }
 
 impl Ingress {
@@ -64,7 +74,19 @@ impl Ingress {
             public_url: public_url.trim_end_matches('/').to_string(),
             kafka_timeout,
             hasher,
+            body_budget: budget::DEFAULT_BODY_BUDGET,
+            signer: kafka
+                .record_keys
+                .as_ref()
+                .and_then(|keys| otp_kafka::records::Signer::new(keys, otp_events::Role::Ingress)),
+            replays: replay::ReplayCache::default(),
         })
+    }
+
+    /// Hold at most `bytes` of bodies larger than [`budget::SMALL_BODY`] at once.
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        self.body_budget = bytes;
+        self
     }
 
     /// Write every receipt, then every signal, and wait for all acknowledgements.
@@ -91,11 +113,25 @@ impl Ingress {
             }))
             .collect();
         let lease = self.producer.lease();
-        let sends = records.iter().map(|o| {
+        let macs: Vec<Option<String>> = records
+            .iter()
+            .map(|o| {
+                self.signer
+                    .as_ref()
+                    .map(|s| s.header(o.schema, o.key.as_bytes(), Some(&o.payload)))
+            })
+            .collect();
+        let sends = records.iter().zip(&macs).map(|(o, mac)| {
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: HEADER_SCHEMA,
                 value: Some(o.schema),
             });
+            if let Some(mac) = mac {
+                headers = headers.insert(Header {
+                    key: otp_events::HEADER_RECORD_MAC,
+                    value: Some(mac.as_str()),
+                });
+            }
             if let Some(id) = o.request_id {
                 headers = headers.insert(Header {
                     key: HEADER_REQUEST_ID,
@@ -134,7 +170,8 @@ const MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// The ingress's public routes: the webhooks and `/healthz`. `/metrics` is not among them
 /// (it tells who is calling and how often): it has its own listener, `--metrics-listen`. A
 /// call (body read included) that takes longer than the Kafka wait plus 5 s is answered 408,
-/// and the provider retries it: a stalled client cannot hold a slot.
+/// and the provider retries it: a stalled client cannot hold a slot. What the bodies may hold
+/// in memory is bounded by [`budget`].
 pub fn router(ingress: Arc<Ingress>) -> Router {
     // The recorder must exist before the first webhook is counted, wherever it is served.
     otp_kafka::observe::prometheus();
@@ -142,11 +179,20 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
     Router::new()
         .route(
             "/webhooks/whatsapp",
-            get(whatsapp_handshake).post(whatsapp_statuses),
+            get(whatsapp_handshake)
+                .post(whatsapp_statuses)
+                .layer(DefaultBodyLimit::max(budget::WHATSAPP_BODY_LIMIT)),
         )
-        .route("/webhooks/sms/status", post(sms_status))
+        .route(
+            "/webhooks/sms/status",
+            post(sms_status).layer(DefaultBodyLimit::max(budget::SMS_BODY_LIMIT)),
+        )
         .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        // Inside the concurrency limit: a call reserves its body's bytes once it has a slot.
+        .layer(axum::middleware::from_fn_with_state(
+            budget::BodyBudget::new(ingress.body_budget),
+            budget::reserve,
+        ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
@@ -215,8 +261,12 @@ async fn whatsapp_statuses(
     if !otp_events::signature::meta_signature_valid(secret.as_bytes(), &body, signature) {
         return answer("whatsapp", "bad_signature", StatusCode::FORBIDDEN);
     }
+    let call = replay::digest("/webhooks/whatsapp", &body);
+    if ingress.replays.seen(&call, Instant::now()) {
+        return answer("whatsapp", "replayed", StatusCode::OK);
+    }
     match parse::whatsapp(&body, Utc::now()) {
-        Ok(parsed) => publish_receipts(&ingress, "whatsapp", parsed).await,
+        Ok(parsed) => publish_receipts(&ingress, "whatsapp", parsed, call).await,
         Err(e) => malformed("whatsapp", e),
     }
 }
@@ -246,13 +296,17 @@ async fn sms_status(
     if !otp_events::signature::twilio_signature_valid(token.as_bytes(), &url, &form, signature) {
         return answer("sms", "bad_signature", StatusCode::FORBIDDEN);
     }
+    let call = replay::digest(path, &body);
+    if ingress.replays.seen(&call, Instant::now()) {
+        return answer("sms", "replayed", StatusCode::OK);
+    }
     let query: HashMap<String, String> = uri
         .query()
         .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
     let request_id = query.get("request_id").map(String::as_str);
     match parse::twilio(&form, request_id, Utc::now()) {
-        Ok(parsed) => publish_receipts(&ingress, "sms", parsed).await,
+        Ok(parsed) => publish_receipts(&ingress, "sms", parsed, call).await,
         Err(e) => malformed("sms", e),
     }
 }
@@ -268,6 +322,7 @@ async fn publish_receipts(
     ingress: &Ingress,
     provider: &'static str,
     mut parsed: parse::Parsed,
+    call: [u8; 32],
 ) -> Response {
     for r in &mut parsed.receipts {
         r.provider_message_id = ingress
@@ -283,11 +338,12 @@ async fn publish_receipts(
             .increment(1);
         tracing::warn!(provider, error = %e, "a status of the call breaks the documented shape; skipped");
     }
-    let signals = signals(&parsed, Utc::now());
+    let signals = system_signals(&parsed, Utc::now());
     if let Err(e) = ingress.write(&parsed.receipts, &signals).await {
         tracing::warn!(provider, error = %e, "receipts not written to Kafka; the provider will retry");
         return answer(provider, "kafka_error", StatusCode::SERVICE_UNAVAILABLE);
     }
+    ingress.replays.accepted(call, Instant::now());
     for r in &parsed.receipts {
         tracing::debug!(
             request_id = r.request_id.as_deref().unwrap_or("-"),
@@ -299,41 +355,20 @@ async fn publish_receipts(
             .increment(1);
     }
     for s in &signals {
-        metrics::counter!("otp_channel_signals_total", "channel" => s.channel.as_str(), "kind" => s.kind.as_str(), "source" => match s.source {
-            SignalSource::Receipt => "receipt",
-            SignalSource::SystemError => "system_error",
-        })
-        .increment(1);
+        metrics::counter!("otp_channel_signals_total", "channel" => s.channel.as_str(), "kind" => s.kind.as_str(), "source" => s.source.as_str())
+            .increment(1);
     }
     answer(provider, "accepted", StatusCode::OK)
 }
 
-/// What the call tells the workers about the channel's health: failed receipts whose code
-/// means the channel is broken or throttled, and every system-level error of such a class.
-/// A system error is never dropped silently: each is counted and logged with its code, and a
-/// code not in our table is named so that ops can add it.
-fn signals(parsed: &parse::Parsed, now: chrono::DateTime<Utc>) -> Vec<ChannelSignal> {
-    let table = |channel| match channel {
-        Channel::Whatsapp => &provider_errors::WHATSAPP,
-        Channel::Sms => &provider_errors::SMS,
-    };
+/// What the call's system-level errors (Meta's `value.errors`) tell the workers about the
+/// channel: a signal for each of a broken or throttled class. A system error is never dropped
+/// silently: each is counted and logged with its code, and a code not in our table is named so
+/// that ops can add it. Failed receipts make their signals at the tracker, once it has matched
+/// them to one of our sends (`tracker::book`): the ingress cannot tell our sends from those of
+/// another system on the same account.
+fn system_signals(parsed: &parse::Parsed, now: chrono::DateTime<Utc>) -> Vec<ChannelSignal> {
     let mut out = Vec::new();
-    for r in &parsed.receipts {
-        let code = r.error.as_ref().and_then(|e| e.code.parse::<i64>().ok());
-        let kind = code
-            .filter(|_| r.status == ReceiptStatus::Failed)
-            .and_then(|c| table(r.channel).class_of(c))
-            .and_then(SignalKind::of);
-        if let (Some(kind), Some(code)) = (kind, code) {
-            out.push(ChannelSignal::new(
-                r.channel,
-                kind,
-                SignalSource::Receipt,
-                code.to_string(),
-                now,
-            ));
-        }
-    }
     for &code in &parsed.system_errors {
         let class = provider_errors::WHATSAPP.class_of(code);
         let label = class.map_or("unknown", ErrorClass::as_str);

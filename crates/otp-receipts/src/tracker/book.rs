@@ -19,10 +19,11 @@
 //! informational and may be missed.
 
 use chrono::{DateTime, Duration, Utc};
+use otp_events::provider_errors;
 use otp_events::{
-    Channel, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory, MessageIndex,
-    PendingConfirmation, PhoneHasher, Receipt, ReceiptStatus, StatusError, StatusKind,
-    MESSAGE_KEY_PREFIX,
+    Channel, ChannelSignal, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory,
+    MessageIndex, PendingConfirmation, PhoneHasher, Receipt, ReceiptStatus, SignalKind,
+    SignalSource, StatusError, StatusKind, MESSAGE_KEY_PREFIX,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -51,6 +52,12 @@ pub enum Action {
     /// A receipt resolved to its request: write it again under the request's key, where the
     /// request's record is.
     Reroute(Receipt),
+    /// Tell the workers what a failed receipt of one of our sends says about the channel's
+    /// health (for the request `request_id`).
+    Signal {
+        request_id: String,
+        signal: ChannelSignal,
+    },
 }
 
 impl Action {
@@ -62,7 +69,10 @@ impl Action {
     /// reads it and does not act again.
     pub fn acts(&self) -> bool {
         match self {
-            Action::FallBack { .. } | Action::Status(_) | Action::Reroute(_) => true,
+            Action::FallBack { .. }
+            | Action::Status(_)
+            | Action::Reroute(_)
+            | Action::Signal { .. } => true,
             Action::Save(_) | Action::Forget(_) => false,
         }
     }
@@ -75,6 +85,7 @@ impl Action {
             Action::Save(record) => record.request.request_id.clone(),
             Action::Forget(key) => key.clone(),
             Action::Reroute(receipt) => receipt.key(),
+            Action::Signal { request_id, .. } => request_id.clone(),
         }
     }
 }
@@ -313,6 +324,12 @@ impl Book {
                 }
             }
             ReceiptStatus::Failed => {
+                if let Some(signal) = signal_of(&receipt, now) {
+                    out.actions.push(Action::Signal {
+                        request_id: request_id.clone(),
+                        signal,
+                    });
+                }
                 let error = receipt
                     .error
                     .clone()
@@ -495,3 +512,35 @@ fn settle(
 
 #[cfg(test)]
 mod tests;
+
+/// A provider timestamp older than this makes no signal: a circuit is about the channel's
+/// health now, and an old status (a webhook retried for days, or replayed) says nothing about
+/// it.
+pub const SIGNAL_FRESH_FOR: Duration = Duration::minutes(10);
+
+/// What a failed receipt says about its channel: a signal when its code means the channel is
+/// broken or throttled, and the provider dated it within [`SIGNAL_FRESH_FOR`] (an undated one,
+/// such as Twilio's, is as fresh as its arrival). The book asks this only for the first
+/// `failed` of one of our own sends (after the message-id check), so each (message, status)
+/// makes at most one signal, however often its webhook is replayed.
+fn signal_of(receipt: &Receipt, now: DateTime<Utc>) -> Option<ChannelSignal> {
+    let table = match receipt.channel {
+        Channel::Whatsapp => &provider_errors::WHATSAPP,
+        Channel::Sms => &provider_errors::SMS,
+    };
+    let code = receipt.error.as_ref()?.code.parse::<i64>().ok()?;
+    let kind = table.class_of(code).and_then(SignalKind::of)?;
+    let dated = receipt.provider_timestamp.unwrap_or(receipt.received_at);
+    if now - dated > SIGNAL_FRESH_FOR {
+        metrics::counter!("otp_channel_signals_stale_total", "channel" => receipt.channel.as_str())
+            .increment(1);
+        return None;
+    }
+    Some(ChannelSignal::new(
+        receipt.channel,
+        kind,
+        SignalSource::Receipt,
+        code.to_string(),
+        now,
+    ))
+}

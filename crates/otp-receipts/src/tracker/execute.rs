@@ -327,6 +327,7 @@ impl Shared {
                     .increment(1);
                 self.writer.receipt(&receipt).await;
             }
+            Action::Signal { signal, .. } => self.writer.signal(&signal).await,
         }
     }
 

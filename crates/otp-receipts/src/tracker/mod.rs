@@ -27,17 +27,19 @@ use catch_up::CatchUp;
 use chrono::Utc;
 use execute::Executor;
 use otp_events::{
-    MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Rules, Topics, MESSAGE_KEY_PREFIX,
+    MessageIndex, PendingConfirmation, PhoneHasher, Receipt, Role, Rules, Topics,
+    MESSAGE_KEY_PREFIX,
 };
 use otp_kafka::group::{
     self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
 };
+use otp_kafka::records;
 use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +65,7 @@ pub async fn run(
         &kafka,
         rules.clone(),
         hasher.clone(),
+        otp_events::Role::Tracker,
     )?);
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
@@ -111,6 +114,8 @@ pub async fn run(
         deferred: HashMap::new(),
         topics,
         rules,
+        record_keys: kafka.record_keys.clone(),
+        unopenable: BTreeMap::new(),
         ready_within: config.ready_within,
         last_gauges: Instant::now(),
     };
@@ -143,6 +148,12 @@ struct Tracker {
     topics: Topics,
     /// How pending records' requests are read (their phone and code are sealed).
     rules: Rules,
+    /// Checks that pending records come from a worker or this tracker, and receipts from the
+    /// ingress or this tracker.
+    record_keys: Option<otp_events::RecordKeys>,
+    /// Partitions holding a record of ours that cannot be read, with how many: their
+    /// deadlines wait until they are assigned again.
+    unopenable: BTreeMap<i32, u64>,
     ready_within: Duration,
     /// When the gauges were last set: counting walks everything held, so once a second.
     last_gauges: Instant,
@@ -222,7 +233,11 @@ impl Tracker {
             }
         }
         self.export_partitions();
-        self.catching_up.keys().copied().collect()
+        self.catching_up
+            .keys()
+            .chain(self.unopenable.keys())
+            .copied()
+            .collect()
     }
 
     fn seen(&mut self, topic: &str, partition: i32, offset: i64) {
@@ -320,36 +335,7 @@ impl Tracker {
         let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
         let now = Utc::now();
         let outcome = if topic == self.topics.pending_confirmations() {
-            let key = m
-                .key()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-                .to_string();
-            let payload = m.payload();
-            let decoded = if key.starts_with(MESSAGE_KEY_PREFIX) {
-                payload
-                    .map(|p| {
-                        serde_json::from_slice::<MessageIndex>(p)
-                            .map_err(|e| format!("{:?}", e.classify()))
-                    })
-                    .transpose()
-                    .map(|index| self.book.index(&key, index, partition, now))
-            } else {
-                payload
-                    .map(|p| PendingConfirmation::from_json(p, &self.rules))
-                    .transpose()
-                    .map(|record| self.book.record(&key, record, partition, now))
-            };
-            match decoded {
-                Ok(outcome) => outcome,
-                Err(kind) => {
-                    // The error names a kind or a field and rule, never a value.
-                    tracing::error!(partition, offset, kind, "unreadable pending record skipped");
-                    metrics::counter!("otp_tracker_unreadable_total", "topic" => "pending")
-                        .increment(1);
-                    Outcome::default()
-                }
-            }
+            self.apply_pending(m, now)
         } else {
             let generation = self
                 .ledger
@@ -359,8 +345,15 @@ impl Tracker {
                 offset,
                 generation,
             };
+            // Receipts come from the ingress, or from this tracker handing one on.
+            let accepted = [Role::Ingress, Role::Tracker];
+            let authentic = records::verified(self.record_keys.as_ref(), m, &accepted, "receipts");
             match m.payload().map(serde_json::from_slice::<Receipt>) {
-                Some(Ok(receipt)) => self.book.receipt(receipt, tag, now),
+                Some(Ok(receipt)) if authentic => self.book.receipt(receipt, tag, now),
+                _ if !authentic => Outcome {
+                    actions: Vec::new(),
+                    released: vec![tag],
+                },
                 _ => {
                     tracing::error!(partition, offset, "unreadable receipt skipped");
                     metrics::counter!("otp_tracker_unreadable_total", "topic" => "receipts")
@@ -376,10 +369,59 @@ impl Tracker {
         self.seen(&topic, partition, offset);
     }
 
+    /// A record of the pending topic (a send's record, a message's index entry, or a
+    /// tombstone of either), applied to the book only if a worker or this tracker wrote it. A
+    /// record that is ours but cannot be read (sealed with a key this tracker does not hold,
+    /// say: a rotation done in the wrong order) holds its partition's deadlines: acting on
+    /// the rest could settle its request wrongly, and skipping it would leave its request
+    /// without a fallback or a final status. It is counted and alerted on
+    /// (`otp_tracker_partitions_unopenable`) until the partition is assigned again.
+    fn apply_pending(&mut self, m: &OwnedMessage, now: chrono::DateTime<Utc>) -> Outcome {
+        let (partition, offset) = (m.partition(), m.offset());
+        let accepted = [Role::Worker, Role::Tracker];
+        if !records::verified(self.record_keys.as_ref(), m, &accepted, "pending") {
+            return Outcome::default();
+        }
+        let key = m
+            .key()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .to_string();
+        let payload = m.payload();
+        let decoded = if key.starts_with(MESSAGE_KEY_PREFIX) {
+            payload
+                .map(|p| {
+                    serde_json::from_slice::<MessageIndex>(p)
+                        .map_err(|e| format!("{:?}", e.classify()))
+                })
+                .transpose()
+                .map(|index| self.book.index(&key, index, partition, now))
+        } else {
+            payload
+                .map(|p| PendingConfirmation::from_json(p, &self.rules))
+                .transpose()
+                .map(|record| self.book.record(&key, record, partition, now))
+        };
+        decoded.unwrap_or_else(|kind| {
+            // The error names a kind or a field and rule, never a value.
+            tracing::error!(
+                partition,
+                offset,
+                kind,
+                "a pending record written by our services cannot be read; the partition's \
+                 deadlines wait until it is assigned again (check OTP_SEAL_KEYS)"
+            );
+            metrics::counter!("otp_tracker_unreadable_total", "topic" => "pending").increment(1);
+            *self.unopenable.entry(partition).or_default() += 1;
+            Outcome::default()
+        })
+    }
+
     /// The partitions owned (as the workers report theirs) and those still reading back.
     fn export_partitions(&self) {
         metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
         metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
+        metrics::gauge!("otp_tracker_partitions_unopenable").set(self.unopenable.len() as f64);
     }
 
     /// Whether `partition`'s revoke has been announced: it is the new owner's to act on.
@@ -480,6 +522,7 @@ impl Tracker {
             self.owned.remove(&tp.partition);
             self.book.drop_partition(tp.partition);
             self.catching_up.remove(&tp.partition);
+            self.unopenable.remove(&tp.partition);
             self.lookups.retain(|(p, _, _)| *p != tp.partition);
             self.deferred.remove(&tp.partition);
             self.ledger.remove(tp);

@@ -319,6 +319,11 @@ impl Window {
         let times = state.log.entry(h).or_default();
         let i = times.partition_point(|x| *x <= t);
         times.insert(i, t);
+        // A key's log holds at most its rule's count: more cannot refuse more, and admissions
+        // read from the fleet (however many) cannot grow it.
+        while times.len() > self.count {
+            times.pop_front();
+        }
         let i = state.admissions.partition_point(|x| x.0 <= t);
         state.admissions.insert(i, (t, h));
     }
@@ -475,6 +480,23 @@ mod tests {
         // A window later, every key has left its window: one admission clears them.
         w.admit("late", t0 + Duration::from_secs(1_000));
         assert_eq!(w.keys(), 1);
+    }
+
+    #[test]
+    fn a_keys_log_is_capped_at_its_rules_count() {
+        let rule = WindowRule {
+            count: 3,
+            window: Duration::from_secs(600),
+        };
+        let w = Window::bounded("per_phone", Key::Phone, rule, 10_000);
+        let now = Instant::now();
+        let mut state = w.lock();
+        for i in 0..1_000u64 {
+            w.push(&mut state, "k", now - Duration::from_millis(i));
+        }
+        let h = state.hasher.hash_one("k");
+        assert_eq!(state.log[&h].len(), 3);
+        assert!(!w.has_room(&mut state, "k", now));
     }
 
     #[test]

@@ -369,3 +369,75 @@ fn a_fired_deadline_is_one_act_then_the_record_of_it() {
     assert_eq!(acts, vec![true, false], "{:?}", out.actions);
     assert!(matches!(&out.actions[1], Action::Save(r) if r.state == ConfirmationState::FellBack));
 }
+
+/// The signals an outcome sends the workers.
+fn signals(out: &Outcome) -> Vec<(Channel, SignalKind, String)> {
+    out.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { signal, .. } => {
+                Some((signal.channel, signal.kind, signal.code.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn failed_with(id: &str, code: &str) -> Receipt {
+    let mut r = receipt(id, ReceiptStatus::Failed);
+    r.error.as_mut().unwrap().code = code.into();
+    r
+}
+
+/// A captured failed webhook replayed any number of times makes one signal: the book makes
+/// it for the first `failed` of one of our own sends only (131031: the account is locked).
+#[test]
+fn a_broken_channel_receipt_signals_once_for_our_send_only() {
+    let mut b = book();
+    let now = Utc::now();
+    awaiting_whatsapp(&mut b, "r", now);
+    let first = b.receipt(failed_with("r", "131031"), tag(0), now);
+    assert_eq!(
+        signals(&first),
+        vec![(
+            Channel::Whatsapp,
+            SignalKind::ChannelBroken,
+            "131031".into()
+        )]
+    );
+    for i in 1..8 {
+        let replay = b.receipt(failed_with("r", "131031"), tag(i), now);
+        assert!(
+            signals(&replay).is_empty(),
+            "replay {i}: {:?}",
+            replay.actions
+        );
+    }
+    // Another send's failure (not the one the record holds) signals nothing.
+    awaiting_whatsapp(&mut b, "s", now);
+    let mut other = failed_with("s", "131031");
+    other.provider_message_id =
+        PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.other");
+    assert!(signals(&b.receipt(other, tag(9), now)).is_empty());
+    // A recipient's failure is no news about the channel.
+    awaiting_whatsapp(&mut b, "t", now);
+    assert!(signals(&b.receipt(failed_with("t", "131026"), tag(10), now)).is_empty());
+}
+
+/// A failure the provider dated long ago (a webhook retried for days) opens no circuit now.
+#[test]
+fn a_stale_failure_makes_no_signal() {
+    let mut b = book();
+    let now = Utc::now();
+    awaiting_whatsapp(&mut b, "r", now);
+    let mut old = failed_with("r", "131031");
+    old.provider_timestamp = Some(now - SIGNAL_FRESH_FOR - Duration::seconds(1));
+    let out = b.receipt(old, tag(0), now);
+    assert!(signals(&out).is_empty(), "{:?}", out.actions);
+    assert!(
+        out.actions
+            .iter()
+            .any(|a| matches!(a, Action::FallBack { .. })),
+        "the send itself still falls back"
+    );
+}
