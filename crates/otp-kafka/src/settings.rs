@@ -77,6 +77,22 @@ impl KafkaArgs {
         for (name, value) in &self.kafka_opts {
             config.set(name, value);
         }
+        trust_the_system_cas(config);
+    }
+}
+
+/// Over TLS, with no CA given, verify the broker against the system's CA certificates.
+/// OpenSSL is built into this binary with its own configuration directory, where no CA is
+/// installed: without this, a managed Kafka's public certificate would not verify.
+/// librdkafka's `probe` looks in the standard places (`/etc/ssl/certs/ca-certificates.crt`,
+/// ...). An operator's `ssl.ca.location` or `ssl.ca.pem` wins.
+fn trust_the_system_cas(config: &mut ClientConfig) {
+    let tls = config
+        .get("security.protocol")
+        .is_some_and(|p| p.to_ascii_uppercase().ends_with("SSL"));
+    let ca_given = config.get("ssl.ca.location").is_some() || config.get("ssl.ca.pem").is_some();
+    if tls && !ca_given {
+        config.set("ssl.ca.location", "probe");
     }
 }
 
@@ -122,6 +138,38 @@ mod tests {
                 ("ssl_key".to_string(), "x".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn over_tls_the_system_cas_are_trusted_unless_a_ca_is_given() {
+        let with = |opts: &[(&str, &str)]| {
+            let mut args = KafkaArgs::new("b:9093");
+            args.kafka_opts = opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut config = args.client_config();
+            args.apply_overrides(&mut config);
+            config.get("ssl.ca.location").map(str::to_string)
+        };
+        assert_eq!(with(&[("security.protocol", "SSL")]), Some("probe".into()));
+        assert_eq!(
+            with(&[("security.protocol", "sasl_ssl")]),
+            Some("probe".into())
+        );
+        assert_eq!(
+            with(&[("security.protocol", "SSL"), ("ssl.ca.location", "/ca.pem")]),
+            Some("/ca.pem".into())
+        );
+        assert_eq!(with(&[("security.protocol", "PLAINTEXT")]), None);
+        assert_eq!(with(&[]), None);
+        // This build's librdkafka takes it: a TLS client is made (nothing connects yet).
+        let mut args = KafkaArgs::new("127.0.0.1:1");
+        args.kafka_opts = vec![("security.protocol".into(), "SSL".into())];
+        let mut config = args.client_config();
+        args.apply_overrides(&mut config);
+        let client: Result<rdkafka::consumer::BaseConsumer, _> = config.create();
+        assert!(client.is_ok(), "{:?}", client.err());
     }
 
     #[test]
