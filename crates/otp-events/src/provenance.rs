@@ -140,21 +140,7 @@ impl RecordKeys {
                 .ok_or_else(|| bad("each key must be ROLE:ID=HEX"))?;
             let role = Role::parse(role.trim())
                 .ok_or_else(|| bad("a role must be worker, tracker or ingress"))?;
-            let (id, hex_key) = rest
-                .split_once('=')
-                .ok_or_else(|| bad("each key must be ROLE:ID=HEX"))?;
-            let valid_id = !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid_id {
-                return Err(bad("a key id must be 1 to 32 letters, digits, '-' or '_'"));
-            }
-            let bytes = hex::decode(hex_key.trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| bad("a key must be 64 hex digits (32 bytes)"))?;
+            let (id, bytes) = crate::seal::key_entry(rest).map_err(bad)?;
             let keys = roles.entry(role).or_default();
             if keys.iter().any(|k| k.id == id) {
                 return Err(bad("a key id is listed twice for one role"));
@@ -383,6 +369,7 @@ mod tests {
         for (text, rule) in [
             ("", "no key listed"),
             ("worker=00", "ROLE:ID=HEX"),
+            ("worker:a", "ID=HEX"),
             ("admin:a=00", "worker, tracker or ingress"),
             ("worker:a=0011", "64 hex digits"),
             ("worker:a b=00", "key id"),

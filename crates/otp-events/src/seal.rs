@@ -20,6 +20,25 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// One `id=<64 hex digits>` entry of a keyring (sealing keys, record keys): the id (1 to 32
+/// letters, digits, `-`, `_`) and the 32-byte key, or the rule it breaks (never the key).
+pub(crate) fn key_entry(item: &str) -> Result<(&str, [u8; 32]), &'static str> {
+    let (id, hex_key) = item.split_once('=').ok_or("each key must be ID=HEX")?;
+    let valid_id = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid_id {
+        return Err("a key id must be 1 to 32 letters, digits, '-' or '_'");
+    }
+    hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(|key| (id, key))
+        .ok_or("a key must be 64 hex digits (32 bytes)")
+}
+
 /// Why a keyring or a sealed value was refused. Never holds the secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -69,23 +88,7 @@ impl Keyring {
     pub fn parse(text: &str) -> Result<Self, SealError> {
         let mut keys = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, hex_key) = item
-                .split_once('=')
-                .ok_or(SealError::Keyring("each key must be ID=HEX"))?;
-            let valid_id = !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid_id {
-                return Err(SealError::Keyring(
-                    "a key id must be 1 to 32 letters, digits, '-' or '_'",
-                ));
-            }
-            let bytes = hex::decode(hex_key.trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or(SealError::Keyring("a key must be 64 hex digits (32 bytes)"))?;
+            let (id, bytes) = key_entry(item).map_err(SealError::Keyring)?;
             if keys.iter().any(|k: &SealKey| k.id == id) {
                 return Err(SealError::Keyring("a key id is listed twice"));
             }
