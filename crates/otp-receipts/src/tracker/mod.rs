@@ -70,6 +70,8 @@ pub async fn run(
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }
+    otp_kafka::records::register_refusals();
+    metrics::gauge!("otp_tracker_partitions_unopenable").set(0.0);
     metrics::counter!("otp_tracker_left_to_new_owner_total").increment(0);
     metrics::counter!("otp_tracker_write_panics_total").increment(0);
     metrics::counter!("otp_tracker_receipts_deferred_total").increment(0);
