@@ -141,13 +141,16 @@ impl TansuBroker {
         self.wait_ready(Duration::from_secs(60));
     }
 
-    /// Ready = it answers a metadata request.
+    /// Ready = it answers a metadata request on its own listener.
     fn wait_ready(&self, within: Duration) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "0")
-            .create()
-            .expect("metadata client");
+        let client = || -> BaseConsumer {
+            ClientConfig::new()
+                .set("bootstrap.servers", self.bootstrap())
+                .set("log_level", "0")
+                .create()
+                .expect("metadata client")
+        };
+        let mut consumer = client();
         let deadline = Instant::now() + within;
         loop {
             if consumer
@@ -155,6 +158,11 @@ impl TansuBroker {
                 .is_ok()
             {
                 return;
+            }
+            // Once a client has heard from the broker it asks the advertised address, which,
+            // behind a proxy, is not this listener (and not up yet): ask afresh each time.
+            if self.advertised.is_some() {
+                consumer = client();
             }
             if let Some(status) = self
                 .child
