@@ -93,10 +93,7 @@ impl KafkaWriter {
             delivery_bound,
             topics: kafka.topics(),
             fallback,
-            signer: kafka
-                .record_keys
-                .as_ref()
-                .and_then(|keys| crate::records::Signer::new(keys, role)),
+            signer: crate::records::Signer::of(kafka, role),
         })
     }
 
@@ -430,10 +427,7 @@ impl KafkaWriter {
 #[derive(Debug, Clone)]
 struct WriteFailure {
     message: String,
-    /// Tries after which this failure is taken as permanent; `None`: retried while it lasts
-    /// (a broker outage must stop progress, not lose writes).
-    give_up_after: Option<u32>,
-    /// Refused for its size.
+    /// Refused for its size: the one failure given up (at once), as trying again cannot help.
     too_large: bool,
     /// Refused in a way that trying again does not fix by itself (not authorised, no such
     /// topic, invalid): retried while it lasts, and reported as a stall that needs an
@@ -454,7 +448,6 @@ impl WriteFailure {
         // deleted or not yet created, a broker that is away) is retried for as long as it
         // lasts, and stalls its partition: nothing is committed past a write that was lost,
         // so a request is never finished without its status, its fallback or its record.
-        let give_up_after = too_large.then_some(1);
         let stalling = matches!(
             code,
             Some(
@@ -468,7 +461,6 @@ impl WriteFailure {
         );
         Self {
             message: e.to_string(),
-            give_up_after,
             too_large,
             stalling,
         }
@@ -477,7 +469,6 @@ impl WriteFailure {
     fn transient(message: String) -> Self {
         Self {
             message,
-            give_up_after: None,
             too_large: false,
             stalling: false,
         }
@@ -491,22 +482,20 @@ fn abandoned(what: &'static str, e: &WriteFailure) {
 
 /// Keep trying a write until the broker acknowledges it. Kafka being down stops progress
 /// (nothing is committed meanwhile) rather than losing the write; shutdown abandons the task,
-/// and its message is redelivered. A failure that trying again cannot fix is tried as often
-/// as its kind allows ([`WriteFailure::give_up_after`]), then returned.
+/// and its message is redelivered. Only a record too large for the broker
+/// ([`WriteFailure::too_large`]) is returned as a failure, at its first refusal.
 async fn retry_until_acked<T, F, Fut>(what: &'static str, mut write: F) -> Result<T, WriteFailure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, WriteFailure>>,
 {
     let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
     let mut stall: Option<Stall> = None;
     loop {
         match write().await {
             Ok(value) => return Ok(value),
             Err(e) => {
-                tries += 1;
-                if e.give_up_after.is_some_and(|n| tries >= n) {
+                if e.too_large {
                     return Err(e);
                 }
                 if e.stalling && stall.is_none() {
