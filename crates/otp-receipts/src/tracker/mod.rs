@@ -39,7 +39,7 @@ use otp_kafka::KafkaArgs;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ pub async fn run(
         topics,
         rules,
         record_keys: kafka.record_keys.clone(),
-        unopenable: BTreeMap::new(),
+        unopenable: BTreeSet::new(),
         ready_within: config.ready_within,
         last_gauges: Instant::now(),
     };
@@ -153,9 +153,9 @@ struct Tracker {
     /// Checks that pending records come from a worker or this tracker, and receipts from the
     /// ingress or this tracker.
     record_keys: Option<otp_events::RecordKeys>,
-    /// Partitions holding a record of ours that cannot be read, with how many: their
-    /// deadlines wait until they are assigned again.
-    unopenable: BTreeMap<i32, u64>,
+    /// Partitions holding a record of ours that cannot be read: their deadlines wait until
+    /// they are assigned again.
+    unopenable: BTreeSet<i32>,
     ready_within: Duration,
     /// When the gauges were last set: counting walks everything held, so once a second.
     last_gauges: Instant,
@@ -237,7 +237,7 @@ impl Tracker {
         self.export_partitions();
         self.catching_up
             .keys()
-            .chain(self.unopenable.keys())
+            .chain(&self.unopenable)
             .copied()
             .collect()
     }
@@ -347,11 +347,16 @@ impl Tracker {
                 offset,
                 generation,
             };
-            // Receipts come from the ingress, or from this tracker handing one on.
+            // Receipts come from the ingress, or from this tracker handing one on; any other
+            // is refused before it is decoded, and its offset passes.
             let accepted = [Role::Ingress, Role::Tracker];
             let authentic = records::verified(self.record_keys.as_ref(), m, &accepted, "receipts");
-            match m.payload().map(serde_json::from_slice::<Receipt>) {
-                Some(Ok(receipt)) if authentic => self.book.receipt(receipt, tag, now),
+            match m
+                .payload()
+                .filter(|_| authentic)
+                .map(serde_json::from_slice::<Receipt>)
+            {
+                Some(Ok(receipt)) => self.book.receipt(receipt, tag, now),
                 _ if !authentic => Outcome {
                     actions: Vec::new(),
                     released: vec![tag],
@@ -414,7 +419,7 @@ impl Tracker {
                  deadlines wait until it is assigned again (check OTP_SEAL_KEYS)"
             );
             metrics::counter!("otp_tracker_unreadable_total", "topic" => "pending").increment(1);
-            *self.unopenable.entry(partition).or_default() += 1;
+            self.unopenable.insert(partition);
             Outcome::default()
         })
     }
