@@ -82,6 +82,16 @@ pub enum ProvenanceError {
 }
 
 impl ProvenanceError {
+    /// Every value [`ProvenanceError::kind`] gives.
+    pub const KINDS: [&'static str; 6] = [
+        "keys",
+        "missing",
+        "malformed",
+        "wrong_role",
+        "unknown_key",
+        "mismatch",
+    ];
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -348,6 +358,23 @@ mod tests {
         assert!(keys
             .verify(Some(forged.as_bytes()), &[Role::Worker], r)
             .is_err());
+    }
+
+    #[test]
+    fn every_kind_is_listed() {
+        let all = [
+            ProvenanceError::Keys(String::new()),
+            ProvenanceError::Missing,
+            ProvenanceError::Malformed,
+            ProvenanceError::WrongRole(String::new()),
+            ProvenanceError::UnknownKey {
+                role: "worker",
+                id: String::new(),
+            },
+            ProvenanceError::Mismatch,
+        ];
+        let kinds: Vec<&str> = all.iter().map(ProvenanceError::kind).collect();
+        assert_eq!(kinds, ProvenanceError::KINDS);
     }
 
     #[test]

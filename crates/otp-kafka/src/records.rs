@@ -27,6 +27,12 @@ impl Signer {
         })
     }
 
+    /// The signer of a service of `role`, from the keys in its settings (none without them:
+    /// what it writes goes unsigned, and no reader acts on it).
+    pub fn of(kafka: &crate::KafkaArgs, role: Role) -> Option<Self> {
+        Self::new(kafka.record_keys.as_ref()?, role)
+    }
+
     /// The MAC header's value for a record of `schema` under `key`; `None` payload: a
     /// tombstone.
     pub fn header(&self, schema: &str, key: &[u8], payload: Option<&[u8]>) -> String {
@@ -95,14 +101,7 @@ pub fn verified<M: Message>(
 /// sees zero, not nothing.
 pub fn register_refusals() {
     for topic in TOPICS {
-        for reason in [
-            "keys",
-            "missing",
-            "malformed",
-            "wrong_role",
-            "unknown_key",
-            "mismatch",
-        ] {
+        for reason in otp_events::ProvenanceError::KINDS {
             metrics::counter!("otp_records_refused_total", "topic" => topic, "reason" => reason)
                 .increment(0);
         }

@@ -75,10 +75,7 @@ impl Ingress {
             kafka_timeout,
             hasher,
             body_budget: budget::DEFAULT_BODY_BUDGET,
-            signer: kafka
-                .record_keys
-                .as_ref()
-                .and_then(|keys| otp_kafka::records::Signer::new(keys, otp_events::Role::Ingress)),
+            signer: otp_kafka::records::Signer::of(kafka, otp_events::Role::Ingress),
             replays: replay::ReplayCache::default(),
         })
     }
