@@ -1,13 +1,15 @@
 //! `otp demo`: the whole pipeline in one command, no accounts needed.
 //!
 //! With no `--brokers`, Kafka is librdkafka's in-process mock cluster; the providers are the
-//! simulator on loopback; both workers run in this process with the binaries' code. It
-//! publishes a realistic mix of requests, follows the status topic with a progress bar until
-//! every request has its final status, and prints a summary. It exits non-zero if any request
-//! is left without one.
+//! simulator on loopback; both workers run in this process with the binaries' code, the SMS
+//! one with two providers (Twilio and Vonage). Twilio is down for the whole run (every call
+//! answered 503): its share of the SMS moves to Vonage inside the channel. It publishes a
+//! realistic mix of requests, follows the status topic with a progress bar until every request
+//! has its final status, and prints a summary. It exits non-zero if any request is left
+//! without one.
 
 use crate::follow::{count_messages, StatusFollower};
-use crate::stack::{sms_client_reporting_to, whatsapp_client, ReceiptsIngress, Tracker, Worker};
+use crate::stack::{sms_client_with_vonage, whatsapp_client, ReceiptsIngress, Tracker, Worker};
 use anyhow::Context;
 use chrono::Utc;
 use hdrhistogram::Histogram;
@@ -15,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use otp_events::{Channel, CodeRequest, PhoneHasher, Submission, CODE_REQUEST_SCHEMA};
 use otp_kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
-use otp_provider_sim::SimConfig;
+use otp_provider_sim::{Outage, SimConfig};
 use otp_receipts::tracker::TrackerConfig;
 use otp_worker::{ConfirmationConfig, LimitsConfig, WorkerConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -151,6 +153,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     kafka.fallback_key = Some(otp_events::FallbackKey::new(&rand::random::<[u8; 32]>()));
     // And this run's record keys: every internal record is authenticated by its writer's role.
     kafka.record_keys = Some(otp_events::RecordKeys::generate().0);
+    // The demo reads the provider of each status: v2 names it.
+    kafka.status_schema = otp_events::StatusVersion::V2;
     let topics = kafka.topics();
     if let Some(mock) = &mock {
         for topic in topics.all() {
@@ -173,6 +177,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Receipts ingress: {}", ingress.url());
     let sim_config = SimConfig {
         whatsapp_webhook_url: Some(ingress.whatsapp_webhook()),
+        vonage_webhook_url: Some(ingress.vonage_webhook()),
+        vonage_rate: 200,
         latency: Duration::from_millis(20),
         latency_jitter: Duration::from_millis(40),
         sms_rate: 200,
@@ -181,6 +187,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let sim = otp_provider_sim::start("127.0.0.1:0".parse()?, sim_config).await?;
     println!("Provider simulator: {}", sim.base_url());
+    sim.set_outage("twilio", None, Outage::Http(503));
+    println!("Twilio is down for this run (every call answered 503); SMS has Vonage beside it.");
 
     let mut config = WorkerConfig::default();
     config.retry.initial_delay = Duration::from_millis(100);
@@ -210,7 +218,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             config,
             sms_limits,
             hasher.clone(),
-            sms_client_reporting_to(&sim, Some(ingress.sms_status_callback())),
+            sms_client_with_vonage(&sim, &sim.base_url(), Some(ingress.sms_status_callback())),
         ),
     ];
 
@@ -316,6 +324,8 @@ async fn publish_mix(
 
 struct Outcome {
     finals: HashMap<String, Value>,
+    /// SMS sends accepted, by provider (from `sent` and `accepted` statuses).
+    sms_by_provider: BTreeMap<String, usize>,
     fallbacks: usize,
     /// Fallbacks by why: a provider code, `receipt_failed` or `receipt_timeout`.
     fallback_reasons: BTreeMap<String, usize>,
@@ -337,6 +347,7 @@ async fn follow(
     );
     let mut outcome = Outcome {
         finals: HashMap::new(),
+        sms_by_provider: BTreeMap::new(),
         fallbacks: 0,
         fallback_reasons: BTreeMap::new(),
         duplicates: 0,
@@ -353,6 +364,10 @@ async fn follow(
                 *outcome.fallback_reasons.entry(why).or_default() += 1;
             }
             Some("duplicate") => outcome.duplicates += 1,
+            Some("sent" | "accepted") if status["channel"] == "sms" && status["tries"].is_u64() => {
+                let provider = status["provider"].as_str().unwrap_or("?").to_string();
+                *outcome.sms_by_provider.entry(provider).or_default() += 1;
+            }
             Some(kind @ ("delivered" | "read")) => {
                 let channel = status["channel"].as_str().unwrap_or("?").to_string();
                 *outcome
@@ -412,6 +427,12 @@ fn print_summary(outcome: &Outcome, dead_letters: i64, stats: &otp_provider_sim:
         "  provider rate-limit violations {:>3}",
         stats.rate_limit_violations.values().sum::<u64>()
     );
+    println!("\nSMS accepted by provider (Twilio down: its share moved to Vonage)");
+    for (provider, n) in &outcome.sms_by_provider {
+        println!("  {provider:<10} {n:>8}");
+    }
+    let twilio_refused = stats.errors_by_code.get("http_503").copied().unwrap_or(0);
+    println!("  Twilio calls refused with 503 {twilio_refused:>4}, each moved on at once");
     if !latency.is_empty() {
         println!(
             "\nEnd-to-end latency of sent codes (created_at to provider accepted, including the\n\

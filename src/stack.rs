@@ -1,7 +1,7 @@
 //! The pipeline in one process: both workers, built exactly as their binaries build them, and
 //! the provider simulator on loopback, against any broker.
 
-use otp_channel_sms::{SmsArgs, SmsClient};
+use otp_channel_sms::{SmsArgs, SmsClient, TwilioArgs, VonageArgs};
 use otp_channel_whatsapp::{WhatsappArgs, WhatsappClient};
 use otp_events::PhoneHasher;
 use otp_kafka::KafkaArgs;
@@ -51,17 +51,49 @@ pub fn sms_client(sim: &SimHandle) -> SmsClient {
 
 /// [`sms_client`] asking for status callbacks at `status_callback_url`.
 pub fn sms_client_reporting_to(sim: &SimHandle, status_callback_url: Option<String>) -> SmsClient {
-    let args = SmsArgs {
-        api_base_url: sim.base_url(),
-        account_sid: "ACsim".into(),
-        from: Some("+15557654321".into()),
-        messaging_service_sid: None,
-        status_callback_url,
+    let args = sms_args(&sim.base_url(), status_callback_url, None);
+    SmsClient::new(args, Some("sim-auth-token".into()), None).expect("sms client")
+}
+
+/// The SMS client with both providers, Twilio's API at `twilio_base` (the simulator's, or
+/// somewhere that refuses connections) and Vonage's at the simulator.
+pub fn sms_client_with_vonage(
+    sim: &SimHandle,
+    twilio_base: &str,
+    status_callback_url: Option<String>,
+) -> SmsClient {
+    let args = sms_args(twilio_base, status_callback_url, Some(sim.base_url()));
+    SmsClient::new(
+        args,
+        Some("sim-auth-token".into()),
+        Some(otp_provider_sim::VONAGE_API_SECRET.into()),
+    )
+    .expect("sms client")
+}
+
+fn sms_args(twilio_base: &str, callback: Option<String>, vonage_base: Option<String>) -> SmsArgs {
+    SmsArgs {
+        twilio: TwilioArgs {
+            api_base_url: twilio_base.to_string(),
+            account_sid: Some("ACsim".into()),
+            from: Some("+15557654321".into()),
+            messaging_service_sid: None,
+            status_callback_url: callback,
+            request_timeout: Duration::from_secs(5),
+        },
+        vonage: match vonage_base {
+            Some(base) => VonageArgs {
+                vonage_api_base_url: base,
+                vonage_api_key: Some(otp_provider_sim::VONAGE_API_KEY.into()),
+                vonage_from: Some("Acme".into()),
+                vonage_request_timeout: Duration::from_secs(5),
+                ..VonageArgs::default()
+            },
+            None => VonageArgs::default(),
+        },
         body_templates: Vec::new(),
         default_locale: "en".into(),
-        request_timeout: Duration::from_secs(5),
-    };
-    SmsClient::new(args, "sim-auth-token".into()).expect("sms client")
+    }
 }
 
 /// A running in-process worker; [`Worker::stop`] is what SIGTERM does to a binary.
@@ -71,6 +103,7 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker whose every provider has `default_limits` (the config patches them).
     pub fn start<C: ChannelClient>(
         kafka: &KafkaArgs,
         config: WorkerConfig,
@@ -79,6 +112,11 @@ impl Worker {
         client: C,
     ) -> Self {
         let (stop, mut stopped) = watch::channel(false);
+        let default_limits = client
+            .providers()
+            .into_iter()
+            .map(|p| (p, default_limits.clone()))
+            .collect();
         let setup = WorkerSetup {
             kafka: kafka.clone(),
             config,
@@ -111,6 +149,8 @@ pub fn sim_webhook_secrets() -> otp_receipts::config::WebhookSecrets {
         whatsapp_app_secret: Some("sim-app-secret".into()),
         whatsapp_verify_token: Some("sim-verify-token".into()),
         sms_auth_token: Some("sim-auth-token".into()),
+        vonage_signature_secret: Some(otp_provider_sim::VONAGE_SIGNATURE_SECRET.into()),
+        vonage_api_key: Some(otp_provider_sim::VONAGE_API_KEY.into()),
     }
 }
 
@@ -154,6 +194,11 @@ impl ReceiptsIngress {
     /// Where the simulator sends WhatsApp statuses.
     pub fn whatsapp_webhook(&self) -> String {
         format!("{}/webhooks/whatsapp", self.url())
+    }
+
+    /// Where the simulator sends Vonage's statuses (the Vonage application's status URL).
+    pub fn vonage_webhook(&self) -> String {
+        format!("{}/webhooks/vonage/status", self.url())
     }
 
     /// What the SMS worker puts in `StatusCallback`.

@@ -304,12 +304,83 @@ fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
             "no fallback for {reason}: {stdout}"
         );
     }
+    // Twilio is down for the demo: every SMS goes by Vonage, none lost.
+    let by_provider = stdout
+        .split("SMS accepted by provider")
+        .nth(1)
+        .expect("the provider table");
+    assert!(by_provider.contains("vonage"), "{stdout}");
+    assert!(
+        !by_provider
+            .lines()
+            .take(3)
+            .any(|l| l.trim_start().starts_with("twilio")),
+        "{stdout}"
+    );
     assert!(stdout.contains("dead letters              1"), "{stdout}");
     assert!(stdout.contains("duplicates refused        1"), "{stdout}");
     assert!(
         stdout.contains("provider rate-limit violations   0"),
         "{stdout}"
     );
+}
+
+/// A worker TOML that sets only the sender rate keeps the provider's other limits: WhatsApp's
+/// 6 s pair period and its burst (limits merge field by field).
+#[test]
+fn a_toml_setting_only_the_rate_keeps_the_pair_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("worker.toml");
+    std::fs::write(&path, "[limits]\nsender_per_second = 50\n").unwrap();
+    let config = path.to_str().unwrap();
+    let out = otp(&[
+        "worker",
+        "whatsapp",
+        "--config",
+        config,
+        "--phone-number-id",
+        "1",
+        "--print-config",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Value = toml::from_str(&stdout).unwrap();
+    let whatsapp = &printed["provider_limits"]["whatsapp_cloud"];
+    assert_eq!(
+        whatsapp["sender_per_second"].as_integer(),
+        Some(50),
+        "{stdout}"
+    );
+    assert_eq!(whatsapp["sender_burst"].as_integer(), Some(10), "{stdout}");
+    assert_eq!(
+        whatsapp["recipient_period"].as_str(),
+        Some("6s"),
+        "{stdout}"
+    );
+    let out = otp(&["worker", "sms", "--config", config, "--print-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Value = toml::from_str(&stdout).unwrap();
+    for provider in ["twilio", "vonage"] {
+        let limits = &printed["provider_limits"][provider];
+        assert_eq!(
+            limits["sender_per_second"].as_integer(),
+            Some(50),
+            "{stdout}"
+        );
+        assert!(
+            limits.get("recipient_period").is_none(),
+            "SMS has no pair limit: {stdout}"
+        );
+    }
 }
 
 /// `otp load` on 2 partitions, a fifth of the recipients not on WhatsApp, with `args`: its

@@ -140,13 +140,18 @@ impl<C: otp_worker::channel::ChannelClient> otp_worker::channel::ChannelClient f
         self.inner.channel()
     }
 
+    fn providers(&self) -> Vec<otp_events::Provider> {
+        self.inner.providers()
+    }
+
     async fn send(
         &self,
+        provider: otp_events::Provider,
         request: &otp_events::CodeRequest,
         now: chrono::DateTime<chrono::Utc>,
     ) -> otp_worker::channel::SendOutcome {
         self.sends.fetch_add(1, SeqCst);
-        let outcome = self.inner.send(request, now).await;
+        let outcome = self.inner.send(provider, request, now).await;
         if let Some(suffix) = self.panics_after_send_to {
             assert!(!request.phone.ends_with(suffix), "a bug after the send");
         }
@@ -630,11 +635,11 @@ async fn sender_and_pair_limits_hold_under_load_above_them() {
     };
     let stack = Stack::start(2, sim).await;
     let mut config = test_config();
-    config.limits = Some(otp_worker::LimitsConfig {
+    config.limits = Some(otp_worker::LimitsPatch::all_of(&otp_worker::LimitsConfig {
         sender_per_second: 18,
         sender_burst: 2,
         recipient_period: Some(Duration::from_millis(1200)),
-    });
+    }));
     let wa = stack.worker(Whatsapp, config);
     let mut ids = Vec::new();
     for i in 0..40 {

@@ -45,12 +45,14 @@ fn request(id: &str, phone: &str) -> CodeRequest {
 fn awaiting(id: &str, phone: &str) -> PendingConfirmation {
     let now = chrono::Utc::now();
     PendingConfirmation {
+        provider: None,
         schema: PENDING_CONFIRMATION_SCHEMA.into(),
         request: request(id, phone),
         channel: Whatsapp,
         provider_message_id: format!("wamid.{id}"),
         accepted_at: now,
         confirm_by: Some(now + chrono::Duration::seconds(1)),
+        timeout_is_final: false,
         state: ConfirmationState::Awaiting,
         reported: Vec::new(),
     }
@@ -156,6 +158,7 @@ async fn a_forged_failed_receipt_sends_nothing_again() {
     confirming.confirmation = Some(otp_worker::ConfirmationConfig {
         window: Duration::from_secs(60),
         fallback_time: Duration::from_secs(2),
+        ..Default::default()
     });
     let workers = vec![
         stack.worker(Whatsapp, confirming),

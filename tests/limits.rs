@@ -320,7 +320,7 @@ async fn a_denied_country_is_never_sent() {
 async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
     let stack = Stack::start(1, roomy_sim()).await;
     let mut config = test_config();
-    config.circuit.failures_to_open = 3;
+    config.circuit.min_volume = 3;
     config.circuit.cool_down = Duration::from_secs(4);
     let workers = vec![
         stack.worker(Whatsapp, config),
@@ -347,7 +347,7 @@ async fn a_broken_channel_opens_its_circuit_and_recovers_after_the_cool_down() {
             (ids, statuses)
         }
     };
-    // Three channel-broken answers open the circuit...
+    // Three channel-broken answers (all of the window, at least its volume) open the circuit...
     let (ids, statuses) = publish_batch(3, 0).await;
     for id in &ids {
         assert_eq!(
@@ -444,11 +444,11 @@ fn paced_rate(times: &[i64], stall_ms: i64) -> f64 {
 
 fn fleet_worker(stack: &Stack) -> Worker {
     let mut config = test_config();
-    config.limits = Some(LimitsConfig {
+    config.limits = Some(otp_worker::LimitsPatch::all_of(&LimitsConfig {
         sender_per_second: 20,
         sender_burst: 2,
         recipient_period: None,
-    });
+    }));
     Worker::start(
         &stack.t.kafka,
         config,
@@ -606,11 +606,11 @@ async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat
     }
     let worker = || {
         let mut c = test_config();
-        c.limits = Some(LimitsConfig {
+        c.limits = Some(otp_worker::LimitsPatch::all_of(&LimitsConfig {
             sender_per_second: 5,
             sender_burst: 1,
             recipient_period: None,
-        });
+        }));
         c.shutdown_grace = Duration::from_secs(1);
         Worker::start(
             &kafka,

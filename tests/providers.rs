@@ -194,11 +194,11 @@ async fn throttling_slows_the_worker_down_and_every_code_goes_out() {
     };
     let stack = Stack::start(2, sim).await;
     let mut config = test_config();
-    config.limits = Some(LimitsConfig {
+    config.limits = Some(otp_worker::LimitsPatch::all_of(&LimitsConfig {
         sender_per_second: 100,
         sender_burst: 20,
         recipient_period: None,
-    });
+    }));
     let whatsapp = stack.worker(Whatsapp, config);
     let mut ids = Vec::new();
     for i in 0..60 {

@@ -50,6 +50,7 @@ fn confirming(window: Duration) -> WorkerConfig {
     c.confirmation = Some(ConfirmationConfig {
         window,
         fallback_time: Duration::from_secs(2),
+        ..Default::default()
     });
     c
 }
@@ -809,7 +810,7 @@ async fn a_tracker_killed_mid_window_still_fires_the_pending_fallbacks() {
 async fn failed_receipts_and_system_errors_saying_the_account_is_locked_open_the_circuit() {
     let l = start(|_| {}).await;
     let mut config = confirming(Duration::from_secs(30));
-    config.circuit.failures_to_open = 3;
+    config.circuit.min_volume = 3;
     config.circuit.cool_down = Duration::from_secs(300);
     let workers = l.workers_with(config);
     let tracker = l.tracker();
@@ -1004,13 +1005,14 @@ async fn no_topic_holds_a_plaintext_code_or_number_and_an_unknown_key_is_dead_le
 /// Twilio callback for one of our SMS sends (`undelivered` 30034: US A2P registration, a
 /// broken channel), POSTed 8 times with its valid signature, and a genuine Meta system error
 /// (131031, account locked), POSTed 8 times: each makes one signal (the tracker signals a
-/// send's failure once; the ingress takes a call once), so no circuit opens (5 signals in 60 s
-/// would), and the next user's code is sent. Before, every copy was a signal.
+/// send's failure once; the ingress takes a call once), so no circuit opens (it needs 5
+/// outcomes in the window, half of them broken), and the next user's code is sent. Before,
+/// every copy was a signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_signed_callbacks_make_one_signal_each_and_open_no_circuit() {
     let l = start(|_| {}).await;
     let config = confirming(Duration::from_secs(30));
-    assert_eq!(config.circuit.failures_to_open, 5);
+    assert_eq!(config.circuit.min_volume, 5);
     let workers = l.workers_with(config);
     let tracker = l.tracker();
     let id = l.stack.publish("+15551230077", "770077", &[Sms]).await;

@@ -4,7 +4,8 @@
 //! it had when the report started (so a report ends even while workers keep writing), drops
 //! replays by `event_id`, and prints per channel and country: requests, delivered (by receipt)
 //! and sent, fallbacks by reason, failed and expired, time to first delivery, and an estimated
-//! cost ([`prices`]). `--json` and `--csv` print the same for other tools. The reader joins no
+//! cost ([`prices`]); then per provider and country (the provider from v2's `provider` field
+//! or, in v1, the `otp-provider` header). `--json` and `--csv` print the same for other tools. The reader joins no
 //! consumer group and commits nothing.
 
 mod prices;
@@ -80,6 +81,15 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         print::table(&report, &mut out)?;
     }
     Ok(())
+}
+
+/// The `otp-provider` header of a status record, when it names a provider.
+fn provider_header(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<otp_events::Provider> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == otp_events::HEADER_PROVIDER)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
 /// Read `topic` from `since` ago (or its beginning) to the ends it had at the start.
@@ -174,7 +184,13 @@ pub fn read(
                 }
                 bar.inc(1);
                 match serde_json::from_slice::<DeliveryStatus>(m.payload().unwrap_or_default()) {
-                    Ok(status) => tally.add(status),
+                    Ok(mut status) => {
+                        // v1 carries the provider in a header only.
+                        if status.provider.is_none() {
+                            status.provider = provider_header(&m);
+                        }
+                        tally.add(status)
+                    }
                     Err(_) => unreadable += 1,
                 }
             }

@@ -80,6 +80,39 @@ pub fn table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
             reasons(&r.fallbacks)
         )?;
     }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<9} {:<15} {:<7} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9}  {:<18} {:<18}",
+        "channel",
+        "provider",
+        "country",
+        "requests",
+        "sent",
+        "delivered",
+        "failed",
+        "expired",
+        "fell back",
+        "delivered p50/95/99",
+        "sent p50/95/99",
+    )?;
+    for r in &report.by_provider {
+        writeln!(
+            out,
+            "{:<9} {:<15} {:<7} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9}  {:<18} {:<18}",
+            r.channel.as_str(),
+            r.provider,
+            r.country,
+            r.requests,
+            r.sent,
+            r.delivered,
+            r.failed,
+            r.expired,
+            r.fell_back,
+            percentiles(&r.first_delivery_ms),
+            percentiles(&r.sent_ms),
+        )?;
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use super::prices::Prices;
 use hdrhistogram::Histogram;
-use otp_events::{Channel, DeliveryStatus, StatusKind};
+use otp_events::{Channel, DeliveryStatus, Provider, StatusKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -32,6 +32,8 @@ struct Request {
 
 #[derive(Default, Clone)]
 struct OnChannel {
+    /// The provider that took it, or the last one tried.
+    provider: Option<Provider>,
     /// The provider took it (`accepted` or `sent`).
     sent: bool,
     /// A receipt said delivered or read; with the first one's latency.
@@ -70,6 +72,10 @@ impl Tally {
             _ => request.duplicate_only = false,
         }
         let on = request.channels.entry(status.channel).or_default();
+        // The provider that took it wins over one tried before it.
+        if status.provider.is_some() && (!on.sent || on.provider.is_none()) {
+            on.provider = status.provider;
+        }
         let ms = status.latency_ms;
         match status.status {
             StatusKind::Accepted | StatusKind::Sent => {
@@ -93,6 +99,7 @@ impl Tally {
     /// from `prices`.
     pub fn report(&self, prices: &Prices) -> Report {
         let mut rows: BTreeMap<(Channel, String), Row> = BTreeMap::new();
+        let mut by_provider: BTreeMap<(Channel, String, String), Row> = BTreeMap::new();
         let mut all = Summary::default();
         let mut first_delivery = new_histogram();
         for request in self.requests.values() {
@@ -131,6 +138,11 @@ impl Tally {
                 for key in [(*channel, country.clone()), (*channel, "all".to_string())] {
                     rows.entry(key).or_default().add(on);
                 }
+                let provider = on.provider.map_or("none", |p| p.as_str()).to_string();
+                for country in [country.clone(), "all".to_string()] {
+                    let key = (*channel, provider.clone(), country);
+                    by_provider.entry(key).or_default().add(on);
+                }
             }
         }
         let mut rows: Vec<ChannelRow> = rows
@@ -159,10 +171,27 @@ impl Tally {
         all.cost_per_delivered = per(all.estimated_cost, all.delivered + all.sent_only);
         all.fallback_rate = ratio(all.fell_back, all.requests);
         all.first_delivery_ms = Percentiles::of(&first_delivery);
+        let by_provider = by_provider
+            .into_iter()
+            .map(|((channel, provider, country), row)| ProviderRow {
+                channel,
+                provider,
+                country,
+                requests: row.requests,
+                sent: row.sent,
+                delivered: row.delivered,
+                failed: row.failed,
+                expired: row.expired,
+                fell_back: row.fallbacks.values().sum(),
+                first_delivery_ms: row.delivered_ms.as_ref().and_then(Percentiles::of),
+                sent_ms: row.sent_ms.as_ref().and_then(Percentiles::of),
+            })
+            .collect();
         Report {
             currency: prices.currency.clone(),
             summary: all,
             rows,
+            by_provider,
             replays_dropped: self.replays,
         }
     }
@@ -197,7 +226,29 @@ pub struct Report {
     pub currency: String,
     pub summary: Summary,
     pub rows: Vec<ChannelRow>,
+    /// The same by the provider each channel's send went through (`none`: no provider was
+    /// tried, e.g. an abuse rule or an expired request; statuses written before providers
+    /// were named count there too).
+    pub by_provider: Vec<ProviderRow>,
     pub replays_dropped: u64,
+}
+
+/// One provider of one channel in one country (or `all`).
+#[derive(Debug, Serialize)]
+pub struct ProviderRow {
+    pub channel: Channel,
+    pub provider: String,
+    pub country: String,
+    /// Requests whose send on this channel went through (or was last tried on) the provider.
+    pub requests: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub expired: u64,
+    /// Handed to the next channel.
+    pub fell_back: u64,
+    pub first_delivery_ms: Option<Percentiles>,
+    pub sent_ms: Option<Percentiles>,
 }
 
 /// Per request, over all channels.
@@ -352,6 +403,7 @@ mod tests {
             request_id: id.to_string(),
             status: kind,
             channel,
+            provider: None,
             attempt: 1,
             tries: None,
             provider_message_id: None,
@@ -436,5 +488,47 @@ mod tests {
             s.estimated_cost
         );
         assert!((row(Whatsapp, "all").estimated_cost - p.price(Whatsapp, "GB")).abs() < 1e-9);
+    }
+
+    /// SMS through two providers: each request counts under the provider that took it, a
+    /// request whose first provider refused counting under the one that sent it.
+    #[test]
+    fn requests_are_broken_down_by_the_provider_that_took_them() {
+        use Channel::Sms;
+        use StatusKind::*;
+        let via = |id: &str, kind, ms, provider| {
+            let mut s = status(id, kind, Sms, ms);
+            s.provider = provider;
+            s
+        };
+        let mut t = Tally::default();
+        t.add(via("t1", Sent, 400, Some(Provider::Twilio)));
+        t.add(via("t1", Delivered, 2400, Some(Provider::Twilio)));
+        t.add(via("v1", Sent, 500, Some(Provider::Vonage)));
+        t.add(via("v2", Sent, 700, Some(Provider::Vonage)));
+        t.add(via("v2", Delivered, 1700, Some(Provider::Vonage)));
+        t.add(via("x", Expired, 0, None));
+        let r = t.report(&Prices::default());
+        let row = |provider: &str| {
+            r.by_provider
+                .iter()
+                .find(|x| x.provider == provider && x.country == "GB")
+                .unwrap()
+        };
+        assert_eq!((row("twilio").requests, row("twilio").delivered), (1, 1));
+        assert_eq!(
+            (
+                row("vonage").requests,
+                row("vonage").sent,
+                row("vonage").delivered
+            ),
+            (2, 2, 1)
+        );
+        assert_eq!(row("vonage").first_delivery_ms.map(|p| p.p50), Some(1700));
+        assert_eq!((row("none").requests, row("none").expired), (1, 1));
+        assert!(r
+            .by_provider
+            .iter()
+            .any(|x| x.provider == "vonage" && x.country == "all"));
     }
 }

@@ -4,7 +4,7 @@
 use crate::{default_limits, SmsArgs, SmsClient};
 use otp_worker::cli::{run_binary, WorkerArgs};
 
-/// Delivers one-time codes by SMS (Twilio Messages API).
+/// Delivers one-time codes by SMS (Twilio and Vonage Messages APIs).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerCli {
     #[command(flatten)]
@@ -14,15 +14,10 @@ pub struct WorkerCli {
 }
 
 impl WorkerCli {
-    /// Log, build the client (auth token from `OTP_SMS_AUTH_TOKEN[_FILE]`), run until SIGTERM.
+    /// Log, build the client (credentials from `OTP_SMS_AUTH_TOKEN[_FILE]` for Twilio and
+    /// `OTP_VONAGE_API_SECRET[_FILE]` for Vonage), run until SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let sms = self.sms;
-        run_binary(
-            &self.worker,
-            default_limits(),
-            "OTP_SMS_AUTH_TOKEN",
-            |_, token| SmsClient::new(sms, token),
-        )
-        .await
+        run_binary(&self.worker, default_limits(), |_| SmsClient::from_env(sms)).await
     }
 }

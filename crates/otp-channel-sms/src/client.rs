@@ -1,88 +1,64 @@
-//! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, basic auth.
+//! The SMS channel's client: its configured providers, each sending one message.
 
-use crate::config::{SmsArgs, BUILT_IN_TEMPLATES};
+use crate::config::SmsArgs;
+use crate::text::Texts;
+use crate::twilio::TwilioClient;
+use crate::vonage::VonageClient;
 use chrono::{DateTime, Utc};
-use otp_events::{Channel, CodeRequest};
-use otp_worker::channel::outcome_of;
+use otp_events::{Channel, CodeRequest, Provider};
 use otp_worker::{ChannelClient, SendOutcome};
-use std::collections::HashMap;
 
+/// Twilio, Vonage, or both; the runtime routes each send to one of them.
 pub struct SmsClient {
-    http: reqwest::Client,
-    url: String,
-    auth_token: String,
-    templates: HashMap<String, String>,
-    args: SmsArgs,
+    twilio: Option<TwilioClient>,
+    vonage: Option<VonageClient>,
 }
 
 impl SmsClient {
-    pub fn new(args: SmsArgs, auth_token: String) -> anyhow::Result<Self> {
-        if args.from.is_none() == args.messaging_service_sid.is_none() {
-            anyhow::bail!("give exactly one of --from and --messaging-service-sid");
-        }
-        let mut templates: HashMap<String, String> = BUILT_IN_TEMPLATES
-            .iter()
-            .map(|(l, t)| (l.to_string(), t.to_string()))
-            .collect();
-        templates.extend(args.body_templates.iter().cloned());
-        if !templates.contains_key(&args.default_locale) {
+    /// The providers `args` turns on, with credentials from their environment variables
+    /// (`OTP_SMS_AUTH_TOKEN`, `OTP_VONAGE_API_SECRET`, or their `_FILE` forms).
+    pub fn from_env(args: SmsArgs) -> anyhow::Result<Self> {
+        let secret = otp_worker::cli::secret;
+        let twilio = match args.twilio.account_sid {
+            Some(_) => Some(secret("OTP_SMS_AUTH_TOKEN")?),
+            None => None,
+        };
+        let vonage = match args.vonage.vonage_api_key {
+            Some(_) => Some(secret("OTP_VONAGE_API_SECRET")?),
+            None => None,
+        };
+        Self::new(args, twilio, vonage)
+    }
+
+    /// The providers `args` turns on, with these credentials.
+    pub fn new(
+        args: SmsArgs,
+        twilio_token: Option<String>,
+        vonage_secret: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let texts = Texts::new(&args.body_templates, &args.default_locale)?;
+        let twilio = match (args.twilio.account_sid.is_some(), twilio_token) {
+            (true, Some(token)) => Some(TwilioClient::new(args.twilio, texts.clone(), token)?),
+            (true, None) => anyhow::bail!("Twilio needs its auth token"),
+            (false, _) => None,
+        };
+        let vonage = match (args.vonage.vonage_api_key.is_some(), vonage_secret) {
+            (true, Some(secret)) => Some(VonageClient::new(args.vonage, texts, secret)?),
+            (true, None) => anyhow::bail!("Vonage needs its API secret"),
+            (false, _) => None,
+        };
+        if twilio.is_none() && vonage.is_none() {
             anyhow::bail!(
-                "no body template for the default locale {}",
-                args.default_locale
+                "no SMS provider configured: give --account-sid (Twilio), --vonage-api-key \
+                 (Vonage), or both"
             );
         }
-        let http = reqwest::Client::builder()
-            .timeout(args.request_timeout)
-            .pool_max_idle_per_host(1024)
-            .build()?;
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Messages.json",
-            args.api_base_url.trim_end_matches('/'),
-            args.account_sid
-        );
-        Ok(Self {
-            http,
-            url,
-            auth_token,
-            templates,
-            args,
-        })
+        Ok(Self { twilio, vonage })
     }
 
-    /// The message text: the request's locale (exact, then its language), else the default.
-    pub fn text(&self, request: &CodeRequest, now: DateTime<Utc>) -> String {
-        let locale = request.locale.as_deref().unwrap_or("");
-        let language = locale.split(['_', '-']).next().unwrap_or("");
-        let template = [locale, language, self.args.default_locale.as_str()]
-            .iter()
-            .find_map(|l| self.templates.get(*l))
-            .expect("the default locale's template exists");
-        let minutes = ((request.expires_at - now).num_seconds().max(1) + 59) / 60;
-        template
-            .replace("{code}", &request.code)
-            .replace("{minutes}", &minutes.to_string())
-    }
-
-    /// The form fields for `request` (public for the benchmarks).
-    pub fn form(&self, request: &CodeRequest, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
-        let validity = (request.expires_at - now).num_seconds().clamp(1, 36_000);
-        let mut form = vec![
-            ("To", request.phone.clone()),
-            ("Body", self.text(request, now)),
-            ("ValidityPeriod", validity.to_string()),
-        ];
-        match (&self.args.from, &self.args.messaging_service_sid) {
-            (Some(from), _) => form.push(("From", from.clone())),
-            (None, Some(sid)) => form.push(("MessagingServiceSid", sid.clone())),
-            (None, None) => unreachable!("checked in new()"),
-        }
-        if let Some(callback) = &self.args.status_callback_url {
-            let sep = if callback.contains('?') { '&' } else { '?' };
-            let query = serde_urlencoded::to_string([("request_id", &request.request_id)])
-                .expect("a string pair encodes");
-            form.push(("StatusCallback", format!("{callback}{sep}{query}")));
-        }
-        form
+    /// Twilio's client, when configured (the benchmarks build its form).
+    pub fn twilio(&self) -> Option<&TwilioClient> {
+        self.twilio.as_ref()
     }
 }
 
@@ -91,94 +67,28 @@ impl ChannelClient for SmsClient {
         Channel::Sms
     }
 
-    async fn send(&self, request: &CodeRequest, now: DateTime<Utc>) -> SendOutcome {
-        let response = self
-            .http
-            .post(&self.url)
-            .basic_auth(&self.args.account_sid, Some(&self.auth_token))
-            .form(&self.form(request, now))
-            .send()
-            .await;
-        outcome_of(
-            response,
-            &otp_events::provider_errors::SMS,
-            |body| body["sid"].as_str(),
-            |body| body["code"].as_i64(),
-        )
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use otp_events::Submission;
-
-    fn args() -> SmsArgs {
-        SmsArgs {
-            api_base_url: "http://127.0.0.1:1".into(),
-            account_sid: "AC1".into(),
-            from: None,
-            messaging_service_sid: Some("MG1".into()),
-            status_callback_url: Some("https://receipts.example/webhooks/sms/status".into()),
-            body_templates: vec![("es_MX".into(), "Código {code}".into())],
-            default_locale: "en".into(),
-            request_timeout: std::time::Duration::from_secs(1),
+    fn providers(&self) -> Vec<Provider> {
+        let mut providers = Vec::new();
+        if self.twilio.is_some() {
+            providers.push(Provider::Twilio);
         }
+        if self.vonage.is_some() {
+            providers.push(Provider::Vonage);
+        }
+        providers
     }
 
-    fn request(locale: Option<&str>) -> CodeRequest {
-        let mut s = Submission::new(
-            "+15551234567",
-            "123456",
-            vec![Channel::Sms],
-            chrono::Duration::seconds(300),
-        );
-        s.locale = locale.map(str::to_owned);
-        s.request_id = Some("req-1".into());
-        s.complete(Utc::now())
-    }
-
-    #[test]
-    fn form_has_the_documented_fields() {
-        let c = SmsClient::new(args(), "tok".into()).unwrap();
-        let r = request(None);
-        let now = r.expires_at - chrono::Duration::seconds(300);
-        let form: HashMap<&str, String> = c.form(&r, now).into_iter().collect();
-        assert_eq!(form["To"], "+15551234567");
-        assert_eq!(
-            form["Body"],
-            "123456 is your verification code. It expires in 5 minutes."
-        );
-        assert_eq!(form["ValidityPeriod"], "300");
-        assert_eq!(form["MessagingServiceSid"], "MG1");
-        assert!(!form.contains_key("From"));
-        assert_eq!(
-            form["StatusCallback"],
-            "https://receipts.example/webhooks/sms/status?request_id=req-1"
-        );
-    }
-
-    #[test]
-    fn body_follows_the_locale_then_its_language_then_the_default() {
-        let c = SmsClient::new(args(), "tok".into()).unwrap();
-        let now = Utc::now();
-        assert_eq!(c.text(&request(Some("es_MX")), now), "Código 123456");
-        assert!(c
-            .text(&request(Some("pt-BR")), now)
-            .starts_with("123456 é o seu código"));
-        assert!(c
-            .text(&request(Some("ja")), now)
-            .starts_with("123456 is your"));
-    }
-
-    #[test]
-    fn exactly_one_sender_is_required() {
-        let mut a = args();
-        a.from = Some("+15557654321".into());
-        assert!(SmsClient::new(a, "tok".into()).is_err());
-        let mut a = args();
-        a.messaging_service_sid = None;
-        assert!(SmsClient::new(a, "tok".into()).is_err());
+    async fn send(
+        &self,
+        provider: Provider,
+        request: &CodeRequest,
+        now: DateTime<Utc>,
+    ) -> SendOutcome {
+        match (provider, &self.twilio, &self.vonage) {
+            (Provider::Twilio, Some(twilio), _) => twilio.send(request, now).await,
+            (Provider::Vonage, _, Some(vonage)) => vonage.send(request, now).await,
+            // The routes are checked against `providers()` at start: unreachable in a worker.
+            _ => unreachable!("{provider} is not configured on this SMS client"),
+        }
     }
 }

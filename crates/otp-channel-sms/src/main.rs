@@ -1,12 +1,13 @@
-//! `otp-sms-worker`: consumes `otp.code-requests.sms` and delivers through the Twilio Messages
-//! API. Everything but the client is `otp-worker`'s.
+//! `otp-sms-worker`: consumes `otp.code-requests.sms` and delivers through Twilio's and
+//! Vonage's Messages APIs, routed per destination country. Everything but the clients is
+//! `otp-worker`'s.
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Delivers one-time codes by SMS (Twilio Messages API)"
+    about = "Delivers one-time codes by SMS (Twilio and Vonage Messages APIs)"
 )]
 struct Cli {
     #[command(flatten)]

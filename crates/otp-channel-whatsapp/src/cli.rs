@@ -18,15 +18,11 @@ impl WorkerCli {
     /// Log, build the client (token from `OTP_WHATSAPP_TOKEN[_FILE]`), run until SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let whatsapp = self.whatsapp;
-        run_binary(
-            &self.worker,
-            default_limits(),
-            "OTP_WHATSAPP_TOKEN",
-            |config, token| {
-                warn_if_codes_outlive_the_template(config.max_ttl, whatsapp.template_ttl);
-                WhatsappClient::new(whatsapp, token)
-            },
-        )
+        let defaults = vec![(otp_events::Provider::WhatsappCloud, default_limits())];
+        run_binary(&self.worker, defaults, |config| {
+            warn_if_codes_outlive_the_template(config.max_ttl, whatsapp.template_ttl);
+            WhatsappClient::new(whatsapp, otp_worker::cli::secret("OTP_WHATSAPP_TOKEN")?)
+        })
         .await
     }
 }

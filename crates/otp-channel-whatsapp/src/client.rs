@@ -6,7 +6,7 @@ use crate::config::WhatsappArgs;
 use crate::language::Languages;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::WHATSAPP;
-use otp_events::{Channel, CodeRequest};
+use otp_events::{Channel, CodeRequest, Provider};
 use otp_worker::channel::outcome_of;
 use otp_worker::{ChannelClient, SendOutcome};
 use serde_json::{json, Value};
@@ -101,11 +101,20 @@ impl ChannelClient for WhatsappClient {
         Channel::Whatsapp
     }
 
+    fn providers(&self) -> Vec<Provider> {
+        vec![Provider::WhatsappCloud]
+    }
+
     /// One try, in the request's language; if Meta refuses that language (132001) and it is
     /// not the default, the same try goes again at once in the default language, and the
     /// language is held back for a while. Only a refusal in the default language reaches the
     /// runtime, as a broken channel.
-    async fn send(&self, request: &CodeRequest, _now: DateTime<Utc>) -> SendOutcome {
+    async fn send(
+        &self,
+        _provider: Provider,
+        request: &CodeRequest,
+        _now: DateTime<Utc>,
+    ) -> SendOutcome {
         let language = self.language_for(request).to_string();
         let outcome = self.post(request, &language).await;
         let refused = matches!(&outcome, SendOutcome::Failed(f) if f.code == LANGUAGE_NOT_APPROVED);

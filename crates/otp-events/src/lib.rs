@@ -18,6 +18,7 @@ mod error;
 mod pii;
 mod proof;
 pub mod provenance;
+mod provider;
 pub mod provider_errors;
 mod receipt;
 mod request;
@@ -37,6 +38,7 @@ pub use pii::{
 };
 pub use proof::{FallbackKey, HEADER_FALLBACK_PROOF};
 pub use provenance::{ProvenanceError, Record, RecordKeys, Role, HEADER_RECORD_MAC};
+pub use provider::Provider;
 pub use receipt::{
     message_key, ConfirmationState, MessageIndex, PendingConfirmation, Receipt, ReceiptError,
     ReceiptStatus, MESSAGE_INDEX_SCHEMA, MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA,
@@ -46,7 +48,8 @@ pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use seal::{sealed_key_id, Keyring, SealError};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{
-    new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind, DELIVERY_STATUS_SCHEMA,
+    new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind, StatusVersion,
+    DELIVERY_STATUS_SCHEMA, DELIVERY_STATUS_SCHEMA_V2, HEADER_PROVIDER,
 };
 pub use topics::Topics;
 pub use validate::{is_valid_app, is_valid_request_id, Rules};

@@ -153,10 +153,20 @@ pub struct PendingConfirmation {
     /// tracker can hand it on without any other lookup.
     pub request: CodeRequest,
     pub channel: Channel,
+    /// The provider the send went through; the channel's first provider when absent
+    /// (records written before providers were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::Provider>,
     pub provider_message_id: String,
     pub accepted_at: DateTime<Utc>,
-    /// No delivered receipt by then: fall back. `None` in `ReportOnly`.
+    /// No delivered receipt by then: fall back (or, with `timeout_is_final`, end `sent`).
+    /// `None` in `ReportOnly`.
     pub confirm_by: Option<DateTime<Utc>>,
+    /// A missing receipt is no evidence of failure on this provider (SMS: carriers' receipts
+    /// are late or missing): when `confirm_by` passes without one, the send is final as
+    /// `sent` instead of falling back. A failed receipt still falls back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timeout_is_final: bool,
     pub state: ConfirmationState,
     /// Receipt statuses already reported, so a replayed receipt is not reported twice.
     #[serde(default)]

@@ -10,7 +10,7 @@
 //! signals its sender limiter.
 
 use crate::provider_errors::ErrorClass;
-use crate::Channel;
+use crate::{Channel, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -20,10 +20,16 @@ pub const CHANNEL_SIGNAL_SCHEMA: &str = "otp.channel_signal.v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalKind {
-    /// The channel cannot deliver: counts against the circuit.
+    /// The provider cannot deliver anywhere: counts against its health everywhere.
     ChannelBroken,
+    /// The provider cannot deliver to one country (the signal's `country`): counts against
+    /// its health there only.
+    RouteBroken,
     /// Over a rate window on our side: slow the sender limit.
     Throttled,
+    /// The provider delivers to the signal's `country` much later than its peers (the
+    /// tracker's comparison of delivery times): move weight away from it there.
+    Slow,
 }
 
 impl SignalKind {
@@ -31,6 +37,7 @@ impl SignalKind {
     pub fn of(class: ErrorClass) -> Option<Self> {
         match class {
             ErrorClass::ChannelBroken => Some(SignalKind::ChannelBroken),
+            ErrorClass::RouteBroken => Some(SignalKind::RouteBroken),
             ErrorClass::Throttled => Some(SignalKind::Throttled),
             _ => None,
         }
@@ -39,7 +46,9 @@ impl SignalKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SignalKind::ChannelBroken => "channel_broken",
+            SignalKind::RouteBroken => "route_broken",
             SignalKind::Throttled => "throttled",
+            SignalKind::Slow => "slow",
         }
     }
 }
@@ -74,6 +83,13 @@ pub struct ChannelSignal {
     /// The provider's code, e.g. "131031".
     pub code: String,
     pub received_at: DateTime<Utc>,
+    /// The provider that said it; every provider of the channel when absent (signals written
+    /// before providers were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// The destination country (ISO 3166-1 alpha-2) a `route_broken` signal is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl ChannelSignal {
@@ -91,7 +107,16 @@ impl ChannelSignal {
             source,
             code: code.into(),
             received_at,
+            provider: None,
+            country: None,
         }
+    }
+
+    /// The same signal, naming the provider that said it and the destination's country.
+    pub fn about(mut self, provider: Provider, country: Option<String>) -> Self {
+        self.provider = Some(provider);
+        self.country = country;
+        self
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -3,12 +3,39 @@
 //! Keyed by request_id on `otp.delivery-status`. It carries a keyed hash of the phone and the
 //! country, never the number and never the code.
 
-use crate::{country_of, Channel, CodeRequest, PhoneHasher};
+use crate::{country_of, Channel, CodeRequest, PhoneHasher, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Value of the `schema` field of every delivery status of this version.
+/// Value of the `schema` field of every delivery status of v1.
 pub const DELIVERY_STATUS_SCHEMA: &str = "otp.delivery_status.v1";
+/// Value of the `schema` field of v2: v1 and the `provider` field.
+pub const DELIVERY_STATUS_SCHEMA_V2: &str = "otp.delivery_status.v2";
+/// Kafka header that names a status's provider, in both versions: a v1 consumer that
+/// validates payloads against the published v1 schema can still read it.
+pub const HEADER_PROVIDER: &str = "otp-provider";
+
+/// Which delivery-status contract is written (schemas/README.md, "Versions"). v1 stays the
+/// default while consumers move: a consumer validating v1 payloads refuses v2's `provider`
+/// field, and every v1 consumer reads the provider from the `otp-provider` header meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatusVersion {
+    #[default]
+    V1,
+    V2,
+}
+
+impl std::str::FromStr for StatusVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "v1" => Ok(StatusVersion::V1),
+            "v2" => Ok(StatusVersion::V2),
+            _ => Err(r#"must be "v1" or "v2""#.to_string()),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +141,10 @@ pub struct DeliveryStatus {
     pub request_id: String,
     pub status: StatusKind,
     pub channel: Channel,
+    /// The provider this step happened on (v2 only: see [`StatusVersion`]); none when a rule
+    /// ended the request before any provider was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
     /// 1 for the first channel tried, 2 after one fallback; sends retried on one channel keep
     /// the number and count their tries in `tries`.
     pub attempt: u32,
@@ -172,6 +203,7 @@ impl DeliveryStatus {
             request_id: request.request_id.clone(),
             status,
             channel,
+            provider: None,
             attempt: request.attempt_number(),
             tries: None,
             provider_message_id: None,
@@ -195,6 +227,7 @@ impl DeliveryStatus {
             request_id,
             status: StatusKind::Rejected,
             channel,
+            provider: None,
             attempt: 1,
             tries: None,
             provider_message_id: None,
@@ -239,6 +272,21 @@ impl DeliveryStatus {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a DeliveryStatus always serialises")
+    }
+
+    /// The payload in `version`'s contract, and its schema name: v1 without the provider
+    /// (its schema allows no other field), v2 with it.
+    pub fn encode(&self, version: StatusVersion) -> (Vec<u8>, &'static str) {
+        let mut status = self.clone();
+        let schema = match version {
+            StatusVersion::V1 => {
+                status.provider = None;
+                DELIVERY_STATUS_SCHEMA
+            }
+            StatusVersion::V2 => DELIVERY_STATUS_SCHEMA_V2,
+        };
+        status.schema = schema.to_string();
+        (status.to_json(), schema)
     }
 }
 

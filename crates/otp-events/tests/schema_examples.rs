@@ -161,6 +161,47 @@ fn delivery_status_examples_validate_and_round_trip() {
     }
 }
 
+/// v2 is v1 and `provider`: its examples validate against v2 and round-trip; v1 refuses
+/// them (so v1 stays the default until consumers move); and what the writer sends in each
+/// version validates against that version.
+#[test]
+fn delivery_status_v2_examples_validate_and_each_version_is_written_as_published() {
+    use otp_events::{Provider, StatusVersion};
+    let v1 = validator("delivery-status.v1.json");
+    let v2 = validator("delivery-status.v2.json");
+    for (name, bytes) in examples("delivery-status-v2") {
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(v2.is_valid(&json), "{name}: v2 refused it");
+        let status: DeliveryStatus = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            json,
+            "{name}: round trip"
+        );
+        if json.get("provider").is_some() {
+            assert!(!v1.is_valid(&json), "{name}: v1 has no provider field");
+        }
+    }
+    for (name, bytes) in examples("delivery-status") {
+        let mut status: DeliveryStatus = serde_json::from_slice(&bytes).unwrap();
+        status.provider = Some(Provider::Vonage);
+        let (payload, schema) = status.encode(StatusVersion::V1);
+        let json: Value = serde_json::from_slice(&payload).unwrap();
+        assert!(v1.is_valid(&json), "{name} as v1: {json}");
+        assert_eq!(
+            (schema, json.get("provider")),
+            ("otp.delivery_status.v1", None)
+        );
+        let (payload, schema) = status.encode(StatusVersion::V2);
+        let json: Value = serde_json::from_slice(&payload).unwrap();
+        assert!(v2.is_valid(&json), "{name} as v2: {json}");
+        assert_eq!(
+            (schema, &json["provider"]),
+            ("otp.delivery_status.v2", &Value::from("vonage"))
+        );
+    }
+}
+
 #[test]
 fn delivery_receipt_examples_validate_and_round_trip() {
     let schema = validator("delivery-receipt.v1.json");

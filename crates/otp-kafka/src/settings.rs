@@ -42,6 +42,12 @@ pub struct KafkaArgs {
     /// verify. Producers do not hold them.
     #[arg(skip)]
     pub record_keys: Option<otp_events::RecordKeys>,
+
+    /// The delivery-status contract written: `v1` (the default, while consumers validate
+    /// against it) or `v2` (v1 plus `provider`). The provider is in the `otp-provider`
+    /// header in both.
+    #[arg(long, env = "OTP_STATUS_SCHEMA", default_value = "v1")]
+    pub status_schema: otp_events::StatusVersion,
 }
 
 impl KafkaArgs {
@@ -53,6 +59,7 @@ impl KafkaArgs {
             sealing: None,
             fallback_key: None,
             record_keys: None,
+            status_schema: otp_events::StatusVersion::V1,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct KafkaWriter {
     /// Signs the internal records (pending confirmations, the message index, receipts,
     /// admissions) as the role of the service that writes them.
     signer: Option<crate::records::Signer>,
+    /// The delivery-status contract written.
+    status_version: otp_events::StatusVersion,
 }
 
 impl KafkaWriter {
@@ -94,6 +96,7 @@ impl KafkaWriter {
             topics: kafka.topics(),
             fallback,
             signer: crate::records::Signer::of(kafka, role),
+            status_version: kafka.status_schema,
         })
     }
 
@@ -118,13 +121,17 @@ impl KafkaWriter {
     /// Write a status, keyed by request_id.
     pub async fn status(&self, status: &DeliveryStatus) {
         let topic = self.topics.delivery_status();
-        let payload = status.to_json();
-        let schema = otp_events::DELIVERY_STATUS_SCHEMA;
-        self.keyed("status", &topic, &status.request_id, Some(&payload), schema)
+        let (payload, schema) = status.encode(self.status_version);
+        let provider = status
+            .provider
+            .map(|p| (otp_events::HEADER_PROVIDER, p.as_str()));
+        let key = &status.request_id;
+        self.keyed_with("status", &topic, key, Some(&payload), schema, provider)
             .await;
         metrics::counter!(
             "otp_statuses_total",
             "channel" => status.channel.as_str(),
+            "provider" => status.provider.map_or("none", |p| p.as_str()),
             "status" => status.status.as_str()
         )
         .increment(1);
@@ -225,10 +232,27 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         schema: &str,
     ) {
+        self.keyed_with(what, topic, key, payload, schema, None)
+            .await
+    }
+
+    /// [`KafkaWriter::keyed`] with one more header. Statuses are for analysts and carry no
+    /// record MAC.
+    async fn keyed_with(
+        &self,
+        what: &'static str,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        schema: &str,
+        extra: Option<(&str, &str)>,
+    ) {
+        let is_status = schema == otp_events::DELIVERY_STATUS_SCHEMA
+            || schema == otp_events::DELIVERY_STATUS_SCHEMA_V2;
         let mac = self
             .signer
             .as_ref()
-            .filter(|_| schema != otp_events::DELIVERY_STATUS_SCHEMA)
+            .filter(|_| !is_status)
             .map(|s| s.header(schema, key.as_bytes(), payload));
         let written = retry_until_acked(what, || {
             let mut headers = OwnedHeaders::new().insert(Header {
@@ -239,6 +263,12 @@ impl KafkaWriter {
                 headers = headers.insert(Header {
                     key: otp_events::HEADER_RECORD_MAC,
                     value: Some(mac.as_str()),
+                });
+            }
+            if let Some((key, value)) = extra {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
                 });
             }
             let mut record: FutureRecord<'_, [u8], [u8]> =

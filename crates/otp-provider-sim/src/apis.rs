@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -57,7 +57,7 @@ impl Drop for Answering<'_> {
 }
 
 /// Hand back an answer already decided, after the simulated latency.
-async fn answer_after_latency(sim: &Sim, answer: Response) -> Response {
+pub(crate) async fn answer_after_latency(sim: &Sim, answer: Response) -> Response {
     let mut answering = Answering {
         sim,
         answered: false,
@@ -384,7 +384,18 @@ fn sms_answer(
         provider_message_id: None,
         language: None,
     };
-    let answer = if too_many_concurrent {
+    let answer = if let Some(outage) = sim.outage("twilio", digits) {
+        match outage {
+            crate::Outage::Code(code) => Err((code, "Staged outage")),
+            crate::Outage::Http(status) => {
+                received.outcome = format!("http_{status}");
+                sim.record(received);
+                return StatusCode::from_u16(status)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response();
+            }
+        }
+    } else if too_many_concurrent {
         sim.violation("sms_concurrent");
         Err((20429, "Too Many Requests"))
     } else {

@@ -64,6 +64,21 @@ pub struct SimConfig {
     pub sms_account_sid: String,
     #[arg(long, default_value = "sim-auth-token")]
     pub sms_auth_token: String,
+    /// Vonage API key and secret the Vonage Messages API accepts (basic auth).
+    #[arg(long, default_value = crate::VONAGE_API_KEY)]
+    pub vonage_api_key: String,
+    #[arg(long, default_value = crate::VONAGE_API_SECRET)]
+    pub vonage_api_secret: String,
+    /// The signature secret that signs Vonage's webhooks (HS256 JWT).
+    #[arg(long, default_value = crate::VONAGE_SIGNATURE_SECRET)]
+    pub vonage_signature_secret: String,
+    /// Where Vonage status webhooks go (the Vonage application's status URL); none when
+    /// absent.
+    #[arg(long)]
+    pub vonage_webhook_url: Option<String>,
+    /// Vonage Messages API requests per second before it answers 429 (1000, throttled).
+    #[arg(long, default_value_t = 30)]
+    pub vonage_rate: u32,
     /// Where WhatsApp status webhooks go (Meta's app-level callback URL); none when absent.
     /// SMS status callbacks go to each message's own `StatusCallback`.
     #[arg(long)]

@@ -1,5 +1,5 @@
-//! A simulator of the two provider APIs the workers call: WhatsApp Cloud API messages and
-//! Twilio's Messages API, on one port.
+//! A simulator of the provider APIs the workers call: WhatsApp Cloud API messages, Twilio's
+//! Messages API and Vonage's Messages API (SMS), on one port.
 //!
 //! It checks each request against the documented shape and answers in the provider's own
 //! error format, with the HTTP status the provider documents for each code (see [`errors`]);
@@ -8,7 +8,8 @@
 //! it adds latency and random errors on demand; and it behaves deterministically by phone
 //! number so tests can stage recipients (see [`behaviour`]). `GET /sim/messages` and
 //! `GET /sim/stats` show what it received; `POST /sim/whatsapp/system-errors` makes it send a
-//! system-level WhatsApp error webhook. It stands in for the user's handset, so it does record
+//! system-level WhatsApp error webhook; `POST /sim/outages` stages an SMS provider's outage,
+//! everywhere or for one destination country (`DELETE /sim/outages` heals them all). It stands in for the user's handset, so it does record
 //! phone numbers and codes (and never logs them).
 
 mod apis;
@@ -16,7 +17,38 @@ pub mod behaviour;
 mod config;
 pub mod errors;
 mod queue;
+mod vonage;
 mod webhooks;
+
+/// `Bearer <JWT>` over a webhook body as Vonage signs it (HS256, `payload_hash`, `iat`),
+/// written by hand: tests sign with it independently of the ingress's JWT library.
+pub use vonage::bearer as vonage_bearer;
+
+/// The Vonage credentials the simulator accepts and signs with, unless configured otherwise.
+pub const VONAGE_API_KEY: &str = "sim-vonage-key";
+pub const VONAGE_API_SECRET: &str = "sim-vonage-secret";
+pub const VONAGE_SIGNATURE_SECRET: &str = "sim-vonage-signature-secret";
+
+/// How a staged outage answers every call it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outage {
+    /// The provider's error with this code, in its format and with its HTTP status.
+    Code(i64),
+    /// A bare HTTP status (503: the service is down).
+    Http(u16),
+}
+
+/// `POST /sim/outages`: `{"provider":"twilio","country":"US","outage":{"code":21408}}`;
+/// without `country`, every destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedOutage {
+    /// `twilio` or `vonage`.
+    pub provider: String,
+    #[serde(default)]
+    pub country: Option<String>,
+    pub outage: Outage,
+}
 
 pub use config::SimConfig;
 
@@ -120,6 +152,13 @@ pub(crate) struct Sim {
     pub in_progress: AtomicU64,
     /// When set, every WhatsApp send gets this code: a broken channel.
     pub whatsapp_outage: Mutex<Option<i64>>,
+    /// SMS providers' outages by (provider, country; `None` for every destination).
+    pub outages: Mutex<HashMap<(String, Option<String>), Outage>>,
+    /// How long after acceptance a provider reports `delivered`, by (provider, country;
+    /// `None` for every destination), instead of `receipt_delay`: a slow route.
+    pub receipt_delays: Mutex<HashMap<(String, Option<String>), std::time::Duration>>,
+    /// Vonage's throughput (429, 1000 over it).
+    pub vonage_sender: DefaultDirectRateLimiter,
     pub webhook_client: reqwest::Client,
     /// Webhook answer times, µs (bounded: a histogram, not a list).
     pub webhook_answers: Mutex<Histogram<u64>>,
@@ -153,6 +192,9 @@ impl Sim {
     fn new(config: SimConfig) -> Self {
         let wa = Quota::per_second(nonzero(config.whatsapp_rate))
             .allow_burst(nonzero(config.whatsapp_burst));
+        // A second's worth at once: Vonage documents a rate per second, not a burst.
+        let vonage =
+            Quota::per_second(nonzero(config.vonage_rate)).allow_burst(nonzero(config.vonage_rate));
         let pair = Quota::with_period(config.whatsapp_pair_period)
             .expect("pair period is non-zero")
             .allow_burst(nonzero(1));
@@ -172,6 +214,9 @@ impl Sim {
             next_id: AtomicU64::new(1),
             in_progress: AtomicU64::new(0),
             whatsapp_outage: Mutex::new(None),
+            outages: Mutex::default(),
+            receipt_delays: Mutex::default(),
+            vonage_sender: governor::RateLimiter::direct(vonage),
             // Each webhook call sets its own total timeout (see `webhooks`).
             webhook_client: reqwest::Client::builder()
                 .connect_timeout(webhooks::CONNECT_TIMEOUT)
@@ -249,6 +294,38 @@ impl Sim {
         *n
     }
 
+    /// The outage that answers a call of `provider` to `to` (E.164 digits), if one is staged:
+    /// the destination country's, else the provider's everywhere.
+    pub(crate) fn outage(&self, provider: &str, to_digits: &str) -> Option<Outage> {
+        let outages = self.outages.lock().expect("outages lock");
+        if outages.is_empty() {
+            return None;
+        }
+        let country = otp_events::country_of(&format!("+{to_digits}"));
+        outages
+            .get(&(provider.to_string(), country))
+            .or_else(|| outages.get(&(provider.to_string(), None)))
+            .copied()
+    }
+
+    /// The `delivered` delay staged for `provider` to `to` (E.164 digits), if any: the
+    /// destination country's, else the provider's everywhere.
+    pub(crate) fn receipt_delay_for(
+        &self,
+        provider: &str,
+        to_digits: &str,
+    ) -> Option<std::time::Duration> {
+        let delays = self.receipt_delays.lock().expect("delays lock");
+        if delays.is_empty() {
+            return None;
+        }
+        let country = otp_events::country_of(&format!("+{to_digits}"));
+        delays
+            .get(&(provider.to_string(), country))
+            .or_else(|| delays.get(&(provider.to_string(), None)))
+            .copied()
+    }
+
     pub(crate) fn message_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -266,6 +343,9 @@ fn routes(sim: Arc<Sim>) -> Router {
             post(apis::whatsapp),
         )
         .route("/2010-04-01/Accounts/{sid}/Messages.json", post(apis::sms))
+        .route("/v1/messages", post(vonage::messages))
+        .route("/sim/outages", post(stage_outage).delete(heal_outages))
+        .route("/sim/receipt-delays", post(stage_receipt_delay))
         .route("/sim/messages", get(messages))
         .route("/sim/stats", get(stats))
         .route("/sim/whatsapp/system-errors", post(system_error))
@@ -281,6 +361,55 @@ async fn messages(
 
 async fn stats(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Json<Stats> {
     Json(sim.stats())
+}
+
+/// `POST /sim/outages`: stage one outage (see [`StagedOutage`]).
+async fn stage_outage(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+    Json(staged): Json<StagedOutage>,
+) -> axum::http::StatusCode {
+    sim.outages
+        .lock()
+        .expect("outages lock")
+        .insert((staged.provider, staged.country), staged.outage);
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// `POST /sim/receipt-delays`: `{"provider":"twilio","country":"DE","delay_ms":20000}` makes
+/// that provider's `delivered` come that long after acceptance there (every country without
+/// `country`); `"delay_ms":null` ends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedReceiptDelay {
+    /// `twilio`, `vonage` or `whatsapp_cloud`.
+    pub provider: String,
+    #[serde(default)]
+    pub country: Option<String>,
+    pub delay_ms: Option<u64>,
+}
+
+async fn stage_receipt_delay(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+    Json(staged): Json<StagedReceiptDelay>,
+) -> axum::http::StatusCode {
+    let key = (staged.provider, staged.country);
+    let mut delays = sim.receipt_delays.lock().expect("delays lock");
+    match staged.delay_ms {
+        Some(ms) => {
+            delays.insert(key, std::time::Duration::from_millis(ms));
+        }
+        None => {
+            delays.remove(&key);
+        }
+    }
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// `DELETE /sim/outages`: heal every staged SMS outage.
+async fn heal_outages(
+    axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
+) -> axum::http::StatusCode {
+    sim.outages.lock().expect("outages lock").clear();
+    axum::http::StatusCode::NO_CONTENT
 }
 
 #[derive(Deserialize)]
@@ -355,6 +484,42 @@ impl SimHandle {
         self.sim.stats()
     }
 
+    /// Stage an SMS provider's outage (`provider` `twilio` or `vonage`), for one destination
+    /// country or (`None`) every one; [`SimHandle::heal_outages`] ends them.
+    pub fn set_outage(&self, provider: &str, country: Option<&str>, outage: Outage) {
+        self.sim
+            .outages
+            .lock()
+            .expect("outages lock")
+            .insert((provider.to_string(), country.map(str::to_owned)), outage);
+    }
+
+    /// Make `provider`'s (`twilio`, `vonage`, `whatsapp_cloud`) `delivered` status come
+    /// `delay` after acceptance, for one destination country or (`None`) every one; `None`
+    /// delay ends it.
+    pub fn set_receipt_delay(
+        &self,
+        provider: &str,
+        country: Option<&str>,
+        delay: Option<std::time::Duration>,
+    ) {
+        let key = (provider.to_string(), country.map(str::to_owned));
+        let mut delays = self.sim.receipt_delays.lock().expect("delays lock");
+        match delay {
+            Some(d) => {
+                delays.insert(key, d);
+            }
+            None => {
+                delays.remove(&key);
+            }
+        }
+    }
+
+    /// End every staged SMS outage.
+    pub fn heal_outages(&self) {
+        self.sim.outages.lock().expect("outages lock").clear();
+    }
+
     /// Wait until every webhook planned so far has been sent, given up or lost (at most
     /// `within`); false when some are still pending then.
     pub async fn webhooks_sent(&self, within: std::time::Duration) -> bool {
@@ -421,7 +586,7 @@ pub async fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<Sim
     })
 }
 
-/// The `otp-provider-sim` command (also `otp sim`): serve both APIs until Ctrl-C (SIGINT).
+/// The `otp-provider-sim` command (also `otp sim`): serve the APIs until Ctrl-C (SIGINT).
 #[derive(Debug, clap::Args)]
 pub struct SimCli {
     #[command(flatten)]

@@ -1,6 +1,6 @@
 //! Status webhooks, as the providers send them after accepting a message: WhatsApp's to the
-//! app's callback URL, Twilio's to the message's `StatusCallback`, each signed like the real
-//! one, on the schedule [`behaviour::receipts`] stages by phone number (SMS callbacks start
+//! app's callback URL, Twilio's to the message's `StatusCallback`, Vonage's to the
+//! application's status URL, each signed like the real one, on the schedule [`behaviour::receipts`] stages by phone number (SMS callbacks start
 //! when the message leaves the sender's queue). Also WhatsApp's system-level `value.errors`
 //! webhooks. Delay, loss, duplication and reordering are configurable; a call that fails is
 //! retried the way each provider does it (see [`deliver`]).
@@ -32,6 +32,15 @@ pub(crate) struct Fate {
 
 fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
     let c = &sim.config;
+    let provider = match api {
+        "sms" => "twilio",
+        "whatsapp" => "whatsapp_cloud",
+        other => other,
+    };
+    // A slow route staged for this provider and destination, else the configured delay.
+    let receipt_delay = sim
+        .receipt_delay_for(provider, digits)
+        .unwrap_or(c.receipt_delay);
     let at = |after, status, error| Planned {
         after,
         status,
@@ -43,6 +52,17 @@ fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
         ReceiptPlan::FailedAfter(code) => Some(code),
         _ => None,
     });
+    if api == "vonage" {
+        // Vonage, "Message status": `submitted` when handed to the carrier (SMS is charged
+        // then), then `delivered`, or `rejected` with an error.
+        let mut plan = vec![at(start, "submitted", None)];
+        match (failure, staged) {
+            (Some(code), _) => plan.push(at(start + receipt_delay, "rejected", Some(code))),
+            (None, ReceiptPlan::SentOnly) => {}
+            (None, _) => plan.push(at(start + receipt_delay, "delivered", None)),
+        }
+        return plan;
+    }
     if let Some(code) = failure {
         if api == "sms" {
             return match twilio_delivery_status(code) {
@@ -52,7 +72,7 @@ fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
                 // `undelivered` comes from the carrier's receipt for a message it was sent.
                 _ => vec![
                     at(start, "sent", None),
-                    at(start + c.receipt_delay, "undelivered", Some(code)),
+                    at(start + receipt_delay, "undelivered", Some(code)),
                 ],
             };
         }
@@ -65,11 +85,11 @@ fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
     match staged {
         // (A staged failure was handled above.)
         ReceiptPlan::Delivered | ReceiptPlan::FailedAfter(_) => {
-            plan.push(at(start + c.receipt_delay, "delivered", None))
+            plan.push(at(start + receipt_delay, "delivered", None))
         }
         ReceiptPlan::DeliveredThenRead => {
-            plan.push(at(start + c.receipt_delay, "delivered", None));
-            plan.push(at(start + c.receipt_delay * 2, "read", None));
+            plan.push(at(start + receipt_delay, "delivered", None));
+            plan.push(at(start + receipt_delay * 2, "read", None));
         }
         ReceiptPlan::SentOnly => {}
     }
@@ -80,6 +100,7 @@ fn plan(sim: &Sim, api: &str, digits: &str, fate: Fate) -> Vec<Planned> {
 pub(crate) enum Target {
     Whatsapp { request_id: Option<String> },
     Sms { callback: String },
+    Vonage { client_ref: Option<String> },
 }
 
 /// Schedule the webhooks of a message just accepted.
@@ -94,6 +115,7 @@ pub(crate) fn after_accept(
         Target::Whatsapp { .. } if sim.config.whatsapp_webhook_url.is_none() => return,
         Target::Whatsapp { .. } => "whatsapp",
         Target::Sms { .. } => "sms",
+        Target::Vonage { .. } => "vonage",
     };
     let mut planned = plan(sim, api, &to_digits, fate);
     let sim = sim.clone();
@@ -110,9 +132,9 @@ pub(crate) fn after_accept(
                 Target::Whatsapp { .. } => {
                     send_whatsapp(&sim, &target, &message_id, &to_digits, &planned).await
                 }
-                Target::Sms { .. } => {
+                Target::Sms { .. } | Target::Vonage { .. } => {
                     for p in &planned {
-                        send_sms(&sim, &target, &message_id, &to_digits, p).await;
+                        send_one(&sim, &target, &message_id, &to_digits, p).await;
                     }
                 }
             }
@@ -125,7 +147,9 @@ pub(crate) fn after_accept(
                 Target::Whatsapp { .. } => {
                     send_whatsapp(&sim, &target, &message_id, &to_digits, &[p]).await
                 }
-                Target::Sms { .. } => send_sms(&sim, &target, &message_id, &to_digits, &p).await,
+                Target::Sms { .. } | Target::Vonage { .. } => {
+                    send_one(&sim, &target, &message_id, &to_digits, &p).await
+                }
             }
         }
     });
@@ -238,6 +262,39 @@ async fn post_whatsapp(sim: &Sim, body: String) {
     deliver(sim, Retry::Meta, request).await;
 }
 
+/// One status of an SMS provider's message.
+async fn send_one(sim: &Sim, target: &Target, id: &str, to: &str, p: &Planned) {
+    match target {
+        Target::Sms { .. } => send_sms(sim, target, id, to, p).await,
+        Target::Vonage { client_ref } => send_vonage(sim, client_ref.as_deref(), id, to, p).await,
+        Target::Whatsapp { .. } => {}
+    }
+}
+
+/// POST a Vonage status to the application's status URL, signed with a fresh JWT per call
+/// (retries included: a token's `iat` is when that call was made).
+async fn send_vonage(sim: &Sim, client_ref: Option<&str>, uuid: &str, to: &str, p: &Planned) {
+    let Some(url) = &sim.config.vonage_webhook_url else {
+        return;
+    };
+    let body = crate::vonage::status_body(uuid, to, p.status, p.error, client_ref);
+    let request = || {
+        let bearer = crate::vonage::bearer(
+            &sim.config.vonage_signature_secret,
+            &sim.config.vonage_api_key,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+        );
+        sim.webhook_client
+            .post(url)
+            .timeout(META_TIMEOUT)
+            .header("content-type", "application/json")
+            .header("authorization", bearer)
+            .body(body.clone())
+    };
+    deliver(sim, Retry::Vonage, request).await;
+}
+
 async fn send_sms(sim: &Sim, target: &Target, sid: &str, to: &str, p: &Planned) {
     let Target::Sms { callback } = target else {
         return;
@@ -289,6 +346,10 @@ enum Retry {
     /// (`rc` = 1) and only when the connection failed (`rp` = `ct`); an answer, even an HTTP
     /// 5xx, is never retried.
     Twilio,
+    /// Vonage (support article "Webhook retries"): a call answered 429 or 5xx, or not
+    /// answered, is retried, 5 s apart doubling up to 15 minutes, for 24 hours; any other
+    /// answer ends it. The simulator keeps it short, as for Meta.
+    Vonage,
 }
 
 impl Retry {
@@ -296,6 +357,7 @@ impl Retry {
         match self {
             Self::Meta => "whatsapp",
             Self::Twilio => "sms",
+            Self::Vonage => "vonage",
         }
     }
 }
@@ -318,6 +380,7 @@ async fn deliver(sim: &Sim, retry: Retry, request: impl Fn() -> reqwest::Request
     for _ in 0..copies {
         let delivered = match retry {
             Retry::Meta => deliver_meta(sim, &request).await,
+            Retry::Vonage => deliver_vonage(sim, &request).await,
             Retry::Twilio => deliver_twilio(sim, &request).await,
         };
         sim.webhook_outcome(api, if delivered { "delivered" } else { "given_up" });
@@ -334,6 +397,24 @@ async fn deliver_meta(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder)
         }
         if attempt < META_TRIES {
             sim.webhook_outcome("whatsapp", "retried");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    false
+}
+
+async fn deliver_vonage(sim: &Sim, request: &impl Fn() -> reqwest::RequestBuilder) -> bool {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=META_TRIES {
+        sim.webhook_outcome("vonage", "attempts");
+        match timed(sim, request()).await {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) if !(r.status().as_u16() == 429 || r.status().is_server_error()) => return false,
+            _ => {}
+        }
+        if attempt < META_TRIES {
+            sim.webhook_outcome("vonage", "retried");
             tokio::time::sleep(delay).await;
             delay *= 2;
         }

@@ -20,12 +20,14 @@ fn record(i: usize) -> (String, PendingConfirmation) {
     s.request_id = Some(id.clone());
     let request = s.complete(Utc::now());
     let record = PendingConfirmation {
+        provider: None,
         schema: PENDING_CONFIRMATION_SCHEMA.into(),
         channel: Channel::Whatsapp,
         request,
         provider_message_id: format!("wamid.{i}"),
         accepted_at: Utc::now(),
         confirm_by: Some(Utc::now() + Duration::seconds(15)),
+        timeout_is_final: false,
         state: ConfirmationState::Awaiting,
         reported: Vec::new(),
     };

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     pub check: otp_kafka::process::CheckConfig,
 }
 
-/// The three webhook secrets. An absent one turns its endpoint off (404): a deployment may
+/// The webhook secrets. An absent one turns its endpoint off (404): a deployment may
 /// take receipts from one provider only.
 #[derive(Clone, Default)]
 pub struct WebhookSecrets {
@@ -54,6 +54,11 @@ pub struct WebhookSecrets {
     pub whatsapp_verify_token: Option<String>,
     /// Twilio auth token: the key of `X-Twilio-Signature` (`OTP_SMS_AUTH_TOKEN`).
     pub sms_auth_token: Option<String>,
+    /// Vonage signature secret: the key of the signed webhooks' JWT
+    /// (`OTP_VONAGE_SIGNATURE_SECRET`).
+    pub vonage_signature_secret: Option<String>,
+    /// Vonage API key: when set, a webhook's token must name it (`OTP_VONAGE_API_KEY`).
+    pub vonage_api_key: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookSecrets {
@@ -63,19 +68,28 @@ impl std::fmt::Debug for WebhookSecrets {
             .field("whatsapp_app_secret", &set(&self.whatsapp_app_secret))
             .field("whatsapp_verify_token", &set(&self.whatsapp_verify_token))
             .field("sms_auth_token", &set(&self.sms_auth_token))
+            .field(
+                "vonage_signature_secret",
+                &set(&self.vonage_signature_secret),
+            )
+            .field("vonage_api_key", &self.vonage_api_key)
             .finish()
     }
 }
 
 impl WebhookSecrets {
-    /// From `OTP_WHATSAPP_APP_SECRET`, `OTP_WHATSAPP_VERIFY_TOKEN`, `OTP_SMS_AUTH_TOKEN` (or
-    /// their `_FILE` variants).
+    /// From `OTP_WHATSAPP_APP_SECRET`, `OTP_WHATSAPP_VERIFY_TOKEN`, `OTP_SMS_AUTH_TOKEN`,
+    /// `OTP_VONAGE_SIGNATURE_SECRET` (or their `_FILE` variants) and `OTP_VONAGE_API_KEY`.
     pub fn from_env() -> Self {
         let get = |name: &str| otp_kafka::process::secret(name).ok();
         Self {
             whatsapp_app_secret: get("OTP_WHATSAPP_APP_SECRET"),
             whatsapp_verify_token: get("OTP_WHATSAPP_VERIFY_TOKEN"),
             sms_auth_token: get("OTP_SMS_AUTH_TOKEN"),
+            vonage_signature_secret: get("OTP_VONAGE_SIGNATURE_SECRET"),
+            vonage_api_key: std::env::var("OTP_VONAGE_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
         }
     }
 }

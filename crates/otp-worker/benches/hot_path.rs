@@ -9,11 +9,11 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use futures_util::FutureExt;
 use otp_events::{
-    decode_code_request, Channel, DeliveryStatus, Keyring, PhoneHasher, Rules, StatusKind,
-    Submission,
+    decode_code_request, Channel, DeliveryStatus, Keyring, PhoneHasher, Provider, Rules,
+    StatusKind, Submission,
 };
-use otp_worker::hot_path::{At, Attempt, Circuit, Dedup, Guards, Limiter};
-use otp_worker::{AbuseConfig, CircuitConfig, LimitsConfig, WindowRule};
+use otp_worker::hot_path::{At, Attempt, Dedup, Guards, Health, Limiter, Routes};
+use otp_worker::{AbuseConfig, CircuitConfig, LimitsConfig, RoutesConfig, WindowRule};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,8 +37,13 @@ fn guards(rules: &Rules) -> Guards {
         ..AbuseConfig::default()
     };
     Guards {
-        limiter: Limiter::new(&limits, &abuse),
-        circuit: Circuit::new("whatsapp", CircuitConfig::default()),
+        limiter: Limiter::new(&[(Provider::WhatsappCloud, limits)], &abuse),
+        routes: Routes::new(&RoutesConfig::default(), &[Provider::WhatsappCloud]).expect("valid"),
+        health: Health::new(
+            "whatsapp",
+            &[Provider::WhatsappCloud],
+            CircuitConfig::default(),
+        ),
         dedup: Dedup::new(100_000),
         rules: rules.clone(),
         hasher: PhoneHasher::new(b"bench-hash-key"),
@@ -68,6 +73,7 @@ fn per_message(guards: &Guards, event: &[u8]) -> Vec<u8> {
     let at = At {
         request: &request,
         channel,
+        provider: None,
         now,
     };
     let source = ("otp.code-requests.whatsapp".to_string(), 0, 0);
@@ -76,13 +82,15 @@ fn per_message(guards: &Guards, event: &[u8]) -> Vec<u8> {
         .expect("admitted");
     assert_eq!(attempt, Attempt::First);
     let latest = Instant::now() + Duration::from_secs(240);
+    let provider = guards.providers_for(&subject)[0];
     guards
         .limiter
-        .acquire(&subject, latest, attempt)
+        .acquire(provider, &subject, latest, attempt)
         .now_or_never()
         .expect("a free slot is not waited for")
         .expect("within the limits");
-    let _ = black_box(guards.circuit.admit());
+    let country = subject.country.as_deref();
+    let _ = black_box(guards.health.admit(provider, country));
     let public_id = guards.hasher.public_message_id(
         channel,
         "wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3AA==",
@@ -95,6 +103,7 @@ fn per_message(guards: &Guards, event: &[u8]) -> Vec<u8> {
         subject.country.clone(),
     );
     status.tries = Some(1);
+    status.provider = Some(provider);
     status.provider_message_id = Some(public_id);
     status.to_json()
 }

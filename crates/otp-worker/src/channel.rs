@@ -1,12 +1,14 @@
-//! What a channel is to the runtime: one send, one classified answer.
+//! What a channel is to the runtime: its providers, one send through one of them, one
+//! classified answer.
 //!
-//! A channel crate (WhatsApp, SMS) implements [`ChannelClient`] with its provider's request
-//! shape and gives its error table as data ([`ErrorTable`]); the runtime decides retry,
-//! fallback or stop from the class alone, so both channels share every other line of code.
+//! A channel crate (WhatsApp, SMS) implements [`ChannelClient`] with its providers' request
+//! shapes and gives their error tables as data ([`ErrorTable`]); the runtime chooses the
+//! provider (routes, health, limits) and decides retry, failover, fallback or stop from the
+//! class alone, so both channels share every other line of code.
 
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{ErrorClass, ErrorTable, SendFailure};
-use otp_events::{Channel, CodeRequest};
+use otp_events::{Channel, CodeRequest, Provider};
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,14 +17,20 @@ pub enum SendOutcome {
     Failed(SendFailure),
 }
 
-/// One provider API client. `send` makes exactly one attempt; retries are the runtime's.
+/// A channel's provider API clients. `send` makes exactly one attempt through one provider;
+/// the choice of provider, retries and failover are the runtime's.
 pub trait ChannelClient: Send + Sync + 'static {
     fn channel(&self) -> Channel;
 
-    /// Send `request`'s code. `now` is passed in so that time-derived fields (TTL,
-    /// validity period) agree with the runtime's guards.
+    /// The providers configured (at least one), in the order a default route lists them.
+    fn providers(&self) -> Vec<Provider>;
+
+    /// Send `request`'s code through `provider` (one of [`ChannelClient::providers`]). `now`
+    /// is passed in so that time-derived fields (TTL, validity period) agree with the
+    /// runtime's guards.
     fn send(
         &self,
+        provider: Provider,
         request: &CodeRequest,
         now: DateTime<Utc>,
     ) -> impl Future<Output = SendOutcome> + Send;
@@ -46,15 +54,26 @@ pub async fn outcome_of(
     };
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
+    outcome_of_answer(status, &body, table, accepted_id, error_code)
+}
+
+/// [`outcome_of`] for an answer already read: its HTTP status and JSON body.
+pub fn outcome_of_answer(
+    status: u16,
+    body: &serde_json::Value,
+    table: &ErrorTable,
+    accepted_id: impl Fn(&serde_json::Value) -> Option<&str>,
+    error_code: impl Fn(&serde_json::Value) -> Option<i64>,
+) -> SendOutcome {
     if (200..300).contains(&status) {
         // A 2xx means the provider took the message: it will go out. Without a readable id
         // it is still sent (reporting it failed would send the code twice), with an id that
         // says so; receipts cannot be matched to it.
-        let id = accepted_id(&body).map(str::to_string).unwrap_or_else(|| {
-            metrics::counter!("otp_accepted_without_id_total", "channel" => table.provider)
+        let id = accepted_id(body).map(str::to_string).unwrap_or_else(|| {
+            metrics::counter!("otp_accepted_without_id_total", "provider" => table.provider)
                 .increment(1);
             tracing::warn!(
-                channel = table.provider,
+                provider = table.provider,
                 http_status = status,
                 "provider accepted a message without a readable message id"
             );
@@ -64,17 +83,17 @@ pub async fn outcome_of(
             provider_message_id: id,
         };
     }
-    let failure = table.classify(status, error_code(&body));
+    let failure = table.classify(status, error_code(body));
     if failure.unknown_code {
         // New codes are how ops learn what the provider changed: count and name them.
         metrics::counter!(
             "otp_unknown_provider_codes_total",
-            "channel" => table.provider,
+            "provider" => table.provider,
             "code" => failure.code.clone()
         )
         .increment(1);
         tracing::warn!(
-            channel = table.provider,
+            provider = table.provider,
             code = %failure.code,
             http_status = status,
             class = failure.class.as_str(),
@@ -84,7 +103,8 @@ pub async fn outcome_of(
     SendOutcome::Failed(failure)
 }
 
-/// Classify a transport error (no answer from the provider): always transient.
+/// Classify a transport error (no answer from the provider): always transient; nothing was
+/// sent only when the connection never opened.
 pub fn transport_failure(err: &reqwest::Error) -> SendFailure {
     let code = if err.is_timeout() {
         "timeout"
@@ -100,5 +120,6 @@ pub fn transport_failure(err: &reqwest::Error) -> SendFailure {
         // (both travel in the body); keep only the kind to be safe.
         message: format!("no answer from the provider ({code})"),
         unknown_code: false,
+        nothing_sent: err.is_connect(),
     }
 }

@@ -3,10 +3,14 @@
 use crate::config::WorkerConfig;
 use anyhow::Context;
 use otp_kafka::process::{
-    init_logging, keyring, phone_hasher, secret, shutdown_signal, CheckConfig, DevMode,
+    init_logging, keyring, phone_hasher, shutdown_signal, CheckConfig, DevMode,
 };
 use otp_kafka::KafkaArgs;
 use std::net::SocketAddr;
+
+/// A provider credential from its environment variable, or the file its `_FILE` variable
+/// names; never from a flag.
+pub use otp_kafka::process::secret;
 use std::path::PathBuf;
 
 /// Flags common to `otp-whatsapp-worker` and `otp-sms-worker`. Each overrides the TOML file.
@@ -23,7 +27,8 @@ pub struct WorkerArgs {
     /// Messages handled at once (TOML `max_in_flight`).
     #[arg(long, env = "OTP_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Provider sends per second for the whole fleet (TOML `limits.sender_per_second`).
+    /// Sends per second for the whole fleet, for every provider of the channel (TOML
+    /// `limits.sender_per_second`; `provider_limits` still applies over it).
     #[arg(long, env = "OTP_SENDER_RATE")]
     pub sender_rate: Option<u32>,
     /// Consumer group id.
@@ -51,10 +56,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// The file's settings (or the defaults), with the flags applied on top.
-    pub fn load(
-        &self,
-        channel_limits: &crate::limits::LimitsConfig,
-    ) -> anyhow::Result<WorkerConfig> {
+    pub fn load(&self) -> anyhow::Result<WorkerConfig> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -82,37 +84,40 @@ impl WorkerArgs {
             config.confirmation = Some(confirmation);
         }
         if let Some(rate) = self.sender_rate {
-            let mut limits = config
+            config
                 .limits
-                .clone()
-                .unwrap_or_else(|| channel_limits.clone());
-            limits.sender_per_second = rate;
-            config.limits = Some(limits);
+                .get_or_insert_with(Default::default)
+                .sender_per_second = Some(rate);
         }
         Ok(config)
     }
 }
 
-/// The body of a worker binary's `main`: log, read the provider credential from env var
-/// `secret_name` (or the file named by `<secret_name>_FILE`), build the channel client from
-/// the settings and the credential, and run until SIGTERM or SIGINT.
+/// The body of a worker binary's `main`: log, build the channel client from the settings
+/// (it reads its providers' credentials, see [`otp_kafka::process::secret`]), and run until
+/// SIGTERM or SIGINT. `default_limits` holds each provider's documented limits.
 pub async fn run_binary<C: crate::ChannelClient>(
     args: &WorkerArgs,
-    default_limits: crate::LimitsConfig,
-    secret_name: &str,
-    client: impl FnOnce(&WorkerConfig, String) -> anyhow::Result<C>,
+    default_limits: Vec<(otp_events::Provider, crate::LimitsConfig)>,
+    client: impl FnOnce(&WorkerConfig) -> anyhow::Result<C>,
 ) -> anyhow::Result<()> {
-    let mut config = args.load(&default_limits)?;
+    let mut config = args.load()?;
     if args.check.done("worker") {
         return Ok(());
     }
     if args.print_config {
-        config.limits.get_or_insert_with(|| default_limits.clone());
+        // Every provider's limits in force, as a file that reads back the same.
+        for (provider, defaults) in &default_limits {
+            let limits = config.limits_of(*provider, defaults);
+            config
+                .provider_limits
+                .insert(*provider, crate::limits::LimitsPatch::all_of(&limits));
+        }
         print!("{}", config.to_toml()?);
         return Ok(());
     }
     init_logging(args.log_json);
-    let client = client(&config, secret(secret_name)?)?;
+    let client = client(&config)?;
     if config.metrics_listen.is_some() {
         otp_kafka::observe::prometheus();
     }

@@ -2,9 +2,12 @@
 //! refused); the binaries' flags and `OTP_*` environment variables override the common ones.
 
 use crate::circuit::CircuitConfig;
-use crate::limits::{AbuseConfig, LimitsConfig};
+use crate::limits::{AbuseConfig, LimitsConfig, LimitsPatch};
 use crate::retry::RetryConfig;
+use crate::routes::RoutesConfig;
+use otp_events::Provider;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -52,13 +55,22 @@ pub struct WorkerConfig {
     pub allow_plaintext_requests: bool,
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Provider rate limits; the channel's defaults when absent.
+    /// Rate limits for every provider of the channel: each field given replaces that field of
+    /// each provider's defaults, the others stay (see `provider_limits`).
     #[serde(default)]
-    pub limits: Option<LimitsConfig>,
+    pub limits: Option<LimitsPatch>,
+    /// Rate limits of one provider (`[provider_limits.vonage]`), applied field by field over
+    /// its defaults and `limits`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_limits: BTreeMap<Provider, LimitsPatch>,
+    /// Which providers each destination country's sends go through; every configured
+    /// provider, weight 1 each, when absent.
+    #[serde(default)]
+    pub routes: RoutesConfig,
     /// Abuse limits (per phone, per number range, per country, premium numbers).
     #[serde(default)]
     pub abuse: AbuseConfig,
-    /// When a broken channel stops being tried.
+    /// When a broken provider (everywhere, or for one country) stops being tried.
     #[serde(default)]
     pub circuit: CircuitConfig,
     /// Receipt-driven confirmation; off when absent. Turn it on only once the provider's
@@ -83,6 +95,24 @@ pub struct ConfirmationConfig {
     /// and when less is left at acceptance no fallback is armed (the send is final).
     #[serde(default = "default_fallback_time", with = "humantime_serde")]
     pub fallback_time: Duration,
+    /// Whether a send whose receipt does not come within the window falls back to the user's
+    /// next channel. Absent: yes for WhatsApp (Meta reports every message's status), no for
+    /// SMS providers (carriers' delivery receipts are late or missing in many countries, so
+    /// a missing one is no evidence of failure; an SMS-first user would get the code a second
+    /// time on WhatsApp). When no, the send is final at acceptance (`sent`) and its receipts
+    /// are reported as they come, a failed one included, without a fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_without_receipt: Option<bool>,
+}
+
+impl ConfirmationConfig {
+    /// Whether a missing receipt of a send through `provider` falls back (see
+    /// `fallback_without_receipt`).
+    pub fn falls_back_without_receipt(&self, provider: Option<Provider>) -> bool {
+        self.fallback_without_receipt.unwrap_or_else(|| {
+            provider.is_none_or(|p| p.channel() == otp_events::Channel::Whatsapp)
+        })
+    }
 }
 
 impl Default for ConfirmationConfig {
@@ -90,6 +120,7 @@ impl Default for ConfirmationConfig {
         Self {
             window: default_confirm_window(),
             fallback_time: default_fallback_time(),
+            fallback_without_receipt: None,
         }
     }
 }
@@ -134,6 +165,16 @@ impl WorkerConfig {
         toml::from_str(text)
     }
 
+    /// The limits in force for `provider`: its `defaults`, then `limits`, then its own
+    /// `provider_limits`, field by field.
+    pub fn limits_of(&self, provider: Provider, defaults: &LimitsConfig) -> LimitsConfig {
+        let all = self.limits.clone().unwrap_or_default().over(defaults);
+        match self.provider_limits.get(&provider) {
+            Some(own) => own.over(&all),
+            None => all,
+        }
+    }
+
     /// The settings as a TOML file that [`WorkerConfig::from_toml`] reads back.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
@@ -164,7 +205,11 @@ mod tests {
         assert_eq!(config.retry.safety_margin, Duration::from_secs(2));
         assert_eq!(config.retry.max_tries, 5, "unset keys keep their defaults");
         let limits = config.limits.unwrap();
-        assert_eq!((limits.sender_per_second, limits.sender_burst), (40, 1));
+        assert_eq!(limits.sender_per_second, Some(40));
+        assert_eq!(
+            limits.sender_burst, None,
+            "not given: the provider's default"
+        );
         assert_eq!(limits.recipient_period, Some(Duration::from_secs(6)));
 
         let err = WorkerConfig::from_toml("max_in_flite = 3")
@@ -203,6 +248,39 @@ mod tests {
         let config = WorkerConfig::from_toml(text).unwrap();
         assert_eq!(config.abuse.per_phone.unwrap().count, 5);
         assert_eq!(config.circuit.cool_down, Duration::from_secs(30));
+    }
+
+    /// A TOML that sets only `sender_per_second` keeps WhatsApp's pair period and burst.
+    #[test]
+    fn limits_merge_field_by_field_over_each_providers_defaults() {
+        let whatsapp = LimitsConfig {
+            sender_per_second: 80,
+            sender_burst: 10,
+            recipient_period: Some(Duration::from_secs(6)),
+        };
+        let config = WorkerConfig::from_toml("[limits]\nsender_per_second = 50").unwrap();
+        let merged = config.limits_of(Provider::WhatsappCloud, &whatsapp);
+        assert_eq!(merged.sender_per_second, 50);
+        assert_eq!(merged.sender_burst, 10);
+        assert_eq!(merged.recipient_period, Some(Duration::from_secs(6)));
+
+        let twilio = LimitsConfig {
+            sender_per_second: 1,
+            sender_burst: 1,
+            recipient_period: None,
+        };
+        let config = WorkerConfig::from_toml(
+            "[limits]\nsender_burst = 4\n[provider_limits.vonage]\nsender_per_second = 30",
+        )
+        .unwrap();
+        let vonage = config.limits_of(Provider::Vonage, &twilio);
+        assert_eq!((vonage.sender_per_second, vonage.sender_burst), (30, 4));
+        let twilio = config.limits_of(Provider::Twilio, &twilio);
+        assert_eq!((twilio.sender_per_second, twilio.sender_burst), (1, 4));
+        let err = WorkerConfig::from_toml("[provider_limits.sms]\nsender_per_second = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twilio"), "names the providers: {err}");
     }
 
     #[test]

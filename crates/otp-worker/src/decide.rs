@@ -14,7 +14,7 @@ use crate::retry::RetrySchedule;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{ErrorClass, SendFailure};
 use otp_events::{
-    Channel, CodeRequest, ConfirmationState, ErrorCategory, PendingConfirmation, Rules,
+    Channel, CodeRequest, ConfirmationState, ErrorCategory, PendingConfirmation, Provider, Rules,
     StatusError, StatusKind, PENDING_CONFIRMATION_SCHEMA,
 };
 use std::time::Duration;
@@ -55,18 +55,50 @@ pub enum Outcome {
 pub struct At<'a> {
     pub request: &'a CodeRequest,
     pub channel: Channel,
+    /// The provider of the try, once one is chosen.
+    pub provider: Option<Provider>,
     pub now: DateTime<Utc>,
 }
 
 /// What to do after one try at the provider.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    /// A transient failure, and time for another try after this wait.
+    /// A transient failure, and time for another try after this wait, on the same provider.
     RetryIn(Duration),
+    /// A transient failure that sent nothing, every provider of the route tried: after this
+    /// wait, go through the route again from its first provider (a throttled or briefly
+    /// failing provider may take it now).
+    RetryRouteIn(Duration),
     /// A rate window was hit (the fleet's sender rate, or the recipient's pair window): pass
     /// the limits again as `attempt`, then send, without spending one of the request's tries.
     Again(Attempt),
+    /// This provider cannot take it now and nothing was sent: go on at once to the route's
+    /// next provider, inside the channel (the user's fallback is not spent). The error is
+    /// what the request ends with should no provider take it.
+    OtherProvider(StatusError),
     Done(Outcome),
+}
+
+/// Whether a failed or refused send may move to another provider of the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failover {
+    /// Another provider of the route is left to try.
+    pub next: bool,
+    /// The route has more than one provider.
+    pub several: bool,
+    /// The operator allows a send without an answer (a timeout) to go to the next provider
+    /// (`routes.failover_ambiguous`): the code may then arrive twice.
+    pub ambiguous: bool,
+}
+
+#[cfg(test)]
+impl Failover {
+    /// One provider, or none left.
+    pub const NONE: Failover = Failover {
+        next: false,
+        several: false,
+        ambiguous: false,
+    };
 }
 
 /// Before anything is sent: the request must be for this worker's channel, alive, and not
@@ -77,6 +109,7 @@ pub fn guard(at: At<'_>, rules: &Rules, seen: impl FnOnce() -> Sight) -> Option<
         request,
         channel,
         now,
+        ..
     } = at;
     // Server time: before the duplicate memory, which keeps an id until its expiry.
     if let Err(e) = rules.check_clock(request, now) {
@@ -142,9 +175,10 @@ fn limit_error(limited: &Limited) -> StatusError {
     }
 }
 
-/// Before each try: the limits' answer, the clock and the circuit's admission. The circuit is
+/// Before each try: the limits' answer, the clock and the circuits' admission. The circuit is
 /// asked last, and only when the limits and the clock let the send go, since asking a
-/// half-open circuit takes its one probe. `None`: send.
+/// half-open circuit takes its one probe. A refusing circuit moves the send to the route's
+/// next provider when `failover.next`. `None`: send.
 ///
 /// No try starts with less than `cutoff` left before the code expires ([`send_cutoff`]): a
 /// send started a moment before expiry reaches the provider after it. Such a request is
@@ -155,24 +189,29 @@ pub fn before_send(
     circuit: impl FnOnce() -> Admission,
     tries: u32,
     cutoff: chrono::Duration,
-) -> Option<Outcome> {
+    failover: Failover,
+) -> Option<Next> {
     let At {
         request,
         channel,
         now,
+        ..
     } = at;
+    let done = |outcome| Some(Next::Done(outcome));
     if let Err(limited) = limits {
         let error = limit_error(&limited);
-        // A provider limit's wait was too long: another channel may still make it. A rule
-        // that refused the request itself: no channel may send it.
-        return Some(if limited.waited_too_long {
-            stop(request, now, error, tries)
+        // A provider limit's wait was too long: another provider, or another channel, may
+        // still make it. A rule that refused the request itself: no channel may send it.
+        return if !limited.waited_too_long {
+            done(report(StatusKind::Failed, tries, Some(error)))
+        } else if failover.next {
+            Some(Next::OtherProvider(error))
         } else {
-            report(StatusKind::Failed, tries, Some(error))
-        });
+            done(stop(request, now, error, tries))
+        };
     }
     if now >= request.expires_at {
-        return Some(stop(request, now, expired_error(), tries));
+        return done(stop(request, now, expired_error(), tries));
     }
     if now >= request.expires_at - cutoff {
         let error = StatusError {
@@ -183,15 +222,20 @@ pub fn before_send(
                 cutoff.num_milliseconds()
             ),
         };
-        return Some(report(StatusKind::Expired, tries, Some(error)));
+        return done(report(StatusKind::Expired, tries, Some(error)));
     }
     if circuit() == Admission::Refuse {
         let error = StatusError {
             category: ErrorCategory::ChannelBroken,
             code: "circuit_open".to_string(),
-            message: format!("the {channel} channel is failing; its circuit is open"),
+            message: format!(
+                "the {channel} provider is failing for this destination; its circuit is open"
+            ),
         };
-        return Some(stop(request, now, error, tries));
+        if failover.next {
+            return Some(Next::OtherProvider(error));
+        }
+        return done(stop(request, now, error, tries));
     }
     None
 }
@@ -203,18 +247,28 @@ pub fn send_cutoff(safety_margin: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(safety_margin / 5).unwrap_or_default()
 }
 
-/// After a try (recorded in `schedule`): accepted, retried while `time_left` (before the
+/// After a try (recorded in `schedule`): accepted, moved to the route's next provider when
+/// nothing was sent and the provider is the problem, retried while `time_left` (before the
 /// latest useful start) and the retry budget allow, or stopped by the error's class.
+///
+/// The next provider is tried at once, not after a backoff, and without spending the user's
+/// channel fallback: for a provider's broken account or route, its throttling, a refusal
+/// with an error answer (nothing was sent), or a connection that never opened. A send with no
+/// answer (a timeout) may have gone out: it is retried on the same provider unless
+/// `failover.ambiguous`. A recipient's refusal is the recipient's on every provider: it ends
+/// the channel.
 pub fn after_send(
     at: At<'_>,
     answer: Result<String, SendFailure>,
     schedule: &mut RetrySchedule,
     time_left: Duration,
     confirmation: Option<&ConfirmationConfig>,
+    failover: Failover,
 ) -> Next {
     let At {
         request,
         channel,
+        provider,
         now,
     } = at;
     let tries = schedule.tries();
@@ -224,13 +278,12 @@ pub fn after_send(
             // for it (a timeout would send the code a second time).
             let known = provider_message_id != crate::channel::UNKNOWN_MESSAGE_ID;
             let pending = confirmation.filter(|_| known).map(|c| {
-                Box::new(pending_record(
-                    request,
-                    channel,
-                    &provider_message_id,
-                    c,
-                    now,
-                ))
+                let mut record = pending_record(request, channel, &provider_message_id, c, now);
+                record.provider = provider;
+                // A missing receipt is no evidence of failure on this provider: the window's
+                // end makes the send final as `sent`; a failed receipt still falls back.
+                record.timeout_is_final = !c.falls_back_without_receipt(provider);
+                Box::new(record)
             });
             return Next::Done(Outcome::Accepted {
                 provider_message_id,
@@ -240,8 +293,18 @@ pub fn after_send(
         }
         Err(failure) => failure,
     };
+    let elsewhere = match failure.class {
+        ErrorClass::ChannelBroken | ErrorClass::RouteBroken | ErrorClass::Throttled => true,
+        ErrorClass::Transient => failure.nothing_sent || failover.ambiguous,
+        ErrorClass::Recipient | ErrorClass::PairLimited => false,
+    };
+    // Within the retry budget and the time left, like any try.
+    if failover.next && elsewhere && schedule.tries_left() && !time_left.is_zero() {
+        return Next::OtherProvider(error_of(failure));
+    }
     match failure.class {
         ErrorClass::Transient => match schedule.next_delay(time_left) {
+            Some(delay) if failover.several && elsewhere => Next::RetryRouteIn(delay),
             Some(delay) => Next::RetryIn(delay),
             None => Next::Done(stop(request, now, error_of(failure), tries)),
         },
@@ -251,7 +314,8 @@ pub fn after_send(
         ErrorClass::Throttled
         | ErrorClass::PairLimited
         | ErrorClass::Recipient
-        | ErrorClass::ChannelBroken => Next::Done(stop(request, now, error_of(failure), tries)),
+        | ErrorClass::ChannelBroken
+        | ErrorClass::RouteBroken => Next::Done(stop(request, now, error_of(failure), tries)),
     }
 }
 
@@ -285,12 +349,14 @@ pub fn pending_record(
     let confirm_by = (now + window).min(request.expires_at - reserve);
     let armed = request.next_channel().is_some() && confirm_by > now;
     PendingConfirmation {
+        provider: None,
         schema: PENDING_CONFIRMATION_SCHEMA.to_string(),
         request: request.clone(),
         channel,
         provider_message_id: provider_message_id.to_string(),
         accepted_at: now,
         confirm_by: armed.then_some(confirm_by),
+        timeout_is_final: false,
         state: if armed {
             ConfirmationState::Awaiting
         } else {

@@ -1,22 +1,26 @@
 //! The checks a message passes before its first send, all in memory: the clock, channel and
-//! expiry rules, the duplicate memory, the abuse rules, and the provider limits and circuit
-//! that every try then asks. The decisions are [`crate::decide`]'s; this holds the state they
+//! expiry rules, the duplicate memory, the abuse rules, and the routes, provider limits and
+//! health that every try then asks. The decisions are [`crate::decide`]'s; this holds the state they
 //! are asked against.
 //!
 //! Kept apart from the pipeline's I/O (the provider client, the Kafka writer) so that the whole
 //! per-message path up to the send runs without a broker or a provider: the pipeline asks it,
 //! and the hot-path benchmark (`benches/hot_path.rs`) measures it.
 
-use crate::circuit::Circuit;
+use crate::circuit::Health;
 use crate::decide::{self, At, Outcome};
 use crate::dedup::{Dedup, Source};
 use crate::limits::{Attempt, Limiter, Subject};
+use crate::routes::Routes;
 use otp_events::{number_range, phone_facts, CodeRequest, PhoneHasher, Rules};
 
 /// One worker's guards, shared by all its in-flight messages.
 pub struct Guards {
     pub limiter: Limiter,
-    pub circuit: Circuit,
+    /// Which providers a destination's sends go through.
+    pub routes: Routes,
+    /// Circuits per provider and destination country.
+    pub health: Health,
     pub dedup: Dedup,
     pub rules: Rules,
     pub hasher: PhoneHasher,
@@ -35,6 +39,16 @@ impl Guards {
             country: facts.country,
             premium: facts.premium,
         }
+    }
+
+    /// The providers to try for `subject`, in order (see [`Routes::order`]).
+    pub fn providers_for(&self, subject: &Subject) -> Vec<otp_events::Provider> {
+        let country = subject.country.as_deref();
+        self.routes.order(
+            country,
+            |p| self.health.is_open(p, country),
+            rand::random::<f64>,
+        )
     }
 
     /// The clock, channel, expiry and duplicate rules, then the abuse rules, then the claim of

@@ -1,14 +1,15 @@
 //! The delivery logic shared by every channel.
 //!
-//! A channel (WhatsApp, SMS) is one [`ChannelClient`]: send one message, classify the answer
-//! with its provider's error table (`otp_events::provider_errors`). Everything else is here
-//! and is the same for both:
+//! A channel (WhatsApp, SMS) is one [`ChannelClient`]: its providers, each sending one message
+//! and classifying the answer with its error table (`otp_events::provider_errors`).
+//! Everything else is here and is the same for both:
 //!
 //! - `pipeline`: the data path of one message, decode → guard → limit → send → classify →
 //!   retry, then *settle*: the one place its outcome is written to Kafka;
 //! - `decide`: the decisions of that path as pure functions, tested without a broker;
 //! - `guards`: the in-memory state those decisions are asked against (`limits`, `dedup`,
-//!   `circuit`), runnable without a broker or a provider; `retry`: the retry policy;
+//!   `routes`, `circuit`: health per provider and country), runnable without a broker or a
+//!   provider; `retry`: the retry policy;
 //! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
 //! - `letting_go`: no new send for a partition being revoked or a worker stopping;
 //! - `progress`: how far a message got, so that a panic still leaves it exactly one ending;
@@ -31,22 +32,25 @@ mod limits;
 mod pipeline;
 mod progress;
 mod retry;
+mod routes;
 mod runtime;
 
 pub use channel::{ChannelClient, SendOutcome};
 pub use circuit::CircuitConfig;
 pub use config::{ConfirmationConfig, WorkerConfig};
-pub use limits::{AbuseConfig, LimitsConfig, WindowRule};
+pub use limits::{AbuseConfig, LimitsConfig, LimitsPatch, WindowRule};
 pub use retry::RetryConfig;
+pub use routes::{RouteStep, RoutesConfig};
 pub use runtime::{run, WorkerSetup};
 
 /// The per-message path up to and after the send, without I/O, for `benches/hot_path.rs`.
 /// Not an API: nothing outside this crate's benchmark uses it.
 #[doc(hidden)]
 pub mod hot_path {
-    pub use crate::circuit::Circuit;
+    pub use crate::circuit::Health;
     pub use crate::decide::At;
     pub use crate::dedup::Dedup;
     pub use crate::guards::Guards;
     pub use crate::limits::{Attempt, Limiter};
+    pub use crate::routes::Routes;
 }

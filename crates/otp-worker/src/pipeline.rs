@@ -9,7 +9,7 @@
 use crate::channel::{ChannelClient, SendOutcome};
 use crate::circuit::Verdict;
 use crate::config::ConfirmationConfig;
-use crate::decide::{self, At, Next, Outcome};
+use crate::decide::{self, At, Failover, Next, Outcome};
 use crate::fleet_counts::FleetCounts;
 use crate::guards::Guards;
 use crate::letting_go::{Handled, Stop};
@@ -20,8 +20,8 @@ use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
     decode_code_request, is_valid_request_id, CodeRequest, ConfirmationState, DeliveryStatus,
-    FallbackKey, MessageIndex, StatusError, StatusKind, HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID,
-    MESSAGE_INDEX_SCHEMA,
+    FallbackKey, MessageIndex, Provider, StatusError, StatusKind, HEADER_FALLBACK_PROOF,
+    HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -77,16 +77,17 @@ impl<C: ChannelClient> Pipeline<C> {
         // costliest step of a message.
         let subject = self.guards.subject_of(&request);
         let fallback = self.proven_fallback(message, &request);
-        let Some(outcome) = self
+        // With the provider the outcome happened on (none when a rule ended it before any).
+        let decided = self
             .decide(message, &request, &subject, fallback, stop, progress)
-            .await
-        else {
+            .await;
+        let Some((outcome, through)) = decided else {
             let channel = self.client.channel().as_str();
             metrics::counter!("otp_abandoned_total", "channel" => channel).increment(1);
             tracing::debug!(request_id = %request.request_id, "partition let go before the send: left to its next owner");
             return Handled::Abandoned;
         };
-        self.settle(message, &request, &subject, outcome, progress)
+        self.settle(message, &request, &subject, outcome, through, progress)
             .await;
         progress.reach(Reached::Ended);
         Handled::Finished
@@ -129,12 +130,17 @@ impl<C: ChannelClient> Pipeline<C> {
         fallback: bool,
         stop: &Stop,
         progress: &Progress,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, Option<Provider>)> {
         let channel = self.client.channel();
         let at = |now| At {
             request,
             channel,
+            provider: None,
             now,
+        };
+        let at_provider_of = |provider, now| At {
+            provider: Some(provider),
+            ..at(now)
         };
         let source = (
             message.topic().to_string(),
@@ -159,15 +165,25 @@ impl<C: ChannelClient> Pipeline<C> {
             .admit(at(Utc::now()), subject, fallback, &source, shared)
         {
             Ok(first) => first,
-            Err(outcome) => return Some(outcome),
+            Err(outcome) => return Some((outcome, None)),
         };
         let mut turn = Some(turn);
 
         let latest = latest_useful(request, self.retry.safety_margin);
         let cutoff = decide::send_cutoff(self.retry.safety_margin);
         let mut schedule = RetrySchedule::new(&self.retry);
+        // The route's providers, in the order to try them; a send that proves nothing was sent
+        // moves to the next one at once.
+        let mut order = self.guards.providers_for(subject);
+        let mut at_provider = 0;
         let mut again = None;
         loop {
+            let provider = order[at_provider];
+            let failover = Failover {
+                next: at_provider + 1 < order.len(),
+                several: order.len() > 1,
+                ambiguous: self.guards.routes.failover_ambiguous,
+            };
             let attempt = again.take().unwrap_or(match schedule.tries() {
                 0 => first,
                 _ => Attempt::Retry,
@@ -175,54 +191,98 @@ impl<C: ChannelClient> Pipeline<C> {
             let limits = tokio::select! {
                 biased;
                 () = stop.wait() => return None,
-                limits = self.guards.limiter.acquire_in_line(subject, latest, attempt, turn.take()) => limits,
+                limits = self.guards.limiter.acquire_in_line(provider, subject, latest, attempt, turn.take()) => limits,
             };
             // Let go while waiting for the slot: the slot goes unused.
             if stop.abandons() {
                 return None;
             }
-            let admission = || self.guards.circuit.admit();
-            if let Some(outcome) =
-                decide::before_send(at(Utc::now()), limits, admission, schedule.tries(), cutoff)
-            {
-                return Some(outcome);
-            }
-            stop.sending();
-            progress.reach(Reached::SendStarted);
-            let answer = self.send_once(request, subject, &mut schedule).await;
-            let left = latest.saturating_duration_since(Instant::now());
-            let confirmation = self.confirmation.as_ref();
-            match decide::after_send(at(Utc::now()), answer, &mut schedule, left, confirmation) {
+            let country = subject.country.as_deref();
+            let admission = || self.guards.health.admit(provider, country);
+            let before = decide::before_send(
+                at_provider_of(provider, Utc::now()),
+                limits,
+                admission,
+                schedule.tries(),
+                cutoff,
+                failover,
+            );
+            let next = match before {
+                Some(next) => next,
+                None => {
+                    stop.sending();
+                    progress.reach(Reached::SendStarted);
+                    let answer = self
+                        .send_once(provider, request, subject, &mut schedule)
+                        .await;
+                    let left = latest.saturating_duration_since(Instant::now());
+                    let confirmation = self.confirmation.as_ref();
+                    decide::after_send(
+                        at_provider_of(provider, Utc::now()),
+                        answer,
+                        &mut schedule,
+                        left,
+                        confirmation,
+                        failover,
+                    )
+                }
+            };
+            match next {
                 Next::RetryIn(delay) => tokio::select! {
                     biased;
                     () = stop.wait() => return None,
                     () = tokio::time::sleep(delay) => {}
                 },
+                Next::RetryRouteIn(delay) => {
+                    tokio::select! {
+                        biased;
+                        () = stop.wait() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    // The route again, as the circuits stand now.
+                    order = self.guards.providers_for(subject);
+                    at_provider = 0;
+                }
                 Next::Again(attempt) => again = Some(attempt),
-                Next::Done(outcome) => return Some(outcome),
+                Next::OtherProvider(error) => {
+                    let from = provider.as_str();
+                    let to = order[at_provider + 1].as_str();
+                    metrics::counter!("otp_provider_failovers_total", "from" => from, "to" => to, "code" => failover_reason(&error))
+                        .increment(1);
+                    tracing::info!(
+                        request_id = %request.request_id, from, to, code = %error.code,
+                        "moved to the route's next provider"
+                    );
+                    at_provider += 1;
+                }
+                Next::Done(outcome) => return Some((outcome, Some(provider))),
             }
         }
     }
 
-    /// One try at the provider, recorded in `schedule`, the circuit, the limits and the
-    /// metrics.
+    /// One try at `provider`, recorded in `schedule`, its health, its limits and the metrics.
     async fn send_once(
         &self,
+        provider: Provider,
         request: &CodeRequest,
         subject: &Subject,
         schedule: &mut RetrySchedule,
     ) -> Result<String, otp_events::provider_errors::SendFailure> {
         let channel = self.client.channel().as_str();
+        let name = provider.as_str();
+        let country = subject.country.as_deref();
         let tries = schedule.record_try();
         let started = Instant::now();
-        let outcome = self.client.send(request, Utc::now()).await;
-        metrics::histogram!("otp_send_duration_seconds", "channel" => channel)
+        let outcome = self.client.send(provider, request, Utc::now()).await;
+        metrics::histogram!("otp_send_duration_seconds", "channel" => channel, "provider" => name)
             .record(started.elapsed().as_secs_f64());
         let failure = match outcome {
             SendOutcome::Accepted {
                 provider_message_id,
             } => {
-                self.guards.circuit.record(Verdict::Healthy);
+                self.guards
+                    .health
+                    .record(provider, country, Verdict::Healthy);
                 // From here on only the public id: a wamid embeds the number, and the id is
                 // written to Kafka (status, pending record, message index).
                 // An unknown id stays recognisable: no receipt can be tied to it.
@@ -237,32 +297,41 @@ impl<C: ChannelClient> Pipeline<C> {
             }
             SendOutcome::Failed(failure) => failure,
         };
-        // A recipient's refusal or a rate window says nothing about the channel: it must not
-        // reset the count of channel failures as an accepted send does.
-        self.guards.circuit.record(match failure.class {
-            ErrorClass::ChannelBroken => Verdict::ChannelBroken,
-            ErrorClass::Transient
-            | ErrorClass::Throttled
-            | ErrorClass::PairLimited
-            | ErrorClass::Recipient => Verdict::Unknown,
-        });
+        // A recipient's refusal or a rate window says nothing about the provider: it must not
+        // count as an accepted send does.
+        self.guards.health.record(
+            provider,
+            country,
+            match failure.class {
+                ErrorClass::ChannelBroken => Verdict::ProviderBroken,
+                ErrorClass::RouteBroken => Verdict::RouteBroken,
+                ErrorClass::Transient
+                | ErrorClass::Throttled
+                | ErrorClass::PairLimited
+                | ErrorClass::Recipient => Verdict::Unknown,
+            },
+        );
         match failure.class {
             // The window is the fleet's: every request of this worker slows down, not only
             // this one.
-            ErrorClass::Throttled => self.guards.limiter.throttled(),
+            ErrorClass::Throttled => self.guards.limiter.throttled(Some(provider)),
             ErrorClass::PairLimited => self.guards.limiter.pair_limited(subject),
             _ => {}
         }
-        if failure.class == ErrorClass::ChannelBroken {
+        if matches!(
+            failure.class,
+            ErrorClass::ChannelBroken | ErrorClass::RouteBroken
+        ) {
             tracing::error!(
-                request_id = %request.request_id, channel, code = %failure.code,
-                reason = %failure.message, "the provider says the channel is broken"
+                request_id = %request.request_id, channel, provider = name,
+                country = country.unwrap_or(""), code = %failure.code,
+                reason = %failure.message, "the provider says it cannot send (account or route)"
             );
         }
-        metrics::counter!("otp_send_errors_total", "channel" => channel, "class" => failure.class.as_str())
+        metrics::counter!("otp_send_errors_total", "channel" => channel, "provider" => name, "class" => failure.class.as_str())
             .increment(1);
         tracing::info!(
-            request_id = %request.request_id, channel, tries,
+            request_id = %request.request_id, channel, provider = name, tries,
             class = failure.class.as_str(), code = %failure.code, "send failed"
         );
         Err(failure)
@@ -277,9 +346,14 @@ impl<C: ChannelClient> Pipeline<C> {
         request: &CodeRequest,
         subject: &Subject,
         outcome: Outcome,
+        provider: Option<Provider>,
         progress: &Progress,
     ) {
-        let status = |kind, tries, error| self.status(request, subject, kind, tries, error);
+        let status = |kind, tries, error| {
+            let mut status = self.status(request, subject, kind, tries, error);
+            status.provider = provider;
+            status
+        };
         match outcome {
             Outcome::Reject {
                 reason,
@@ -296,13 +370,14 @@ impl<C: ChannelClient> Pipeline<C> {
             Outcome::Accepted {
                 provider_message_id,
                 tries,
-                pending,
+                mut pending,
             } => {
                 let mut kind = StatusKind::Sent;
                 let channel = self.client.channel();
                 // Already the public id: `send_once` replaced the provider's.
                 let public_id = provider_message_id;
-                if let Some(record) = &pending {
+                if let Some(record) = &mut pending {
+                    record.provider = provider;
                     // From the first write on, the tracker owns the ending.
                     progress.reach(Reached::Ended);
                     if record.state == ConfirmationState::Awaiting {
@@ -437,4 +512,14 @@ fn readable_request_id(message: &OwnedMessage) -> Option<String> {
     from_header
         .or_else(from_json)
         .filter(|id| is_valid_request_id(id))
+}
+
+/// A bounded label for why a send moved to another provider: the error's category, or
+/// `circuit_open` / the limit's rule for refusals before the send.
+fn failover_reason(error: &StatusError) -> &'static str {
+    match error.code.as_str() {
+        "circuit_open" => "circuit_open",
+        "sender_rate" => "sender_rate",
+        _ => error.category.as_str(),
+    }
 }

@@ -122,6 +122,12 @@ impl RetrySchedule {
         true
     }
 
+    /// Whether the retry budget allows another try (a move to the route's next provider is
+    /// one: it is capped like the rest).
+    pub fn tries_left(&self) -> bool {
+        self.tries - self.requeues < self.max_tries
+    }
+
     /// The delay before the next try, or `None` when tries are used up or the next try would
     /// start after `latest_start`.
     pub fn next_delay(&mut self, time_left_before_latest_start: Duration) -> Option<Duration> {

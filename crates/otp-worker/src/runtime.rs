@@ -3,7 +3,7 @@
 //! partitions' work finish within `revoke_grace` before they go; shutdown drains.
 
 use crate::channel::ChannelClient;
-use crate::circuit::Circuit;
+use crate::circuit::Health;
 use crate::config::WorkerConfig;
 use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
@@ -12,8 +12,9 @@ use crate::letting_go::{Handled, LetGo};
 use crate::limits::{Limiter, LimitsConfig};
 use crate::pipeline::Pipeline;
 use crate::progress::{Progress, Reached};
+use crate::routes::Routes;
 use futures_util::FutureExt;
-use otp_events::{PhoneHasher, Rules, SignalKind};
+use otp_events::{PhoneHasher, Provider, Rules, SignalKind};
 use otp_kafka::group::{
     self, Group, GroupMember, GroupSettings, OffsetLedger, Permit, Position, TopicPartition,
 };
@@ -35,8 +36,8 @@ const INHERIT_WITHIN: Duration = Duration::from_secs(5);
 pub struct WorkerSetup {
     pub kafka: KafkaArgs,
     pub config: WorkerConfig,
-    /// The channel's default provider limits, used when `config.limits` is absent.
-    pub default_limits: LimitsConfig,
+    /// Each provider's documented limits, which the config's limits patch field by field.
+    pub default_limits: Vec<(Provider, LimitsConfig)>,
     pub hasher: PhoneHasher,
 }
 
@@ -53,6 +54,31 @@ pub async fn run<C: ChannelClient>(
         hasher,
     } = setup;
     let channel = client.channel();
+    let providers = client.providers();
+    anyhow::ensure!(
+        !providers.is_empty(),
+        "the {channel} worker has no provider configured"
+    );
+    let routes = Routes::new(&config.routes, &providers)?;
+    let limits = providers
+        .iter()
+        .map(|&p| {
+            let defaults = default_limits
+                .iter()
+                .find(|(d, _)| *d == p)
+                .map(|(_, l)| l.clone())
+                .ok_or_else(|| anyhow::anyhow!("no default limits for provider {p}"))?;
+            Ok((p, config.limits_of(p, &defaults)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (provider, limits) in &limits {
+        tracing::info!(
+            %provider,
+            sender_per_second = limits.sender_per_second,
+            sender_burst = limits.sender_burst,
+            "provider configured"
+        );
+    }
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
         max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
@@ -75,11 +101,9 @@ pub async fn run<C: ChannelClient>(
     let pipeline = Arc::new(Pipeline {
         client,
         guards: Guards {
-            limiter: Limiter::new(
-                config.limits.as_ref().unwrap_or(&default_limits),
-                &config.abuse,
-            ),
-            circuit: Circuit::new(channel.as_str(), config.circuit.clone()),
+            limiter: Limiter::new(&limits, &config.abuse),
+            routes,
+            health: Health::new(channel.as_str(), &providers, config.circuit.clone()),
             dedup: Dedup::new(config.dedup_capacity),
             rules,
             hasher,
@@ -94,9 +118,24 @@ pub async fn run<C: ChannelClient>(
     // this worker's circuit and sender limit; stopped when the worker stops.
     let signals = {
         let pipeline = pipeline.clone();
-        otp_kafka::signals::listen(&kafka, channel, move |signal| match signal.kind {
-            SignalKind::ChannelBroken => pipeline.guards.circuit.signal(),
-            SignalKind::Throttled => pipeline.guards.limiter.throttled(),
+        let providers = providers.clone();
+        otp_kafka::signals::listen(&kafka, channel, move |signal| {
+            // A signal written before providers were named is about the channel's first.
+            let provider = signal.provider.unwrap_or(providers[0]);
+            let health = &pipeline.guards.health;
+            match (signal.kind, signal.country.as_deref()) {
+                (SignalKind::ChannelBroken, _) => health.signal(provider, None),
+                (SignalKind::RouteBroken, Some(country)) => health.signal(provider, Some(country)),
+                // A route signal that names no country closes nothing: a country's trouble
+                // must not close the provider everywhere.
+                (SignalKind::RouteBroken, None) => {}
+                (SignalKind::Throttled, _) => pipeline.guards.limiter.throttled(signal.provider),
+                (SignalKind::Slow, Some(country)) => {
+                    let now = std::time::Instant::now();
+                    pipeline.guards.routes.demote(provider, country, now)
+                }
+                (SignalKind::Slow, None) => {}
+            }
         })
     };
     let stop_signals = AbortOnDrop(Some(signals));

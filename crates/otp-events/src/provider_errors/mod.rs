@@ -3,10 +3,12 @@
 //! with them and the receipts ingress a delivery error reported later, so they live here,
 //! beside the other contracts, rather than in either.
 
-mod sms;
+mod twilio;
+mod vonage;
 mod whatsapp;
 
-pub use sms::SMS;
+pub use twilio::TWILIO;
+pub use vonage::{vonage_code, VONAGE};
 pub use whatsapp::WHATSAPP;
 
 use crate::ErrorCategory;
@@ -27,10 +29,16 @@ pub enum ErrorClass {
     /// This recipient cannot get it on this channel: fall back now, no retry; says nothing
     /// about the channel's health.
     Recipient,
-    /// The channel itself is broken (token, account, sender quality, or a payload or template
-    /// the provider refuses): fall back now, and count it against the channel's circuit. A
-    /// provider's answer never dead-letters a valid request.
+    /// The provider itself is broken (token, account, sender quality, or a payload or template
+    /// the provider refuses): try the route's next provider, else fall back now; count it
+    /// against the provider's health everywhere. A provider's answer never dead-letters a
+    /// valid request.
     ChannelBroken,
+    /// The provider may not send to the destination's country (geo permission, a country's
+    /// sender registration, local regulation): try the route's next provider, else fall back
+    /// now; count it against the provider's health for that country only, so that one
+    /// country's trouble closes nothing elsewhere, and stop trying it per user there.
+    RouteBroken,
 }
 
 impl ErrorClass {
@@ -39,7 +47,7 @@ impl ErrorClass {
             ErrorClass::Transient => ErrorCategory::Transient,
             ErrorClass::Throttled | ErrorClass::PairLimited => ErrorCategory::RateLimited,
             ErrorClass::Recipient => ErrorCategory::Recipient,
-            ErrorClass::ChannelBroken => ErrorCategory::ChannelBroken,
+            ErrorClass::ChannelBroken | ErrorClass::RouteBroken => ErrorCategory::ChannelBroken,
         }
     }
 
@@ -47,6 +55,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Throttled => "throttled",
             ErrorClass::PairLimited => "pair_limited",
+            ErrorClass::RouteBroken => "route_broken",
             other => other.category().as_str(),
         }
     }
@@ -60,8 +69,21 @@ pub struct SendFailure {
     /// The provider's code ("131026", "21211"), or "http_503", "timeout", "connect".
     pub code: String,
     pub message: String,
-    /// The provider answered with a code the table does not know (classified by HTTP status).
+    /// The provider answered with a code the table does not know, or refused (4xx) without a
+    /// code (classified by HTTP status; counted and logged for ops). A bare 5xx, 429, 401 or
+    /// 403 is not: its HTTP status says what it is.
     pub unknown_code: bool,
+    /// The provider certainly sent nothing: it answered with a refusal, or the connection
+    /// never opened. False for a send without an answer (a timeout after the request left) or
+    /// an answer that may follow a send (HTTP 500, 502, 504): such a send may have gone out.
+    pub nothing_sent: bool,
+}
+
+/// Whether an HTTP error answer proves that nothing was sent: every refusal (4xx), and 503
+/// (the service did not take the request); not 500, 502 or 504, which a provider or a gateway
+/// in front of it can answer after the message was taken.
+pub fn refused_without_sending(http_status: u16) -> bool {
+    !matches!(http_status, 500 | 502 | 504)
 }
 
 /// A provider's error codes, their classes and what they mean, as data mirroring DESIGN.md.
@@ -69,7 +91,7 @@ pub struct SendFailure {
 /// Failure messages come from this table, never from the provider's answer: providers echo
 /// the recipient's number in their messages ("The 'To' number +1555... is not valid").
 pub struct ErrorTable {
-    /// The channel the table is for (a metric label).
+    /// The provider the table is for (`Provider::as_str`, a metric label).
     pub provider: &'static str,
     pub entries: &'static [(i64, ErrorClass, &'static str)],
     /// Ranges of codes with one class, first and last included (Meta's 200-299).
@@ -127,6 +149,7 @@ impl ErrorTable {
             ErrorClass::Throttled,
             ErrorClass::PairLimited,
             ErrorClass::Recipient,
+            ErrorClass::RouteBroken,
             ErrorClass::ChannelBroken,
         ] {
             let mut codes: Vec<String> = self
@@ -145,16 +168,21 @@ impl ErrorTable {
                 continue;
             }
             let action = match class {
-                ErrorClass::Transient => "retry with backoff within the deadline, then fall back",
+                ErrorClass::Transient => {
+                    "next provider of the route when nothing was sent (an error answer, no connection), else retry with backoff within the deadline; then fall back"
+                }
                 ErrorClass::Throttled => {
-                    "slow the fleet's sender rate, try again within the deadline without spending a try"
+                    "slow the provider's fleet-wide sender rate; next provider of the route, else try again within the deadline without spending a try"
                 }
                 ErrorClass::PairLimited => {
                     "wait for the recipient's window if the deadline allows, else fall back"
                 }
-                ErrorClass::Recipient => "fall back at once; the channel is healthy",
+                ErrorClass::Recipient => "fall back at once; the provider is healthy",
+                ErrorClass::RouteBroken => {
+                    "next provider of the route, else fall back; counts against the provider for that country only"
+                }
                 ErrorClass::ChannelBroken => {
-                    "fall back at once, count against the circuit, log an error"
+                    "next provider of the route, else fall back; counts against the provider everywhere, logs an error"
                 }
             };
             out.push_str(&format!(
@@ -178,6 +206,7 @@ impl ErrorTable {
                     code: code.to_string(),
                     message: meaning.to_string(),
                     unknown_code: false,
+                    nothing_sent: refused_without_sending(http_status),
                 };
             }
         }
@@ -191,13 +220,22 @@ impl ErrorTable {
             Some(c) => c.to_string(),
             None => format!("http_{http_status}"),
         };
+        // A bare 5xx, 429, 401 or 403 says what it is (an outage answers 503 on every call:
+        // one warning per call would drown the logs); a code we do not know, or an
+        // unexplained refusal, is news for ops.
+        let unexplained =
+            matches!(http_status, 400..=499) && !matches!(http_status, 401 | 403 | 429);
         SendFailure {
             class,
             code,
-            message: format!(
-                "provider refused the send (HTTP {http_status}, code not in our table)"
-            ),
-            unknown_code: true,
+            message: match provider_code {
+                Some(_) => {
+                    format!("provider refused the send (HTTP {http_status}, code not in our table)")
+                }
+                None => format!("provider answered HTTP {http_status} without an error code"),
+            },
+            unknown_code: provider_code.is_some() || unexplained,
+            nothing_sent: refused_without_sending(http_status),
         }
     }
 }

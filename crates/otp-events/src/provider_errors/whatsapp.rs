@@ -5,7 +5,7 @@
 use super::{ErrorClass::*, ErrorTable};
 
 pub static WHATSAPP: ErrorTable = ErrorTable {
-    provider: "whatsapp",
+    provider: "whatsapp_cloud",
     entries: &[
         // Transient: Meta's side, try again.
         (1, Transient, "API unknown error"),
@@ -39,13 +39,16 @@ pub static WHATSAPP: ErrorTable = ErrorTable {
         (131047, Recipient, "re-engagement window closed"),
         (131049, Recipient, "Meta chose not to deliver this message"),
         (130472, Recipient, "recipient is part of an experiment"),
+        // Route broken: every user of the destination's country meets it (PROVIDERS.md,
+        // "Corrections"); not retried per user.
         (
             130497,
-            Recipient,
+            RouteBroken,
             "business restricted from messaging users in this country",
         ),
         // Channel broken: credentials, account, sender quality, or our payload or template.
         (0, ChannelBroken, "authentication failed (AuthException)"),
+        (33, ChannelBroken, "business phone number deleted"),
         (3, ChannelBroken, "capability or permission missing"),
         (10, ChannelBroken, "permission denied"),
         (
@@ -121,13 +124,11 @@ mod tests {
             (&[1, 2, 131000, 131016, 131057, 133004], Transient),
             (&[4, 80007, 130429], Throttled),
             (&[131056], PairLimited),
-            (
-                &[131021, 131026, 131030, 131047, 131049, 130472, 130497],
-                Recipient,
-            ),
+            (&[131021, 131026, 131030, 131047, 131049, 130472], Recipient),
+            (&[130497], RouteBroken),
             (
                 &[
-                    0, 3, 10, 100, 190, 368, 131005, 131008, 131009, 131031, 131037, 131042,
+                    0, 3, 10, 33, 100, 190, 368, 131005, 131008, 131009, 131031, 131037, 131042,
                     131045, 131048, 131051, 132000, 132001, 132005, 132007, 132012, 132015, 132016,
                     133000, 133010,
                 ],
@@ -163,5 +164,14 @@ mod tests {
         assert_eq!(WHATSAPP.classify(400, Some(999_999)).class, Recipient);
         assert_eq!(WHATSAPP.classify(400, Some(131026)).code, "131026");
         assert_eq!(WHATSAPP.classify(403, Some(250)).code, "250");
+        assert!(WHATSAPP.classify(400, Some(999_999)).unknown_code);
+        assert!(
+            WHATSAPP.classify(418, None).unknown_code,
+            "an unexplained refusal"
+        );
+        assert!(
+            !WHATSAPP.classify(503, None).unknown_code,
+            "an outage's answer is no news"
+        );
     }
 }

@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod parse;
 pub mod replay;
+pub mod vonage;
 
 use crate::config::WebhookSecrets;
 use axum::body::Bytes;
@@ -184,6 +185,10 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
             "/webhooks/sms/status",
             post(sms_status).layer(DefaultBodyLimit::max(budget::SMS_BODY_LIMIT)),
         )
+        .route(
+            "/webhooks/vonage/status",
+            post(vonage_status).layer(DefaultBodyLimit::max(budget::SMS_BODY_LIMIT)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         // Inside the concurrency limit: a call reserves its body's bytes once it has a slot.
         .layer(axum::middleware::from_fn_with_state(
@@ -305,6 +310,37 @@ async fn sms_status(
     match parse::twilio(&form, request_id, Utc::now()) {
         Ok(parsed) => publish_receipts(&ingress, "sms", parsed, call).await,
         Err(e) => malformed("sms", e),
+    }
+}
+
+/// Vonage's message status webhook (the Vonage application's status URL), JSON, signed by a
+/// bearer JWT. Refusals answer 401/403, which Vonage does not retry (it retries 429 and 5xx);
+/// a refused call is a forgery, or an unsigned one from an internal error at Vonage, which
+/// this ingress would refuse again.
+async fn vonage_status(
+    State(ingress): State<Arc<Ingress>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = &ingress.secrets.vonage_signature_secret else {
+        return answer("vonage", "not_configured", StatusCode::NOT_FOUND);
+    };
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let api_key = ingress.secrets.vonage_api_key.as_deref();
+    if let Err(refusal) = vonage::verify(authorization, &body, secret, api_key, Utc::now()) {
+        let status = match refusal {
+            vonage::Refusal::Missing => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return answer("vonage", refusal.as_str(), status);
+    }
+    let call = replay::digest("/webhooks/vonage/status", &body);
+    if ingress.replays.seen(&call, Instant::now()) {
+        return answer("vonage", "replayed", StatusCode::OK);
+    }
+    match vonage::parse(&body, Utc::now()) {
+        Ok(parsed) => publish_receipts(&ingress, "vonage", parsed, call).await,
+        Err(e) => malformed("vonage", e),
     }
 }
 

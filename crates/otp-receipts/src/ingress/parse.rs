@@ -23,7 +23,7 @@ pub enum ParseError {
     Field { field: String, rule: &'static str },
 }
 
-fn field(field: impl Into<String>, rule: &'static str) -> ParseError {
+pub(crate) fn field(field: impl Into<String>, rule: &'static str) -> ParseError {
     ParseError::Field {
         field: field.into(),
         rule,
@@ -209,7 +209,7 @@ pub fn twilio(
             ..Parsed::default()
         });
     };
-    let error = (kind == ReceiptStatus::Failed).then(|| classify(&provider_errors::SMS, code));
+    let error = (kind == ReceiptStatus::Failed).then(|| classify(&provider_errors::TWILIO, code));
     Ok(Parsed {
         receipts: vec![Receipt {
             schema: RECEIPT_SCHEMA.to_string(),
@@ -227,7 +227,7 @@ pub fn twilio(
 
 /// A failed receipt's error, by our table. A code the table does not know is a delivery
 /// failure for this recipient: the message will not arrive.
-fn classify(table: &ErrorTable, code: Option<i64>) -> ReceiptError {
+pub(crate) fn classify(table: &ErrorTable, code: Option<i64>) -> ReceiptError {
     let known = code.and_then(|c| table.describe(c));
     let (class, message) = match known {
         Some((class, meaning)) => (class, meaning.to_string()),

@@ -19,10 +19,9 @@
 //! informational and may be missed.
 
 use chrono::{DateTime, Duration, Utc};
-use otp_events::provider_errors;
 use otp_events::{
     Channel, ChannelSignal, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory,
-    MessageIndex, PendingConfirmation, PhoneHasher, Receipt, ReceiptStatus, SignalKind,
+    MessageIndex, PendingConfirmation, PhoneHasher, Provider, Receipt, ReceiptStatus, SignalKind,
     SignalSource, StatusError, StatusKind, MESSAGE_KEY_PREFIX,
 };
 use std::collections::{BTreeSet, HashMap};
@@ -95,6 +94,18 @@ pub struct Outcome {
     pub actions: Vec<Action>,
     /// Receipts now applied or given up: their offsets may be committed.
     pub released: Vec<Tag>,
+    /// Sends of ours newly delivered: how long each took (for [`super::slowness`]).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One of our sends delivered, `latency_ms` after the provider accepted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub channel: Channel,
+    pub provider: Provider,
+    /// The destination's country, when the numbering plan knows it.
+    pub country: Option<String>,
+    pub latency_ms: i64,
 }
 
 struct Entry {
@@ -298,6 +309,7 @@ impl Book {
         let awaiting = record.state == ConfirmationState::Awaiting;
         let status = |kind: StatusKind, is_final: bool| {
             let mut s = DeliveryStatus::about(&record.request, kind, record.channel, &self.hasher);
+            s.provider = Some(provider_of(record));
             s.provider_message_id = Some(
                 self.hasher
                     .public_message_id(receipt.channel, &receipt.provider_message_id),
@@ -313,6 +325,14 @@ impl Book {
                 .actions
                 .push(Action::Status(status(StatusKind::Sent, false))),
             ReceiptStatus::Delivered | ReceiptStatus::Read => {
+                if receipt.status == ReceiptStatus::Delivered {
+                    out.deliveries.push(Delivery {
+                        channel: record.channel,
+                        provider: provider_of(record),
+                        country: otp_events::country_of(&record.request.phone),
+                        latency_ms: (receipt.received_at - record.accepted_at).num_milliseconds(),
+                    });
+                }
                 let kind = if receipt.status == ReceiptStatus::Read {
                     StatusKind::Read
                 } else {
@@ -324,7 +344,7 @@ impl Book {
                 }
             }
             ReceiptStatus::Failed => {
-                if let Some(signal) = signal_of(&receipt, now) {
+                if let Some(signal) = signal_of(&receipt, record, now) {
                     out.actions.push(Action::Signal {
                         request_id: request_id.clone(),
                         signal,
@@ -391,6 +411,25 @@ impl Book {
             }
             self.deadlines.remove(&hint);
             let record = &mut entry.record;
+            if record.timeout_is_final {
+                // No receipt on a provider whose receipts are not awaited: the send stands.
+                let mut s = DeliveryStatus::about(
+                    &record.request,
+                    StatusKind::Sent,
+                    record.channel,
+                    &self.hasher,
+                );
+                s.provider = Some(provider_of(record));
+                s.provider_message_id = Some(
+                    self.hasher
+                        .public_message_id(record.channel, &record.provider_message_id),
+                );
+                s.is_final = true;
+                out.actions.push(Action::Status(s));
+                record.state = ConfirmationState::ReportOnly;
+                out.actions.push(Action::Save(record.clone()));
+                continue;
+            }
             let reason = StatusError {
                 category: ErrorCategory::Recipient,
                 code: "receipt_timeout".into(),
@@ -481,7 +520,11 @@ fn settle(
     hasher: &PhoneHasher,
     now: DateTime<Utc>,
 ) -> Vec<Action> {
-    let status = |kind| DeliveryStatus::about(&record.request, kind, record.channel, hasher);
+    let status = |kind| {
+        let mut s = DeliveryStatus::about(&record.request, kind, record.channel, hasher);
+        s.provider = Some(provider_of(record));
+        s
+    };
     let public_id = hasher.public_message_id(record.channel, &record.provider_message_id);
     let mut actions = Vec::new();
     // Handing on a code about to die only sends a message the user cannot use: the next
@@ -523,11 +566,16 @@ pub const SIGNAL_FRESH_FOR: Duration = Duration::minutes(10);
 /// such as Twilio's, is as fresh as its arrival). The book asks this only for the first
 /// `failed` of one of our own sends (after the message-id check), so each (message, status)
 /// makes at most one signal, however often its webhook is replayed.
-fn signal_of(receipt: &Receipt, now: DateTime<Utc>) -> Option<ChannelSignal> {
-    let table = match receipt.channel {
-        Channel::Whatsapp => &provider_errors::WHATSAPP,
-        Channel::Sms => &provider_errors::SMS,
-    };
+///
+/// The signal names the provider of the send, and the destination's country, so that a
+/// route error (a US registration lapsed) closes that country only.
+fn signal_of(
+    receipt: &Receipt,
+    record: &PendingConfirmation,
+    now: DateTime<Utc>,
+) -> Option<ChannelSignal> {
+    let provider = provider_of(record);
+    let table = provider.errors();
     let code = receipt.error.as_ref()?.code.parse::<i64>().ok()?;
     let kind = table.class_of(code).and_then(SignalKind::of)?;
     let dated = receipt.provider_timestamp.unwrap_or(receipt.received_at);
@@ -536,11 +584,21 @@ fn signal_of(receipt: &Receipt, now: DateTime<Utc>) -> Option<ChannelSignal> {
             .increment(1);
         return None;
     }
-    Some(ChannelSignal::new(
-        receipt.channel,
-        kind,
-        SignalSource::Receipt,
-        code.to_string(),
-        now,
-    ))
+    let country = otp_events::country_of(&record.request.phone);
+    Some(
+        ChannelSignal::new(
+            receipt.channel,
+            kind,
+            SignalSource::Receipt,
+            code.to_string(),
+            now,
+        )
+        .about(provider, country),
+    )
+}
+
+/// The provider a pending record's send went through: the channel's first for records written
+/// before providers were named.
+fn provider_of(record: &PendingConfirmation) -> Provider {
+    record.provider.unwrap_or(Provider::of(record.channel)[0])
 }

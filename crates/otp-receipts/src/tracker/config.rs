@@ -34,6 +34,16 @@ pub struct TrackerConfig {
     /// Longest code life accepted when handing a request on (as the workers' `max_ttl`).
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
+    /// How far back delivery times count when comparing providers per country (a provider
+    /// slow to deliver against its peers loses weight in the workers' routes there).
+    #[arg(long, env = "OTP_TRACKER_SLOW_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub slow_window: Duration,
+    /// Deliveries each provider needs in a country's window before it is compared.
+    #[arg(long, default_value_t = 20)]
+    pub slow_min_samples: usize,
+    /// How often providers are compared (and a slow one signalled).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub slow_check_every: Duration,
     /// Serve /metrics and /healthz here.
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -19,6 +19,7 @@ mod book;
 mod catch_up;
 pub mod config;
 mod execute;
+pub mod slowness;
 
 pub use book::{Action, Book, Outcome, Tag};
 pub use config::TrackerConfig;
@@ -120,6 +121,11 @@ pub async fn run(
         unopenable: BTreeSet::new(),
         ready_within: config.ready_within,
         last_gauges: Instant::now(),
+        slowness: slowness::Slowness::new(slowness::SlowConfig {
+            window: chrono::Duration::from_std(config.slow_window)?,
+            min_samples: config.slow_min_samples,
+            check_every: chrono::Duration::from_std(config.slow_check_every)?,
+        }),
     };
     group::run(&kafka, settings, tracker, shutdown).await?;
     tracing::info!("confirmation tracker stopped");
@@ -128,6 +134,8 @@ pub async fn run(
 
 struct Tracker {
     book: Book,
+    /// Delivery times per provider and country, and who is slow against its peers.
+    slowness: slowness::Slowness,
     writer: Arc<KafkaWriter>,
     /// Writes the book's decisions; made with the consumer, at the first assignment.
     executor: Option<Executor>,
@@ -210,6 +218,9 @@ impl GroupMember for Tracker {
                 .due(now, |p| p == partition && !waiting.contains(&p));
             self.execute(partition, outcome).await;
         }
+        for slow in self.slowness.check(now) {
+            self.signal_slow(slow);
+        }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
             self.last_gauges = Instant::now();
             metrics::gauge!("otp_confirmations_awaiting").set(self.book.awaiting() as f64);
@@ -219,6 +230,30 @@ impl GroupMember for Tracker {
 }
 
 impl Tracker {
+    /// Tell the workers that a provider delivers slowly to a country, so that they move
+    /// weight away from it there. Written in the background: a tick does not wait for Kafka.
+    fn signal_slow(&self, slow: slowness::Slow) {
+        tracing::warn!(
+            provider = %slow.provider,
+            country = %slow.country,
+            p95_ms = slow.p95_ms,
+            best_p95_ms = slow.best_p95_ms,
+            "provider slow to deliver here, against its peers; the workers move weight away"
+        );
+        metrics::counter!("otp_provider_slow_total", "provider" => slow.provider.as_str(), "country" => slow.country.clone())
+            .increment(1);
+        let signal = otp_events::ChannelSignal::new(
+            slow.channel,
+            otp_events::SignalKind::Slow,
+            otp_events::SignalSource::Receipt,
+            "slow_delivery",
+            Utc::now(),
+        )
+        .about(slow.provider, Some(slow.country));
+        let writer = self.writer.clone();
+        tokio::spawn(async move { writer.signal(&signal).await });
+    }
+
     /// Partitions whose deadlines must wait: still being read back after assignment. They
     /// wait however long that takes (a decision on a half-read partition could fall back
     /// for a user already confirmed); past `ready_within` it is logged, once.
@@ -358,16 +393,16 @@ impl Tracker {
             {
                 Some(Ok(receipt)) => self.book.receipt(receipt, tag, now),
                 _ if !authentic => Outcome {
-                    actions: Vec::new(),
                     released: vec![tag],
+                    ..Outcome::default()
                 },
                 _ => {
                     tracing::error!(partition, offset, "unreadable receipt skipped");
                     metrics::counter!("otp_tracker_unreadable_total", "topic" => "receipts")
                         .increment(1);
                     Outcome {
-                        actions: Vec::new(),
                         released: vec![tag],
+                        ..Outcome::default()
                     }
                 }
             }
@@ -440,7 +475,14 @@ impl Tracker {
 
     /// Hand the book's decisions about `partition` to the executor (waiting only for room in
     /// its queues).
-    async fn execute(&mut self, partition: i32, outcome: Outcome) {
+    async fn execute(&mut self, partition: i32, mut outcome: Outcome) {
+        let now = Utc::now();
+        for d in outcome.deliveries.drain(..) {
+            if let Some(country) = d.country {
+                self.slowness
+                    .observe(d.channel, d.provider, country, d.latency_ms, now);
+            }
+        }
         if outcome.actions.is_empty() && outcome.released.is_empty() {
             return;
         }

@@ -26,6 +26,7 @@ fn at(request: &CodeRequest, channel: Channel) -> At<'_> {
     At {
         request,
         channel,
+        provider: None,
         now: Utc::now(),
     }
 }
@@ -36,6 +37,7 @@ fn failure(class: ErrorClass, code: &str) -> SendFailure {
         code: code.to_string(),
         message: "from the table".to_string(),
         unknown_code: false,
+        nothing_sent: true,
     }
 }
 
@@ -49,7 +51,14 @@ fn schedule(tries: u32) -> RetrySchedule {
 }
 
 fn after(request: &CodeRequest, answer: Result<String, SendFailure>, left: Duration) -> Next {
-    after_send(at(request, WA), answer, &mut schedule(1), left, None)
+    after_send(
+        at(request, WA),
+        answer,
+        &mut schedule(1),
+        left,
+        None,
+        Failover::NONE,
+    )
 }
 
 /// The outcome a try ended with (not a retry).
@@ -160,7 +169,14 @@ fn a_request_seen_before_is_a_duplicate() {
 fn with_the_limits_clear_and_the_circuit_closed_the_send_goes() {
     let r = request(&[WA, SMS], 300);
     assert_eq!(
-        before_send(at(&r, WA), Ok(()), || Admission::Send, 0, MARGIN),
+        before_send(
+            at(&r, WA),
+            Ok(()),
+            || Admission::Send,
+            0,
+            MARGIN,
+            Failover::NONE
+        ),
         None
     );
 }
@@ -207,7 +223,17 @@ fn a_provider_limit_that_would_pass_the_deadline_falls_back() {
         category: ErrorCategory::RateLimited,
         waited_too_long: true,
     };
-    let outcome = before_send(at(&r, WA), Err(too_long), || Admission::Send, 0, MARGIN).unwrap();
+    let outcome = done(
+        before_send(
+            at(&r, WA),
+            Err(too_long),
+            || Admission::Send,
+            0,
+            MARGIN,
+            Failover::NONE,
+        )
+        .unwrap(),
+    );
     assert_eq!(fallback_to(&outcome), Some((SMS, "recipient_pair_rate")));
 }
 
@@ -221,12 +247,20 @@ fn the_circuit_is_not_asked_when_a_limit_or_the_clock_stops_the_send() {
         waited_too_long: false,
     };
     let not_asked = || -> Admission { panic!("the circuit was asked") };
-    assert!(before_send(at(&r, WA), Err(refused), not_asked, 0, MARGIN).is_some());
+    assert!(before_send(
+        at(&r, WA),
+        Err(refused),
+        not_asked,
+        0,
+        MARGIN,
+        Failover::NONE
+    )
+    .is_some());
     let late = At {
         now: r.expires_at,
         ..at(&r, WA)
     };
-    assert!(before_send(late, Ok(()), not_asked, 0, MARGIN).is_some());
+    assert!(before_send(late, Ok(()), not_asked, 0, MARGIN, Failover::NONE).is_some());
 }
 
 #[test]
@@ -239,7 +273,8 @@ fn no_try_starts_within_the_cutoff_before_expiry() {
             now: r.expires_at - chrono::Duration::milliseconds(left_ms),
             ..at(&r, WA)
         };
-        let outcome = before_send(close, Ok(()), not_asked, tries, MARGIN).unwrap();
+        let outcome =
+            done(before_send(close, Ok(()), not_asked, tries, MARGIN, Failover::NONE).unwrap());
         // Expired on the spot: no fallback, since the next channel would have no more time.
         assert_eq!(
             reported(&outcome),
@@ -252,7 +287,14 @@ fn no_try_starts_within_the_cutoff_before_expiry() {
         ..at(&r, WA)
     };
     assert_eq!(
-        before_send(in_time, Ok(()), || Admission::Send, 0, MARGIN),
+        before_send(
+            in_time,
+            Ok(()),
+            || Admission::Send,
+            0,
+            MARGIN,
+            Failover::NONE
+        ),
         None
     );
 }
@@ -260,7 +302,17 @@ fn no_try_starts_within_the_cutoff_before_expiry() {
 #[test]
 fn an_open_circuit_falls_back_without_sending() {
     let r = request(&[WA, SMS], 300);
-    let outcome = before_send(at(&r, WA), Ok(()), || Admission::Refuse, 0, MARGIN).unwrap();
+    let outcome = done(
+        before_send(
+            at(&r, WA),
+            Ok(()),
+            || Admission::Refuse,
+            0,
+            MARGIN,
+            Failover::NONE,
+        )
+        .unwrap(),
+    );
     assert_eq!(fallback_to(&outcome), Some((SMS, "circuit_open")));
 }
 
@@ -271,7 +323,8 @@ fn a_retry_due_after_the_deadline_is_not_sent() {
         now: r.expires_at,
         ..at(&r, WA)
     };
-    let outcome = before_send(late, Ok(()), || Admission::Send, 2, MARGIN).unwrap();
+    let outcome =
+        done(before_send(late, Ok(()), || Admission::Send, 2, MARGIN, Failover::NONE).unwrap());
     assert_eq!(
         outcome,
         Outcome::Report {
@@ -312,6 +365,7 @@ fn with_confirmation_an_accepted_send_arms_a_fallback_when_a_channel_and_time_ar
             &mut schedule(1),
             Duration::from_secs(60),
             Some(&confirmation),
+            Failover::NONE,
         );
         let Next::Done(Outcome::Accepted {
             pending: Some(p), ..
@@ -346,6 +400,7 @@ fn a_send_accepted_without_a_readable_id_is_sent_and_arms_no_fallback() {
         &mut schedule(1),
         Duration::from_secs(60),
         Some(&ConfirmationConfig::default()),
+        Failover::NONE,
     );
     assert!(
         matches!(next, Next::Done(Outcome::Accepted { pending: None, .. })),
@@ -386,6 +441,7 @@ fn a_transient_failure_past_the_retry_budget_falls_back() {
         &mut schedule(max),
         Duration::from_secs(600),
         None,
+        Failover::NONE,
     );
     let outcome = done(next);
     assert_eq!(fallback_to(&outcome), Some((SMS, "timeout")));
@@ -471,6 +527,7 @@ fn throttling_tries_again_after_the_limits_without_spending_a_try() {
         &mut s,
         Duration::from_secs(60),
         None,
+        Failover::NONE,
     );
     assert_eq!(next, Next::Again(Attempt::Retry));
     // ...so a transient failure of the last send after it still has a retry: the throttled
@@ -482,6 +539,7 @@ fn throttling_tries_again_after_the_limits_without_spending_a_try() {
         &mut s,
         Duration::from_secs(60),
         None,
+        Failover::NONE,
     );
     assert!(matches!(next, Next::RetryIn(_)), "{next:?}");
 }
@@ -510,6 +568,199 @@ fn rate_windows_are_tried_again_a_bounded_number_of_times_then_fall_back() {
         &mut s,
         Duration::from_secs(60),
         None,
+        Failover::NONE,
     );
     assert_eq!(fallback_to(&done(next)), Some((SMS, "130429")));
+}
+
+// ------------------------------------------------------------ failover inside the channel
+
+const ANOTHER: Failover = Failover {
+    next: true,
+    several: true,
+    ambiguous: false,
+};
+
+fn next_provider(next: Next) -> String {
+    match next {
+        Next::OtherProvider(error) => error.code,
+        other => panic!("not a move to the next provider: {other:?}"),
+    }
+}
+
+/// A provider's broken account or route, its throttling, a refusal answered with an error
+/// (nothing sent), a connection that never opened: the next provider, at once, inside the
+/// channel.
+#[test]
+fn what_proves_nothing_was_sent_moves_to_the_next_provider() {
+    let r = request(&[SMS, WA], 300);
+    let left = Duration::from_secs(60);
+    for (class, code) in [
+        (ErrorClass::ChannelBroken, "20003"),
+        (ErrorClass::RouteBroken, "21408"),
+        (ErrorClass::Throttled, "20429"),
+        (ErrorClass::Transient, "http_503"),
+        (ErrorClass::Transient, "connect"),
+    ] {
+        let next = after_send(
+            at(&r, SMS),
+            Err(failure(class, code)),
+            &mut schedule(1),
+            left,
+            None,
+            ANOTHER,
+        );
+        assert_eq!(next_provider(next), code, "{class:?}");
+    }
+}
+
+/// No answer: the send may have gone out. The same provider retries it, unless the operator
+/// allows a resend elsewhere.
+#[test]
+fn an_ambiguous_failure_stays_on_its_provider_unless_allowed() {
+    let r = request(&[SMS, WA], 300);
+    let left = Duration::from_secs(60);
+    let timeout = SendFailure {
+        nothing_sent: false,
+        ..failure(ErrorClass::Transient, "timeout")
+    };
+    let next = after_send(
+        at(&r, SMS),
+        Err(timeout.clone()),
+        &mut schedule(1),
+        left,
+        None,
+        ANOTHER,
+    );
+    assert!(matches!(next, Next::RetryIn(_)), "{next:?}");
+    let allowed = Failover {
+        ambiguous: true,
+        ..ANOTHER
+    };
+    let next = after_send(
+        at(&r, SMS),
+        Err(timeout),
+        &mut schedule(1),
+        left,
+        None,
+        allowed,
+    );
+    assert_eq!(next_provider(next), "timeout");
+}
+
+/// Every provider of the route tried, a transient failure that sent nothing: the route again
+/// after a backoff, from its first provider (one that throttled may take it now); one that
+/// may have been sent stays on its provider.
+#[test]
+fn with_the_route_tried_a_failure_that_sent_nothing_goes_round_again() {
+    let r = request(&[SMS, WA], 300);
+    let last = Failover {
+        next: false,
+        ..ANOTHER
+    };
+    let left = Duration::from_secs(60);
+    let refused = failure(ErrorClass::Transient, "connect");
+    let next = after_send(
+        at(&r, SMS),
+        Err(refused),
+        &mut schedule(2),
+        left,
+        None,
+        last,
+    );
+    assert!(matches!(next, Next::RetryRouteIn(_)), "{next:?}");
+    let timeout = SendFailure {
+        nothing_sent: false,
+        ..failure(ErrorClass::Transient, "timeout")
+    };
+    let next = after_send(
+        at(&r, SMS),
+        Err(timeout),
+        &mut schedule(2),
+        left,
+        None,
+        last,
+    );
+    assert!(matches!(next, Next::RetryIn(_)), "{next:?}");
+}
+
+/// A recipient's refusal holds on every provider: the user's next channel.
+#[test]
+fn a_recipients_refusal_ends_the_channel_whatever_providers_are_left() {
+    let r = request(&[SMS, WA], 300);
+    let next = after_send(
+        at(&r, SMS),
+        Err(failure(ErrorClass::Recipient, "21211")),
+        &mut schedule(1),
+        Duration::from_secs(60),
+        None,
+        ANOTHER,
+    );
+    assert_eq!(fallback_to(&done(next)), Some((WA, "21211")));
+}
+
+/// The last provider of a route falls back as one provider always did; the retry budget and
+/// the time left bound the moves too.
+#[test]
+fn without_another_provider_or_budget_the_channel_ends() {
+    let r = request(&[SMS, WA], 300);
+    let broken = || Err(failure(ErrorClass::RouteBroken, "21408"));
+    let left = Duration::from_secs(60);
+    let next = after_send(
+        at(&r, SMS),
+        broken(),
+        &mut schedule(1),
+        left,
+        None,
+        Failover::NONE,
+    );
+    assert_eq!(fallback_to(&done(next)), Some((WA, "21408")));
+    let spent = RetryConfig::default().max_tries;
+    let next = after_send(
+        at(&r, SMS),
+        broken(),
+        &mut schedule(spent),
+        left,
+        None,
+        ANOTHER,
+    );
+    assert_eq!(fallback_to(&done(next)), Some((WA, "21408")));
+    let next = after_send(
+        at(&r, SMS),
+        broken(),
+        &mut schedule(1),
+        Duration::ZERO,
+        None,
+        ANOTHER,
+    );
+    assert_eq!(fallback_to(&done(next)), Some((WA, "21408")));
+}
+
+/// An open circuit, or a sender rate that cannot serve in time, on one provider: the next one.
+#[test]
+fn a_refusal_before_the_send_moves_to_the_next_provider() {
+    let r = request(&[SMS, WA], 300);
+    let next = before_send(
+        at(&r, SMS),
+        Ok(()),
+        || Admission::Refuse,
+        0,
+        MARGIN,
+        ANOTHER,
+    );
+    assert_eq!(next_provider(next.unwrap()), "circuit_open");
+    let too_long = Err(Limited {
+        rule: "sender_rate",
+        category: ErrorCategory::RateLimited,
+        waited_too_long: true,
+    });
+    let next = before_send(
+        at(&r, SMS),
+        too_long,
+        || Admission::Send,
+        0,
+        MARGIN,
+        ANOTHER,
+    );
+    assert_eq!(next_provider(next.unwrap()), "sender_rate");
 }

@@ -14,13 +14,13 @@ mod schedule;
 pub use abuse::{Abuse, AbuseConfig, Refusal, WindowRule};
 pub use provider::{RecipientLimit, SenderLimit};
 
-use otp_events::ErrorCategory;
+use otp_events::{ErrorCategory, Provider};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Provider rate limits of one worker.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One provider's rate limits, in force.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sends per second to the provider for the whole fleet of this channel's workers (the
@@ -29,7 +29,6 @@ pub struct LimitsConfig {
     /// The provider's burst: sends that may go out at once after an idle spell (shared the
     /// same way). A worker uses half of it; the other half absorbs the network's jitter, so
     /// the provider never sees more than its limit.
-    #[serde(default = "default_sender_burst")]
     pub sender_burst: u32,
     /// At most one send per this period to one recipient (WhatsApp's pair limit); none when
     /// absent.
@@ -37,8 +36,45 @@ pub struct LimitsConfig {
     pub recipient_period: Option<Duration>,
 }
 
-fn default_sender_burst() -> u32 {
-    1
+/// Limits as an operator writes them: every field optional, each one given replacing only
+/// that field of the provider's defaults (an operator who sets only a rate keeps the pair
+/// period and the burst).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    /// Sends per second to the provider for the whole fleet (see [`LimitsConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_per_second: Option<u32>,
+    /// The provider's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_burst: Option<u32>,
+    /// At most one send per this period to one recipient.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recipient_period: Option<Duration>,
+}
+
+impl LimitsPatch {
+    /// `base` with every field this patch gives replaced.
+    pub fn over(&self, base: &LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            sender_per_second: self.sender_per_second.unwrap_or(base.sender_per_second),
+            sender_burst: self.sender_burst.unwrap_or(base.sender_burst),
+            recipient_period: self.recipient_period.or(base.recipient_period),
+        }
+    }
+
+    /// All of `limits`, as a patch that gives every field.
+    pub fn all_of(limits: &LimitsConfig) -> Self {
+        Self {
+            sender_per_second: Some(limits.sender_per_second),
+            sender_burst: Some(limits.sender_burst),
+            recipient_period: limits.recipient_period,
+        }
+    }
 }
 
 /// What limits look at: derived from the request once, with no phone number in it.
@@ -99,7 +135,8 @@ const DEFAULT_PAIR_PERIOD: Duration = Duration::from_secs(6);
 
 pub struct Limiter {
     abuse: Abuse,
-    sender: SenderLimit,
+    /// Each provider's sender limit: its own rate and burst, shared across the fleet.
+    senders: Vec<(Provider, SenderLimit)>,
     /// The recipient window: the configured per-recipient limit, or (asked only after the
     /// provider's pair-rate answer) one of Meta's period.
     pair: Arc<RecipientLimit>,
@@ -112,7 +149,11 @@ pub struct Limiter {
 const MAX_ROUNDS: u32 = 8;
 
 impl Limiter {
-    pub fn new(limits: &LimitsConfig, abuse: &AbuseConfig) -> Self {
+    /// Limits for `providers`, each with its own sender limit. The recipient window is the
+    /// first provider's (a channel with a pair limit has one provider).
+    pub fn new(providers: &[(Provider, LimitsConfig)], abuse: &AbuseConfig) -> Self {
+        assert!(!providers.is_empty(), "a channel has a provider");
+        let limits = &providers[0].1;
         // Every rule's series from the start (zero until it refuses), and the slow-downs.
         for rule in Abuse::new(abuse)
             .rules()
@@ -121,11 +162,17 @@ impl Limiter {
         {
             metrics::counter!("otp_limited_total", "rule" => rule).increment(0);
         }
-        metrics::counter!("otp_sender_slow_downs_total").increment(0);
-        metrics::counter!("otp_sender_paced_total").increment(0);
         Self {
             abuse: Abuse::new(abuse),
-            sender: SenderLimit::new(limits.sender_per_second, limits.sender_burst),
+            senders: providers
+                .iter()
+                .map(|(p, l)| {
+                    (
+                        *p,
+                        SenderLimit::new(p.as_str(), l.sender_per_second, l.sender_burst),
+                    )
+                })
+                .collect(),
             pair: Arc::new(RecipientLimit::new(
                 limits.recipient_period.unwrap_or(DEFAULT_PAIR_PERIOD),
             )),
@@ -169,14 +216,29 @@ impl Limiter {
         let _ = self.pair.take(subject);
     }
 
-    /// Take `owned` of the topic's `total` partitions' share of the fleet's sender rate.
+    /// Take `owned` of the topic's `total` partitions' share of every provider's sender rate.
     pub fn set_sender_share(&self, owned: usize, total: usize) {
-        self.sender.set_share(owned, total);
+        for (_, sender) in &self.senders {
+            sender.set_share(owned, total);
+        }
     }
 
-    /// The provider says we are over a rate window: slow the sender rate down.
-    pub fn throttled(&self) {
-        self.sender.slow_down(Instant::now());
+    /// `provider` says we are over a rate window: slow its sender rate down (every
+    /// provider's when `None`: a signal that does not say whose).
+    pub fn throttled(&self, provider: Option<Provider>) {
+        for (p, sender) in &self.senders {
+            if provider.is_none_or(|named| named == *p) {
+                sender.slow_down(Instant::now());
+            }
+        }
+    }
+
+    fn sender(&self, provider: Provider) -> &SenderLimit {
+        self.senders
+            .iter()
+            .find(|(p, _)| *p == provider)
+            .map(|(_, s)| s)
+            .unwrap_or(&self.senders[0].1)
     }
 
     /// Pass the provider limits that apply to `attempt`, waiting as needed, never past
@@ -191,17 +253,20 @@ impl Limiter {
     /// recipient and takes a new slot.
     pub async fn acquire(
         &self,
+        provider: Provider,
         subject: &Subject,
         latest: Instant,
         attempt: Attempt,
     ) -> Result<(), Limited> {
-        self.acquire_in_line(subject, latest, attempt, ()).await
+        self.acquire_in_line(provider, subject, latest, attempt, ())
+            .await
     }
 
     /// [`Limiter::acquire`], holding `in_line` until the sender slot is reserved (or refused)
     /// and dropping it then: the caller's turn among messages that must reserve in order.
     pub async fn acquire_in_line<T>(
         &self,
+        provider: Provider,
         subject: &Subject,
         latest: Instant,
         attempt: Attempt,
@@ -222,7 +287,8 @@ impl Limiter {
             })
         };
         for _ in 0..MAX_ROUNDS {
-            let reserved = self.sender.reserve(latest);
+            let sender = self.sender(provider);
+            let reserved = sender.reserve(latest);
             drop(in_line.take());
             match reserved {
                 Ok(slot) => sleep_until(slot).await,
@@ -230,7 +296,7 @@ impl Limiter {
             }
             // The slot has come; if the process stalled on the way, the send still leaves
             // no faster than the rate allows.
-            match self.sender.pace(latest) {
+            match sender.pace(latest) {
                 Ok(at) => sleep_until(at).await,
                 Err(_) => return refused("sender_rate"),
             }
@@ -282,22 +348,25 @@ mod tests {
     #[tokio::test]
     async fn a_wait_past_the_deadline_is_refused_not_taken() {
         let limiter = Limiter::new(
-            &LimitsConfig {
-                sender_per_second: 1,
-                // A worker uses half the burst: one send at once.
-                sender_burst: 2,
-                recipient_period: None,
-            },
+            &[(
+                Provider::Twilio,
+                LimitsConfig {
+                    sender_per_second: 1,
+                    // A worker uses half the burst: one send at once.
+                    sender_burst: 2,
+                    recipient_period: None,
+                },
+            )],
             &no_abuse(),
         );
         let soon = Instant::now() + Duration::from_millis(100);
         assert!(limiter
-            .acquire(&subject("a"), soon, Attempt::First)
+            .acquire(Provider::Twilio, &subject("a"), soon, Attempt::First)
             .await
             .is_ok());
         let started = Instant::now();
         let err = limiter
-            .acquire(&subject("b"), soon, Attempt::First)
+            .acquire(Provider::Twilio, &subject("b"), soon, Attempt::First)
             .await
             .unwrap_err();
         assert_eq!((err.rule, err.waited_too_long), ("sender_rate", true));
@@ -310,29 +379,32 @@ mod tests {
     #[tokio::test]
     async fn recipient_limit_is_per_key_and_skips_retries() {
         let limiter = Limiter::new(
-            &LimitsConfig {
-                sender_per_second: 1000,
-                sender_burst: 100,
-                recipient_period: Some(Duration::from_secs(6)),
-            },
+            &[(
+                Provider::Twilio,
+                LimitsConfig {
+                    sender_per_second: 1000,
+                    sender_burst: 100,
+                    recipient_period: Some(Duration::from_secs(6)),
+                },
+            )],
             &no_abuse(),
         );
         let latest = Instant::now() + Duration::from_secs(1);
         assert!(limiter
-            .acquire(&subject("alice"), latest, Attempt::First)
+            .acquire(Provider::Twilio, &subject("alice"), latest, Attempt::First)
             .await
             .is_ok());
         assert!(limiter
-            .acquire(&subject("bob"), latest, Attempt::First)
+            .acquire(Provider::Twilio, &subject("bob"), latest, Attempt::First)
             .await
             .is_ok());
         let err = limiter
-            .acquire(&subject("alice"), latest, Attempt::First)
+            .acquire(Provider::Twilio, &subject("alice"), latest, Attempt::First)
             .await
             .unwrap_err();
         assert_eq!(err.rule, "recipient_rate");
         assert!(limiter
-            .acquire(&subject("alice"), latest, Attempt::Retry)
+            .acquire(Provider::Twilio, &subject("alice"), latest, Attempt::Retry)
             .await
             .is_ok());
     }
@@ -348,7 +420,7 @@ mod tests {
             recipient_period: None,
         };
         let limiter = Limiter::new(
-            &limits,
+            &[(Provider::Twilio, limits)],
             &AbuseConfig {
                 per_phone: Some(WindowRule {
                     count: 1,
@@ -381,5 +453,69 @@ mod tests {
                 .rule,
             "per_phone"
         );
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    /// An operator who sets only a rate keeps the provider's pair period and burst.
+    #[test]
+    fn a_patch_replaces_only_the_fields_it_gives() {
+        let whatsapp = LimitsConfig {
+            sender_per_second: 80,
+            sender_burst: 10,
+            recipient_period: Some(Duration::from_secs(6)),
+        };
+        let patch: LimitsPatch = toml::from_str("sender_per_second = 50").unwrap();
+        let merged = patch.over(&whatsapp);
+        assert_eq!(merged.sender_per_second, 50);
+        assert_eq!(merged.sender_burst, 10);
+        assert_eq!(merged.recipient_period, Some(Duration::from_secs(6)));
+        assert_eq!(LimitsPatch::all_of(&merged).over(&whatsapp), merged);
+        let err = toml::from_str::<LimitsPatch>("sender_per_secnd = 5").unwrap_err();
+        assert!(err.to_string().contains("sender_per_secnd"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn each_provider_has_its_own_sender_rate() {
+        let slow = LimitsConfig {
+            sender_per_second: 1,
+            sender_burst: 2,
+            recipient_period: None,
+        };
+        let fast = LimitsConfig {
+            sender_per_second: 1000,
+            sender_burst: 100,
+            recipient_period: None,
+        };
+        let abuse = AbuseConfig {
+            per_phone: None,
+            per_prefix: None,
+            ..AbuseConfig::default()
+        };
+        let limiter = Limiter::new(
+            &[(Provider::Twilio, slow), (Provider::Vonage, fast)],
+            &abuse,
+        );
+        let subject = Subject {
+            phone_key: "k".into(),
+            prefix_key: "p".into(),
+            country: Some("US".into()),
+            premium: false,
+        };
+        let soon = Instant::now() + Duration::from_millis(100);
+        let twilio = || limiter.acquire(Provider::Twilio, &subject, soon, Attempt::Retry);
+        assert!(twilio().await.is_ok());
+        assert_eq!(
+            twilio().await.unwrap_err().rule,
+            "sender_rate",
+            "Twilio's 1/s is spent"
+        );
+        for _ in 0..20 {
+            let vonage = limiter.acquire(Provider::Vonage, &subject, soon, Attempt::Retry);
+            assert!(vonage.await.is_ok(), "Vonage's own rate");
+        }
     }
 }

@@ -33,6 +33,8 @@ fn clock() -> &'static DefaultClock {
 /// until its slot, and the burst shared like the rate (a fraction of one when the share is
 /// small), so that the fleet never sends more than its burst at once.
 pub struct SenderLimit {
+    /// The provider's name (a metric label).
+    provider: &'static str,
     total_per_second: u32,
     total_burst: u32,
     current: RwLock<Current>,
@@ -60,9 +62,13 @@ pub const SLOWEST: f64 = 1.0 / 16.0;
 pub const BURST_USED: f64 = 0.5;
 
 impl SenderLimit {
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        metrics::gauge!("otp_sender_rate_share_per_second").set(f64::from(per_second));
+    pub fn new(provider: &'static str, per_second: u32, burst: u32) -> Self {
+        metrics::gauge!("otp_sender_rate_share_per_second", "provider" => provider)
+            .set(f64::from(per_second));
+        metrics::counter!("otp_sender_slow_downs_total", "provider" => provider).increment(0);
+        metrics::counter!("otp_sender_paced_total", "provider" => provider).increment(0);
         Self {
+            provider,
             total_per_second: per_second,
             total_burst: burst,
             current: RwLock::new(Current {
@@ -105,8 +111,9 @@ impl SenderLimit {
         }
         current.factor = (current.factor / 2.0).max(SLOWEST);
         current.changed = now;
-        metrics::counter!("otp_sender_slow_downs_total").increment(1);
+        metrics::counter!("otp_sender_slow_downs_total", "provider" => self.provider).increment(1);
         tracing::warn!(
+            provider = self.provider,
             factor = current.factor,
             "the provider throttled us; sender rate lowered"
         );
@@ -133,7 +140,7 @@ impl SenderLimit {
         let scale = current.share * current.factor;
         let rate = self.total_per_second as f64 * scale;
         let burst = self.total_burst as f64 * scale * BURST_USED;
-        metrics::gauge!("otp_sender_rate_share_per_second").set(rate);
+        metrics::gauge!("otp_sender_rate_share_per_second", "provider" => self.provider).set(rate);
         self.schedule.set(rate, burst);
     }
 
@@ -152,7 +159,7 @@ impl SenderLimit {
         let now = Instant::now();
         let paced = self.schedule.pace(now, latest);
         if !matches!(paced, Ok(at) if at <= now) {
-            metrics::counter!("otp_sender_paced_total").increment(1);
+            metrics::counter!("otp_sender_paced_total", "provider" => self.provider).increment(1);
         }
         paced
     }
@@ -205,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_share_of_the_partitions_is_a_share_of_the_rate_and_burst() {
-        let limit = SenderLimit::new(10, 10);
+        let limit = SenderLimit::new("t", 10, 10);
         let soon = Instant::now() + Duration::from_millis(5);
         let at_once = |l: &SenderLimit| (0..100).filter(|_| l.reserve(soon).is_ok()).count();
         assert_eq!(at_once(&limit), 5, "alone: the burst, less the headroom");
@@ -215,7 +222,7 @@ mod tests {
             0,
             "an unchanged share grants no fresh burst"
         );
-        let fresh = SenderLimit::new(10, 10);
+        let fresh = SenderLimit::new("t", 10, 10);
         fresh.set_share(1, 2);
         assert_eq!(
             at_once(&fresh),
@@ -233,7 +240,7 @@ mod tests {
 
     #[test]
     fn throttling_halves_the_rate_once_per_burst_of_answers_and_quiet_brings_it_back() {
-        let limit = SenderLimit::new(80, 10);
+        let limit = SenderLimit::new("t", 80, 10);
         let t0 = Instant::now();
         limit.slow_down(t0);
         limit.slow_down(t0 + Duration::from_millis(10)); // the same burst of throttled answers

@@ -14,6 +14,7 @@ fn record(id: &str, channels: Vec<Channel>, state: ConfirmationState) -> Pending
     s.request_id = Some(id.into());
     let request = s.complete(Utc::now());
     PendingConfirmation {
+        provider: None,
         schema: PENDING_CONFIRMATION_SCHEMA.into(),
         channel: request.current_channel().unwrap(),
         request,
@@ -21,6 +22,7 @@ fn record(id: &str, channels: Vec<Channel>, state: ConfirmationState) -> Pending
         accepted_at: Utc::now(),
         confirm_by: (state == ConfirmationState::Awaiting)
             .then(|| Utc::now() + Duration::seconds(15)),
+        timeout_is_final: false,
         state,
         reported: Vec::new(),
     }
@@ -131,6 +133,48 @@ fn silence_falls_back_at_the_deadline_only_on_ready_partitions() {
     };
     assert_eq!(status.error.as_ref().unwrap().code, "receipt_timeout");
     assert!(reported(&b.due(late, |_| true)).is_empty(), "fires once");
+}
+
+/// On a provider whose receipts are not awaited (SMS by default), silence ends the request
+/// `sent` at the deadline, without a fallback; a failed receipt still falls back.
+#[test]
+fn silence_is_final_sent_where_a_missing_receipt_is_no_evidence() {
+    let mut b = book();
+    let now = Utc::now();
+    let mut r = record("quiet", WA_SMS(), ConfirmationState::Awaiting);
+    r.timeout_is_final = true;
+    b.record("quiet", Some(r.clone()), 0, now);
+    let out = b.due(now + Duration::seconds(16), |_| true);
+    assert_eq!(reported(&out), vec![(StatusKind::Sent, true)]);
+    assert!(!out
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::FallBack { .. })));
+    assert!(
+        matches!(out.actions.last(), Some(Action::Save(r)) if r.state == ConfirmationState::ReportOnly)
+    );
+    let late = b.receipt(receipt("quiet", ReceiptStatus::Failed), tag(0), now);
+    assert_eq!(
+        reported(&late),
+        vec![(StatusKind::Failed, false)],
+        "reported, not handed on"
+    );
+
+    b.record(
+        "loud",
+        Some(PendingConfirmation {
+            request: record("loud", WA_SMS(), ConfirmationState::Awaiting).request,
+            ..r
+        }),
+        0,
+        now,
+    );
+    let out = b.receipt(receipt("loud", ReceiptStatus::Failed), tag(1), now);
+    assert!(
+        matches!(out.actions.first(), Some(Action::FallBack { .. })),
+        "{:?}",
+        out.actions
+    );
 }
 
 #[test]

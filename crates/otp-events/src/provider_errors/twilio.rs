@@ -4,8 +4,8 @@
 
 use super::{ErrorClass::*, ErrorTable};
 
-pub static SMS: ErrorTable = ErrorTable {
-    provider: "sms",
+pub static TWILIO: ErrorTable = ErrorTable {
+    provider: "twilio",
     entries: &[
         // Too many concurrent API requests, or the sender's queue is full: a window on our
         // side, retried within the deadline.
@@ -19,20 +19,11 @@ pub static SMS: ErrorTable = ErrorTable {
         (30007, Recipient, "filtered by the carrier"),
         (30008, Transient, "unknown delivery error"),
         (30002, ChannelBroken, "account suspended"),
-        (30032, ChannelBroken, "toll-free number not verified"),
-        (30034, ChannelBroken, "A2P 10DLC registration missing"),
+        // US and Canadian registration: Twilio refuses that country's route, not the account.
+        (30032, RouteBroken, "toll-free number not verified (US/CA)"),
+        (30034, RouteBroken, "A2P 10DLC registration missing (US/CA)"),
         // Recipient: this number cannot get it by SMS from us; the channel is healthy.
         (21211, Recipient, "invalid 'To' phone number"),
-        (
-            21408,
-            Recipient,
-            "geo permission not enabled for this country",
-        ),
-        (
-            21606,
-            Recipient,
-            "'From' number cannot send to this destination",
-        ),
         (21608, Recipient, "trial account: 'To' number not verified"),
         (21610, Recipient, "recipient replied STOP (unsubscribed)"),
         (
@@ -42,7 +33,24 @@ pub static SMS: ErrorTable = ErrorTable {
         ),
         (21614, Recipient, "'To' number is not a mobile number"),
         (21635, Recipient, "'To' number cannot be reached by SMS"),
-        // Channel broken: credentials, account, or our payload.
+        // Route broken: our sender or account may not send to the destination's country; every
+        // user there meets it, so it is not retried per user (PROVIDERS.md, "Corrections").
+        (
+            21408,
+            RouteBroken,
+            "geo permission not enabled for this country",
+        ),
+        (
+            21606,
+            RouteBroken,
+            "'From' number cannot send to this destination",
+        ),
+        // Channel broken: credentials, account, sender, or our payload.
+        (
+            21661,
+            ChannelBroken,
+            "'From' number misconfigured for sending (sender, not recipient)",
+        ),
         (
             20003,
             ChannelBroken,
@@ -69,25 +77,25 @@ mod tests {
             (&[20429, 21611], Throttled),
             (
                 &[
-                    21211, 21408, 21606, 21608, 21610, 21612, 21614, 21635, 30003, 30005, 30006,
-                    30007,
+                    21211, 21608, 21610, 21612, 21614, 21635, 30003, 30005, 30006, 30007,
                 ],
                 Recipient,
             ),
+            (&[21408, 21606, 30032, 30034], RouteBroken),
             (
-                &[20003, 20404, 21602, 21604, 21609, 30002, 30032, 30034],
+                &[20003, 20404, 21602, 21604, 21609, 21661, 30002],
                 ChannelBroken,
             ),
         ];
-        let differences = SMS.differences(expected);
+        let differences = TWILIO.differences(expected);
         assert!(differences.is_empty(), "{differences:#?}");
     }
 
     #[test]
     fn http_429_without_a_code_is_throttling_and_5xx_transient() {
-        assert_eq!(SMS.classify(429, None).class, Throttled);
-        assert_eq!(SMS.classify(500, None).class, Transient);
-        assert_eq!(SMS.classify(401, None).class, ChannelBroken);
-        assert_eq!(SMS.classify(400, Some(21614)).class, Recipient);
+        assert_eq!(TWILIO.classify(429, None).class, Throttled);
+        assert_eq!(TWILIO.classify(500, None).class, Transient);
+        assert_eq!(TWILIO.classify(401, None).class, ChannelBroken);
+        assert_eq!(TWILIO.classify(400, Some(21614)).class, Recipient);
     }
 }

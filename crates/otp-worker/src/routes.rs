@@ -1,0 +1,415 @@
+//! Routes: which providers a send to a destination country may go through, and in what order.
+//!
+//! An operator gives, per destination country (ISO 3166-1 alpha-2), the providers of the
+//! channel with weights, and a default route for every other country. Each send draws its
+//! first provider by weight among those whose circuits admit it (GOV.UK Notify's weighted
+//! choice, keyed by country); the others follow, drawn the same way, as the failover order
+//! for a send refused in a way that proves nothing was sent. A weight of 0 makes a provider a
+//! standby: tried only after every weighted one. Providers with an open circuit go last, so
+//! that when every provider of a route is bad nothing moves and the first one's circuit
+//! answers.
+//!
+//! **Weights move away from a slow provider.** The confirmation tracker compares delivery
+//! times per provider and country and says when one is much slower than its peers there (a
+//! `slow` signal). Its weight in that country is then halved (at most once per
+//! `demote_every`, down to a sixteenth), and doubles back every `recover_every` without
+//! another such signal, up to the configured weight: GOV.UK Notify's "reduce, then tend back
+//! to the middle", with windows sized for codes that live minutes. The best provider of a
+//! country is never slow, so when every provider is slow, nothing moves.
+//!
+//! [`order`](Routes::order) is a function of the route, the weights in force, the circuits'
+//! answers and a source of random numbers, tested here.
+
+use otp_events::Provider;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Routes of one worker's channel.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// The route of every country without one of its own. Absent: every provider the worker
+    /// is configured with, weight 1 each, in the order the channel lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default: Vec<RouteStep>,
+    /// Routes by destination country, keyed by ISO 3166-1 alpha-2 code (`US`, `DE`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub countries: BTreeMap<String, Vec<RouteStep>>,
+    /// After an ambiguous failure (no answer: a timeout after the request left), send again
+    /// through the route's next provider. The user may then get the code twice; off, the send
+    /// is retried on the same provider (which may deliver it twice as well: no provider offers
+    /// an idempotency key), and a provider that stops answering costs that retry budget.
+    #[serde(default)]
+    pub failover_ambiguous: bool,
+    /// A provider signalled slow in a country loses half its weight there, at most once per
+    /// this period.
+    #[serde(default = "default_demote_every", with = "humantime_serde")]
+    pub demote_every: Duration,
+    /// A demoted provider's weight doubles back every this period without another slow
+    /// signal, up to its configured weight.
+    #[serde(default = "default_recover_every", with = "humantime_serde")]
+    pub recover_every: Duration,
+}
+
+fn default_demote_every() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_recover_every() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self {
+            default: Vec::new(),
+            countries: BTreeMap::new(),
+            failover_ambiguous: false,
+            demote_every: default_demote_every(),
+            recover_every: default_recover_every(),
+        }
+    }
+}
+
+/// The lowest share of its weight a slow provider keeps.
+pub const LOWEST_FACTOR: f64 = 1.0 / 16.0;
+/// Countries with a demoted provider, per provider (ISO 3166 has 249).
+const MAX_DEMOTED: usize = 300;
+
+/// A provider's weight in one country, lowered after a slow signal.
+#[derive(Debug, Clone, Copy)]
+struct Demotion {
+    /// The factor set at `since`.
+    factor: f64,
+    since: Instant,
+}
+
+/// One provider of a route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteStep {
+    pub provider: Provider,
+    /// Its share of first tries, against the route's other weights; 0: standby only.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A route that cannot be used, naming the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("routes.{field}: {rule}")]
+pub struct RouteError {
+    pub field: String,
+    pub rule: String,
+}
+
+/// Validated routes, and the weights in force.
+#[derive(Debug)]
+pub struct Routes {
+    default: Vec<RouteStep>,
+    countries: BTreeMap<String, Vec<RouteStep>>,
+    pub failover_ambiguous: bool,
+    demote_every: Duration,
+    recover_every: Duration,
+    /// Providers demoted in a country, by (provider, country).
+    demoted: Mutex<HashMap<(Provider, String), Demotion>>,
+}
+
+impl Routes {
+    /// Check `config` against the providers this worker is configured with (`configured`,
+    /// in the channel's order).
+    pub fn new(config: &RoutesConfig, configured: &[Provider]) -> Result<Self, RouteError> {
+        let default = if config.default.is_empty() {
+            configured
+                .iter()
+                .map(|&provider| RouteStep {
+                    provider,
+                    weight: 1,
+                })
+                .collect()
+        } else {
+            config.default.clone()
+        };
+        check("default", &default, configured)?;
+        for (country, route) in &config.countries {
+            let field = format!("countries.{country}");
+            if !(country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase())) {
+                return Err(RouteError {
+                    field,
+                    rule: "the key must be an ISO 3166-1 alpha-2 code (two capital letters)".into(),
+                });
+            }
+            check(&field, route, configured)?;
+        }
+        Ok(Self {
+            default,
+            countries: config.countries.clone(),
+            failover_ambiguous: config.failover_ambiguous,
+            demote_every: config.demote_every,
+            recover_every: config.recover_every.max(Duration::from_millis(1)),
+            demoted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `provider` delivers slowly to `country` (the tracker's signal): halve its weight
+    /// there, unless it was halved less than `demote_every` ago.
+    pub fn demote(&self, provider: Provider, country: &str, now: Instant) {
+        let mut demoted = self.demoted.lock().expect("routes lock");
+        let key = (provider, country.to_string());
+        let current = demoted.get(&key).copied();
+        if current.is_some_and(|d| now.saturating_duration_since(d.since) < self.demote_every) {
+            return;
+        }
+        if current.is_none()
+            && demoted.keys().filter(|(p, _)| *p == provider).count() >= MAX_DEMOTED
+        {
+            return;
+        }
+        let factor = current.map_or(1.0, |d| self.factor_of(d, now));
+        let demotion = Demotion {
+            factor: (factor / 2.0).max(LOWEST_FACTOR),
+            since: now,
+        };
+        tracing::warn!(%provider, country, factor = demotion.factor, "route weight lowered: slow deliveries");
+        metrics::gauge!("otp_route_weight_factor", "provider" => provider.as_str(), "country" => country.to_string())
+            .set(demotion.factor);
+        demoted.insert(key, demotion);
+    }
+
+    /// The share of its configured weight `provider` has in `country` now (1 when not
+    /// demoted), forgetting demotions that have drifted all the way back.
+    pub fn weight_factor(&self, provider: Provider, country: Option<&str>, now: Instant) -> f64 {
+        let Some(country) = country else {
+            return 1.0;
+        };
+        let mut demoted = self.demoted.lock().expect("routes lock");
+        let key = (provider, country.to_string());
+        let Some(d) = demoted.get(&key).copied() else {
+            return 1.0;
+        };
+        let factor = self.factor_of(d, now);
+        if factor >= 1.0 {
+            demoted.remove(&key);
+            metrics::gauge!("otp_route_weight_factor", "provider" => provider.as_str(), "country" => country.to_string())
+                .set(1.0);
+        }
+        factor
+    }
+
+    /// A demotion's factor at `now`: doubled for every `recover_every` since it was set.
+    fn factor_of(&self, d: Demotion, now: Instant) -> f64 {
+        let periods =
+            now.saturating_duration_since(d.since).as_secs_f64() / self.recover_every.as_secs_f64();
+        (d.factor * 2f64.powi(periods.floor().min(16.0) as i32)).min(1.0)
+    }
+
+    /// The route's providers for `country`, in the order to try them: weighted draws (each
+    /// `random()` in [0, 1)) among the providers whose circuits are closed, by their weights
+    /// in force (see [`Routes::demote`]), standbys after them, then the ones `is_open` says
+    /// are refused.
+    pub fn order(
+        &self,
+        country: Option<&str>,
+        is_open: impl Fn(Provider) -> bool,
+        mut random: impl FnMut() -> f64,
+    ) -> Vec<Provider> {
+        let route = country
+            .and_then(|c| self.countries.get(c))
+            .unwrap_or(&self.default);
+        let now = Instant::now();
+        let mut usable = Vec::with_capacity(route.len());
+        let mut open = Vec::new();
+        for step in route {
+            if is_open(step.provider) {
+                open.push(step.provider);
+            } else {
+                let factor = self.weight_factor(step.provider, country, now);
+                usable.push((step.provider, f64::from(step.weight) * factor));
+            }
+        }
+        let mut order = Vec::with_capacity(route.len());
+        while !usable.is_empty() {
+            let total: f64 = usable.iter().map(|(_, w)| w).sum();
+            let pick = if total <= 0.0 {
+                0 // standbys, in the route's order
+            } else {
+                let mut point = random().clamp(0.0, 1.0) * total;
+                usable
+                    .iter()
+                    .position(|(_, w)| {
+                        if point < *w {
+                            true
+                        } else {
+                            point -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(usable.len() - 1)
+            };
+            order.push(usable.remove(pick).0);
+        }
+        order.extend(open);
+        order
+    }
+
+    /// Every provider named in any route.
+    pub fn providers(&self) -> Vec<Provider> {
+        let mut all: Vec<Provider> = self
+            .default
+            .iter()
+            .chain(self.countries.values().flatten())
+            .map(|s| s.provider)
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+fn check(field: &str, route: &[RouteStep], configured: &[Provider]) -> Result<(), RouteError> {
+    let error = |rule: String| {
+        Err(RouteError {
+            field: field.to_string(),
+            rule,
+        })
+    };
+    if route.iter().all(|s| s.weight == 0) {
+        return error("needs at least one provider with a weight above 0".into());
+    }
+    for (i, step) in route.iter().enumerate() {
+        if !configured.contains(&step.provider) {
+            return error(format!(
+                "{} is not configured on this worker (configured: {})",
+                step.provider,
+                configured
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if route[..i].iter().any(|s| s.provider == step.provider) {
+            return error(format!("{} is listed twice", step.provider));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Provider::{Twilio, Vonage};
+
+    fn routes(text: &str) -> Result<Routes, RouteError> {
+        let config: RoutesConfig = toml::from_str(text).unwrap();
+        Routes::new(&config, &[Twilio, Vonage])
+    }
+
+    #[test]
+    fn weights_share_first_tries_and_the_rest_follow() {
+        let r = routes(
+            r#"default = [{ provider = "twilio", weight = 3 }, { provider = "vonage", weight = 1 }]"#,
+        )
+        .unwrap();
+        let closed = |_| false;
+        // 4 points: [0, 3) Twilio, [3, 4) Vonage.
+        assert_eq!(r.order(Some("DE"), closed, || 0.70), [Twilio, Vonage]);
+        assert_eq!(r.order(Some("DE"), closed, || 0.80), [Vonage, Twilio]);
+        let mut firsts = [0u32; 2];
+        for i in 0..1000 {
+            let first = r.order(None, closed, || (i as f64 + 0.5) / 1000.0)[0];
+            firsts[usize::from(first == Vonage)] += 1;
+        }
+        assert_eq!(firsts, [750, 250]);
+    }
+
+    #[test]
+    fn a_country_has_its_own_route_and_standbys_come_last() {
+        let r = routes(
+            r#"
+            [countries]
+            US = [{ provider = "vonage", weight = 0 }, { provider = "twilio" }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(r.order(Some("US"), |_| false, || 0.0), [Twilio, Vonage]);
+        assert_eq!(r.order(Some("US"), |_| false, || 0.99), [Twilio, Vonage]);
+        // The default: every configured provider, weight 1.
+        assert_eq!(r.order(Some("DE"), |_| false, || 0.99), [Vonage, Twilio]);
+    }
+
+    #[test]
+    fn open_circuits_go_last_and_when_all_are_open_nothing_moves() {
+        let r = routes("").unwrap();
+        assert_eq!(
+            r.order(Some("US"), |p| p == Twilio, || 0.0),
+            [Vonage, Twilio]
+        );
+        assert_eq!(r.order(Some("US"), |_| true, || 0.99), [Twilio, Vonage]);
+    }
+
+    /// A slow provider loses half its weight per signal (not more often than `demote_every`),
+    /// down to a sixteenth, in that country only, and doubles back every `recover_every`.
+    #[test]
+    fn a_slow_provider_loses_weight_in_its_country_and_drifts_back() {
+        let config: RoutesConfig =
+            toml::from_str("demote_every = \"10s\"\nrecover_every = \"60s\"").unwrap();
+        let r = Routes::new(&config, &[Twilio, Vonage]).unwrap();
+        let t0 = Instant::now();
+        r.demote(Twilio, "DE", t0);
+        assert_eq!(r.weight_factor(Twilio, Some("DE"), t0), 0.5);
+        r.demote(Twilio, "DE", t0 + Duration::from_secs(5));
+        assert_eq!(
+            r.weight_factor(Twilio, Some("DE"), t0),
+            0.5,
+            "once per demote_every"
+        );
+        for i in 1..=6 {
+            r.demote(Twilio, "DE", t0 + Duration::from_secs(10 * i));
+        }
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(r.weight_factor(Twilio, Some("DE"), t1), LOWEST_FACTOR);
+        assert_eq!(
+            r.weight_factor(Twilio, Some("US"), t1),
+            1.0,
+            "that country only"
+        );
+        assert_eq!(r.weight_factor(Vonage, Some("DE"), t1), 1.0);
+        assert_eq!(
+            r.weight_factor(Twilio, Some("DE"), t1 + Duration::from_secs(60)),
+            2.0 * LOWEST_FACTOR
+        );
+        assert_eq!(
+            r.weight_factor(Twilio, Some("DE"), t1 + Duration::from_secs(240)),
+            1.0
+        );
+        assert!(
+            r.demoted.lock().unwrap().is_empty(),
+            "back to the configured weight"
+        );
+    }
+
+    #[test]
+    fn bad_routes_name_the_field_and_the_rule() {
+        let e = routes(r#"countries.us = [{ provider = "twilio" }]"#).unwrap_err();
+        assert_eq!(e.field, "countries.us");
+        assert!(e.rule.contains("ISO 3166-1 alpha-2"), "{e}");
+        let config: RoutesConfig =
+            toml::from_str(r#"default = [{ provider = "vonage" }]"#).unwrap();
+        let e = Routes::new(&config, &[Twilio]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "routes.default: vonage is not configured on this worker (configured: twilio)"
+        );
+        let e = routes(r#"default = [{ provider = "twilio", weight = 0 }]"#).unwrap_err();
+        assert!(e.rule.contains("weight above 0"), "{e}");
+        let e =
+            routes(r#"default = [{ provider = "twilio" }, { provider = "twilio" }]"#).unwrap_err();
+        assert!(e.rule.contains("twice"), "{e}");
+        assert!(toml::from_str::<RoutesConfig>(r#"default = [{ provider = "sms" }]"#).is_err());
+    }
+}
