@@ -146,7 +146,7 @@ fn the_dashboard_parses_and_names_only_metrics_the_code_exports() {
         ("consumer lag", "otp_consumer_lag_total"),
         ("consumer lag per partition", "otp_consumer_lag_messages"),
         ("oldest unfinished message", "otp_oldest_unfinished_seconds"),
-        ("circuit state", "otp_channel_circuit_state"),
+        ("circuit state", "otp_circuit_state"),
         ("limiter waits and abuse refusals", "otp_limited_total"),
         ("provider throttling", "otp_send_errors_total"),
         ("dead letters", "otp_dead_letters_total"),
