@@ -85,7 +85,7 @@ struct SendArgs {
 enum WorkerCommand {
     /// Deliver over WhatsApp (Cloud API); see `otp-whatsapp-worker --help`.
     Whatsapp(Box<otp_channel_whatsapp::WorkerCli>),
-    /// Deliver by SMS (Twilio Messages API); see `otp-sms-worker --help`.
+    /// Deliver by SMS (Twilio and Vonage, routed per country); see `otp-sms-worker --help`.
     Sms(Box<otp_channel_sms::WorkerCli>),
 }
 

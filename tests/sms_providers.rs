@@ -141,7 +141,8 @@ async fn twilio_down(twilio_base: Option<&str>, outage: Option<Outage>) {
     let ids = two.publish(40, us).await;
     let statuses = two.stack.statuses_until_final(&ids, WITHIN).await;
     all_sent_by(&statuses, &ids, "vonage");
-    assert_valid_v2_and_private(&statuses, &["135790"]);
+    let v2 = include_str!("../schemas/delivery-status.v2.json");
+    assert_valid_against_and_private(v2, &statuses, &["135790", "+1555300"]);
     let accepted = two.accepted_by();
     for id in &ids {
         assert_eq!(accepted.get(id).map(String::as_str), Some("vonage"), "{id}");
@@ -429,25 +430,4 @@ async fn vonage_webhooks_are_taken_only_when_signed_fresh_and_unaltered() {
     let text = serde_json::to_string(&receipts).unwrap();
     assert!(!text.contains("4915120000001"), "the number is never read");
     ingress.stop().await;
-}
-
-/// Every status validates against the v2 schema and holds no phone number or code.
-fn assert_valid_v2_and_private(statuses: &[Value], secrets: &[&str]) {
-    let schema: Value =
-        serde_json::from_str(include_str!("../schemas/delivery-status.v2.json")).unwrap();
-    let validator = jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap();
-    for s in statuses {
-        let errors: Vec<String> = validator.iter_errors(s).map(|e| e.to_string()).collect();
-        assert!(
-            errors.is_empty(),
-            "status {s} breaks the v2 schema: {errors:?}"
-        );
-        let text = s.to_string();
-        for secret in secrets {
-            assert!(!text.contains(secret), "status {s} holds a secret");
-        }
-    }
 }

@@ -83,8 +83,8 @@ pub struct ChannelSignal {
     /// The provider's code, e.g. "131031".
     pub code: String,
     pub received_at: DateTime<Utc>,
-    /// The provider that said it; every provider of the channel when absent (signals written
-    /// before providers were named).
+    /// The provider that said it; the channel's first provider when absent (signals written
+    /// before providers were named, when a channel had one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<Provider>,
     /// The destination country (ISO 3166-1 alpha-2) a `route_broken` signal is about.

@@ -42,7 +42,13 @@ pub fn secret(name: &str) -> anyhow::Result<String> {
     if let Ok(path) = std::env::var(&file_var) {
         let value = std::fs::read_to_string(&path)
             .with_context(|| format!("read the secret file named by {file_var}"))?;
-        return Ok(value.trim().to_string());
+        let value = value.trim();
+        // An empty file is no secret: an HMAC with an empty key would accept forgeries.
+        anyhow::ensure!(
+            !value.is_empty(),
+            "the secret file named by {file_var} is empty"
+        );
+        return Ok(value.to_string());
     }
     anyhow::bail!("set {name} or {file_var} (a file holding it)")
 }

@@ -363,15 +363,20 @@ async fn stats(axum::extract::State(sim): axum::extract::State<Arc<Sim>>) -> Jso
     Json(sim.stats())
 }
 
+/// Outages, or receipt delays, staged at once at most (507 past it).
+const MAX_STAGED: usize = 1_000;
+
 /// `POST /sim/outages`: stage one outage (see [`StagedOutage`]).
 async fn stage_outage(
     axum::extract::State(sim): axum::extract::State<Arc<Sim>>,
     Json(staged): Json<StagedOutage>,
 ) -> axum::http::StatusCode {
-    sim.outages
-        .lock()
-        .expect("outages lock")
-        .insert((staged.provider, staged.country), staged.outage);
+    let mut outages = sim.outages.lock().expect("outages lock");
+    let key = (staged.provider, staged.country);
+    if outages.len() >= MAX_STAGED && !outages.contains_key(&key) {
+        return axum::http::StatusCode::INSUFFICIENT_STORAGE;
+    }
+    outages.insert(key, staged.outage);
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -394,6 +399,9 @@ async fn stage_receipt_delay(
     let key = (staged.provider, staged.country);
     let mut delays = sim.receipt_delays.lock().expect("delays lock");
     match staged.delay_ms {
+        Some(_) if delays.len() >= MAX_STAGED && !delays.contains_key(&key) => {
+            return axum::http::StatusCode::INSUFFICIENT_STORAGE;
+        }
         Some(ms) => {
             delays.insert(key, std::time::Duration::from_millis(ms));
         }

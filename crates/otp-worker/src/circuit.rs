@@ -209,15 +209,16 @@ impl Health {
     pub fn admit(&self, provider: Provider, country: Option<&str>) -> Admission {
         let now = Instant::now();
         let mut cells = self.cells.lock().expect("health lock");
-        for key in self.keys(provider, country) {
-            if let Some(cell) = cells.get(&key) {
+        let keys = self.keys(provider, country);
+        for key in &keys {
+            if let Some(cell) = cells.get(key) {
                 if self.refuses(cell, now) {
                     return Admission::Refuse;
                 }
             }
         }
         // Neither refuses: take the probe of whichever is half-open.
-        for key in self.keys(provider, country) {
+        for key in keys {
             if let Some(cell) = cells.get_mut(&key) {
                 let next = match cell.state {
                     State::Open { .. } | State::HalfOpen { .. } => {
@@ -241,34 +242,47 @@ impl Health {
             .any(|key| cells.get(key).is_some_and(|cell| self.refuses(cell, now)))
     }
 
-    /// A send's answer.
+    /// A send's answer. A half-open circuit the answer says nothing about (the provider's own
+    /// after a route error, the country's after an account error) gives its probe back.
     pub fn record(&self, provider: Provider, country: Option<&str>, verdict: Verdict) {
         let now = Instant::now();
         let mut cells = self.cells.lock().expect("health lock");
-        let [own, route] = self.keys(provider, country);
-        match verdict {
+        let keys = self.keys(provider, country);
+        let own = (provider, None);
+        let route = country.map(|c| (provider, Some(c.to_string())));
+        // The circuit the answer is about, if any.
+        let about = match verdict {
             Verdict::Healthy => {
-                for key in [own, route] {
-                    let Some(cell) = self.cell(&mut cells, &key) else {
+                for key in &keys {
+                    let Some(cell) = self.cell(&mut cells, key) else {
                         continue;
                     };
                     cell.count(false, now, &self.config);
                     if !matches!(cell.state, State::Closed) {
-                        self.transition(&key, cell, State::Closed);
+                        self.transition(key, cell, State::Closed);
                     }
                 }
+                return;
             }
-            Verdict::ProviderBroken => self.broken(&mut cells, own, now, false),
-            // The provider refused the country itself: no one there gets through it.
-            Verdict::RouteBroken => self.broken(&mut cells, route, now, true),
-            Verdict::Unknown => {
-                for key in [own, route] {
-                    if let Some(cell) = cells.get_mut(&key) {
-                        if matches!(cell.state, State::HalfOpen { .. }) {
-                            // The probe learned nothing: let the next request probe.
-                            cell.state = State::HalfOpen { probing: None };
-                        }
-                    }
+            Verdict::ProviderBroken => {
+                self.broken(&mut cells, own.clone(), now, false);
+                Some(own)
+            }
+            // The provider refused the country itself: no one there gets through it. A
+            // destination without a known country has no route circuit: nothing closes.
+            Verdict::RouteBroken => {
+                if let Some(route) = &route {
+                    self.broken(&mut cells, route.clone(), now, true);
+                }
+                route
+            }
+            Verdict::Unknown => None,
+        };
+        for key in keys.iter().filter(|k| Some(*k) != about.as_ref()) {
+            if let Some(cell) = cells.get_mut(key) {
+                if matches!(cell.state, State::HalfOpen { .. }) {
+                    // The probe learned nothing about this one: let the next request probe.
+                    cell.state = State::HalfOpen { probing: None };
                 }
             }
         }
@@ -324,8 +338,13 @@ impl Health {
         cells.get_mut(key)
     }
 
-    fn keys(&self, provider: Provider, country: Option<&str>) -> [(Provider, Option<String>); 2] {
-        [(provider, None), (provider, country.map(str::to_owned))]
+    /// The provider's own circuit, and its country's when the destination has one.
+    fn keys(&self, provider: Provider, country: Option<&str>) -> Vec<(Provider, Option<String>)> {
+        let mut keys = vec![(provider, None)];
+        if let Some(country) = country {
+            keys.push((provider, Some(country.to_string())));
+        }
+        keys
     }
 
     fn refuses(&self, cell: &Cell, now: Instant) -> bool {
@@ -381,13 +400,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_destination_without_a_country_closes_nothing_on_a_route_error() {
+        let h = health(config(5, 30_000));
+        h.record(Vonage, None, Verdict::RouteBroken);
+        assert_eq!(h.admit(Vonage, None), Admission::Send);
+        assert_eq!(h.admit(Vonage, Some("DE")), Admission::Send);
+    }
+
+    /// A probe answered with a route error says nothing of the provider's own circuit, which
+    /// gives its probe back (and the other way round).
+    #[test]
+    fn a_probe_answered_about_one_circuit_frees_the_other() {
+        let h = health(config(1, 100));
+        h.record(Twilio, Some("US"), Verdict::ProviderBroken);
+        std::thread::sleep(Duration::from_millis(150)); // the cool-down is the behaviour under test
+        assert_eq!(
+            h.admit(Twilio, Some("US")),
+            Admission::Send,
+            "the provider's probe"
+        );
+        h.record(Twilio, Some("US"), Verdict::RouteBroken);
+        assert_eq!(
+            h.admit(Twilio, Some("US")),
+            Admission::Refuse,
+            "the US is closed now"
+        );
+        assert_eq!(
+            h.admit(Twilio, Some("DE")),
+            Admission::Send,
+            "another probe elsewhere"
+        );
+    }
+
     fn health(config: CircuitConfig) -> Health {
         Health::new("sms", &[Twilio, Vonage], config)
     }
 
     #[test]
     fn opens_on_a_ratio_with_a_volume_floor_then_probes_once_and_closes() {
-        let h = health(config(4, 50));
+        let h = health(config(4, 200));
         h.record(Twilio, Some("US"), Verdict::ProviderBroken);
         h.record(Twilio, Some("US"), Verdict::ProviderBroken);
         h.record(Twilio, Some("US"), Verdict::ProviderBroken);
@@ -411,7 +463,7 @@ mod tests {
             Admission::Send,
             "not the other"
         );
-        std::thread::sleep(Duration::from_millis(60)); // the cool-down is the behaviour under test
+        std::thread::sleep(Duration::from_millis(250)); // the cool-down is the behaviour under test
         assert_eq!(h.admit(Twilio, Some("US")), Admission::Send, "the probe");
         assert_eq!(h.admit(Twilio, Some("DE")), Admission::Refuse, "one probe");
         h.record(Twilio, Some("US"), Verdict::Healthy);
@@ -458,23 +510,23 @@ mod tests {
 
     #[test]
     fn a_failed_probe_opens_it_again_and_an_unanswered_one_stops_holding_it() {
-        let mut c = config(1, 10);
-        c.probe_timeout = Duration::from_millis(30);
+        let mut c = config(1, 100);
+        c.probe_timeout = Duration::from_millis(300);
         let h = health(c);
         h.record(Vonage, Some("DE"), Verdict::ProviderBroken);
         assert_eq!(h.admit(Vonage, Some("DE")), Admission::Refuse);
-        std::thread::sleep(Duration::from_millis(15)); // the cool-down, likewise
+        std::thread::sleep(Duration::from_millis(150)); // the cool-down, likewise
         assert_eq!(h.admit(Vonage, Some("DE")), Admission::Send);
         h.record(Vonage, Some("DE"), Verdict::ProviderBroken);
         assert_eq!(h.admit(Vonage, Some("DE")), Admission::Refuse, "open again");
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         assert_eq!(
             h.admit(Vonage, Some("DE")),
             Admission::Send,
             "a probe, never answered"
         );
         assert_eq!(h.admit(Vonage, Some("DE")), Admission::Refuse);
-        std::thread::sleep(Duration::from_millis(35)); // the probe timeout
+        std::thread::sleep(Duration::from_millis(350)); // the probe timeout
         assert_eq!(
             h.admit(Vonage, Some("DE")),
             Admission::Send,

@@ -99,8 +99,9 @@ pub struct ConfirmationConfig {
     /// next channel. Absent: yes for WhatsApp (Meta reports every message's status), no for
     /// SMS providers (carriers' delivery receipts are late or missing in many countries, so
     /// a missing one is no evidence of failure; an SMS-first user would get the code a second
-    /// time on WhatsApp). When no, the send is final at acceptance (`sent`) and its receipts
-    /// are reported as they come, a failed one included, without a fallback.
+    /// time on WhatsApp). When no, the worker still reports `accepted` and a failed receipt
+    /// still falls back; a window that ends without a receipt makes the send final as `sent`
+    /// (from the tracker) instead of falling back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_without_receipt: Option<bool>,
 }

@@ -254,6 +254,9 @@ impl<C: ChannelClient> Pipeline<C> {
                         "moved to the route's next provider"
                     );
                     at_provider += 1;
+                    // Nothing reached the recipient: the new provider's try does not take
+                    // the recipient's window again.
+                    again = Some(Attempt::Retry);
                 }
                 Next::Done(outcome) => return Some((outcome, Some(provider))),
             }
@@ -448,10 +451,12 @@ impl<C: ChannelClient> Pipeline<C> {
     /// A status's log line, and its latency when final.
     fn log_status(&self, status: &DeliveryStatus) {
         let channel = self.client.channel().as_str();
+        let provider = status.provider.map_or("none", |p| p.as_str());
         if status.is_final {
             metrics::histogram!(
                 "otp_delivery_latency_seconds",
                 "channel" => channel,
+                "provider" => provider,
                 "status" => status.status.as_str()
             )
             .record(status.latency_ms.unwrap_or(0) as f64 / 1000.0);
@@ -459,6 +464,7 @@ impl<C: ChannelClient> Pipeline<C> {
         tracing::info!(
             request_id = %status.request_id,
             channel,
+            provider,
             status = status.status.as_str(),
             phone_hash = status.phone_hash.as_deref().unwrap_or(""),
             "status"

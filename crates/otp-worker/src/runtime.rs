@@ -129,7 +129,7 @@ pub async fn run<C: ChannelClient>(
                 // A route signal that names no country closes nothing: a country's trouble
                 // must not close the provider everywhere.
                 (SignalKind::RouteBroken, None) => {}
-                (SignalKind::Throttled, _) => pipeline.guards.limiter.throttled(signal.provider),
+                (SignalKind::Throttled, _) => pipeline.guards.limiter.throttled(Some(provider)),
                 (SignalKind::Slow, Some(country)) => {
                     let now = std::time::Instant::now();
                     pipeline.guards.routes.demote(provider, country, now)

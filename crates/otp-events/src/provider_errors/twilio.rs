@@ -92,6 +92,17 @@ mod tests {
     }
 
     #[test]
+    fn an_error_answer_proves_nothing_was_sent_unless_it_may_follow_a_send() {
+        for status in [400, 401, 404, 429, 503] {
+            assert!(TWILIO.classify(status, None).nothing_sent, "{status}");
+        }
+        assert!(TWILIO.classify(400, Some(21211)).nothing_sent);
+        for status in [500, 502, 504] {
+            assert!(!TWILIO.classify(status, None).nothing_sent, "{status}");
+        }
+    }
+
+    #[test]
     fn http_429_without_a_code_is_throttling_and_5xx_transient() {
         assert_eq!(TWILIO.classify(429, None).class, Throttled);
         assert_eq!(TWILIO.classify(500, None).class, Transient);

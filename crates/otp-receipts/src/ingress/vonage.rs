@@ -73,8 +73,9 @@ pub fn verify(
         .filter(|t| !t.is_empty())
         .ok_or(Refusal::Missing)?;
     let mut validation = Validation::new(Algorithm::HS256);
-    // Vonage's tokens carry `iat`, not `exp`: their age is checked below.
-    validation.required_spec_claims.clear();
+    // Vonage's tokens carry `iat`, not `exp`: their age is checked below. `iss` must be
+    // there (jsonwebtoken checks an issuer only when the token has one) and be Vonage's.
+    validation.required_spec_claims = ["iss".to_string()].into_iter().collect();
     validation.validate_exp = false;
     validation.set_issuer(&["Vonage"]);
     let claims = jsonwebtoken::decode::<Claims>(
@@ -176,7 +177,11 @@ mod tests {
     const SECRET: &str = "signature-secret";
 
     fn token(body: &[u8], iat: i64, secret: &str, alg: Algorithm) -> String {
-        let claims = json!({
+        signed(body, iat, secret, alg, Some("Vonage"))
+    }
+
+    fn signed(body: &[u8], iat: i64, secret: &str, alg: Algorithm, iss: Option<&str>) -> String {
+        let mut claims = json!({
             "iat": iat,
             "jti": "c5ba8f24-1a14-4c10-bfdf-3fbe8ce511b5",
             "iss": "Vonage",
@@ -184,6 +189,10 @@ mod tests {
             "api_key": "key",
             "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab",
         });
+        match iss {
+            Some(iss) => claims["iss"] = json!(iss),
+            None => drop(claims.as_object_mut().unwrap().remove("iss")),
+        }
         let jwt = jsonwebtoken::encode(
             &Header::new(alg),
             &claims,

@@ -42,8 +42,12 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Slow-provider signals being written at once, at most.
+const MAX_SLOW_WRITES: usize = 16;
 
 /// How long a revoke or a shutdown waits for the writes under way: within the revoke's
 /// 15 s reply window, and the tracker's stop grace.
@@ -121,6 +125,7 @@ pub async fn run(
         unopenable: BTreeSet::new(),
         ready_within: config.ready_within,
         last_gauges: Instant::now(),
+        slow_writes: Arc::new(AtomicUsize::new(0)),
         slowness: slowness::Slowness::new(slowness::SlowConfig {
             window: chrono::Duration::from_std(config.slow_window)?,
             min_samples: config.slow_min_samples,
@@ -136,6 +141,8 @@ struct Tracker {
     book: Book,
     /// Delivery times per provider and country, and who is slow against its peers.
     slowness: slowness::Slowness,
+    /// Slow-provider signals being written.
+    slow_writes: Arc<AtomicUsize>,
     writer: Arc<KafkaWriter>,
     /// Writes the book's decisions; made with the consumer, at the first assignment.
     executor: Option<Executor>,
@@ -250,8 +257,18 @@ impl Tracker {
             Utc::now(),
         )
         .about(slow.provider, Some(slow.country));
-        let writer = self.writer.clone();
-        tokio::spawn(async move { writer.signal(&signal).await });
+        // A write retries until Kafka takes it; while Kafka is away, newer comparisons are
+        // dropped rather than queued without bound (the next check says the same again).
+        if self.slow_writes.load(Ordering::Relaxed) >= MAX_SLOW_WRITES {
+            metrics::counter!("otp_provider_slow_signals_dropped_total").increment(1);
+            return;
+        }
+        self.slow_writes.fetch_add(1, Ordering::Relaxed);
+        let (writer, writes) = (self.writer.clone(), self.slow_writes.clone());
+        tokio::spawn(async move {
+            writer.signal(&signal).await;
+            writes.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// Partitions whose deadlines must wait: still being read back after assignment. They
