@@ -150,19 +150,20 @@ impl TansuBroker {
                 .create()
                 .expect("metadata client")
         };
-        let mut consumer = client();
+        let consumer = client();
         let deadline = Instant::now() + within;
         loop {
-            if consumer
-                .fetch_metadata(None, Duration::from_millis(500))
-                .is_ok()
-            {
+            // Behind a proxy the broker advertises an address that is not up yet, and
+            // librdkafka, having heard of it, can drop the bootstrap connection before its
+            // own metadata request is answered: ask in Kafka's protocol directly instead.
+            let answered = match &self.advertised {
+                Some(_) => answers_metadata(&self.bootstrap(), Duration::from_secs(2)),
+                None => consumer
+                    .fetch_metadata(None, Duration::from_millis(500))
+                    .is_ok(),
+            };
+            if answered {
                 return;
-            }
-            // Once a client has heard from the broker it asks the advertised address, which,
-            // behind a proxy, is not this listener (and not up yet): ask afresh each time.
-            if self.advertised.is_some() {
-                consumer = client();
             }
             if let Some(status) = self
                 .child
@@ -184,6 +185,40 @@ impl TansuBroker {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Whether the broker at `addr` answers a Metadata request (v0, all topics) within
+/// `within`, asked over a plain TCP connection in Kafka's wire format.
+fn answers_metadata(addr: &str, within: Duration) -> bool {
+    use std::io::Write;
+    const CORRELATION: i32 = 7;
+    let ask = || -> std::io::Result<bool> {
+        let socket: std::net::SocketAddr = addr.parse().expect("a socket address");
+        let mut stream = std::net::TcpStream::connect_timeout(&socket, within)?;
+        stream.set_read_timeout(Some(within))?;
+        stream.set_write_timeout(Some(within))?;
+        let client_id = b"ready";
+        let mut request = Vec::new();
+        request.extend_from_slice(&3i16.to_be_bytes()); // Metadata
+        request.extend_from_slice(&0i16.to_be_bytes()); // v0
+        request.extend_from_slice(&CORRELATION.to_be_bytes());
+        request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+        request.extend_from_slice(client_id);
+        request.extend_from_slice(&0i32.to_be_bytes()); // no topics named: all of them
+        let mut framed = (request.len() as i32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&request);
+        stream.write_all(&framed)?;
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size)?;
+        let size = i32::from_be_bytes(size);
+        if !(4..=16 << 20).contains(&size) {
+            return Ok(false);
+        }
+        let mut response = vec![0u8; size as usize];
+        stream.read_exact(&mut response)?;
+        Ok(response[..4] == CORRELATION.to_be_bytes())
+    };
+    ask().unwrap_or(false)
 }
 
 impl Drop for TansuBroker {
