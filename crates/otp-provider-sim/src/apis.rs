@@ -269,7 +269,9 @@ fn twilio_error(code: i64, message: &str) -> Response {
         .into_response()
 }
 
-fn basic_auth_ok(headers: &HeaderMap, sid: &str, token: &str) -> bool {
+/// Whether `headers` carry HTTP basic auth for `user:password` (Twilio's SID and token,
+/// Vonage's API key and secret).
+pub(crate) fn basic_auth_ok(headers: &HeaderMap, sid: &str, token: &str) -> bool {
     let expected = base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"));
     headers
         .get("authorization")

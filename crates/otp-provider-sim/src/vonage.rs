@@ -65,15 +65,6 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-fn basic_auth_ok(headers: &HeaderMap, key: &str, secret: &str) -> bool {
-    let expected = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        == Some(expected.as_str())
-}
-
 /// The shape the reference documents for an SMS text message, or the code and why not.
 fn shape(body: &[u8]) -> Result<(String, String, Option<String>), (i64, String)> {
     let invalid = |why: &str| Err((1020, why.to_string()));
@@ -119,7 +110,7 @@ pub(crate) async fn messages(
 
 fn answer(sim: &Arc<Sim>, headers: &HeaderMap, body: &[u8]) -> Response {
     let arrived_ms = crate::apis::now_ms();
-    if !basic_auth_ok(
+    if !crate::apis::basic_auth_ok(
         headers,
         &sim.config.vonage_api_key,
         &sim.config.vonage_api_secret,

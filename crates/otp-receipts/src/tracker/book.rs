@@ -308,8 +308,7 @@ impl Book {
         record.reported.push(receipt.status);
         let awaiting = record.state == ConfirmationState::Awaiting;
         let status = |kind: StatusKind, is_final: bool| {
-            let mut s = DeliveryStatus::about(&record.request, kind, record.channel, &self.hasher);
-            s.provider = Some(provider_of(record));
+            let mut s = status_of(record, kind, &self.hasher);
             s.provider_message_id = Some(
                 self.hasher
                     .public_message_id(receipt.channel, &receipt.provider_message_id),
@@ -413,17 +412,7 @@ impl Book {
             let record = &mut entry.record;
             if record.timeout_is_final {
                 // No receipt on a provider whose receipts are not awaited: the send stands.
-                let mut s = DeliveryStatus::about(
-                    &record.request,
-                    StatusKind::Sent,
-                    record.channel,
-                    &self.hasher,
-                );
-                s.provider = Some(provider_of(record));
-                s.provider_message_id = Some(
-                    self.hasher
-                        .public_message_id(record.channel, &record.provider_message_id),
-                );
+                let mut s = status_of(record, StatusKind::Sent, &self.hasher);
                 s.is_final = true;
                 out.actions.push(Action::Status(s));
                 record.state = ConfirmationState::ReportOnly;
@@ -520,20 +509,13 @@ fn settle(
     hasher: &PhoneHasher,
     now: DateTime<Utc>,
 ) -> Vec<Action> {
-    let status = |kind| {
-        let mut s = DeliveryStatus::about(&record.request, kind, record.channel, hasher);
-        s.provider = Some(provider_of(record));
-        s
-    };
-    let public_id = hasher.public_message_id(record.channel, &record.provider_message_id);
     let mut actions = Vec::new();
     // Handing on a code about to die only sends a message the user cannot use: the next
     // channel needs a few seconds to deliver it.
     match record.request.for_next_channel() {
         Some(next) if now + FALLBACK_MARGIN < record.request.expires_at => {
-            let mut s = status(StatusKind::Fallback).with_error(reason);
+            let mut s = status_of(record, StatusKind::Fallback, hasher).with_error(reason);
             s.next_channel = next.current_channel();
-            s.provider_message_id = Some(public_id);
             actions.push(Action::FallBack { next, status: s });
             record.state = ConfirmationState::FellBack;
         }
@@ -543,9 +525,8 @@ fn settle(
             } else {
                 StatusKind::Failed
             };
-            let mut s = status(kind).with_error(reason);
+            let mut s = status_of(record, kind, hasher).with_error(reason);
             s.is_final = true;
-            s.provider_message_id = Some(public_id);
             actions.push(Action::Status(s));
             record.state = ConfirmationState::Failed;
         }
@@ -595,6 +576,20 @@ fn signal_of(
         )
         .about(provider, country),
     )
+}
+
+/// A status about a record's send: its request, channel and provider, and the send's public
+/// message id.
+fn status_of(
+    record: &PendingConfirmation,
+    kind: StatusKind,
+    hasher: &PhoneHasher,
+) -> DeliveryStatus {
+    let mut s = DeliveryStatus::about(&record.request, kind, record.channel, hasher);
+    s.provider = Some(provider_of(record));
+    s.provider_message_id =
+        Some(hasher.public_message_id(record.channel, &record.provider_message_id));
+    s
 }
 
 /// The provider a pending record's send went through: the channel's first for records written
