@@ -27,6 +27,7 @@
 //! Bounded: circuits are keyed by provider and ISO country (from the numbering plan, never
 //! from user text), at most [`MAX_COUNTRIES`] per provider.
 
+use crate::tally::Tally;
 use otp_events::Provider;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -89,8 +90,6 @@ impl Default for CircuitConfig {
 
 /// Countries with a circuit of their own, per provider (ISO 3166 has 249).
 pub const MAX_COUNTRIES: usize = 300;
-/// The window is counted in this many slices.
-const SLICES: u32 = 6;
 
 /// May this send go to the provider?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,35 +139,20 @@ impl State {
 #[derive(Debug)]
 struct Cell {
     state: State,
-    /// (slice start, healthy, broken), oldest first.
-    slices: Vec<(Instant, u32, u32)>,
+    outcomes: Tally,
 }
 
 impl Cell {
     fn new() -> Self {
         Self {
             state: State::Closed,
-            slices: Vec::with_capacity(SLICES as usize + 1),
+            outcomes: Tally::default(),
         }
     }
 
     /// Count one outcome at `now`; true when the window now says open.
     fn count(&mut self, broken: bool, now: Instant, config: &CircuitConfig) -> bool {
-        let slice = config.window / SLICES;
-        self.slices
-            .retain(|(start, _, _)| now.saturating_duration_since(*start) < config.window);
-        match self.slices.last_mut() {
-            Some((start, healthy, bad)) if now.saturating_duration_since(*start) < slice => {
-                *if broken { bad } else { healthy } += 1;
-            }
-            _ => self
-                .slices
-                .push((now, u32::from(!broken), u32::from(broken))),
-        }
-        let (healthy, bad) = self
-            .slices
-            .iter()
-            .fold((0u32, 0u32), |(h, b), (_, hh, bb)| (h + hh, b + bb));
+        let (healthy, bad) = self.outcomes.count(broken, now, config.window);
         let volume = healthy + bad;
         broken
             && volume >= config.min_volume.max(1)

@@ -8,8 +8,8 @@
 //!   retry, then *settle*: the one place its outcome is written to Kafka;
 //! - `decide`: the decisions of that path as pure functions, tested without a broker;
 //! - `guards`: the in-memory state those decisions are asked against (`limits`, `dedup`,
-//!   `routes`, `circuit`: health per provider and country), runnable without a broker or a
-//!   provider; `retry`: the retry policy;
+//!   `routes`, `circuit`: health per provider and country, both counting over a `tally`),
+//!   runnable without a broker or a provider; `retry`: the retry policy;
 //! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
 //! - `letting_go`: no new send for a partition being revoked or a worker stopping;
 //! - `progress`: how far a message got, so that a panic still leaves it exactly one ending;
@@ -33,6 +33,7 @@ mod pipeline;
 mod progress;
 mod retry;
 mod routes;
+mod tally;
 mod runtime;
 
 pub use channel::{ChannelClient, SendOutcome};

@@ -286,6 +286,9 @@ impl<C: ChannelClient> Pipeline<C> {
                 self.guards
                     .health
                     .record(provider, country, Verdict::Healthy);
+                self.guards
+                    .routes
+                    .answered(provider, country, false, Instant::now());
                 // From here on only the public id: a wamid embeds the number, and the id is
                 // written to Kafka (status, pending record, message index).
                 // An unknown id stays recognisable: no receipt can be tied to it.
@@ -314,6 +317,16 @@ impl<C: ChannelClient> Pipeline<C> {
                 | ErrorClass::Recipient => Verdict::Unknown,
             },
         );
+        // The provider's own errors weigh on its share of first tries there; a recipient's
+        // refusal or a pair window is not its fault.
+        if !matches!(
+            failure.class,
+            ErrorClass::Recipient | ErrorClass::PairLimited
+        ) {
+            self.guards
+                .routes
+                .answered(provider, country, true, Instant::now());
+        }
         match failure.class {
             // The window is the fleet's: every request of this worker slows down, not only
             // this one.

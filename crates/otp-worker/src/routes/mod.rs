@@ -9,22 +9,23 @@
 //! that when every provider of a route is bad nothing moves and the first one's circuit
 //! answers.
 //!
-//! **Weights move away from a slow provider.** The confirmation tracker compares delivery
-//! times per provider and country and says when one is much slower than its peers there (a
-//! `slow` signal). Its weight in that country is then halved (at most once per
-//! `demote_every`, down to a sixteenth), and doubles back every `recover_every` without
-//! another such signal, up to the configured weight: GOV.UK Notify's "reduce, then tend back
-//! to the middle", with windows sized for codes that live minutes. The best provider of a
-//! country is never slow, so when every provider is slow, nothing moves.
+//! **Weights move away from a bad provider** in a country: one much slower to deliver there
+//! than its peers (the confirmation tracker's `slow` signal), or one failing a much larger
+//! share of its sends there than its best peer. Its weight there halves, and drifts back to
+//! the configured weight when it recovers ([`weights`]). When every provider of a route is
+//! equally bad, none is worse than its peers, and nothing moves.
 //!
 //! [`order`](Routes::order) is a function of the route, the weights in force, the circuits'
 //! answers and a source of random numbers, tested here.
 
+mod weights;
+
 use otp_events::Provider;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+pub use weights::Demotion;
+use weights::Weights;
 
 /// Routes of one worker's channel.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -43,14 +44,28 @@ pub struct RoutesConfig {
     /// an idempotency key), and a provider that stops answering costs that retry budget.
     #[serde(default)]
     pub failover_ambiguous: bool,
-    /// A provider signalled slow in a country loses half its weight there, at most once per
-    /// this period.
+    /// A provider signalled slow in a country, or failing too many sends there, loses half its
+    /// weight there, at most once per this period, down to a sixteenth.
     #[serde(default = "default_demote_every", with = "humantime_serde")]
     pub demote_every: Duration,
-    /// A demoted provider's weight doubles back every this period without another slow
-    /// signal, up to its configured weight.
+    /// A demoted provider's weight doubles back every this period without being demoted
+    /// again, up to its configured weight.
     #[serde(default = "default_recover_every", with = "humantime_serde")]
     pub recover_every: Duration,
+    /// A provider whose share of failed sends to a country over this window is at least
+    /// `error_margin` above its best peer's there loses half its weight there, as a slow one
+    /// does. A failed send is one the provider answered with an error of its own (transient,
+    /// throttled, account or route broken); a recipient's refusal is not its fault.
+    #[serde(default = "default_error_window", with = "humantime_serde")]
+    pub error_window: Duration,
+    /// The fewest sends in `error_window`, for the provider and for a peer, before their
+    /// error shares are compared.
+    #[serde(default = "default_error_min_sends")]
+    pub error_min_sends: u32,
+    /// How much larger (0 to 1, in shares of sends) a provider's error share must be than its
+    /// best peer's before it loses weight.
+    #[serde(default = "default_error_margin")]
+    pub error_margin: f64,
 }
 
 fn default_demote_every() -> Duration {
@@ -58,6 +73,15 @@ fn default_demote_every() -> Duration {
 }
 fn default_recover_every() -> Duration {
     Duration::from_secs(120)
+}
+fn default_error_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_error_min_sends() -> u32 {
+    20
+}
+fn default_error_margin() -> f64 {
+    0.2
 }
 
 impl Default for RoutesConfig {
@@ -68,21 +92,11 @@ impl Default for RoutesConfig {
             failover_ambiguous: false,
             demote_every: default_demote_every(),
             recover_every: default_recover_every(),
+            error_window: default_error_window(),
+            error_min_sends: default_error_min_sends(),
+            error_margin: default_error_margin(),
         }
     }
-}
-
-/// The lowest share of its weight a slow provider keeps.
-pub const LOWEST_FACTOR: f64 = 1.0 / 16.0;
-/// Countries with a demoted provider, per provider (ISO 3166 has 249).
-const MAX_DEMOTED: usize = 300;
-
-/// A provider's weight in one country, lowered after a slow signal.
-#[derive(Debug, Clone, Copy)]
-struct Demotion {
-    /// The factor set at `since`.
-    factor: f64,
-    since: Instant,
 }
 
 /// One provider of a route.
@@ -113,10 +127,8 @@ pub struct Routes {
     default: Vec<RouteStep>,
     countries: BTreeMap<String, Vec<RouteStep>>,
     pub failover_ambiguous: bool,
-    demote_every: Duration,
-    recover_every: Duration,
-    /// Providers demoted in a country, by (provider, country).
-    demoted: Mutex<HashMap<(Provider, String), Demotion>>,
+    /// The configured weights' factors in force.
+    weights: Weights,
 }
 
 impl Routes {
@@ -145,71 +157,54 @@ impl Routes {
             }
             check(&field, route, configured)?;
         }
+        if !(config.error_margin > 0.0 && config.error_margin <= 1.0) {
+            return Err(RouteError {
+                field: "error_margin".into(),
+                rule: "must be above 0 and at most 1 (a share of sends)".into(),
+            });
+        }
         Ok(Self {
             default,
             countries: config.countries.clone(),
             failover_ambiguous: config.failover_ambiguous,
-            demote_every: config.demote_every,
-            recover_every: config.recover_every.max(Duration::from_millis(1)),
-            demoted: Mutex::new(HashMap::new()),
+            weights: Weights::new(config),
         })
     }
 
-    /// `provider` delivers slowly to `country` (the tracker's signal): halve its weight
-    /// there, unless it was halved less than `demote_every` ago.
+    /// `provider` delivers slowly to `country` (the tracker's signal): see [`Weights::demote`].
     pub fn demote(&self, provider: Provider, country: &str, now: Instant) {
-        let mut demoted = self.demoted.lock().expect("routes lock");
-        let key = (provider, country.to_string());
-        let current = demoted.get(&key).copied();
-        if current.is_some_and(|d| now.saturating_duration_since(d.since) < self.demote_every) {
-            return;
-        }
-        if current.is_none()
-            && demoted.keys().filter(|(p, _)| *p == provider).count() >= MAX_DEMOTED
-        {
-            return;
-        }
-        let factor = current.map_or(1.0, |d| self.factor_of(d, now));
-        let demotion = Demotion {
-            factor: (factor / 2.0).max(LOWEST_FACTOR),
-            since: now,
-        };
-        tracing::warn!(%provider, country, factor = demotion.factor, "route weight lowered: slow deliveries");
-        metrics::gauge!("otp_route_weight_factor", "provider" => provider.as_str(), "country" => country.to_string())
-            .set(demotion.factor);
-        demoted.insert(key, demotion);
+        self.weights.demote(provider, country, Demotion::Slow, now);
     }
 
-    /// The share of its configured weight `provider` has in `country` now (1 when not
-    /// demoted), forgetting demotions that have drifted all the way back.
-    pub fn weight_factor(&self, provider: Provider, country: Option<&str>, now: Instant) -> f64 {
+    /// A send through `provider` to `country` was answered: `failed` when the provider
+    /// answered with an error of its own. A provider whose error share there is then
+    /// `error_margin` above its best peer's in the route loses weight.
+    pub fn answered(&self, provider: Provider, country: Option<&str>, failed: bool, now: Instant) {
         let Some(country) = country else {
-            return 1.0;
+            return;
         };
-        let mut demoted = self.demoted.lock().expect("routes lock");
-        let key = (provider, country.to_string());
-        let Some(d) = demoted.get(&key).copied() else {
-            return 1.0;
-        };
-        let factor = self.factor_of(d, now);
-        if factor >= 1.0 {
-            demoted.remove(&key);
-            metrics::gauge!("otp_route_weight_factor", "provider" => provider.as_str(), "country" => country.to_string())
-                .set(1.0);
-        }
-        factor
+        let peers = self
+            .route(Some(country))
+            .iter()
+            .map(|s| s.provider)
+            .filter(|&p| p != provider);
+        self.weights.answered(provider, country, failed, peers, now);
     }
 
-    /// A demotion's factor at `now`: doubled for every `recover_every` since it was set.
-    fn factor_of(&self, d: Demotion, now: Instant) -> f64 {
-        let periods =
-            now.saturating_duration_since(d.since).as_secs_f64() / self.recover_every.as_secs_f64();
-        (d.factor * 2f64.powi(periods.floor().min(16.0) as i32)).min(1.0)
+    /// The share of its configured weight `provider` has in `country` now.
+    pub fn weight_factor(&self, provider: Provider, country: Option<&str>, now: Instant) -> f64 {
+        country.map_or(1.0, |c| self.weights.factor(provider, c, now))
+    }
+
+    fn route(&self, country: Option<&str>) -> &[RouteStep] {
+        country
+            .and_then(|c| self.countries.get(c))
+            .unwrap_or(&self.default)
     }
 
     /// The route's providers for `country`, in the order to try them: weighted draws (each
     /// `random()` in [0, 1)) among the providers whose circuits are closed, by their weights
-    /// in force (see [`Routes::demote`]), standbys after them, then the ones `is_open` says
+    /// in force (see [`weights`]), standbys after them, then the ones `is_open` says
     /// are refused.
     pub fn order(
         &self,
@@ -217,9 +212,7 @@ impl Routes {
         is_open: impl Fn(Provider) -> bool,
         mut random: impl FnMut() -> f64,
     ) -> Vec<Provider> {
-        let route = country
-            .and_then(|c| self.countries.get(c))
-            .unwrap_or(&self.default);
+        let route = self.route(country);
         let now = Instant::now();
         let mut usable = Vec::with_capacity(route.len());
         let mut open = Vec::new();
@@ -350,47 +343,6 @@ mod tests {
             [Vonage, Twilio]
         );
         assert_eq!(r.order(Some("US"), |_| true, || 0.99), [Twilio, Vonage]);
-    }
-
-    /// A slow provider loses half its weight per signal (not more often than `demote_every`),
-    /// down to a sixteenth, in that country only, and doubles back every `recover_every`.
-    #[test]
-    fn a_slow_provider_loses_weight_in_its_country_and_drifts_back() {
-        let config: RoutesConfig =
-            toml::from_str("demote_every = \"10s\"\nrecover_every = \"60s\"").unwrap();
-        let r = Routes::new(&config, &[Twilio, Vonage]).unwrap();
-        let t0 = Instant::now();
-        r.demote(Twilio, "DE", t0);
-        assert_eq!(r.weight_factor(Twilio, Some("DE"), t0), 0.5);
-        r.demote(Twilio, "DE", t0 + Duration::from_secs(5));
-        assert_eq!(
-            r.weight_factor(Twilio, Some("DE"), t0),
-            0.5,
-            "once per demote_every"
-        );
-        for i in 1..=6 {
-            r.demote(Twilio, "DE", t0 + Duration::from_secs(10 * i));
-        }
-        let t1 = t0 + Duration::from_secs(60);
-        assert_eq!(r.weight_factor(Twilio, Some("DE"), t1), LOWEST_FACTOR);
-        assert_eq!(
-            r.weight_factor(Twilio, Some("US"), t1),
-            1.0,
-            "that country only"
-        );
-        assert_eq!(r.weight_factor(Vonage, Some("DE"), t1), 1.0);
-        assert_eq!(
-            r.weight_factor(Twilio, Some("DE"), t1 + Duration::from_secs(60)),
-            2.0 * LOWEST_FACTOR
-        );
-        assert_eq!(
-            r.weight_factor(Twilio, Some("DE"), t1 + Duration::from_secs(240)),
-            1.0
-        );
-        assert!(
-            r.demoted.lock().unwrap().is_empty(),
-            "back to the configured weight"
-        );
     }
 
     #[test]
