@@ -192,6 +192,7 @@ async fn a_forged_failed_receipt_sends_nothing_again() {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
         channel: Whatsapp,
+        provider: Some(otp_events::Provider::WhatsappCloud),
         provider_message_id: message_of(id),
         status: ReceiptStatus::Failed,
         error: Some(ReceiptError {

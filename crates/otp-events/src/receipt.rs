@@ -10,7 +10,7 @@
 //! code has expired. Neither carries the phone number in any field besides the request
 //! itself, which the pending record must keep to be able to fall back.
 
-use crate::{Channel, CodeRequest, ErrorCategory};
+use crate::{Channel, CodeRequest, ErrorCategory, Provider};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,10 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub channel: Channel,
+    /// The provider whose webhook reported it, from the ingress route it came in on. Absent in
+    /// receipts written before providers were named: the channel's first provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
     pub provider_message_id: String,
     pub status: ReceiptStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,7 @@ fn receipt(id: &str, i: usize, status: ReceiptStatus) -> Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
         channel: Channel::Whatsapp,
+        provider: Some(otp_events::Provider::WhatsappCloud),
         // As the ingress writes it: the keyed hash of the wamid.
         provider_message_id: hasher().public_message_id(Channel::Whatsapp, &format!("wamid.{i}")),
         status,

@@ -33,8 +33,8 @@ mod pipeline;
 mod progress;
 mod retry;
 mod routes;
-mod tally;
 mod runtime;
+mod tally;
 
 pub use channel::{ChannelClient, SendOutcome};
 pub use circuit::CircuitConfig;

@@ -23,7 +23,7 @@ use axum::Router;
 use chrono::Utc;
 use otp_events::provider_errors::{self, ErrorClass};
 use otp_events::{
-    Channel, ChannelSignal, PhoneHasher, Receipt, SignalKind, SignalSource, Topics,
+    Channel, ChannelSignal, PhoneHasher, Provider, Receipt, SignalKind, SignalSource, Topics,
     CHANNEL_SIGNAL_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA,
 };
 use otp_kafka::session::ProducerSession;
@@ -207,7 +207,8 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
 }
 
 /// The outcome of one webhook call, counted by provider and outcome.
-fn answer(provider: &'static str, outcome: &'static str, status: StatusCode) -> Response {
+fn answer(provider: Provider, outcome: &'static str, status: StatusCode) -> Response {
+    let provider = provider.as_str();
     metrics::counter!("otp_webhooks_total", "provider" => provider, "outcome" => outcome)
         .increment(1);
     if status != StatusCode::OK {
@@ -227,7 +228,11 @@ async fn whatsapp_handshake(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(expected) = &ingress.secrets.whatsapp_verify_token else {
-        return answer("whatsapp", "not_configured", StatusCode::NOT_FOUND);
+        return answer(
+            Provider::WhatsappCloud,
+            "not_configured",
+            StatusCode::NOT_FOUND,
+        );
     };
     let token_ok = query
         .get("hub.verify_token")
@@ -238,11 +243,15 @@ async fn whatsapp_handshake(
         query.get("hub.challenge"),
     ) {
         (Some("subscribe"), true, Some(challenge)) => {
-            metrics::counter!("otp_webhooks_total", "provider" => "whatsapp", "outcome" => "subscribed")
+            metrics::counter!("otp_webhooks_total", "provider" => Provider::WhatsappCloud.as_str(), "outcome" => "subscribed")
                 .increment(1);
             (StatusCode::OK, challenge.clone()).into_response()
         }
-        _ => answer("whatsapp", "handshake_refused", StatusCode::FORBIDDEN),
+        _ => answer(
+            Provider::WhatsappCloud,
+            "handshake_refused",
+            StatusCode::FORBIDDEN,
+        ),
     }
 }
 
@@ -252,24 +261,36 @@ async fn whatsapp_statuses(
     body: Bytes,
 ) -> Response {
     let Some(secret) = &ingress.secrets.whatsapp_app_secret else {
-        return answer("whatsapp", "not_configured", StatusCode::NOT_FOUND);
+        return answer(
+            Provider::WhatsappCloud,
+            "not_configured",
+            StatusCode::NOT_FOUND,
+        );
     };
     let Some(signature) = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
     else {
-        return answer("whatsapp", "missing_signature", StatusCode::UNAUTHORIZED);
+        return answer(
+            Provider::WhatsappCloud,
+            "missing_signature",
+            StatusCode::UNAUTHORIZED,
+        );
     };
     if !otp_events::signature::meta_signature_valid(secret.as_bytes(), &body, signature) {
-        return answer("whatsapp", "bad_signature", StatusCode::FORBIDDEN);
+        return answer(
+            Provider::WhatsappCloud,
+            "bad_signature",
+            StatusCode::FORBIDDEN,
+        );
     }
     let call = replay::digest("/webhooks/whatsapp", &body);
     if ingress.replays.seen(&call, Instant::now()) {
-        return answer("whatsapp", "replayed", StatusCode::OK);
+        return answer(Provider::WhatsappCloud, "replayed", StatusCode::OK);
     }
     match parse::whatsapp(&body, Utc::now()) {
-        Ok(parsed) => publish_receipts(&ingress, "whatsapp", parsed, call).await,
-        Err(e) => malformed("whatsapp", e),
+        Ok(parsed) => publish_receipts(&ingress, Provider::WhatsappCloud, parsed, call).await,
+        Err(e) => malformed(Provider::WhatsappCloud, e),
     }
 }
 
@@ -280,13 +301,17 @@ async fn sms_status(
     body: Bytes,
 ) -> Response {
     let Some(token) = &ingress.secrets.sms_auth_token else {
-        return answer("sms", "not_configured", StatusCode::NOT_FOUND);
+        return answer(Provider::Twilio, "not_configured", StatusCode::NOT_FOUND);
     };
     let Some(signature) = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
     else {
-        return answer("sms", "missing_signature", StatusCode::UNAUTHORIZED);
+        return answer(
+            Provider::Twilio,
+            "missing_signature",
+            StatusCode::UNAUTHORIZED,
+        );
     };
     // An unreadable form cannot be signed over; a forgery is the likelier story, so the
     // signature is what refuses it.
@@ -296,11 +321,11 @@ async fn sms_status(
         .map_or("/webhooks/sms/status", |p| p.as_str());
     let url = format!("{}{}", ingress.public_url, path);
     if !otp_events::signature::twilio_signature_valid(token.as_bytes(), &url, &form, signature) {
-        return answer("sms", "bad_signature", StatusCode::FORBIDDEN);
+        return answer(Provider::Twilio, "bad_signature", StatusCode::FORBIDDEN);
     }
     let call = replay::digest(path, &body);
     if ingress.replays.seen(&call, Instant::now()) {
-        return answer("sms", "replayed", StatusCode::OK);
+        return answer(Provider::Twilio, "replayed", StatusCode::OK);
     }
     let query: HashMap<String, String> = uri
         .query()
@@ -308,8 +333,8 @@ async fn sms_status(
         .unwrap_or_default();
     let request_id = query.get("request_id").map(String::as_str);
     match parse::twilio(&form, request_id, Utc::now()) {
-        Ok(parsed) => publish_receipts(&ingress, "sms", parsed, call).await,
-        Err(e) => malformed("sms", e),
+        Ok(parsed) => publish_receipts(&ingress, Provider::Twilio, parsed, call).await,
+        Err(e) => malformed(Provider::Twilio, e),
     }
 }
 
@@ -323,7 +348,7 @@ async fn vonage_status(
     body: Bytes,
 ) -> Response {
     let Some(secret) = &ingress.secrets.vonage_signature_secret else {
-        return answer("vonage", "not_configured", StatusCode::NOT_FOUND);
+        return answer(Provider::Vonage, "not_configured", StatusCode::NOT_FOUND);
     };
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
     let api_key = ingress.secrets.vonage_api_key.as_deref();
@@ -332,19 +357,20 @@ async fn vonage_status(
             vonage::Refusal::Missing => StatusCode::UNAUTHORIZED,
             _ => StatusCode::FORBIDDEN,
         };
-        return answer("vonage", refusal.as_str(), status);
+        return answer(Provider::Vonage, refusal.as_str(), status);
     }
     let call = replay::digest("/webhooks/vonage/status", &body);
     if ingress.replays.seen(&call, Instant::now()) {
-        return answer("vonage", "replayed", StatusCode::OK);
+        return answer(Provider::Vonage, "replayed", StatusCode::OK);
     }
     match vonage::parse(&body, Utc::now()) {
-        Ok(parsed) => publish_receipts(&ingress, "vonage", parsed, call).await,
-        Err(e) => malformed("vonage", e),
+        Ok(parsed) => publish_receipts(&ingress, Provider::Vonage, parsed, call).await,
+        Err(e) => malformed(Provider::Vonage, e),
     }
 }
 
-fn malformed(provider: &'static str, e: parse::ParseError) -> Response {
+fn malformed(provider: Provider, e: parse::ParseError) -> Response {
+    let provider = provider.as_str();
     metrics::counter!("otp_webhooks_total", "provider" => provider, "outcome" => "malformed")
         .increment(1);
     tracing::info!(provider, error = %e, "malformed webhook refused");
@@ -353,27 +379,27 @@ fn malformed(provider: &'static str, e: parse::ParseError) -> Response {
 
 async fn publish_receipts(
     ingress: &Ingress,
-    provider: &'static str,
+    provider: Provider,
     mut parsed: parse::Parsed,
     call: [u8; 32],
 ) -> Response {
+    let name = provider.as_str();
     for r in &mut parsed.receipts {
         r.provider_message_id = ingress
             .hasher
             .public_message_id(r.channel, &r.provider_message_id);
     }
     if parsed.skipped > 0 {
-        metrics::counter!("otp_receipts_skipped_total", "provider" => provider)
+        metrics::counter!("otp_receipts_skipped_total", "provider" => name)
             .increment(parsed.skipped as u64);
     }
     for e in &parsed.invalid {
-        metrics::counter!("otp_receipt_statuses_invalid_total", "provider" => provider)
-            .increment(1);
-        tracing::warn!(provider, error = %e, "a status of the call breaks the documented shape; skipped");
+        metrics::counter!("otp_receipt_statuses_invalid_total", "provider" => name).increment(1);
+        tracing::warn!(provider = name, error = %e, "a status of the call breaks the documented shape; skipped");
     }
     let signals = system_signals(&parsed, Utc::now());
     if let Err(e) = ingress.write(&parsed.receipts, &signals).await {
-        tracing::warn!(provider, error = %e, "receipts not written to Kafka; the provider will retry");
+        tracing::warn!(provider = name, error = %e, "receipts not written to Kafka; the provider will retry");
         return answer(provider, "kafka_error", StatusCode::SERVICE_UNAVAILABLE);
     }
     ingress.replays.accepted(call, Instant::now());
@@ -384,7 +410,7 @@ async fn publish_receipts(
             status = r.status.as_str(),
             "receipt"
         );
-        metrics::counter!("otp_receipts_total", "channel" => r.channel.as_str(), "status" => r.status.as_str())
+        metrics::counter!("otp_receipts_total", "channel" => r.channel.as_str(), "provider" => name, "status" => r.status.as_str())
             .increment(1);
     }
     for s in &signals {

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{self, ErrorClass, ErrorTable};
 use otp_events::{
-    is_valid_request_id, Channel, ErrorCategory, Receipt, ReceiptError, ReceiptStatus,
+    is_valid_request_id, Channel, ErrorCategory, Provider, Receipt, ReceiptError, ReceiptStatus,
     RECEIPT_SCHEMA,
 };
 use serde_json::Value;
@@ -159,6 +159,7 @@ fn whatsapp_status(
         schema: RECEIPT_SCHEMA.to_string(),
         request_id,
         channel: Channel::Whatsapp,
+        provider: Some(Provider::WhatsappCloud),
         provider_message_id: id.to_string(),
         status: kind,
         error,
@@ -215,6 +216,7 @@ pub fn twilio(
             schema: RECEIPT_SCHEMA.to_string(),
             request_id: Some(request_id.to_string()),
             channel: Channel::Sms,
+            provider: Some(Provider::Twilio),
             provider_message_id: sid.to_string(),
             status: kind,
             error,

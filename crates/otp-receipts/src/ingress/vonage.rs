@@ -11,7 +11,7 @@ use super::parse::{classify, field, ParseError, Parsed};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use otp_events::provider_errors::VONAGE;
-use otp_events::{is_valid_request_id, Channel, Receipt, ReceiptStatus, RECEIPT_SCHEMA};
+use otp_events::{is_valid_request_id, Channel, Provider, Receipt, ReceiptStatus, RECEIPT_SCHEMA};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -158,6 +158,7 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseErr
             schema: RECEIPT_SCHEMA.to_string(),
             request_id,
             channel: Channel::Sms,
+            provider: Some(Provider::Vonage),
             provider_message_id: uuid.to_string(),
             status: kind,
             error,

@@ -291,13 +291,15 @@ impl Book {
         };
         out.released.push(tag);
         let record = &mut entry.record;
-        // A receipt acts only on the send its record holds: one for another send of the same
-        // request (the first copy of a send repeated after a crash, a replay of an old
-        // message's webhook) is informational and changes nothing.
+        // A receipt acts only on the send its record holds, through the provider it went
+        // through: one for another send of the same request (the first copy of a send
+        // repeated after a crash, a replay of an old message's webhook, a send of the route's
+        // other provider) is informational and changes nothing.
         let current = self
             .hasher
             .public_message_id(record.channel, &record.provider_message_id);
-        if receipt.provider_message_id != current {
+        let same_provider = receipt.provider.is_none_or(|p| p == provider_of(record));
+        if receipt.provider_message_id != current || !same_provider {
             metrics::counter!("otp_receipts_other_send_total", "channel" => receipt.channel.as_str())
                 .increment(1);
             return out;

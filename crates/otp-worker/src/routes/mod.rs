@@ -163,6 +163,15 @@ impl Routes {
                 rule: "must be above 0 and at most 1 (a share of sends)".into(),
             });
         }
+        // Every route's series from the start, so that dashboards and `increase()` see 1 and
+        // 0, not nothing, until the first demotion (`default`: the default route's countries).
+        let routes = std::iter::once(("default", &default))
+            .chain(config.countries.iter().map(|(c, r)| (c.as_str(), r)));
+        for (country, route) in routes {
+            for step in route {
+                weights::export_baseline(step.provider, country);
+            }
+        }
         Ok(Self {
             default,
             countries: config.countries.clone(),

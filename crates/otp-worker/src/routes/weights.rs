@@ -11,8 +11,8 @@
 //!
 //! Either halves its factor there, at most once per `demote_every`, down to
 //! [`LOWEST_FACTOR`]; it doubles back every `recover_every` without another demotion, up to
-//! 1. The best provider of a country is never worse than its peers, so when all are equally
-//! bad, nothing moves. A provider whose peers have no sends to compare with keeps its weight:
+//! one. The best provider of a country is never worse than its peers, so when all are
+//! equally bad, nothing moves. A provider whose peers have no sends to compare with keeps its weight:
 //! failover already moves its refused sends, which gives the peers their sends.
 //!
 //! Bounded: keyed by provider and ISO country (from the numbering plan, never user text), at
@@ -178,6 +178,17 @@ impl Weights {
     }
 }
 
+/// `provider`'s series in `country` at their resting values: factor 1, no demotions.
+pub(super) fn export_baseline(provider: Provider, country: &str) {
+    let p = provider.as_str();
+    metrics::gauge!("otp_route_weight_factor", "provider" => p, "country" => country.to_string())
+        .set(1.0);
+    for why in [Demotion::Slow, Demotion::Errors] {
+        metrics::counter!("otp_route_demotions_total", "provider" => p, "country" => country.to_string(), "reason" => why.as_str())
+            .absolute(0);
+    }
+}
+
 /// Whether `provider` already has [`MAX_COUNTRIES`] entries in `map`.
 fn at_bound<V>(map: &HashMap<Key, V>, provider: Provider) -> bool {
     map.keys().filter(|(p, _)| *p == provider).count() >= MAX_COUNTRIES
@@ -203,7 +214,12 @@ mod tests {
         w.demote(Twilio, "DE", Demotion::Slow, t0 + Duration::from_secs(5));
         assert_eq!(w.factor(Twilio, "DE", t0), 0.5, "once per demote_every");
         for i in 1..=6 {
-            w.demote(Twilio, "DE", Demotion::Slow, t0 + Duration::from_secs(10 * i));
+            w.demote(
+                Twilio,
+                "DE",
+                Demotion::Slow,
+                t0 + Duration::from_secs(10 * i),
+            );
         }
         let t1 = t0 + Duration::from_secs(60);
         assert_eq!(w.factor(Twilio, "DE", t1), LOWEST_FACTOR);
@@ -269,7 +285,11 @@ mod tests {
         answer(&w, Vonage, "IT", 20, 100, later);
         answer(&w, Twilio, "IT", 9, 100, later); // 1 failure in 9, the old ones gone
         w.answered(Twilio, "IT", true, [Vonage].into_iter(), later);
-        assert_eq!(w.factor(Twilio, "IT", later), 1.0, "2 of 10, under the margin");
+        assert_eq!(
+            w.factor(Twilio, "IT", later),
+            1.0,
+            "2 of 10, under the margin"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn receipt(id: &str, status: ReceiptStatus) -> Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
         channel: Channel::Whatsapp,
+        provider: Some(Provider::WhatsappCloud),
         provider_message_id: PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.1"),
         status,
         error: (status == ReceiptStatus::Failed).then(|| ReceiptError {
@@ -232,6 +233,7 @@ fn report_only_records_report_receipts_without_finals() {
     );
     let mut sms = receipt("r", ReceiptStatus::Sent);
     sms.channel = Channel::Sms;
+    sms.provider = Some(Provider::Twilio);
     sms.provider_message_id = "wamid.1".into(); // an SMS id is kept as it is
     assert!(
         reported(&b.receipt(sms.clone(), tag(0), now)).is_empty(),
@@ -399,6 +401,31 @@ fn a_receipt_for_another_send_of_the_request_changes_nothing() {
     assert_eq!(b.awaiting(), 1, "the fallback is still armed");
     let delivered = b.receipt(receipt("r", ReceiptStatus::Delivered), tag(1), now);
     assert_eq!(reported(&delivered), vec![(StatusKind::Delivered, true)]);
+}
+
+#[test]
+fn a_receipt_from_another_provider_than_the_send_changes_nothing() {
+    // The SMS send went through Twilio (a record without a provider: the channel's first).
+    let mut b = book();
+    let now = Utc::now();
+    let r = record("s", vec![Channel::Sms], ConfirmationState::Awaiting);
+    b.record("s", Some(r), 0, now);
+    let from = |provider| {
+        let mut r = receipt("s", ReceiptStatus::Failed);
+        r.channel = Channel::Sms;
+        r.provider = provider;
+        r.provider_message_id = PhoneHasher::new(b"k").public_message_id(Channel::Sms, "wamid.1");
+        r
+    };
+    let out = b.receipt(from(Some(Provider::Vonage)), tag(0), now);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(out.released, vec![tag(0)]);
+    assert_eq!(b.awaiting(), 1, "still awaiting Twilio's receipt");
+    let out = b.receipt(from(None), tag(1), now);
+    assert!(
+        !out.actions.is_empty(),
+        "a receipt written before providers were named acts"
+    );
 }
 
 #[test]
