@@ -80,6 +80,7 @@ fn sms_args(twilio_base: &str, callback: Option<String>, vonage_base: Option<Str
             messaging_service_sid: None,
             status_callback_url: callback,
             request_timeout: Duration::from_secs(5),
+            twilio_senders: Vec::new(),
         },
         vonage: match vonage_base {
             Some(base) => VonageArgs {

@@ -14,6 +14,7 @@ fn bench(c: &mut Criterion) {
         messaging_service_sid: None,
         status_callback_url: Some("https://receipts.example/webhooks/sms/status".into()),
         request_timeout: std::time::Duration::from_secs(1),
+        twilio_senders: Vec::new(),
     };
     let texts = Texts::new(&[], "en").unwrap();
     let client = TwilioClient::new(args, texts, "token".into()).unwrap();
@@ -26,7 +27,9 @@ fn bench(c: &mut Criterion) {
     )
     .complete(now);
     c.bench_function("sms_form", |b| {
-        b.iter(|| serde_urlencoded::to_string(client.form(black_box(&request), now)).unwrap())
+        b.iter(|| {
+            serde_urlencoded::to_string(client.form(black_box(&request), now).unwrap()).unwrap()
+        })
     });
 }
 

@@ -2,6 +2,7 @@
 //! auth token comes from `OTP_SMS_AUTH_TOKEN` and Vonage's API secret from
 //! `OTP_VONAGE_API_SECRET` (or the files their `_FILE` variables name), never from a flag.
 
+use crate::senders::parse_country_sender;
 use otp_events::Provider;
 use otp_worker::LimitsConfig;
 use std::time::Duration;
@@ -36,13 +37,20 @@ pub struct TwilioArgs {
     /// Twilio account SID (AC...), also the basic-auth user. Twilio is not used without it.
     #[arg(long, env = "OTP_SMS_ACCOUNT_SID")]
     pub account_sid: Option<String>,
-    /// Twilio sender number (E.164). Give this or --messaging-service-sid.
+    /// Twilio sender number (E.164). Give this or --messaging-service-sid (or only
+    /// --twilio-sender, to send to those countries alone).
     #[arg(long, env = "OTP_SMS_FROM")]
     pub from: Option<String>,
     /// Twilio messaging service (MG...) that picks the sender per destination. Give this or
     /// --from.
     #[arg(long, env = "OTP_SMS_MESSAGING_SERVICE_SID")]
     pub messaging_service_sid: Option<String>,
+    /// The Twilio sender (`From`) for one destination country, `CC=SENDER` (ISO 3166-1
+    /// alpha-2); repeatable. It wins over --from and --messaging-service-sid there. A
+    /// destination with no sender at all is refused without a call, as Twilio would refuse it
+    /// (21408: that country's route), so the route's next provider takes it.
+    #[arg(long = "twilio-sender", value_parser = parse_country_sender)]
+    pub twilio_senders: Vec<(String, String)>,
     /// Public URL of the receipts ingress's Twilio status endpoint; the request_id is added as
     /// a query parameter. No callback is requested when absent.
     #[arg(long, env = "OTP_SMS_STATUS_CALLBACK_URL")]
@@ -97,19 +105,6 @@ fn parse_template(s: &str) -> Result<(String, String), String> {
             Ok((locale.to_string(), text.to_string()))
         }
         _ => Err("must be LOCALE=TEXT, and TEXT must contain {code}".to_string()),
-    }
-}
-
-fn parse_country_sender(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((country, sender))
-            if country.len() == 2
-                && country.bytes().all(|b| b.is_ascii_uppercase())
-                && !sender.is_empty() =>
-        {
-            Ok((country.to_string(), sender.to_string()))
-        }
-        _ => Err("must be CC=SENDER, CC an ISO 3166-1 alpha-2 code (two capital letters)".into()),
     }
 }
 

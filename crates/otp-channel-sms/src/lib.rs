@@ -7,6 +7,7 @@
 mod cli;
 mod client;
 mod config;
+mod senders;
 mod text;
 mod twilio;
 mod vonage;

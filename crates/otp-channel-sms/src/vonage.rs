@@ -13,14 +13,14 @@
 //! the route's next provider at once.
 
 use crate::config::VonageArgs;
+use crate::senders::Senders;
 use crate::text::Texts;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{vonage_code, VONAGE};
-use otp_events::{country_of, CodeRequest};
+use otp_events::CodeRequest;
 use otp_worker::channel::outcome_of;
 use otp_worker::SendOutcome;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 
 /// The longest `client_ref` sent. Vonage's reference says 100 characters and its error 1450
 /// says 40: the id goes only when it fits the shorter. Without it, receipts are matched by
@@ -34,7 +34,7 @@ pub struct VonageClient {
     api_secret: String,
     texts: Texts,
     from: Option<String>,
-    senders: HashMap<String, String>,
+    senders: Senders,
 }
 
 impl VonageClient {
@@ -60,16 +60,13 @@ impl VonageClient {
             api_secret,
             texts,
             from: args.vonage_from,
-            senders: args.vonage_senders.into_iter().collect(),
+            senders: Senders::new(args.vonage_senders),
         })
     }
 
     /// The sender for `request`'s destination: its country's, else the default.
     fn sender(&self, request: &CodeRequest) -> Option<&str> {
-        country_of(&request.phone)
-            .and_then(|c| self.senders.get(&c))
-            .or(self.from.as_ref())
-            .map(String::as_str)
+        self.senders.for_request(request).or(self.from.as_deref())
     }
 
     /// The request body for `request`, or `None` when no sender serves its destination
