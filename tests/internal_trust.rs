@@ -191,6 +191,7 @@ async fn a_forged_failed_receipt_sends_nothing_again() {
     let failed = |id: &str| Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
+        app: None,
         channel: Whatsapp,
         provider: Some(otp_events::Provider::WhatsappCloud),
         provider_message_id: message_of(id),

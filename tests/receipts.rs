@@ -1179,3 +1179,76 @@ async fn replayed_signed_callbacks_make_one_signal_each_and_open_no_circuit() {
     }
     tracker.stop().await.unwrap();
 }
+
+/// Request ids are unique per app only. Two login systems that both publish `login-42`, one
+/// for a user whose WhatsApp delivers and one for a silent one: each request gets its own
+/// pending record, receipts and deadline, so the first user gets one code and the second the
+/// SMS fallback. Keyed by the bare request_id, the second's record replaced the first's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_requests_of_one_id_each_get_their_own_outcome() {
+    let l = start(|_| {}).await;
+    let workers = l.workers(Duration::from_secs(4));
+    let tracker = l.tracker();
+    let id = format!("login-42-{}", rand::random::<u32>());
+    let (delivered, silent) = ("+15551260001", "+15551260404");
+    for (app, phone) in [("shop", delivered), ("bank", silent)] {
+        let mut s = otp_events::Submission::new(
+            phone,
+            "424242",
+            vec![Whatsapp, Sms],
+            chrono::Duration::minutes(5),
+        );
+        s.request_id = Some(id.clone());
+        s.app = Some(app.into());
+        l.stack.publisher.publish(s).await.unwrap();
+    }
+    let wait = id.clone();
+    let statuses = l
+        .statuses_until(move |got| {
+            let finals = |app| {
+                got.iter()
+                    .filter(|s| s["request_id"] == wait.as_str())
+                    .any(|s| s["app"] == app && s["final"] == true)
+            };
+            finals("shop") && finals("bank")
+        })
+        .await;
+    let mine: Vec<&Value> = statuses
+        .iter()
+        .filter(|s| s["request_id"] == id.as_str())
+        .collect();
+    let final_of = |app: &str| {
+        *mine
+            .iter()
+            .find(|s| s["app"] == app && s["final"] == true)
+            .unwrap()
+    };
+    let shop = final_of("shop");
+    assert_eq!(
+        (shop["status"].as_str(), shop["channel"].as_str()),
+        (Some("delivered"), Some("whatsapp")),
+        "{mine:#?}"
+    );
+    let bank = final_of("bank");
+    assert_eq!(
+        (bank["status"].as_str(), bank["channel"].as_str()),
+        (Some("sent"), Some("sms")),
+        "{mine:#?}"
+    );
+    assert!(
+        mine.iter().any(|s| s["app"] == "bank"
+            && s["status"] == "fallback"
+            && s["error"]["code"] == "receipt_timeout"),
+        "{mine:#?}"
+    );
+    assert_eq!(
+        sends_to(&l, delivered).len(),
+        1,
+        "the delivered user got one code"
+    );
+    assert!(sends_to(&l, silent).iter().any(|m| m.api == "sms"));
+    tracker.stop().await.unwrap();
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}

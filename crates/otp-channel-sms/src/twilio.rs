@@ -80,8 +80,11 @@ impl TwilioClient {
         form.push(sender);
         if let Some(callback) = &self.args.status_callback_url {
             let sep = if callback.contains('?') { '&' } else { '?' };
-            let query = serde_urlencoded::to_string([("request_id", &request.request_id)])
-                .expect("a string pair encodes");
+            let mut pairs = vec![("request_id", request.request_id.as_str())];
+            if let Some(app) = &request.app {
+                pairs.push(("app", app));
+            }
+            let query = serde_urlencoded::to_string(pairs).expect("string pairs encode");
             form.push(("StatusCallback", format!("{callback}{sep}{query}")));
         }
         Some(form)
@@ -162,6 +165,18 @@ mod tests {
         assert_eq!(
             form["StatusCallback"],
             "https://receipts.example/webhooks/sms/status?request_id=req-1"
+        );
+    }
+
+    #[test]
+    fn the_callback_names_the_app_when_the_request_has_one() {
+        let c = TwilioClient::new(args(), texts(), "tok".into()).unwrap();
+        let mut r = request(None);
+        r.app = Some("shop".into());
+        let form: HashMap<&str, String> = c.form(&r, Utc::now()).unwrap().into_iter().collect();
+        assert_eq!(
+            form["StatusCallback"],
+            "https://receipts.example/webhooks/sms/status?request_id=req-1&app=shop"
         );
     }
 

@@ -17,13 +17,14 @@ use crate::senders::Senders;
 use crate::text::Texts;
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{vonage_code, VONAGE};
-use otp_events::CodeRequest;
+use otp_events::{confirmation_key, CodeRequest};
 use otp_worker::channel::outcome_of;
 use otp_worker::SendOutcome;
 use serde_json::{json, Value};
 
-/// The longest `client_ref` sent. Vonage's reference says 100 characters and its error 1450
-/// says 40: the id goes only when it fits the shorter. Without it, receipts are matched by
+/// The longest `client_ref` sent: the request's confirmation key (`app/request_id`, or the
+/// bare id). Vonage's reference says 100 characters and its error 1450 says 40: the key goes
+/// only when it fits the shorter. Without it, receipts are matched by
 /// `message_uuid` (the message index), as WhatsApp's failed statuses are.
 pub const CLIENT_REF_MAX: usize = 40;
 
@@ -82,8 +83,9 @@ impl VonageClient {
             "text": self.texts.of(request, now),
             "ttl": ttl,
         });
-        if request.request_id.len() <= CLIENT_REF_MAX {
-            body["client_ref"] = json!(request.request_id);
+        let reference = confirmation_key(request.app.as_deref(), &request.request_id);
+        if reference.len() <= CLIENT_REF_MAX {
+            body["client_ref"] = json!(reference);
         }
         Some(body)
     }
@@ -178,6 +180,8 @@ mod tests {
     fn long_ids_are_not_sent_as_client_ref() {
         let c = client(vec![], Some("Acme"));
         let mut r = request("+447700900123");
+        r.app = Some("shop".into());
+        assert_eq!(c.body(&r, Utc::now()).unwrap()["client_ref"], "shop/req-1");
         r.request_id = "x".repeat(CLIENT_REF_MAX + 1);
         assert!(c.body(&r, Utc::now()).unwrap().get("client_ref").is_none());
     }

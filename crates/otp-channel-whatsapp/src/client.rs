@@ -59,7 +59,8 @@ impl WhatsappClient {
             "recipient_type": "individual",
             "to": request.phone.trim_start_matches('+'),
             "type": "template",
-            "biz_opaque_callback_data": request.request_id,
+            // Echoed on the status webhooks: the request's key in the confirmation path.
+            "biz_opaque_callback_data": otp_events::confirmation_key(request.app.as_deref(), &request.request_id),
             "template": {
                 "name": self.template,
                 "language": { "code": language },
@@ -171,6 +172,13 @@ mod tests {
         assert_eq!(components[1]["sub_type"], "url");
         assert_eq!(components[1]["parameters"][0]["text"], "123456");
         assert!(body.get("ttl_seconds").is_none(), "Direct Send only");
+        let mut r = r;
+        r.app = Some("shop".into());
+        let body = c.body(&r, c.language_for(&r));
+        assert_eq!(
+            body["biz_opaque_callback_data"], "shop/req-1",
+            "the app's key"
+        );
     }
 
     #[test]

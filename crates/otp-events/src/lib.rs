@@ -40,9 +40,9 @@ pub use proof::{FallbackKey, HEADER_FALLBACK_PROOF};
 pub use provenance::{ProvenanceError, Record, RecordKeys, Role, HEADER_RECORD_MAC};
 pub use provider::Provider;
 pub use receipt::{
-    message_key, ConfirmationState, MessageIndex, PendingConfirmation, Receipt, ReceiptError,
-    ReceiptStatus, MESSAGE_INDEX_SCHEMA, MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA,
-    RECEIPT_SCHEMA,
+    confirmation_key, message_key, split_confirmation_key, ConfirmationState, MessageIndex,
+    PendingConfirmation, Receipt, ReceiptError, ReceiptStatus, MESSAGE_INDEX_SCHEMA,
+    MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use seal::{sealed_key_id, Keyring, SealError};

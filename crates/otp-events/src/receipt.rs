@@ -29,6 +29,29 @@ pub fn message_key(public_message_id: &str) -> String {
     format!("{MESSAGE_KEY_PREFIX}{public_message_id}")
 }
 
+/// The key under which the confirmation path knows a request: `app/request_id`, or the bare
+/// request_id for a request without an app. Request ids are unique per app only, so two
+/// apps' requests of one id must not share a pending record, a tombstone or a receipt. The
+/// same value goes to the providers as the correlation they echo back (WhatsApp's
+/// `biz_opaque_callback_data`, Vonage's `client_ref`); neither an app nor an id can hold `/`.
+pub fn confirmation_key(app: Option<&str>, request_id: &str) -> String {
+    match app {
+        Some(app) => format!("{app}/{request_id}"),
+        None => request_id.to_string(),
+    }
+}
+
+/// A correlation a provider echoed back, as `(app, request_id)`, when it is a valid
+/// [`confirmation_key`]; `None` otherwise.
+pub fn split_confirmation_key(key: &str) -> Option<(Option<&str>, &str)> {
+    let (app, id) = match key.split_once('/') {
+        Some((app, id)) => (Some(app), id),
+        None => (None, key),
+    };
+    (crate::is_valid_request_id(id) && app.is_none_or(crate::validate::is_valid_app))
+        .then_some((app, id))
+}
+
 /// What a provider says happened to a message it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,7 +91,8 @@ pub struct ReceiptError {
     pub message: String,
 }
 
-/// One provider status for one message, on `otp.delivery-receipts` keyed by request_id.
+/// One provider status for one message, on `otp.delivery-receipts` keyed by its request's
+/// [`confirmation_key`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
@@ -79,6 +103,9 @@ pub struct Receipt {
     /// it through the message's [`MessageIndex`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The request's app, from the same correlation (absent for a request without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub channel: Channel,
     /// The provider whose webhook reported it, from the ingress route it came in on. Absent in
     /// receipts written before providers were named: the channel's first provider.
@@ -100,10 +127,11 @@ impl Receipt {
         serde_json::to_vec(self).expect("a Receipt always serialises")
     }
 
-    /// Its Kafka key: the request_id, or the message's key while the request is unknown.
+    /// Its Kafka key: its request's [`confirmation_key`], or the message's key while the
+    /// request is unknown.
     pub fn key(&self) -> String {
         match &self.request_id {
-            Some(id) => id.clone(),
+            Some(id) => confirmation_key(self.app.as_deref(), id),
             None => message_key(&self.provider_message_id),
         }
     }
@@ -117,6 +145,9 @@ impl Receipt {
 pub struct MessageIndex {
     pub schema: String,
     pub request_id: String,
+    /// The request's app (absent for a request without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub channel: Channel,
     /// The code's expiry: the entry is kept as long as the request's pending record.
     pub expires_at: DateTime<Utc>,
@@ -147,7 +178,7 @@ pub enum ConfirmationState {
 }
 
 /// A send that was accepted and waits for its receipts, on `otp.pending-confirmations`
-/// (compacted) keyed by request_id. Unknown fields are ignored, not refused: workers and
+/// (compacted) keyed by its request's [`confirmation_key`]. Unknown fields are ignored, not refused: workers and
 /// trackers are upgraded one after the other, and a record a tracker refused would lose
 /// its fallback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +209,11 @@ pub struct PendingConfirmation {
 }
 
 impl PendingConfirmation {
+    /// Its Kafka key: its request's [`confirmation_key`].
+    pub fn key(&self) -> String {
+        confirmation_key(self.request.app.as_deref(), &self.request.request_id)
+    }
+
     /// As written to the compacted topic: the request sealed by `rules` like on the request
     /// topics.
     pub fn to_json(&self, rules: &crate::Rules) -> Vec<u8> {

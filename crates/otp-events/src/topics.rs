@@ -38,12 +38,14 @@ impl Topics {
         format!("{}otp.dead-letter", self.prefix)
     }
 
-    /// Provider receipts from the webhook ingress, keyed by request_id.
+    /// Provider receipts from the webhook ingress, keyed by their request's confirmation key
+    /// (`app/request_id`, or the bare id).
     pub fn delivery_receipts(&self) -> String {
         format!("{}otp.delivery-receipts", self.prefix)
     }
 
-    /// Sends awaiting their receipts (compacted), keyed by request_id. Must have as many
+    /// Sends awaiting their receipts (compacted), keyed by their request's confirmation key
+    /// (`app/request_id`, or the bare id). Must have as many
     /// partitions as the receipts topic: the tracker reads the two co-partitioned.
     pub fn pending_confirmations(&self) -> String {
         format!("{}otp.pending-confirmations", self.prefix)

@@ -141,11 +141,10 @@ impl KafkaWriter {
     pub async fn pending(&self, record: &PendingConfirmation) {
         let topic = self.topics.pending_confirmations();
         let payload = record.to_json(&self.fallback.config().rules);
-        let id = &record.request.request_id;
         self.keyed(
             "pending",
             &topic,
-            id,
+            &record.key(),
             Some(&payload),
             PENDING_CONFIRMATION_SCHEMA,
         )
@@ -210,16 +209,10 @@ impl KafkaWriter {
     }
 
     /// Delete a pending confirmation (or a message index): a tombstone for its key.
-    pub async fn forget_pending(&self, request_id: &str) {
+    pub async fn forget_pending(&self, key: &str) {
         let topic = self.topics.pending_confirmations();
-        self.keyed(
-            "pending",
-            &topic,
-            request_id,
-            None,
-            PENDING_CONFIRMATION_SCHEMA,
-        )
-        .await;
+        self.keyed("pending", &topic, key, None, PENDING_CONFIRMATION_SCHEMA)
+            .await;
     }
 
     /// One keyed write with the schema header, retried until acknowledged. `None` is a

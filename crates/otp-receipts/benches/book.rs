@@ -38,6 +38,7 @@ fn receipt(id: &str, i: usize, status: ReceiptStatus) -> Receipt {
     Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
+        app: None,
         channel: Channel::Whatsapp,
         provider: Some(otp_events::Provider::WhatsappCloud),
         // As the ingress writes it: the keyed hash of the wamid.

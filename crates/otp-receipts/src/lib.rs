@@ -5,8 +5,9 @@
 //!
 //! - [`ingress`]: the webhook endpoints. Signatures are checked over the raw bytes before
 //!   anything is parsed; each authentic status becomes a receipt on `otp.delivery-receipts`,
-//!   keyed by the request_id the send carried (WhatsApp's `biz_opaque_callback_data`, the
-//!   SMS `StatusCallback` URL's query).
+//!   keyed by the request the send named: its confirmation key, `app/request_id` or the bare
+//!   id (WhatsApp's `biz_opaque_callback_data`, the Twilio `StatusCallback` URL's query,
+//!   Vonage's `client_ref`).
 //! - [`tracker`]: the confirmation tracker. Workers with confirmation on record each
 //!   accepted send on the compacted `otp.pending-confirmations`; the tracker reads that and
 //!   the receipts co-partitioned, reports `delivered`/`read`, and hands the request to the

@@ -403,6 +403,7 @@ impl<C: ChannelClient> Pipeline<C> {
                         let index = MessageIndex {
                             schema: MESSAGE_INDEX_SCHEMA.to_string(),
                             request_id: request.request_id.clone(),
+                            app: request.app.clone(),
                             channel,
                             expires_at: request.expires_at,
                         };

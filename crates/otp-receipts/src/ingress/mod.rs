@@ -1,5 +1,5 @@
 //! The webhook ingress: providers POST delivery statuses here; each authentic one becomes a
-//! [`Receipt`] on `otp.delivery-receipts`, keyed by request_id.
+//! [`Receipt`] on `otp.delivery-receipts`, keyed by its request's confirmation key.
 //!
 //! Order of checks, per call: signature over the raw bytes (missing → 401, wrong → 403),
 //! then the body (malformed → 400), then Kafka (acks=all; not written in time → 503). A 200
@@ -332,7 +332,8 @@ async fn sms_status(
         .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
     let request_id = query.get("request_id").map(String::as_str);
-    match parse::twilio(&form, request_id, Utc::now()) {
+    let app = query.get("app").map(String::as_str);
+    match parse::twilio(&form, request_id, app, Utc::now()) {
         Ok(parsed) => publish_receipts(&ingress, Provider::Twilio, parsed, call).await,
         Err(e) => malformed(Provider::Twilio, e),
     }

@@ -7,8 +7,8 @@
 use chrono::{DateTime, Utc};
 use otp_events::provider_errors::{self, ErrorClass, ErrorTable};
 use otp_events::{
-    is_valid_request_id, Channel, ErrorCategory, Provider, Receipt, ReceiptError, ReceiptStatus,
-    RECEIPT_SCHEMA,
+    is_valid_app, is_valid_request_id, split_confirmation_key, Channel, ErrorCategory, Provider,
+    Receipt, ReceiptError, ReceiptStatus, RECEIPT_SCHEMA,
 };
 use serde_json::Value;
 
@@ -139,13 +139,14 @@ fn whatsapp_status(
     // delivered and read statuses, not on failed ones. A failed status without it is kept
     // and resolved by its message id (the tracker's message index); any other status without
     // it was not sent by us, or not with correlation.
-    let request_id = match status.get("biz_opaque_callback_data") {
-        None if kind == ReceiptStatus::Failed => None,
+    // The correlation is the request's confirmation key: `app/request_id`, or the bare id.
+    let (app, request_id) = match status.get("biz_opaque_callback_data") {
+        None if kind == ReceiptStatus::Failed => (None, None),
         callback => match callback
             .and_then(Value::as_str)
-            .filter(|id| is_valid_request_id(id))
+            .and_then(split_confirmation_key)
         {
-            Some(id) => Some(id.to_string()),
+            Some((app, id)) => (app.map(str::to_owned), Some(id.to_string())),
             None => return Ok(None),
         },
     };
@@ -158,6 +159,7 @@ fn whatsapp_status(
     Ok(Some(Receipt {
         schema: RECEIPT_SCHEMA.to_string(),
         request_id,
+        app,
         channel: Channel::Whatsapp,
         provider: Some(Provider::WhatsappCloud),
         provider_message_id: id.to_string(),
@@ -169,10 +171,12 @@ fn whatsapp_status(
 }
 
 /// Twilio's status callback: form fields `MessageSid`, `MessageStatus`, `ErrorCode`; the
-/// request_id comes from the callback URL's query, which the signature covers.
+/// request_id and the app come from the callback URL's query (`request_id`, `app`), which
+/// the signature covers.
 pub fn twilio(
     form: &[(String, String)],
     request_id: Option<&str>,
+    app: Option<&str>,
     received_at: DateTime<Utc>,
 ) -> Result<Parsed, ParseError> {
     let get = |name: &str| {
@@ -204,7 +208,8 @@ pub fn twilio(
                 .map_err(|_| field("ErrorCode", "must be an integer"))?,
         ),
     };
-    let Some(request_id) = request_id.filter(|id| is_valid_request_id(id)) else {
+    let valid_app = app.is_none_or(is_valid_app);
+    let Some(request_id) = request_id.filter(|id| is_valid_request_id(id) && valid_app) else {
         return Ok(Parsed {
             skipped: 1,
             ..Parsed::default()
@@ -215,6 +220,7 @@ pub fn twilio(
         receipts: vec![Receipt {
             schema: RECEIPT_SCHEMA.to_string(),
             request_id: Some(request_id.to_string()),
+            app: app.map(str::to_owned),
             channel: Channel::Sms,
             provider: Some(Provider::Twilio),
             provider_message_id: sid.to_string(),
@@ -305,6 +311,29 @@ mod tests {
             !text.contains("15551230001") && !text.contains("15551230026"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_correlation_carries_the_app_when_the_request_has_one() {
+        let body = meta(json!([
+            {"id":"wamid.A","status":"delivered","timestamp":"1750857384","biz_opaque_callback_data":"shop/req-1"},
+            {"id":"wamid.B","status":"delivered","timestamp":"1750857384","biz_opaque_callback_data":"req-2"},
+            {"id":"wamid.C","status":"delivered","timestamp":"1750857384","biz_opaque_callback_data":"a/b/c"}
+        ]));
+        let parsed = whatsapp(&body, now()).unwrap();
+        let keys: Vec<(Option<&str>, String)> = parsed
+            .receipts
+            .iter()
+            .map(|r| (r.app.as_deref(), r.key()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Some("shop"), "shop/req-1".to_string()),
+                (None, "req-2".to_string())
+            ]
+        );
+        assert_eq!(parsed.skipped, 1, "not a key we wrote");
     }
 
     #[test]
@@ -420,7 +449,7 @@ mod tests {
                 ("MessageStatus", status),
                 ("To", "+15551230001"),
             ]);
-            let parsed = twilio(&f, Some("req-9"), now()).unwrap();
+            let parsed = twilio(&f, Some("req-9"), None, now()).unwrap();
             assert_eq!(parsed.receipts[0].status, kind, "{status}");
             assert_eq!(parsed.receipts[0].channel, Channel::Sms);
         }
@@ -429,7 +458,7 @@ mod tests {
             ("MessageStatus", "undelivered"),
             ("ErrorCode", "30005"),
         ]);
-        let receipt = &twilio(&f, Some("req-9"), now()).unwrap().receipts[0];
+        let receipt = &twilio(&f, Some("req-9"), None, now()).unwrap().receipts[0];
         let error = receipt.error.as_ref().unwrap();
         assert_eq!(
             (error.code.as_str(), error.category),
@@ -440,7 +469,7 @@ mod tests {
             ("MessageStatus", "failed"),
             ("ErrorCode", "30007"),
         ]);
-        let error = twilio(&f, Some("r"), now()).unwrap().receipts[0]
+        let error = twilio(&f, Some("r"), None, now()).unwrap().receipts[0]
             .error
             .clone()
             .unwrap();
@@ -453,12 +482,25 @@ mod tests {
     #[test]
     fn twilio_callbacks_we_cannot_use_are_skipped_or_refused() {
         let f = form(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")]);
-        assert_eq!(twilio(&f, None, now()).unwrap().skipped, 1, "no request_id");
+        assert_eq!(
+            twilio(&f, None, None, now()).unwrap().skipped,
+            1,
+            "no request_id"
+        );
+        assert_eq!(
+            twilio(&f, Some("r"), Some("not an app!"), now())
+                .unwrap()
+                .skipped,
+            1,
+            "an app we did not write"
+        );
+        let apps = twilio(&f, Some("r"), Some("acme"), now()).unwrap();
+        assert_eq!(apps.receipts[0].key(), "acme/r");
         let f = form(&[("MessageSid", "SM1"), ("MessageStatus", "receiving")]);
-        assert_eq!(twilio(&f, Some("r"), now()).unwrap().skipped, 1);
-        let err = twilio(&form(&[("MessageStatus", "sent")]), Some("r"), now()).unwrap_err();
+        assert_eq!(twilio(&f, Some("r"), None, now()).unwrap().skipped, 1);
+        let err = twilio(&form(&[("MessageStatus", "sent")]), Some("r"), None, now()).unwrap_err();
         assert_eq!(err.to_string(), "MessageSid: is required");
-        let err = twilio(&form(&[("MessageSid", "SM1")]), Some("r"), now()).unwrap_err();
+        let err = twilio(&form(&[("MessageSid", "SM1")]), Some("r"), None, now()).unwrap_err();
         assert_eq!(err.to_string(), "MessageStatus: is required");
         let f = form(&[
             ("MessageSid", "SM1"),
@@ -466,7 +508,7 @@ mod tests {
             ("ErrorCode", "x"),
         ]);
         assert_eq!(
-            twilio(&f, Some("r"), now()).unwrap_err().to_string(),
+            twilio(&f, Some("r"), None, now()).unwrap_err().to_string(),
             "ErrorCode: must be an integer"
         );
     }

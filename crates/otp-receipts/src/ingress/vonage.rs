@@ -11,7 +11,9 @@ use super::parse::{classify, field, ParseError, Parsed};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use otp_events::provider_errors::VONAGE;
-use otp_events::{is_valid_request_id, Channel, Provider, Receipt, ReceiptStatus, RECEIPT_SCHEMA};
+use otp_events::{
+    split_confirmation_key, Channel, Provider, Receipt, ReceiptStatus, RECEIPT_SCHEMA,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -143,10 +145,14 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseErr
                     .and_then(otp_events::provider_errors::vonage_code)
             }),
     };
-    let request_id = match value["client_ref"].as_str() {
-        Some(id) if is_valid_request_id(id) => Some(id.to_string()),
-        // A reference we did not write (or none): matched by its message instead.
-        _ => None,
+    // Our reference is the request's confirmation key (`app/request_id`, or the bare id).
+    // One we did not write (or none): matched by its message instead.
+    let (app, request_id) = match value["client_ref"]
+        .as_str()
+        .and_then(split_confirmation_key)
+    {
+        Some((app, id)) => (app.map(str::to_owned), Some(id.to_string())),
+        None => (None, None),
     };
     let provider_timestamp = value["timestamp"]
         .as_str()
@@ -157,6 +163,7 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, ParseErr
         receipts: vec![Receipt {
             schema: RECEIPT_SCHEMA.to_string(),
             request_id,
+            app,
             channel: Channel::Sms,
             provider: Some(Provider::Vonage),
             provider_message_id: uuid.to_string(),

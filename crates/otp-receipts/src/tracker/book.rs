@@ -13,12 +13,16 @@
 //! the book resolves it there and hands it on ([`Action::Reroute`]) to its request's
 //! partition.
 //!
+//! Requests are keyed by their confirmation key (`app/request_id`, or the bare id without an
+//! app: [`otp_events::confirmation_key`]), since request ids are unique per app only.
+//!
 //! One request can have a record per channel (the WhatsApp send that fell back, then the
-//! SMS send). The topic keeps only the latest per request_id, so after a restart only the
+//! SMS send). The topic keeps only the latest per key, so after a restart only the
 //! latest channel's receipts are reported: those of an earlier, settled channel are
 //! informational and may be missed.
 
 use chrono::{DateTime, Duration, Utc};
+use otp_events::confirmation_key;
 use otp_events::{
     Channel, ChannelSignal, CodeRequest, ConfirmationState, DeliveryStatus, ErrorCategory,
     MessageIndex, PendingConfirmation, PhoneHasher, Provider, Receipt, ReceiptStatus, SignalKind,
@@ -52,9 +56,9 @@ pub enum Action {
     /// request's record is.
     Reroute(Receipt),
     /// Tell the workers what a failed receipt of one of our sends says about the channel's
-    /// health (for the request `request_id`).
+    /// health (for the request of confirmation key `key`).
     Signal {
-        request_id: String,
+        key: String,
         signal: ChannelSignal,
     },
 }
@@ -80,11 +84,13 @@ impl Action {
     /// writes about one key are made in the order the book decided them.
     pub fn key(&self) -> String {
         match self {
-            Action::FallBack { status, .. } | Action::Status(status) => status.request_id.clone(),
-            Action::Save(record) => record.request.request_id.clone(),
+            Action::FallBack { status, .. } | Action::Status(status) => {
+                confirmation_key(status.app.as_deref(), &status.request_id)
+            }
+            Action::Save(record) => record.key(),
             Action::Forget(key) => key.clone(),
             Action::Reroute(receipt) => receipt.key(),
-            Action::Signal { request_id, .. } => request_id.clone(),
+            Action::Signal { key, .. } => key.clone(),
         }
     }
 }
@@ -185,38 +191,38 @@ impl Book {
             .flat_map(|m| m.values().map(|e| &e.record))
     }
 
-    /// A record read from the topic (`None`: a tombstone for `request_id`).
+    /// A record read from the topic under its request's confirmation key `key` (`None`: a
+    /// tombstone for it).
     pub fn record(
         &mut self,
-        request_id: &str,
+        key: &str,
         record: Option<PendingConfirmation>,
         partition: i32,
         now: DateTime<Utc>,
     ) -> Outcome {
         let Some(record) = record else {
-            self.entries.remove(request_id);
+            self.entries.remove(key);
             return Outcome::default();
         };
-        let channels = self.entries.entry(request_id.to_string()).or_default();
+        let channels = self.entries.entry(key.to_string()).or_default();
         let newer = channels
             .get(&record.channel)
             .is_none_or(|known| progress(&record) > progress(&known.record));
         if newer {
             if record.state == ConfirmationState::Awaiting {
                 if let Some(at) = record.confirm_by {
-                    self.deadlines
-                        .insert((at, request_id.to_string(), record.channel));
+                    self.deadlines.insert((at, key.to_string(), record.channel));
                 }
             }
             self.forget_at.insert((
                 record.request.expires_at + self.keep_after_expiry,
-                request_id.to_string(),
+                key.to_string(),
             ));
             channels.insert(record.channel, Entry { record, partition });
         }
         // Receipts that arrived before the record apply now.
         let mut out = Outcome::default();
-        if let Some(waiting) = self.orphans.remove(request_id) {
+        if let Some(waiting) = self.orphans.remove(key) {
             for (receipt, tag, _) in waiting {
                 let applied = self.receipt(receipt, tag, now);
                 out.actions.extend(applied.actions);
@@ -257,7 +263,7 @@ impl Book {
     /// A receipt read from the receipts topic.
     pub fn receipt(&mut self, mut receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
         let mut out = Outcome::default();
-        let Some(request_id) = receipt.request_id.clone() else {
+        if receipt.request_id.is_none() {
             // Keyed by its message: resolve it here, apply it where its request is.
             let key = receipt.key();
             let found = self
@@ -267,6 +273,7 @@ impl Book {
             match found {
                 Some(m) => {
                     receipt.request_id = Some(m.index.request_id.clone());
+                    receipt.app = m.index.app.clone();
                     out.actions.push(Action::Reroute(receipt));
                     out.released.push(tag);
                 }
@@ -277,14 +284,15 @@ impl Book {
                     .push((receipt, tag, now)),
             }
             return out;
-        };
+        }
+        let key = receipt.key();
         let entry = self
             .entries
-            .get_mut(&request_id)
+            .get_mut(&key)
             .and_then(|m| m.get_mut(&receipt.channel));
         let Some(entry) = entry else {
             self.orphans
-                .entry(request_id)
+                .entry(key)
                 .or_default()
                 .push((receipt, tag, now));
             return out;
@@ -347,7 +355,7 @@ impl Book {
             ReceiptStatus::Failed => {
                 if let Some(signal) = signal_of(&receipt, record, now) {
                     out.actions.push(Action::Signal {
-                        request_id: request_id.clone(),
+                        key: key.clone(),
                         signal,
                     });
                 }

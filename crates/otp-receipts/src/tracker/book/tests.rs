@@ -33,6 +33,7 @@ fn receipt(id: &str, status: ReceiptStatus) -> Receipt {
     Receipt {
         schema: RECEIPT_SCHEMA.into(),
         request_id: Some(id.into()),
+        app: None,
         channel: Channel::Whatsapp,
         provider: Some(Provider::WhatsappCloud),
         provider_message_id: PhoneHasher::new(b"k").public_message_id(Channel::Whatsapp, "wamid.1"),
@@ -330,6 +331,7 @@ fn index(id: &str, expires_in: Duration) -> MessageIndex {
     MessageIndex {
         schema: otp_events::MESSAGE_INDEX_SCHEMA.into(),
         request_id: id.into(),
+        app: None,
         channel: Channel::Whatsapp,
         expires_at: Utc::now() + expires_in,
     }
@@ -510,5 +512,48 @@ fn a_stale_failure_makes_no_signal() {
             .iter()
             .any(|a| matches!(a, Action::FallBack { .. })),
         "the send itself still falls back"
+    );
+}
+
+/// Request ids are unique per app only: two apps' requests of one id are two requests, each
+/// with its own record, receipts and deadline.
+#[test]
+fn two_apps_requests_of_one_id_are_kept_apart() {
+    let mut b = book();
+    let now = Utc::now();
+    for app in ["shop", "bank"] {
+        let mut r = record("r", WA_SMS(), ConfirmationState::Awaiting);
+        r.request.app = Some(app.into());
+        assert_eq!(r.key(), format!("{app}/r"));
+        b.record(&r.key(), Some(r), 0, now);
+    }
+    assert_eq!(b.awaiting(), 2, "one did not replace the other");
+    let mut delivered = receipt("r", ReceiptStatus::Delivered);
+    delivered.app = Some("shop".into());
+    let out = b.receipt(delivered, tag(0), now);
+    assert_eq!(reported(&out), vec![(StatusKind::Delivered, true)]);
+    let Some(Action::Status(status)) = out.actions.first() else {
+        panic!("{:?}", out.actions)
+    };
+    assert_eq!(status.app.as_deref(), Some("shop"));
+    // A receipt without the app is about a request without one: neither of these.
+    let bare = b.receipt(receipt("r", ReceiptStatus::Failed), tag(1), now);
+    assert!(
+        bare.actions.is_empty() && bare.released.is_empty(),
+        "held as an orphan"
+    );
+    let due = b.due(now + Duration::seconds(60), |_| true);
+    let fallbacks: Vec<Option<&str>> = due
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FallBack { next, .. } => Some(next.app.as_deref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fallbacks,
+        vec![Some("bank")],
+        "only the silent app's request falls back"
     );
 }
