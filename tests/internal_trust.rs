@@ -116,12 +116,12 @@ async fn forged_pending_records_make_no_fallback() {
         ("forged-stranger", "+15551230102", Some(&stranger)),
     ];
     for (id, phone, keys) in forged {
-        let payload = awaiting(id, phone).to_json(&rules);
+        let payload = awaiting(id, phone).to_json(&rules).unwrap();
         let mac = keys.and_then(|k| mac(k, Role::Worker, schema, id, &payload));
         write(t, &topic, id, schema, &payload, mac).await;
     }
     let genuine = "genuine-record";
-    let payload = awaiting(genuine, "+15551230103").to_json(&rules);
+    let payload = awaiting(genuine, "+15551230103").to_json(&rules).unwrap();
     let signed = mac(&test_record_keys(), Role::Worker, schema, genuine, &payload);
     write(t, &topic, genuine, schema, &payload, signed).await;
 
@@ -249,4 +249,98 @@ async fn a_forged_failed_receipt_sends_nothing_again() {
         w.stop().await.unwrap();
     }
     tracker.stop().await.unwrap();
+}
+
+/// Each login system's producer holds its own app's sealing key only (`id@app`), while the
+/// workers hold every app's. On a real broker: shop's producer delivers shop's codes, cannot
+/// seal a request for another app (the error names `app`), and a request for bank sealed with
+/// shop's key (written straight to the topic, as a producer holding it could) is refused by
+/// the worker with its bytes dead-lettered: the key belongs to another app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_holding_one_apps_key_cannot_seal_or_forge_another_apps_codes() {
+    let stack = Stack::start(1, roomy_sim()).await;
+    let t = &stack.t;
+    let shop_hex = "5b".repeat(32);
+    let mut workers_kafka = t.kafka.clone();
+    workers_kafka.sealing = Some(
+        otp_events::Keyring::parse(&format!(
+            "{},s1@shop={shop_hex}",
+            otp_test_support::TEST_SEAL_KEYS
+        ))
+        .unwrap(),
+    );
+    let worker = Worker::start(
+        &workers_kafka,
+        test_config(),
+        open_limits(),
+        PhoneHasher::new(HASH_KEY),
+        sms_client(&stack.sim),
+    );
+    let mut shop_kafka = t.kafka.clone();
+    shop_kafka.sealing = Some(otp_events::Keyring::parse(&format!("s1@shop={shop_hex}")).unwrap());
+    let shop = otp_kafka::CodeRequestPublisher::new(
+        &shop_kafka,
+        otp_kafka::PublisherConfig {
+            topics: t.topics.clone(),
+            ..otp_kafka::PublisherConfig::default()
+        },
+        PhoneHasher::new(HASH_KEY),
+    )
+    .unwrap();
+    let submission = |app: &str, id: &str, phone: &str| {
+        let mut s = Submission::new(phone, "424242", vec![Sms], chrono::Duration::minutes(5));
+        s.request_id = Some(id.into());
+        s.app = Some(app.into());
+        s
+    };
+    shop.publish(submission("shop", "own-1", "+15551270001"))
+        .await
+        .unwrap();
+    let refused = shop
+        .publish(submission("bank", "other-1", "+15551270002"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("app") && refused.contains("no key"),
+        "{refused}"
+    );
+    // The forgery: bank's request, sealed with shop's key bytes under shop's key id.
+    let forger = Rules {
+        sealing: Some(otp_events::Keyring::parse(&format!("s1={shop_hex}")).unwrap()),
+        ..Rules::default()
+    };
+    let mut forged = request("forged-1", "+15551270003");
+    forged.app = Some("bank".into());
+    forged.channels = vec![Sms];
+    t.publish_raw(
+        &t.topics.requests(Sms),
+        "k",
+        &forger.encode_request(&forged).unwrap(),
+    )
+    .await;
+
+    let ids = ["own-1".to_string(), "forged-1".to_string()];
+    let statuses = stack.statuses_until_final(&ids, WITHIN).await;
+    let own = exactly_one_final(&statuses, "own-1");
+    assert_eq!(
+        (own["status"].as_str(), own["app"].as_str()),
+        (Some("sent"), Some("shop"))
+    );
+    let rejected = exactly_one_final(&statuses, "forged-1");
+    assert_eq!(rejected["status"], "rejected");
+    let reason = rejected["error"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("sealed") && reason.contains("another app"),
+        "{reason}"
+    );
+    let dead =
+        otp_test_support::read_messages(&t.kafka.brokers, &t.topics.dead_letter(), 1, WITHIN).await;
+    assert_eq!(dead.len(), 1, "dead-lettered with its bytes");
+    let sent_to: Vec<String> = stack.sim.messages().into_iter().map(|m| m.to).collect();
+    assert!(sent_to.contains(&"+15551270001".to_string()));
+    assert!(!sent_to
+        .iter()
+        .any(|to| to == "+15551270002" || to == "+15551270003"));
+    worker.stop().await.unwrap();
 }

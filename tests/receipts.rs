@@ -954,7 +954,7 @@ async fn no_topic_holds_a_plaintext_code_or_number_and_an_unknown_key_is_dead_le
     t.publish_raw(
         &t.topics.requests(Whatsapp),
         "k",
-        &sealed_elsewhere.encode_request(&request),
+        &sealed_elsewhere.encode_request(&request).unwrap(),
     )
     .await;
 

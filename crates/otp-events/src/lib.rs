@@ -45,7 +45,7 @@ pub use receipt::{
     MESSAGE_KEY_PREFIX, PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
 pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
-pub use seal::{sealed_key_id, Keyring, SealError};
+pub use seal::{sealed_key_id, Keyring, SealError, Sealed, SEAL_AAD_TAG};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{
     new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind, StatusVersion,

@@ -215,11 +215,12 @@ impl PendingConfirmation {
     }
 
     /// As written to the compacted topic: the request sealed by `rules` like on the request
-    /// topics.
-    pub fn to_json(&self, rules: &crate::Rules) -> Vec<u8> {
+    /// topics. Refused only when no key of `rules` serves the request's app, which a request
+    /// validated against the same rules never meets.
+    pub fn to_json(&self, rules: &crate::Rules) -> Result<Vec<u8>, crate::ValidationError> {
         let mut value = serde_json::to_value(self).expect("a PendingConfirmation serialises");
-        value["request"] = rules.request_value(&self.request);
-        serde_json::to_vec(&value).expect("a JSON value serialises")
+        value["request"] = rules.request_value(&self.request)?;
+        Ok(serde_json::to_vec(&value).expect("a JSON value serialises"))
     }
 
     /// Read a record written by [`PendingConfirmation::to_json`], opening its request.

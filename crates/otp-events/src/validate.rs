@@ -37,28 +37,47 @@ impl Default for Rules {
     }
 }
 
+/// The associated data of `request`'s seal.
+fn sealed_for(request: &CodeRequest) -> crate::Sealed<'_> {
+    crate::Sealed {
+        schema: &request.schema,
+        app: request.app.as_deref(),
+        request_id: &request.request_id,
+    }
+}
+
 impl Rules {
     /// The request as it is written to Kafka: `phone` and `code` sealed into `sealed` when
-    /// the rules hold keys.
-    pub fn request_value(&self, request: &CodeRequest) -> Value {
+    /// the rules hold keys. Refused (naming `app`) when none of the keys serves the request's
+    /// app; [`CodeRequest::validate`] checks that first.
+    pub fn request_value(&self, request: &CodeRequest) -> Result<Value, ValidationError> {
         let mut value = serde_json::to_value(request).expect("a CodeRequest always serialises");
         if let (Some(ring), Value::Object(obj)) = (&self.sealing, &mut value) {
-            let sealed = ring.seal(
-                &request.schema,
-                &request.request_id,
-                &request.phone,
-                &request.code,
-            );
+            let sealed = ring
+                .seal(sealed_for(request), &request.phone, &request.code)
+                .map_err(|e| ValidationError::new("app", e.to_string()))?;
             obj.remove("phone");
             obj.remove("code");
             obj.insert("sealed".into(), Value::String(sealed));
         }
-        value
+        Ok(value)
     }
 
     /// [`Rules::request_value`] as bytes.
-    pub fn encode_request(&self, request: &CodeRequest) -> Vec<u8> {
-        serde_json::to_vec(&self.request_value(request)).expect("a JSON value serialises")
+    pub fn encode_request(&self, request: &CodeRequest) -> Result<Vec<u8>, ValidationError> {
+        Ok(serde_json::to_vec(&self.request_value(request)?).expect("a JSON value serialises"))
+    }
+
+    /// Whether this writer can seal `app`'s requests: it holds no keys (it writes plaintext),
+    /// or one of them serves the app.
+    pub fn can_seal_for(&self, app: Option<&str>) -> Result<(), ValidationError> {
+        match &self.sealing {
+            Some(ring) if !ring.seals_for(app) => Err(ValidationError::new(
+                "app",
+                crate::SealError::NoKeyForApp.to_string(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Open a sealed request object in place (`sealed` → `phone` and `code`). A plaintext one
@@ -91,12 +110,18 @@ impl Rules {
                 .ok_or_else(|| ValidationError::new(field, "is required (a string)"))
         };
         let (schema, request_id) = (text("schema")?, text("request_id")?);
+        let app = obj.get("app").and_then(Value::as_str);
         let ring = self
             .sealing
             .as_ref()
             .ok_or_else(|| ValidationError::new("sealed", crate::SealError::NoKeys.to_string()))?;
+        let request = crate::Sealed {
+            schema: &schema,
+            app,
+            request_id: &request_id,
+        };
         let (phone, code) = ring
-            .open(&schema, &request_id, sealed)
+            .open(request, sealed)
             .map_err(|e| ValidationError::new("sealed", e.to_string()))?;
         obj.insert("phone".into(), Value::String(phone));
         obj.insert("code".into(), Value::String(code));
@@ -185,6 +210,9 @@ impl Rules {
         if let Some(app) = &r.app {
             check_app(app)?;
         }
+        // A request this writer could not seal again (a fallback, a pending record) is
+        // refused here, where it is named, rather than when it is written.
+        self.can_seal_for(r.app.as_deref())?;
         check_text("user_ref", r.user_ref.as_deref(), USER_REF_MAX)?;
         if r.attempt == Some(0) {
             return Err(ValidationError::new("attempt", "must be at least 1"));

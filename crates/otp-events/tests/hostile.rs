@@ -137,6 +137,6 @@ fn a_plaintext_request_is_refused_by_a_reader_with_keys_unless_allowed() {
     assert!(decode_code_request(&bytes, &migrating).is_ok());
     // The same request sealed is read by the strict reader.
     let request = decode_code_request(&bytes, &migrating).unwrap();
-    let sealed = strict.encode_request(&request);
+    let sealed = strict.encode_request(&request).unwrap();
     assert!(decode_code_request(&sealed, &strict).is_ok());
 }

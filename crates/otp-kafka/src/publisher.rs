@@ -154,7 +154,7 @@ impl CodeRequestPublisher {
         let topic = self.config.topics.requests(channel);
         // The canonical spelling: one subscriber, one key, one partition.
         let key = self.hasher.hash_phone(&request.phone);
-        let payload = self.config.rules.encode_request(request);
+        let payload = self.config.rules.encode_request(request)?;
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_SCHEMA,

@@ -140,7 +140,17 @@ impl KafkaWriter {
     /// Write (or overwrite: the topic is compacted) a send's pending confirmation.
     pub async fn pending(&self, record: &PendingConfirmation) {
         let topic = self.topics.pending_confirmations();
-        let payload = record.to_json(&self.fallback.config().rules);
+        let payload = match record.to_json(&self.fallback.config().rules) {
+            Ok(payload) => payload,
+            Err(e) => {
+                let failure = WriteFailure {
+                    message: e.to_string(),
+                    too_large: false,
+                    stalling: false,
+                };
+                return abandoned("pending", &failure);
+            }
+        };
         self.keyed(
             "pending",
             &topic,

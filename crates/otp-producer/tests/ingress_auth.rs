@@ -85,3 +85,28 @@ async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
         "nothing else was published"
     );
 }
+
+/// An ingress that could not seal one of its apps' requests refuses to start, naming the app,
+/// rather than refusing each of that app's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_without_a_sealing_key_stops_the_ingress_at_start() {
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys.toml");
+    let (_, shop) = new_key("shop");
+    let (_, bank) = new_key("bank");
+    std::fs::write(&keys, format!("{shop}\n{bank}")).unwrap();
+    let mut kafka = t.kafka.clone();
+    kafka.sealing =
+        Some(otp_events::Keyring::parse(&format!("s1@shop={}", "5b".repeat(32))).unwrap());
+    let mut config = IngressConfig::new("127.0.0.1:0".parse().unwrap(), kafka);
+    config.api_keys = Some(keys);
+    let e = otp_producer::ingress::serve(config, PhoneHasher::new(b"auth"), async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"bank\"") && e.contains("OTP_SEAL_KEYS") && !e.contains("\"shop\""),
+        "{e}"
+    );
+}

@@ -150,8 +150,12 @@ impl TestTopics {
         };
         let channel = request.current_channel().expect("an untried channel");
         let topic = self.topics.requests(channel);
-        self.publish_raw(&topic, "raw", &rules.encode_request(request))
-            .await
+        self.publish_raw(
+            &topic,
+            "raw",
+            &rules.encode_request(request).expect("sealable"),
+        )
+        .await
     }
 
     /// A publisher writing to these topics, with the default settings.

@@ -62,7 +62,7 @@ fn next_event(rules: &Rules) -> Vec<u8> {
         chrono::Duration::minutes(5),
     )
     .complete(chrono::Utc::now());
-    rules.encode_request(&request)
+    rules.encode_request(&request).expect("sealable")
 }
 
 fn per_message(guards: &Guards, event: &[u8]) -> Vec<u8> {

@@ -118,6 +118,11 @@ pub struct Apps {
 }
 
 impl Apps {
+    /// The apps' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.apps.iter().map(|a| a.key.name.as_str())
+    }
+
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {

@@ -86,7 +86,21 @@ pub async fn serve(
         hasher,
     )?;
     let auth = match &config.api_keys {
-        Some(path) => Auth::Keys(Apps::load(path)?),
+        Some(path) => {
+            let apps = Apps::load(path)?;
+            // Every app's requests must be sealable here: refused at start, naming the app,
+            // rather than answered 4xx on each of its calls.
+            for app in apps.names() {
+                if publisher.config().rules.can_seal_for(Some(app)).is_err() {
+                    anyhow::bail!(
+                        "app {app:?} of {}: no key of OTP_SEAL_KEYS serves it (give the \
+                         ingress a key `id@{app}=...` or one without an app)",
+                        path.display()
+                    );
+                }
+            }
+            Auth::Keys(apps)
+        }
         None if config.dev.dev => {
             tracing::warn!(
                 "DEVELOPMENT MODE (--dev): no --api-keys, so anyone who reaches this ingress \
