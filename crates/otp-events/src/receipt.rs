@@ -138,9 +138,11 @@ impl Receipt {
 }
 
 /// Which request a provider message belongs to, on `otp.pending-confirmations` keyed by
-/// [`message_key`] of its public id: written by the worker with an awaiting confirmation, so
-/// a failed receipt without correlation still falls back at once rather than after the
-/// confirmation window. Tombstoned by the tracker when the code's life is over.
+/// [`message_key`] of its public id: written by the worker beside every pending record, so a
+/// receipt without correlation (Meta's failed statuses; Vonage's, when the confirmation key
+/// does not fit `client_ref`) still finds its request, and a failed one falls back at once
+/// rather than after the confirmation window. Tombstoned by the tracker when the code's life
+/// is over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageIndex {
     pub schema: String,

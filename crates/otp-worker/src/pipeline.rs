@@ -398,17 +398,19 @@ impl<C: ChannelClient> Pipeline<C> {
                     progress.reach(Reached::Ended);
                     if record.state == ConfirmationState::Awaiting {
                         kind = StatusKind::Accepted;
-                        // Before the record: a failed receipt without correlation (Meta's
-                        // failed statuses may omit it) finds its request through this.
-                        let index = MessageIndex {
-                            schema: MESSAGE_INDEX_SCHEMA.to_string(),
-                            request_id: request.request_id.clone(),
-                            app: request.app.clone(),
-                            channel,
-                            expires_at: request.expires_at,
-                        };
-                        self.writer.message_index(&public_id, &index).await;
                     }
+                    // Before the record: a receipt without correlation finds its request
+                    // through this. Meta's failed statuses may omit it, and Vonage's
+                    // `client_ref` holds at most 40 characters, which `app/request_id` can
+                    // pass.
+                    let index = MessageIndex {
+                        schema: MESSAGE_INDEX_SCHEMA.to_string(),
+                        request_id: request.request_id.clone(),
+                        app: request.app.clone(),
+                        channel,
+                        expires_at: request.expires_at,
+                    };
+                    self.writer.message_index(&public_id, &index).await;
                     self.writer.pending(record).await;
                 }
                 let mut status = status(kind, tries, None);
