@@ -1,4 +1,5 @@
-//! The `otp` command: publish a code request from a shell, and manage the pipeline's topics.
+//! The `otp` command: publish a code request or a verification outcome from a shell, and
+//! manage the pipeline's topics.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     Load(Box<otp::load::LoadArgs>),
     /// Publish one code request and print its request_id once the broker acknowledged it.
     Send(SendArgs),
+    /// Report what became of a code (for conversion): verified, abandoned,
+    /// too_many_attempts or expired; printed back once the broker acknowledged it.
+    Outcome(OutcomeArgs),
     /// Sum up the delivery-status topic for analysts: per channel and country, delivered,
     /// sent, fallbacks by reason, failures, time to first delivery, estimated cost.
     Report(otp::report::ReportArgs),
@@ -81,6 +85,27 @@ struct SendArgs {
     dev: otp_kafka::process::DevMode,
 }
 
+#[derive(clap::Args)]
+struct OutcomeArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The request whose code this is.
+    #[arg(long)]
+    request_id: String,
+    /// verified, abandoned, too_many_attempts or expired.
+    #[arg(long)]
+    outcome: String,
+    /// The request's app, when it had one.
+    #[arg(long)]
+    app: Option<String>,
+    /// Codes the user entered, the right one included.
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// When the login ended (RFC 3339); now when left out.
+    #[arg(long)]
+    occurred_at: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum WorkerCommand {
     /// Deliver over WhatsApp (Cloud API); see `otp-whatsapp-worker --help`.
@@ -134,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => otp::demo::run(args).await,
         Command::Load(args) => otp::load::run(*args).await,
         Command::Send(args) => send(args).await,
+        Command::Outcome(args) => outcome(args).await,
         Command::Report(args) => otp::report::run(args).await,
         Command::Sim(sim) => sim.run().await,
         Command::Worker { .. } | Command::Receipts { .. } | Command::Producer { .. } => {
@@ -188,5 +214,35 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     submission.app = args.app;
     let request_id = publisher.publish(submission).await?;
     println!("{request_id}");
+    Ok(())
+}
+
+async fn outcome(args: OutcomeArgs) -> anyhow::Result<()> {
+    // Read the way the HTTP ingress reads a body: one validation, naming the field.
+    let body = serde_json::json!({
+        "request_id": args.request_id,
+        "outcome": args.outcome,
+        "app": args.app,
+        "attempts": args.attempts,
+        "occurred_at": args.occurred_at,
+    });
+    let outcome = otp_events::decode_outcome(&serde_json::to_vec(&body)?, chrono::Utc::now())
+        .map_err(|e| anyhow::anyhow!("invalid verification outcome: {e}"))?;
+    // An outcome holds no phone number and no code: this publisher seals nothing and hashes
+    // nothing, so it needs neither OTP_SEAL_KEYS nor OTP_PHONE_HASH_KEY.
+    let config = PublisherConfig {
+        topics: args.kafka.topics(),
+        development: true,
+        ..PublisherConfig::default()
+    };
+    let unused = otp_events::PhoneHasher::new(&rand::random::<[u8; 32]>());
+    let publisher = CodeRequestPublisher::new(&args.kafka, config, unused)?;
+    publisher.publish_outcome(&outcome).await?;
+    println!(
+        "{}\t{}\t{}",
+        outcome.event_id,
+        outcome.request_id,
+        outcome.outcome.as_str()
+    );
     Ok(())
 }

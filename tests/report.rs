@@ -83,8 +83,90 @@ async fn the_report_of_a_run_says_what_the_run_did() {
         .await
         .unwrap();
 
+    // The login system says a's code was entered and b's abandoned, through the CLI; and
+    // reports on a request that never was.
+    for (id, outcome) in [
+        (a.as_str(), "verified"),
+        (b.as_str(), "abandoned"),
+        ("ghost-1", "verified"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_otp"))
+            .arg("outcome")
+            .args(["--brokers", &stack.t.kafka.brokers])
+            .args(["--topic-prefix", &stack.t.kafka.topic_prefix])
+            .args(["--request-id", id, "--outcome", outcome, "--attempts", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(outcome));
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_otp"))
+        .arg("outcome")
+        .args(["--brokers", &stack.t.kafka.brokers])
+        .args(["--request-id", &a, "--outcome", "approved"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("outcome: must be one of"), "{err}");
+
     let json: Value = serde_json::from_str(&report(&stack, &["--from-beginning", "--json"]))
         .expect("--json prints JSON");
+    // Conversion: 1 verified of 3 requests; the outcome about no request joins nothing.
+    assert_eq!(json["summary"]["verified"], 1, "{json}");
+    assert!((json["summary"]["conversion"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(json["outcomes_unmatched"], 1, "{json}");
+    assert_eq!(json["enabled_channels"]["whatsapp,sms"], 2, "{json}");
+    assert_eq!(json["enabled_channels"]["sms"], 1, "{json}");
+    assert!(json["window"]["until"].is_string(), "{json}");
+    let by_channel = json["conversion"].as_array().unwrap();
+    let conv = |channel: &str| {
+        by_channel
+            .iter()
+            .find(|r| r["group"]["channel"] == channel && r["group"]["country"] == "GB")
+            .unwrap_or_else(|| panic!("no {channel}/GB conversion in {json}"))
+    };
+    // a was sent on WhatsApp and verified; b carried by SMS, abandoned; c failed by SMS.
+    assert_eq!(
+        (
+            conv("whatsapp")["requests"].as_u64(),
+            conv("whatsapp")["verified"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (
+            conv("sms")["requests"].as_u64(),
+            conv("sms")["abandoned"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let conversion_csv = report(
+        &stack,
+        &[
+            "--from-beginning",
+            "--csv",
+            "--csv-table",
+            "conversion",
+            "--group-by",
+            "channel",
+        ],
+    );
+    let rows: Vec<&str> = conversion_csv.lines().collect();
+    assert!(
+        rows[0].starts_with(
+            "window_since,window_until,channel,requests,delivered,verified,conversion"
+        ),
+        "{conversion_csv}"
+    );
+    assert!(
+        rows.iter().any(|l| l.contains(",all,3,0,1,0.3333,")),
+        "{conversion_csv}"
+    );
     let s = &json["summary"];
     let got = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
     assert_eq!(
@@ -133,7 +215,7 @@ async fn the_report_of_a_run_says_what_the_run_did() {
     let csv = report(&stack, &["--from-beginning", "--csv"]);
     let lines: Vec<&str> = csv.lines().collect();
     assert!(
-        lines[0].starts_with("channel,country,requests,sent,delivered"),
+        lines[0].starts_with("window_since,window_until,channel,country,requests,sent,delivered"),
         "{csv}"
     );
     assert_eq!(
@@ -144,7 +226,7 @@ async fn the_report_of_a_run_says_what_the_run_did() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("whatsapp,GB,2,1,0,0,0,0.5000,131026:1,")),
+            .any(|l| l.contains(",whatsapp,GB,2,1,0,0,0,0.5000,131026:1,")),
         "{csv}"
     );
     let table = report(&stack, &["--from-beginning"]);

@@ -1,12 +1,19 @@
 //! What analysts ask of the status topic, as a pure function of its events: per channel and
 //! country, how many requests went out, how many were delivered (by receipt) or only sent, why
 //! they fell back, how many failed or expired, how long the first delivery took, and what it
-//! cost. [`Tally`] takes events in topic order (any order across requests), drops replays by
-//! `event_id`, and [`Tally::report`] sums them up. Nothing here reads Kafka.
+//! cost; joined with the login systems' verification outcomes, conversion ([`conversion`]).
+//! [`Tally`] takes events in topic order (any order across requests), drops replays by
+//! `event_id`, and [`Tally::report`] sums them up. Requests are told apart by app and
+//! request_id (ids are unique per app only). Nothing here reads Kafka.
 
+use super::conversion::{self, ConversionRow, Dim, Seen};
 use super::prices::Prices;
+use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
-use otp_events::{Channel, DeliveryStatus, Provider, StatusKind};
+use otp_events::{
+    confirmation_key, Channel, DeliveryStatus, OutcomeKind, Provider, StatusKind,
+    VerificationOutcome,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -14,9 +21,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 #[derive(Default)]
 pub struct Tally {
     seen: HashSet<String>,
+    /// By confirmation key (`app/request_id`).
     requests: HashMap<String, Request>,
     /// Events dropped as replays (an `event_id` seen before).
     pub replays: u64,
+    /// The first outcome reported per confirmation key, and when it happened.
+    outcomes: HashMap<String, (OutcomeKind, DateTime<Utc>)>,
+    outcome_events: HashSet<String>,
+    /// Outcomes dropped as replays (an `event_id` seen before).
+    pub outcome_replays: u64,
 }
 
 /// What one request went through, per channel tried.
@@ -24,6 +37,11 @@ pub struct Tally {
 struct Request {
     /// The request's country (from any of its events).
     country: Option<String>,
+    app: Option<String>,
+    /// When it was created: an event's time less its latency.
+    created_at: Option<DateTime<Utc>>,
+    /// The channels the user enabled (the `otp-channels` header), when a status said.
+    enabled: Vec<Channel>,
     channels: BTreeMap<Channel, OnChannel>,
     /// Seen only as `duplicate` events (its first copy is outside the range read).
     duplicate_only: bool,
@@ -32,6 +50,8 @@ struct Request {
 
 #[derive(Default, Clone)]
 struct OnChannel {
+    /// Its attempt number: 1 for the request's first channel.
+    attempt: u32,
     /// The provider that took it, or the last one tried.
     provider: Option<Provider>,
     /// The provider took it (`accepted` or `sent`).
@@ -52,9 +72,20 @@ impl Tally {
             self.replays += 1;
             return;
         }
-        let request = self.requests.entry(status.request_id.clone()).or_default();
+        let key = confirmation_key(status.app.as_deref(), &status.request_id);
+        let request = self.requests.entry(key).or_default();
         if request.country.is_none() {
             request.country = status.country.clone();
+        }
+        if request.app.is_none() {
+            request.app = status.app.clone();
+        }
+        if request.enabled.is_empty() {
+            request.enabled = status.enabled_channels.clone();
+        }
+        if let Some(ms) = status.latency_ms {
+            let created = status.occurred_at - chrono::Duration::milliseconds(ms as i64);
+            request.created_at = Some(request.created_at.map_or(created, |c| c.min(created)));
         }
         match status.status {
             // A duplicate says nothing about the request it duplicates; a request seen only
@@ -72,6 +103,7 @@ impl Tally {
             _ => request.duplicate_only = false,
         }
         let on = request.channels.entry(status.channel).or_default();
+        on.attempt = on.attempt.max(status.attempt);
         // The provider that took it wins over one tried before it.
         if status.provider.is_some() && (!on.sent || on.provider.is_none()) {
             on.provider = status.provider;
@@ -95,9 +127,29 @@ impl Tally {
         }
     }
 
+    /// Take one verification outcome; a replay (same `event_id`) is counted and dropped. Of
+    /// several about one request, `verified` wins (a user who left and came back got in),
+    /// and otherwise the earliest counts.
+    pub fn add_outcome(&mut self, outcome: VerificationOutcome) {
+        if !self.outcome_events.insert(outcome.event_id.clone()) {
+            self.outcome_replays += 1;
+            return;
+        }
+        let reported = (outcome.outcome, outcome.occurred_at);
+        let rank = |(kind, at): (OutcomeKind, DateTime<Utc>)| (kind != OutcomeKind::Verified, at);
+        self.outcomes
+            .entry(outcome.key())
+            .and_modify(|kept| {
+                if rank(reported) < rank(*kept) {
+                    *kept = reported;
+                }
+            })
+            .or_insert(reported);
+    }
+
     /// The report, per channel and country (and per channel over all countries), with costs
-    /// from `prices`.
-    pub fn report(&self, prices: &Prices) -> Report {
+    /// from `prices`, and conversion grouped by `group_by`.
+    pub fn report(&self, prices: &Prices, group_by: &[Dim]) -> Report {
         let mut rows: BTreeMap<(Channel, String), Row> = BTreeMap::new();
         let mut by_provider: BTreeMap<(Channel, String, String), Row> = BTreeMap::new();
         let mut all = Summary::default();
@@ -127,7 +179,8 @@ impl Tally {
             if request.channels.values().any(|c| c.fallback.is_some()) {
                 all.fell_back += 1;
             }
-            let last = request.channels.values().last();
+            // The channel tried last, by attempt: the channels' own order is not the user's.
+            let last = request.channels.values().max_by_key(|c| c.attempt);
             if last.is_some_and(|c| c.failed) {
                 all.failed += 1;
             }
@@ -187,12 +240,75 @@ impl Tally {
                 sent_ms: row.sent_ms.as_ref().and_then(Percentiles::of),
             })
             .collect();
+        let counted = || self.requests.iter().filter(|(_, r)| r.counted());
+        let conversion = conversion::rows(
+            counted().map(|(key, r)| r.seen(self.outcomes.get(key).copied())),
+            group_by,
+        );
+        all.verified = conversion[0].verified;
+        all.conversion = conversion[0].conversion;
+        let mut enabled_channels: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, r) in counted() {
+            let name = if r.enabled.is_empty() {
+                "unknown".to_string()
+            } else {
+                r.enabled
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            *enabled_channels.entry(name).or_default() += 1;
+        }
+        let outcomes_unmatched = self
+            .outcomes
+            .keys()
+            .filter(|key| {
+                !self
+                    .requests
+                    .get(*key)
+                    .is_some_and(|r| !r.duplicate_only && !r.channels.is_empty())
+            })
+            .count() as u64;
         Report {
             currency: prices.currency.clone(),
+            window: Window::default(),
             summary: all,
             rows,
             by_provider,
+            conversion,
+            enabled_channels,
+            outcomes_unmatched,
             replays_dropped: self.replays,
+            outcome_replays_dropped: self.outcome_replays,
+        }
+    }
+}
+
+impl Request {
+    /// Whether it counts among the requests: neither only refused as invalid, nor seen only
+    /// as duplicates of a request outside the range read.
+    fn counted(&self) -> bool {
+        !(self.duplicate_only || self.rejected && self.channels.is_empty())
+    }
+
+    /// What conversion needs of it: the channel that carried the code (the first delivered,
+    /// else the last tried) and that channel's provider.
+    fn seen(&self, outcome: Option<(OutcomeKind, DateTime<Utc>)>) -> Seen<'_> {
+        let delivered = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.delivered_ms.is_some())
+            .min_by_key(|(_, c)| c.delivered_ms);
+        let carried = delivered.or_else(|| self.channels.iter().max_by_key(|(_, c)| c.attempt));
+        Seen {
+            channel: carried.map(|(ch, _)| *ch),
+            provider: carried.and_then(|(_, c)| c.provider),
+            country: self.country.as_deref().unwrap_or("??"),
+            app: self.app.as_deref(),
+            created_at: self.created_at,
+            delivered: delivered.is_some(),
+            outcome,
         }
     }
 }
@@ -220,12 +336,31 @@ fn per(cost: f64, count: u64) -> Option<f64> {
     (count > 0).then(|| cost / count as f64)
 }
 
+/// The span of statuses a report read.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Window {
+    /// From (`--since`); `None`: the topic's beginning.
+    pub since: Option<DateTime<Utc>>,
+    /// Up to (`--until`, or when the report started).
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub currency: String,
+    pub window: Window,
     pub summary: Summary,
     pub rows: Vec<ChannelRow>,
+    /// Conversion: the first row over every request, then one per group of `--group-by`.
+    pub conversion: Vec<ConversionRow>,
+    /// Requests by the channels the user enabled, in their order (`whatsapp,sms`; `unknown`
+    /// for statuses written before they were carried).
+    pub enabled_channels: BTreeMap<String, u64>,
+    /// Outcomes about no request read here: another app's id, a request outside the window,
+    /// or one we never saw. They join nothing.
+    pub outcomes_unmatched: u64,
+    pub outcome_replays_dropped: u64,
     /// The same by the provider each channel's send went through (`none`: no provider was
     /// tried, e.g. an abuse rule or an expired request; statuses written before providers
     /// were named count there too).
@@ -275,6 +410,10 @@ pub struct Summary {
     pub estimated_cost: f64,
     /// Per request delivered or sent.
     pub cost_per_delivered: Option<f64>,
+    /// Reported `verified` by their login system.
+    pub verified: u64,
+    /// Verified over requests.
+    pub conversion: f64,
 }
 
 /// One channel in one country (or `all`).
@@ -310,7 +449,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Option<Self> {
+    pub(super) fn of(h: &Histogram<u64>) -> Option<Self> {
         (!h.is_empty()).then(|| Self {
             p50: h.value_at_quantile(0.50),
             p95: h.value_at_quantile(0.95),
@@ -415,6 +554,7 @@ mod tests {
             next_channel: None,
             app: None,
             is_final: false,
+            enabled_channels: Vec::new(),
         }
     }
 
@@ -446,7 +586,7 @@ mod tests {
         t.add(status("f", Duplicate, Whatsapp, 0));
         // a replay of a's delivery.
         t.add(status("a", Delivered, Whatsapp, 1200));
-        let r = t.report(&Prices::default());
+        let r = t.report(&Prices::default(), &[]);
         let s = &r.summary;
         assert_eq!(
             (
@@ -508,7 +648,7 @@ mod tests {
         t.add(via("v2", Sent, 700, Some(Provider::Vonage)));
         t.add(via("v2", Delivered, 1700, Some(Provider::Vonage)));
         t.add(via("x", Expired, 0, None));
-        let r = t.report(&Prices::default());
+        let r = t.report(&Prices::default(), &[]);
         let row = |provider: &str| {
             r.by_provider
                 .iter()
@@ -530,5 +670,140 @@ mod tests {
             .by_provider
             .iter()
             .any(|x| x.provider == "vonage" && x.country == "all"));
+    }
+
+    /// A scenario whose numbers were worked out by hand: two apps (one reusing the other's
+    /// request_id), a request whose first channel was SMS and that failed on WhatsApp after
+    /// it, two days, outcomes verified, abandoned, none, one about a request never seen and
+    /// one replayed.
+    #[test]
+    fn conversion_joins_outcomes_per_channel_country_app_and_day() {
+        use Channel::{Sms, Whatsapp};
+        use StatusKind::*;
+        let day1: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let day2: DateTime<Utc> = "2026-12-02T09:00:00Z".parse().unwrap();
+        let ev = |app: &str,
+                  id: &str,
+                  kind,
+                  channel,
+                  attempt,
+                  created: DateTime<Utc>,
+                  after_ms: u64,
+                  country: &str,
+                  enabled: &[Channel]| {
+            let mut s = status(id, kind, channel, after_ms);
+            s.event_id = format!("{app}-{id}-{}-{channel}-{attempt}", kind.as_str());
+            s.app = Some(app.into());
+            s.attempt = attempt;
+            s.country = Some(country.into());
+            s.occurred_at = created + chrono::Duration::milliseconds(after_ms as i64);
+            s.enabled_channels = enabled.to_vec();
+            s
+        };
+        let (wa_sms, sms_wa, sms) = (&[Whatsapp, Sms][..], &[Sms, Whatsapp][..], &[Sms][..]);
+        let mut t = Tally::default();
+        t.add(ev(
+            "shop", "a", Accepted, Whatsapp, 1, day1, 800, "DE", wa_sms,
+        ));
+        t.add(ev(
+            "shop", "a", Delivered, Whatsapp, 1, day1, 1000, "DE", wa_sms,
+        ));
+        t.add(ev(
+            "shop", "b", Fallback, Whatsapp, 1, day1, 900, "DE", wa_sms,
+        ));
+        t.add(ev("shop", "b", Sent, Sms, 2, day1, 1500, "DE", wa_sms));
+        t.add(ev("bank", "a", Fallback, Sms, 1, day1, 700, "US", sms_wa));
+        t.add(ev(
+            "bank", "a", Failed, Whatsapp, 2, day1, 2000, "US", sms_wa,
+        ));
+        t.add(ev("bank", "c", Sent, Sms, 1, day2, 600, "US", sms));
+        t.add(ev(
+            "shop", "d", Delivered, Whatsapp, 1, day1, 1200, "DE", wa_sms,
+        ));
+        let outcome = |app: &str, id: &str, kind, at: DateTime<Utc>, event: &str| {
+            let mut o = VerificationOutcome::new(id, kind, at);
+            o.app = Some(app.into());
+            o.event_id = event.into();
+            o
+        };
+        let secs = |s| chrono::Duration::seconds(s);
+        t.add_outcome(outcome(
+            "shop",
+            "a",
+            OutcomeKind::Verified,
+            day1 + secs(20),
+            "o1",
+        ));
+        t.add_outcome(outcome(
+            "shop",
+            "a",
+            OutcomeKind::Verified,
+            day1 + secs(20),
+            "o1",
+        ));
+        t.add_outcome(outcome(
+            "shop",
+            "b",
+            OutcomeKind::Verified,
+            day1 + secs(40),
+            "o2",
+        ));
+        t.add_outcome(outcome(
+            "shop",
+            "d",
+            OutcomeKind::Abandoned,
+            day1 + secs(90),
+            "o3",
+        ));
+        t.add_outcome(outcome("ghost", "z", OutcomeKind::Verified, day1, "o4"));
+        let r = t.report(
+            &Prices::default(),
+            &[Dim::Channel, Dim::Country, Dim::App, Dim::Day],
+        );
+        let s = &r.summary;
+        assert_eq!(
+            (s.requests, s.failed, s.verified),
+            (5, 1, 2),
+            "bank/a failed on its last channel"
+        );
+        assert!((s.conversion - 0.4).abs() < 1e-9);
+        assert_eq!((r.outcomes_unmatched, r.outcome_replays_dropped), (1, 1));
+        let group = |channel: &str, country: &str, app: &str, day: &str| {
+            r.conversion
+                .iter()
+                .find(|row| {
+                    row.group.get(&Dim::Channel).map(String::as_str) == Some(channel)
+                        && row.group[&Dim::Country] == country
+                        && row.group[&Dim::App] == app
+                        && row.group[&Dim::Day] == day
+                })
+                .unwrap_or_else(|| panic!("{channel} {country} {app} {day}: {:#?}", r.conversion))
+        };
+        let wa = group("whatsapp", "DE", "shop", "2026-12-01");
+        assert_eq!(
+            (wa.requests, wa.delivered, wa.verified, wa.abandoned),
+            (2, 2, 1, 1)
+        );
+        assert!(wa.time_to_verify_ms.unwrap().p50.abs_diff(20_000) <= 20);
+        let sms_de = group("sms", "DE", "shop", "2026-12-01");
+        assert_eq!((sms_de.requests, sms_de.verified), (1, 1));
+        assert!(sms_de.time_to_verify_ms.unwrap().p50.abs_diff(40_000) <= 40);
+        let bank_a = group("whatsapp", "US", "bank", "2026-12-01");
+        assert_eq!(
+            (bank_a.requests, bank_a.verified, bank_a.no_outcome),
+            (1, 0, 1)
+        );
+        let bank_c = group("sms", "US", "bank", "2026-12-02");
+        assert_eq!((bank_c.requests, bank_c.no_outcome), (1, 1));
+        assert_eq!(r.conversion.len(), 5, "all, and four groups");
+        let enabled: Vec<(&str, u64)> = r
+            .enabled_channels
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            enabled,
+            vec![("sms", 1), ("sms,whatsapp", 1), ("whatsapp,sms", 3)]
+        );
     }
 }

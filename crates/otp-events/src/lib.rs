@@ -15,6 +15,7 @@ mod admission;
 mod channel;
 mod decode;
 mod error;
+mod outcome;
 mod pii;
 mod proof;
 pub mod provenance;
@@ -33,6 +34,9 @@ pub use admission::{AbuseAdmission, AbuseAdmissions, ABUSE_ADMISSION_SCHEMA};
 pub use channel::Channel;
 pub use decode::{decode_code_request, decode_submission, CODE_REQUEST_FIELDS};
 pub use error::ValidationError;
+pub use outcome::{
+    decode_outcome, OutcomeKind, VerificationOutcome, OUTCOME_MAX_AGE, VERIFICATION_OUTCOME_SCHEMA,
+};
 pub use pii::{
     country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
 };
@@ -48,8 +52,9 @@ pub use request::{CodeRequest, Submission, CODE_REQUEST_SCHEMA};
 pub use seal::{sealed_key_id, Keyring, SealError, Sealed, SEAL_AAD_TAG};
 pub use signal::{ChannelSignal, SignalKind, SignalSource, CHANNEL_SIGNAL_SCHEMA};
 pub use status::{
-    new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind, StatusVersion,
-    DELIVERY_STATUS_SCHEMA, DELIVERY_STATUS_SCHEMA_V2, HEADER_PROVIDER,
+    channels_of_header, new_event_id, DeliveryStatus, ErrorCategory, StatusError, StatusKind,
+    StatusVersion, DELIVERY_STATUS_SCHEMA, DELIVERY_STATUS_SCHEMA_V2, HEADER_CHANNELS,
+    HEADER_PROVIDER,
 };
 pub use topics::Topics;
 pub use validate::{is_valid_app, is_valid_request_id, Rules};

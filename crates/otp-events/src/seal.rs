@@ -157,11 +157,6 @@ impl Keyring {
         (ring, text)
     }
 
-    /// The id of the key that seals.
-    pub fn current_id(&self) -> &str {
-        &self.keys[0].id
-    }
-
     /// Seal `phone` and `code` for the request `request_id` of `app` and `schema`, with the
     /// first key that serves `app`.
     pub fn seal(&self, request: Sealed<'_>, phone: &str, code: &str) -> Result<String, SealError> {

@@ -166,6 +166,23 @@ pub struct DeliveryStatus {
     pub app: Option<String>,
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The channels the user enabled, in their order (the request's `channels`). Not in the
+    /// payload of either version: it travels in the [`HEADER_CHANNELS`] header, so that no
+    /// consumer validating v1 or v2 meets a field its schema does not list.
+    #[serde(skip)]
+    pub enabled_channels: Vec<Channel>,
+}
+
+/// Kafka header of a status record: the channels the user enabled, comma-separated in their
+/// order (`whatsapp,sms`), for the opt-in share.
+pub const HEADER_CHANNELS: &str = "otp-channels";
+
+/// The channels of a [`HEADER_CHANNELS`] value; unknown names are left out.
+pub fn channels_of_header(value: &str) -> Vec<Channel> {
+    value
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
 }
 
 impl DeliveryStatus {
@@ -215,6 +232,7 @@ impl DeliveryStatus {
             next_channel: None,
             app: request.app.clone(),
             is_final: status.is_final(),
+            enabled_channels: request.channels.clone(),
         }
     }
 
@@ -239,6 +257,7 @@ impl DeliveryStatus {
             next_channel: None,
             app: None,
             is_final: true,
+            enabled_channels: Vec::new(),
         }
     }
 

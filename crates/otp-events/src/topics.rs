@@ -45,8 +45,8 @@ impl Topics {
     }
 
     /// Sends awaiting their receipts (compacted), keyed by their request's confirmation key
-    /// (`app/request_id`, or the bare id). Must have as many
-    /// partitions as the receipts topic: the tracker reads the two co-partitioned.
+    /// (`app/request_id`, or the bare id). Must have as many partitions as the receipts
+    /// topic: the tracker reads the two co-partitioned.
     pub fn pending_confirmations(&self) -> String {
         format!("{}otp.pending-confirmations", self.prefix)
     }
@@ -64,6 +64,12 @@ impl Topics {
         format!("{}otp.abuse-admissions", self.prefix)
     }
 
+    /// What login systems say became of their codes (verified, abandoned, ...), keyed by
+    /// the request's confirmation key (`app/request_id`, or the bare id).
+    pub fn verification_outcomes(&self) -> String {
+        format!("{}otp.verification-outcomes", self.prefix)
+    }
+
     /// Every topic the pipeline needs, for `otp topics create`.
     pub fn all(&self) -> Vec<String> {
         let mut all: Vec<String> = Channel::ALL.iter().map(|c| self.requests(*c)).collect();
@@ -73,6 +79,7 @@ impl Topics {
         all.push(self.pending_confirmations());
         all.push(self.channel_signals());
         all.push(self.abuse_admissions());
+        all.push(self.verification_outcomes());
         all
     }
 }

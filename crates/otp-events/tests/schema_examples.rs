@@ -263,3 +263,44 @@ fn an_unknown_field_named_like_a_number_is_not_echoed() {
     assert_eq!(err.field, "<unknown field>");
     assert!(!err.to_string().contains("5551234567"));
 }
+
+/// The examples' clock: a few minutes after they happened.
+fn outcome_now() -> chrono::DateTime<chrono::Utc> {
+    "2026-12-07T10:06:00Z".parse().unwrap()
+}
+
+#[test]
+fn verification_outcome_examples_validate_and_round_trip_unchanged() {
+    let schema = validator("verification-outcome.v1.json");
+    for (name, bytes) in examples("verification-outcome") {
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(schema.is_valid(&json), "{name}: schema refused it");
+        let decoded = otp_events::decode_outcome(&bytes, outcome_now())
+            .unwrap_or_else(|e| panic!("{name}: Rust refused it: {e}"));
+        assert_eq!(serde_json::to_value(&decoded).unwrap(), json, "{name}");
+    }
+}
+
+#[test]
+fn invalid_verification_outcomes_are_refused_by_both_naming_the_field() {
+    let schema = validator("verification-outcome.v1.json");
+    for (name, bytes) in examples("verification-outcome-invalid") {
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(!schema.is_valid(&json), "{name}: schema accepted it");
+        let err = otp_events::decode_outcome(&bytes, outcome_now())
+            .expect_err(&format!("{name}: Rust accepted it"));
+        let field = match name.as_str() {
+            "code-carried" => "code",
+            "phone-carried" => "phone",
+            n if n.starts_with("outcome") => "outcome",
+            n if n.starts_with("request-id") => "request_id",
+            n if n.starts_with("attempts") => "attempts",
+            n if n.starts_with("app") => "app",
+            other => panic!("add the expected field of {other}"),
+        };
+        assert_eq!(err.field, field, "{name}: {err}");
+        for secret in ["123456", "5551234567"] {
+            assert!(!err.to_string().contains(secret), "{name}: {err}");
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! [`CodeRequestPublisher`]: validate, key by phone hash, produce with `acks=all`, and return
-//! only once the broker acknowledged.
+//! only once the broker acknowledged. The same publisher reports what became of a code
+//! ([`CodeRequestPublisher::publish_outcome`]), keyed by the request's confirmation key.
 
 use crate::session::ProducerSession;
 use crate::KafkaArgs;
 use chrono::Utc;
 use otp_events::{
-    CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, CODE_REQUEST_SCHEMA,
-    HEADER_REQUEST_ID, HEADER_SCHEMA,
+    CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, VerificationOutcome,
+    CODE_REQUEST_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, VERIFICATION_OUTCOME_SCHEMA,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,6 +22,9 @@ pub enum PublishError {
     /// The request broke a rule of the contract; nothing was sent.
     #[error("invalid code request: {0}")]
     Invalid(#[from] ValidationError),
+    /// The verification outcome broke a rule of its contract; nothing was sent.
+    #[error("invalid verification outcome: {0}")]
+    InvalidOutcome(ValidationError),
     /// The broker did not acknowledge in time. Nothing is known to be stored: retry with the
     /// same request_id (workers drop the second copy if both arrive).
     #[error("the broker did not acknowledge request {request_id} within {timeout:?}")]
@@ -154,7 +158,13 @@ impl CodeRequestPublisher {
         let topic = self.config.topics.requests(channel);
         // The canonical spelling: one subscriber, one key, one partition.
         let key = self.hasher.hash_phone(&request.phone);
-        let payload = self.config.rules.encode_request(request)?;
+        let value = self.config.rules.request_value(request)?;
+        // The key that sealed it: the first one serving the request's app.
+        let key_id = value["sealed"]
+            .as_str()
+            .and_then(otp_events::sealed_key_id)
+            .map(str::to_owned);
+        let payload = serde_json::to_vec(&value).expect("a JSON value serialises");
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_SCHEMA,
@@ -175,16 +185,53 @@ impl CodeRequestPublisher {
                 value: Some(proof.as_str()),
             });
         }
-        if let Some(ring) = &self.config.rules.sealing {
+        if let Some(key_id) = &key_id {
             headers = headers.insert(Header {
                 key: HEADER_KEY_ID,
-                value: Some(ring.current_id()),
+                value: Some(key_id.as_str()),
             });
         }
         let record = FutureRecord::to(&topic)
             .key(&key)
             .payload(&payload)
             .headers(headers);
+        self.send_acked(record, &request.request_id).await
+    }
+
+    /// Report what became of a code: the user entered it, left, entered wrong codes too many
+    /// times, or let it expire. Validated against this publisher's clock (the error names the
+    /// field), then written to `otp.verification-outcomes` under the request's confirmation
+    /// key; returns once the broker acknowledged. A report about a request we never saw, or
+    /// another app's, is ignored and counted where outcomes are read (`otp report`).
+    pub async fn publish_outcome(&self, outcome: &VerificationOutcome) -> Result<(), PublishError> {
+        outcome
+            .validate(Utc::now())
+            .map_err(PublishError::InvalidOutcome)?;
+        let topic = self.config.topics.verification_outcomes();
+        let key = outcome.key();
+        let payload = outcome.to_json();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(VERIFICATION_OUTCOME_SCHEMA),
+            })
+            .insert(Header {
+                key: HEADER_REQUEST_ID,
+                value: Some(outcome.request_id.as_str()),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        self.send_acked(record, &outcome.request_id).await
+    }
+
+    /// Produce `record` and wait for the broker's acknowledgement, within the ack timeout.
+    async fn send_acked(
+        &self,
+        record: FutureRecord<'_, String, Vec<u8>>,
+        request_id: &str,
+    ) -> Result<(), PublishError> {
         let timeout = self.config.ack_timeout;
         // librdkafka gives up at message.timeout.ms; the outer bound only guards against a
         // delivery report that never comes.
@@ -200,16 +247,16 @@ impl CodeRequestPublisher {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
                 Err(PublishError::Timeout {
-                    request_id: request.request_id.clone(),
+                    request_id: request_id.to_string(),
                     timeout,
                 })
             }
             Ok(Err((source, _))) => Err(PublishError::Kafka {
-                request_id: request.request_id.clone(),
+                request_id: request_id.to_string(),
                 source,
             }),
             Err(_) => Err(PublishError::Timeout {
-                request_id: request.request_id.clone(),
+                request_id: request_id.to_string(),
                 timeout,
             }),
         }

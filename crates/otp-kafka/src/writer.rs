@@ -122,11 +122,21 @@ impl KafkaWriter {
     pub async fn status(&self, status: &DeliveryStatus) {
         let topic = self.topics.delivery_status();
         let (payload, schema) = status.encode(self.status_version);
-        let provider = status
-            .provider
-            .map(|p| (otp_events::HEADER_PROVIDER, p.as_str()));
+        let channels = status
+            .enabled_channels
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut headers = Vec::with_capacity(2);
+        if let Some(p) = status.provider {
+            headers.push((otp_events::HEADER_PROVIDER, p.as_str()));
+        }
+        if !channels.is_empty() {
+            headers.push((otp_events::HEADER_CHANNELS, channels.as_str()));
+        }
         let key = &status.request_id;
-        self.keyed_with("status", &topic, key, Some(&payload), schema, provider)
+        self.keyed_with("status", &topic, key, Some(&payload), schema, &headers)
             .await;
         metrics::counter!(
             "otp_statuses_total",
@@ -235,7 +245,7 @@ impl KafkaWriter {
         payload: Option<&[u8]>,
         schema: &str,
     ) {
-        self.keyed_with(what, topic, key, payload, schema, None)
+        self.keyed_with(what, topic, key, payload, schema, &[])
             .await
     }
 
@@ -248,7 +258,7 @@ impl KafkaWriter {
         key: &str,
         payload: Option<&[u8]>,
         schema: &str,
-        extra: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
     ) {
         let is_status = schema == otp_events::DELIVERY_STATUS_SCHEMA
             || schema == otp_events::DELIVERY_STATUS_SCHEMA_V2;
@@ -268,7 +278,7 @@ impl KafkaWriter {
                     value: Some(mac.as_str()),
                 });
             }
-            if let Some((key, value)) = extra {
+            for &(key, value) in extra {
                 headers = headers.insert(Header {
                     key,
                     value: Some(value),

@@ -110,3 +110,78 @@ async fn an_app_without_a_sealing_key_stops_the_ingress_at_start() {
         "{e}"
     );
 }
+
+/// `POST /v1/verification-outcomes`: an app's key is required (401 without), the outcome is
+/// written under the key's app (`app/request_id` on `otp.verification-outcomes`), a body
+/// naming another app or breaking a rule is refused naming the field, and reports do not
+/// count against the app's codes per day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_are_reported_under_the_keys_app_and_refused_when_invalid() {
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let (key, entry) = new_key("login-web");
+    let entry = entry.replace("per_day = 1000000", "per_day = 1");
+    let apps = Apps::new(toml::from_str::<KeyFile>(&entry).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = IngressConfig::new(addr, t.kafka.clone());
+    let app = router_with(
+        t.publisher(PhoneHasher::new(b"auth")),
+        &config,
+        Auth::Keys(apps),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/verification-outcomes");
+    let post = |auth: Option<&str>, body: serde_json::Value| {
+        let mut r = http.post(&url).json(&body);
+        if let Some(key) = auth {
+            r = r.header("authorization", format!("Bearer {key}"));
+        }
+        r.send()
+    };
+    let ok = json!({"request_id": "req-1", "outcome": "verified", "attempts": 2});
+    assert_eq!(post(None, ok.clone()).await.unwrap().status(), 401);
+    for (body, field) in [
+        (
+            json!({"request_id": "req-1", "outcome": "approved"}),
+            "outcome",
+        ),
+        (
+            json!({"request_id": "req-1", "outcome": "verified", "app": "other"}),
+            "app",
+        ),
+        (
+            json!({"request_id": "req-1", "outcome": "verified", "code": "123456"}),
+            "code",
+        ),
+    ] {
+        let refused = post(Some(&key), body).await.unwrap();
+        assert_eq!(refused.status(), 400);
+        let error: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["field"], field, "{error}");
+        assert!(!error.to_string().contains("123456"), "{error}");
+    }
+    // per_day = 1 code; two outcomes still go through.
+    for id in ["req-1", "req-2"] {
+        let mut body = ok.clone();
+        body["request_id"] = json!(id);
+        let accepted = post(Some(&key), body).await.unwrap();
+        assert_eq!(accepted.status(), 202);
+        let answer: serde_json::Value = accepted.json().await.unwrap();
+        assert_eq!(answer["request_id"], id);
+        assert!(answer["event_id"].is_string());
+    }
+    let topic = t.topics.verification_outcomes();
+    let written = read_messages(&t.kafka.brokers, &topic, 2, Duration::from_secs(10)).await;
+    assert_eq!(written.len(), 2);
+    use rdkafka::Message;
+    let keys: Vec<&[u8]> = written.iter().filter_map(|m| m.key()).collect();
+    assert!(keys.contains(&&b"login-web/req-1"[..]), "{keys:?}");
+    let first = payload_json(&written[0]);
+    assert_eq!(
+        (first["app"].as_str(), first["outcome"].as_str()),
+        (Some("login-web"), Some("verified"))
+    );
+    assert_eq!(first["schema"], "otp.verification_outcome.v1");
+    assert_eq!(message_count(&t.kafka.brokers, &topic), 2);
+}

@@ -122,6 +122,38 @@ async fn library_refuses_invalid_requests_before_kafka() {
     );
 }
 
+/// The library reports outcomes keyed by the request's confirmation key, and refuses an
+/// invalid one naming the field, before Kafka.
+#[tokio::test]
+async fn library_reports_outcomes_and_refuses_invalid_ones_before_kafka() {
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let publisher = publisher(&t);
+    let now = chrono::Utc::now();
+    let mut verified =
+        otp_events::VerificationOutcome::new("req-9", otp_events::OutcomeKind::Verified, now);
+    verified.app = Some("shop".into());
+    verified.attempts = Some(1);
+    publisher.publish_outcome(&verified).await.unwrap();
+    let mut bad = verified.clone();
+    bad.attempts = Some(0);
+    match publisher.publish_outcome(&bad).await {
+        Err(PublishError::InvalidOutcome(e)) => assert_eq!(e.field, "attempts"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    let topic = t.topics.verification_outcomes();
+    let written = read_messages(&t.kafka.brokers, &topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(written[0].key(), Some(&b"shop/req-9"[..]));
+    assert_eq!(
+        header(&written[0], otp_events::HEADER_SCHEMA),
+        Some("otp.verification_outcome.v1")
+    );
+    assert_eq!(
+        message_count(&t.kafka.brokers, &topic),
+        1,
+        "the invalid one was not sent"
+    );
+}
+
 async fn start_ingress(kafka: &KafkaArgs, topics: &otp_events::Topics) -> SocketAddr {
     let config = PublisherConfig {
         topics: topics.clone(),

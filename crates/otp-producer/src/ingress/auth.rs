@@ -180,6 +180,25 @@ impl Apps {
     /// The app whose key the `Authorization` header carries, if its quotas allow one more
     /// request now.
     pub fn admit(&self, authorization: Option<&str>, now: DateTime<Utc>) -> Result<&str, Refusal> {
+        self.admit_counting(authorization, now, true)
+    }
+
+    /// As [`Apps::admit`], for a call that sends no code (a verification outcome): within the
+    /// app's rate, and not counted against its codes per day.
+    pub fn admit_report(
+        &self,
+        authorization: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<&str, Refusal> {
+        self.admit_counting(authorization, now, false)
+    }
+
+    fn admit_counting(
+        &self,
+        authorization: Option<&str>,
+        now: DateTime<Utc>,
+        a_code: bool,
+    ) -> Result<&str, Refusal> {
         let key = authorization
             .and_then(|h| {
                 // The scheme is case-insensitive (RFC 9110).
@@ -207,6 +226,9 @@ impl Apps {
                 rule: "per_second",
                 retry_after: not_until.wait_time_from(self.clock.now()),
             });
+        }
+        if !a_code {
+            return Ok(&app.key.name);
         }
         let mut day = app.day.lock().expect("quota lock");
         let today = now.date_naive();

@@ -1,5 +1,6 @@
-//! The HTTP ingress: `POST /v1/code-requests` for login systems that would rather not link a
-//! Kafka client.
+//! The HTTP ingress for login systems that would rather not link a Kafka client:
+//! `POST /v1/code-requests` asks for a code, `POST /v1/verification-outcomes` says what
+//! became of it (verified, abandoned, too_many_attempts, expired).
 //!
 //! Every call needs an app's API key ([`auth`]): 401 without one, 403 for a disabled app,
 //! 429 with `Retry-After` past the app's quotas; the request's `app` is the key's. It
@@ -21,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use otp_events::{decode_submission, PhoneHasher, Rules};
+use otp_events::{decode_outcome, decode_submission, PhoneHasher, Rules};
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub fn router_with(publisher: CodeRequestPublisher, config: &IngressConfig, auth
     let state = Arc::new(AppState { publisher, auth });
     Router::new()
         .route("/v1/code-requests", post(submit))
+        .route("/v1/verification-outcomes", post(report_outcome))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(config.body_limit))
@@ -125,6 +127,7 @@ pub async fn serve(
             "unavailable",
         ] {
             metrics::counter!("otp_ingress_requests_total", "outcome" => outcome).increment(0);
+            metrics::counter!("otp_ingress_outcomes_total", "outcome" => outcome).increment(0);
         }
         tokio::spawn(async move {
             if let Err(e) = otp_kafka::observe::serve(listen, || true).await {
@@ -149,15 +152,28 @@ fn error_body(status: StatusCode, field: Option<&str>, message: &str) -> Respons
         .into_response()
 }
 
-/// The app the call is from, or the refusal's answer.
-fn admit(auth: &Auth, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+/// The app the call is from, or the refusal's answer; `a_code`: the call asks for a code
+/// (counted against the app's codes per day).
+fn admit(auth: &Auth, headers: &HeaderMap, a_code: bool) -> Result<Option<String>, Box<Response>> {
     let Auth::Keys(apps) = auth else {
         return Ok(None);
     };
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match apps.admit(header, chrono::Utc::now()) {
+    let now = chrono::Utc::now();
+    let admitted = if a_code {
+        apps.admit(header, now)
+    } else {
+        apps.admit_report(header, now)
+    };
+    // Counted with the call's own kind: code requests or outcome reports.
+    let metrics_outcome = if a_code {
+        metrics_outcome
+    } else {
+        outcome_metric
+    };
+    match admitted {
         Ok(app) => Ok(Some(app.to_string())),
         Err(Refusal::Unauthenticated) => {
             metrics_outcome("unauthenticated");
@@ -201,21 +217,13 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let app = match admit(&state.auth, &headers) {
+    let app = match admit(&state.auth, &headers, true) {
         Ok(app) => app,
         Err(refused) => return *refused,
     };
-    let body = match body {
+    let body = match body_of(body) {
         Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "request body is larger than the limit".to_string()
-            } else {
-                rejection.body_text()
-            };
-            return error_body(status, None, &message);
-        }
+        Err(refused) => return *refused,
     };
     let publisher = &state.publisher;
     let mut request = match decode_submission(&body, chrono::Utc::now(), &publisher.config().rules)
@@ -266,6 +274,84 @@ async fn submit(
                 .into_response()
         }
     }
+}
+
+/// The body, or the answer to a body that could not be read (too large, cut short).
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Box<Response>> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the limit".to_string()
+        } else {
+            rejection.body_text()
+        };
+        Box::new(error_body(status, None, &message))
+    })
+}
+
+/// `POST /v1/verification-outcomes`: `{"request_id", "outcome", "occurred_at"?, "attempts"?}`,
+/// the app being the API key's. 202 once the broker acknowledged; 400 naming the field.
+async fn report_outcome(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let app = match admit(&state.auth, &headers, false) {
+        Ok(app) => app,
+        Err(refused) => return *refused,
+    };
+    let body = match body_of(body) {
+        Ok(body) => body,
+        Err(refused) => return *refused,
+    };
+    let mut outcome = match decode_outcome(&body, chrono::Utc::now()) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            outcome_metric("invalid");
+            return error_body(StatusCode::BAD_REQUEST, Some(&e.field), &e.message);
+        }
+    };
+    // The app is the credential's: a login system reports on its own requests only.
+    if let Some(app) = app {
+        if outcome.app.as_ref().is_some_and(|named| *named != app) {
+            outcome_metric("invalid");
+            return error_body(
+                StatusCode::BAD_REQUEST,
+                Some("app"),
+                "must be left out or be the app of the API key",
+            );
+        }
+        outcome.app = Some(app);
+    }
+    match state.publisher.publish_outcome(&outcome).await {
+        Ok(()) => {
+            outcome_metric("accepted");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "request_id": outcome.request_id, "event_id": outcome.event_id })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            outcome_metric("unavailable");
+            tracing::warn!(event_id = %outcome.event_id, error = %e, "outcome not published");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "error": {
+                        "field": null,
+                        "message": "the broker did not acknowledge the outcome; retry with the same event_id",
+                    },
+                    "event_id": outcome.event_id,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn outcome_metric(outcome: &'static str) {
+    metrics::counter!("otp_ingress_outcomes_total", "outcome" => outcome).increment(1);
 }
 
 fn metrics_outcome(outcome: &'static str) {
