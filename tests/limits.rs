@@ -500,9 +500,27 @@ async fn the_sender_budget_is_the_fleets_shared_by_partitions() {
         let statuses = stack
             .statuses_until_final(&ids, Duration::from_secs(60))
             .await;
-        assert!(ids
-            .iter()
-            .all(|id| exactly_one_final(&statuses, id)["status"] == "sent"));
+        // Every request sent. tansu 0.6 lets two members own a partition for a moment while
+        // the next worker joins (docs/guarantees.md, "A move needs the broker's rebalance
+        // barrier"): a message at the hand-off may be sent by both, at most one per partition
+        // per join.
+        let mut repeats = 0;
+        for id in &ids {
+            let finals = distinct_events(&statuses, |s| {
+                s["request_id"] == id.as_str() && s["final"] == true
+            });
+            assert!(!finals.is_empty(), "{id} has no final status");
+            assert!(
+                finals.iter().all(|s| s["status"] == "sent"),
+                "{id}: {finals:?}"
+            );
+            repeats += finals.len() - 1;
+        }
+        println!("{workers} workers: {repeats} requests sent again at a hand-off");
+        assert!(
+            repeats <= 4 * (workers - 1),
+            "{repeats} repeats with {workers} workers"
+        );
         let stats = stack.sim.stats();
         assert!(
             stats.rate_limit_violations.is_empty(),

@@ -24,16 +24,32 @@
 //! out is named in the commit instead (`otp_kafka::group`'s ledger).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Held by the runtime, one per assigned partition: [`LetGo::now`] tells every message of it.
 pub struct LetGo {
+    /// Wakes the messages waiting; [`Partition`] is what they decide by.
     set: watch::Sender<bool>,
-    /// The highest offset of the partition whose send has started.
-    highest_sending: Arc<AtomicI64>,
+    state: Arc<Mutex<Partition>>,
     line: Arc<Line>,
+}
+
+/// Whether the partition is let go, and the highest offset of it whose send has started: one
+/// lock, so that a message deciding to start its send and an earlier one deciding to be
+/// abandoned cannot both win. (Read apart, a later message could pass its check, an earlier
+/// one then be abandoned, and the later one start: the next owner would send it again.)
+#[derive(Debug)]
+struct Partition {
+    let_go: bool,
+    highest_sending: i64,
+}
+
+impl Partition {
+    fn abandons(&self, offset: i64) -> bool {
+        self.let_go && offset > self.highest_sending
+    }
 }
 
 /// The partition's messages in the order they were handed over, for their turns.
@@ -68,7 +84,7 @@ impl Line {
 /// Held by each message's task.
 pub struct Stop {
     set: watch::Receiver<bool>,
-    highest_sending: Arc<AtomicI64>,
+    state: Arc<Mutex<Partition>>,
     offset: i64,
     line: Arc<Line>,
     place: u64,
@@ -88,7 +104,10 @@ impl LetGo {
     pub fn new() -> Self {
         Self {
             set: watch::channel(false).0,
-            highest_sending: Arc::new(AtomicI64::new(-1)),
+            state: Arc::new(Mutex::new(Partition {
+                let_go: false,
+                highest_sending: -1,
+            })),
             line: Arc::new(Line {
                 next: AtomicU64::new(0),
                 passed: watch::channel(0).0,
@@ -102,7 +121,7 @@ impl LetGo {
     pub fn subscribe(&self, offset: i64) -> Stop {
         Stop {
             set: self.set.subscribe(),
-            highest_sending: self.highest_sending.clone(),
+            state: self.state.clone(),
             offset,
             line: self.line.clone(),
             place: self.line.next.fetch_add(1, Ordering::Relaxed),
@@ -111,6 +130,7 @@ impl LetGo {
 
     /// Let the partition go: no new send starts for its messages after the latest one sending.
     pub fn now(&self) {
+        self.state.lock().expect("partition lock").let_go = true;
         self.set.send_replace(true);
     }
 }
@@ -125,7 +145,10 @@ impl Stop {
     /// Whether this message must be abandoned now: its partition is let go, and no later
     /// message of it has started sending.
     pub fn abandons(&self) -> bool {
-        *self.set.borrow() && self.offset > self.highest_sending.load(Ordering::SeqCst)
+        self.state
+            .lock()
+            .expect("partition lock")
+            .abandons(self.offset)
     }
 
     /// Resolves once this message must be abandoned; never, if it need not be.
@@ -152,10 +175,16 @@ impl Stop {
         self.line.pass(self.place);
     }
 
-    /// This message's send starts now (call right before the provider call).
-    pub fn sending(&self) {
-        self.highest_sending
-            .fetch_max(self.offset, Ordering::SeqCst);
+    /// This message's send starts now (call right before the provider call), unless it must
+    /// be abandoned: false then, and nothing may be sent.
+    #[must_use]
+    pub fn begin_send(&self) -> bool {
+        let mut state = self.state.lock().expect("partition lock");
+        if state.abandons(self.offset) {
+            return false;
+        }
+        state.highest_sending = state.highest_sending.max(self.offset);
+        true
     }
 }
 
@@ -204,7 +233,7 @@ mod tests {
             switch.subscribe(11),
             switch.subscribe(12),
         );
-        sending.sending();
+        assert!(sending.begin_send());
         switch.now();
         assert!(
             !early.abandons(),
@@ -220,6 +249,29 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), late.wait())
             .await
             .expect("the later one is");
+    }
+
+    /// A later message that checked before the partition was let go, and an earlier one
+    /// abandoned after: the later one must not start its send then, or the next owner, which
+    /// starts at the earlier one, sends it again.
+    #[tokio::test]
+    async fn once_an_earlier_message_is_abandoned_no_later_send_starts() {
+        let switch = LetGo::new();
+        let (early, late) = (switch.subscribe(10), switch.subscribe(11));
+        assert!(!late.abandons(), "checked before the partition was let go");
+        switch.now();
+        assert!(early.abandons());
+        assert!(
+            !late.begin_send(),
+            "the check is made again as the send starts"
+        );
+        assert!(!early.begin_send());
+        // The other order: the later send started first, so the earlier one goes on.
+        let switch = LetGo::new();
+        let (early, late) = (switch.subscribe(20), switch.subscribe(21));
+        assert!(late.begin_send());
+        switch.now();
+        assert!(!early.abandons() && early.begin_send());
     }
 
     #[tokio::test]

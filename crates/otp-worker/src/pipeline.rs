@@ -209,8 +209,10 @@ impl<C: ChannelClient> Pipeline<C> {
             );
             let next = match before {
                 Some(next) => next,
+                // Checked again as the send starts, with the partition's other messages: an
+                // earlier one abandoned meanwhile means this one must not go either.
+                None if !stop.begin_send() => return None,
                 None => {
-                    stop.sending();
                     progress.reach(Reached::SendStarted);
                     let answer = self
                         .send_once(provider, request, subject, &mut schedule)
