@@ -727,20 +727,9 @@ mod tests {
             o
         };
         let secs = |s| chrono::Duration::seconds(s);
-        t.add_outcome(outcome(
-            "shop",
-            "a",
-            OutcomeKind::Verified,
-            day1 + secs(20),
-            "o1",
-        ));
-        t.add_outcome(outcome(
-            "shop",
-            "a",
-            OutcomeKind::Verified,
-            day1 + secs(20),
-            "o1",
-        ));
+        let verified_a = outcome("shop", "a", OutcomeKind::Verified, day1 + secs(20), "o1");
+        t.add_outcome(verified_a.clone());
+        t.add_outcome(verified_a); // replayed: the same event_id
         t.add_outcome(outcome(
             "shop",
             "b",

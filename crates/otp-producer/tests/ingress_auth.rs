@@ -11,14 +11,8 @@ use otp_test_support::{message_count, payload_json, read_messages, shared_broker
 use serde_json::json;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
-    let t = TestTopics::create(shared_broker(), 1).await;
-    let (key, entry) = new_key("login-web");
-    let (disabled_key, disabled_entry) = new_key("old-app");
-    let text = format!("{}{entry}\n{disabled_entry}disabled = true\n", "")
-        .replace("per_second = 100\nburst = 200", "per_second = 1\nburst = 1");
-    let apps = Apps::new(toml::from_str::<KeyFile>(&text).unwrap()).unwrap();
+/// The ingress on a loopback port, admitting `apps`' keys.
+async fn serve(t: &TestTopics, apps: Apps) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = IngressConfig::new(addr, t.kafka.clone());
@@ -28,6 +22,18 @@ async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
         Auth::Keys(apps),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
+    let t = TestTopics::create(shared_broker(), 1).await;
+    let (key, entry) = new_key("login-web");
+    let (disabled_key, disabled_entry) = new_key("old-app");
+    let text = format!("{}{entry}\n{disabled_entry}disabled = true\n", "")
+        .replace("per_second = 100\nburst = 200", "per_second = 1\nburst = 1");
+    let apps = Apps::new(toml::from_str::<KeyFile>(&text).unwrap()).unwrap();
+    let addr = serve(&t, apps).await;
 
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/v1/code-requests");
@@ -121,15 +127,7 @@ async fn outcomes_are_reported_under_the_keys_app_and_refused_when_invalid() {
     let (key, entry) = new_key("login-web");
     let entry = entry.replace("per_day = 1000000", "per_day = 1");
     let apps = Apps::new(toml::from_str::<KeyFile>(&entry).unwrap()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = IngressConfig::new(addr, t.kafka.clone());
-    let app = router_with(
-        t.publisher(PhoneHasher::new(b"auth")),
-        &config,
-        Auth::Keys(apps),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve(&t, apps).await;
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/v1/verification-outcomes");
     let post = |auth: Option<&str>, body: serde_json::Value| {

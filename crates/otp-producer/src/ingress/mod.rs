@@ -234,17 +234,9 @@ async fn submit(
             return error_body(StatusCode::BAD_REQUEST, Some(&e.field), &e.message);
         }
     };
-    // The app is the credential's, never the body's.
-    if let Some(app) = app {
-        if request.app.as_ref().is_some_and(|named| *named != app) {
-            metrics_outcome("invalid");
-            return error_body(
-                StatusCode::BAD_REQUEST,
-                Some("app"),
-                "must be left out or be the app of the API key",
-            );
-        }
-        request.app = Some(app);
+    if let Err(refused) = stamp_app(&mut request.app, app) {
+        metrics_outcome("invalid");
+        return *refused;
     }
     match publisher.publish_request(&request).await {
         Ok(()) => {
@@ -274,6 +266,23 @@ async fn submit(
                 .into_response()
         }
     }
+}
+
+/// The app is the credential's, never the body's: a body naming another app is refused (400,
+/// `app`); without keys (development) the body's stands.
+fn stamp_app(named: &mut Option<String>, key_app: Option<String>) -> Result<(), Box<Response>> {
+    let Some(app) = key_app else {
+        return Ok(());
+    };
+    if named.as_ref().is_some_and(|n| *n != app) {
+        return Err(Box::new(error_body(
+            StatusCode::BAD_REQUEST,
+            Some("app"),
+            "must be left out or be the app of the API key",
+        )));
+    }
+    *named = Some(app);
+    Ok(())
 }
 
 /// The body, or the answer to a body that could not be read (too large, cut short).
@@ -311,17 +320,10 @@ async fn report_outcome(
             return error_body(StatusCode::BAD_REQUEST, Some(&e.field), &e.message);
         }
     };
-    // The app is the credential's: a login system reports on its own requests only.
-    if let Some(app) = app {
-        if outcome.app.as_ref().is_some_and(|named| *named != app) {
-            outcome_metric("invalid");
-            return error_body(
-                StatusCode::BAD_REQUEST,
-                Some("app"),
-                "must be left out or be the app of the API key",
-            );
-        }
-        outcome.app = Some(app);
+    // A login system reports on its own requests only.
+    if let Err(refused) = stamp_app(&mut outcome.app, app) {
+        outcome_metric("invalid");
+        return *refused;
     }
     match state.publisher.publish_outcome(&outcome).await {
         Ok(()) => {
