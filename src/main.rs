@@ -104,6 +104,8 @@ struct OutcomeArgs {
     /// When the login ended (RFC 3339); now when left out.
     #[arg(long)]
     occurred_at: Option<String>,
+    #[command(flatten)]
+    dev: otp_kafka::process::DevMode,
 }
 
 #[derive(Subcommand)]
@@ -228,11 +230,12 @@ async fn outcome(args: OutcomeArgs) -> anyhow::Result<()> {
     });
     let outcome = otp_events::decode_outcome(&serde_json::to_vec(&body)?, chrono::Utc::now())
         .map_err(|e| anyhow::anyhow!("invalid verification outcome: {e}"))?;
-    // An outcome holds no phone number and no code: this publisher seals nothing and hashes
-    // nothing, so it needs neither OTP_SEAL_KEYS nor OTP_PHONE_HASH_KEY.
+    // Signed with the app's sealing key, as a login system signs it: workers act only on
+    // outcomes that verify. An outcome holds no phone number, so no hash key is needed.
+    let mut args = args;
+    args.kafka.sealing = Some(otp_kafka::process::keyring(args.dev)?);
     let config = PublisherConfig {
         topics: args.kafka.topics(),
-        development: true,
         ..PublisherConfig::default()
     };
     let unused = otp_events::PhoneHasher::new(&rand::random::<[u8; 32]>());

@@ -95,6 +95,8 @@ async fn the_report_of_a_run_says_what_the_run_did() {
             .args(["--brokers", &stack.t.kafka.brokers])
             .args(["--topic-prefix", &stack.t.kafka.topic_prefix])
             .args(["--request-id", id, "--outcome", outcome, "--attempts", "1"])
+            // The login system's key signs the outcome.
+            .env("OTP_SEAL_KEYS", otp_test_support::TEST_SEAL_KEYS)
             .output()
             .unwrap();
         assert!(
@@ -113,6 +115,19 @@ async fn the_report_of_a_run_says_what_the_run_did() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("outcome: must be one of"), "{err}");
+    // Without a key to sign with, nothing is written: a login system's outcomes are signed.
+    let unsigned = Command::new(env!("CARGO_BIN_EXE_otp"))
+        .arg("outcome")
+        .args(["--brokers", &stack.t.kafka.brokers])
+        .args(["--request-id", &a, "--outcome", "verified"])
+        .env_remove("OTP_SEAL_KEYS")
+        .env_remove("OTP_SEAL_KEYS_FILE")
+        .env_remove("OTP_DEV")
+        .output()
+        .unwrap();
+    assert!(!unsigned.status.success());
+    let err = String::from_utf8_lossy(&unsigned.stderr);
+    assert!(err.contains("OTP_SEAL_KEYS"), "{err}");
 
     let json: Value = serde_json::from_str(&report(&stack, &["--from-beginning", "--json"]))
         .expect("--json prints JSON");

@@ -45,6 +45,12 @@ pub struct AbuseAdmission {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
     pub admitted_at: DateTime<Utc>,
+    /// The request's confirmation key (`app/request_id`, or the bare id): what a verification
+    /// outcome names, so that every worker can tell the conversion of a number range. Absent
+    /// in batches of workers older than the conversion defence (readers older than it refuse
+    /// batches that carry it: upgrade every worker in one roll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl AbuseAdmissions {
@@ -76,6 +82,7 @@ mod tests {
                 prefix_key: "ph_2".into(),
                 country: Some("GB".into()),
                 admitted_at: Utc::now(),
+                request: Some("app-a/r1".into()),
             }],
         };
         assert_eq!(AbuseAdmissions::from_json(&a.to_json()), Some(a.clone()));

@@ -63,3 +63,6 @@ pub use validate::{is_valid_app, is_valid_request_id, Rules};
 pub const HEADER_SCHEMA: &str = "otp-schema";
 /// Kafka header that carries the request_id, so tools can correlate without parsing payloads.
 pub const HEADER_REQUEST_ID: &str = "otp-request-id";
+/// Kafka header that authenticates what a login system reports about its own request (a
+/// verification outcome): see [`Keyring::sign_report`].
+pub const HEADER_REPORT_MAC: &str = "otp-report-mac";

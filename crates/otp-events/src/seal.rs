@@ -75,6 +75,9 @@ struct SealKey {
     /// The one app whose requests it seals and opens; `None`: every app's.
     app: Option<String>,
     cipher: ChaCha20Poly1305,
+    /// Signs what a login system reports about its requests (see [`Keyring::sign_report`]):
+    /// HMAC-SHA256(key, [`REPORT_KEY_LABEL`]), so the cipher key is never an HMAC key itself.
+    report_key: [u8; 32],
 }
 
 impl SealKey {
@@ -139,6 +142,7 @@ impl Keyring {
                 id: id.to_string(),
                 app: app.map(str::to_owned),
                 cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+                report_key: hmac_sha256(&bytes, &[REPORT_KEY_LABEL]),
             });
         }
         if keys.is_empty() {
@@ -246,6 +250,108 @@ impl Keyring {
             serde_json::from_slice(&plaintext).map_err(|_| SealError::DoesNotOpen)?;
         Ok((secret.phone.to_string(), secret.code.to_string()))
     }
+}
+
+impl Keyring {
+    /// Sign a record a login system writes about one of its requests (a verification outcome)
+    /// with the first key that serves `app`: `"<key id>.<64 hex>"`, for the
+    /// [`crate::HEADER_REPORT_MAC`] header. The MAC covers [`REPORT_MAC_LABEL`], the record's
+    /// schema, its app (empty without one), its Kafka key and its payload, each
+    /// length-prefixed. The producer that seals an app's codes holds the key: no one else
+    /// (another app's producer included) can report for that app's requests.
+    pub fn sign_report(
+        &self,
+        schema: &str,
+        app: Option<&str>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<String, SealError> {
+        let signer = self
+            .keys
+            .iter()
+            .find(|k| k.serves(app))
+            .ok_or(SealError::NoKeyForApp)?;
+        let mac = report_mac(&signer.report_key, schema, app, key, payload);
+        Ok(format!("{}.{}", signer.id, hex::encode(mac)))
+    }
+
+    /// Whether `header` is a valid [`Keyring::sign_report`] MAC of this record by a key that
+    /// serves `app`. Compared in constant time.
+    pub fn verify_report(
+        &self,
+        schema: &str,
+        app: Option<&str>,
+        key: &[u8],
+        payload: &[u8],
+        header: &str,
+    ) -> bool {
+        let Some((id, mac_hex)) = header.split_once('.') else {
+            return false;
+        };
+        let Ok(mac) = hex::decode(mac_hex) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .filter(|k| k.id == id && k.serves(app))
+            .any(|k| {
+                use hmac::Mac;
+                let mut m = new_hmac(&k.report_key);
+                report_message(&mut m, schema, app, key, payload);
+                m.verify_slice(&mac).is_ok()
+            })
+    }
+}
+
+/// What a sealing key is turned into before it signs reports.
+pub const REPORT_KEY_LABEL: &[u8] = b"otp-report-key/v1";
+/// The first field of a report's MAC.
+pub const REPORT_MAC_LABEL: &[u8] = b"otp-report-mac/v1";
+
+fn new_hmac(key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length")
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = new_hmac(key);
+    for part in parts {
+        m.update(part);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn report_message(
+    m: &mut hmac::Hmac<sha2::Sha256>,
+    schema: &str,
+    app: Option<&str>,
+    key: &[u8],
+    payload: &[u8],
+) {
+    use hmac::Mac;
+    for part in [
+        REPORT_MAC_LABEL,
+        schema.as_bytes(),
+        app.unwrap_or("").as_bytes(),
+        key,
+        payload,
+    ] {
+        m.update(&(part.len() as u64).to_be_bytes());
+        m.update(part);
+    }
+}
+
+fn report_mac(
+    report_key: &[u8; 32],
+    schema: &str,
+    app: Option<&str>,
+    key: &[u8],
+    payload: &[u8],
+) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = new_hmac(report_key);
+    report_message(&mut m, schema, app, key, payload);
+    m.finalize().into_bytes().into()
 }
 
 /// The request a sealed value belongs to: its associated data.
@@ -451,5 +557,37 @@ mod tests {
             let e = Keyring::parse(text).unwrap_err().to_string();
             assert!(e.contains(rule), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_report_verifies_only_for_its_app_and_bytes() {
+        let (_, k1) = Keyring::generate("k1");
+        let (_, k2) = Keyring::generate("k2");
+        let a_key = k1.replacen('=', "@app-a=", 1);
+        let producer_a = Keyring::parse(&a_key).unwrap();
+        let workers = Keyring::parse(&format!("{a_key},{k2}")).unwrap();
+        let (s, key, body) = ("otp.verification_outcome.v1", b"app-a/r1", b"{}");
+        let mac = producer_a.sign_report(s, Some("app-a"), key, body).unwrap();
+        assert!(mac.starts_with("k1."));
+        assert!(workers.verify_report(s, Some("app-a"), key, body, &mac));
+        assert!(
+            !workers.verify_report(s, Some("app-b"), key, body, &mac),
+            "another app"
+        );
+        assert!(!workers.verify_report(s, Some("app-a"), b"app-a/r2", body, &mac));
+        assert!(!workers.verify_report(s, Some("app-a"), key, b"{ }", &mac));
+        assert!(!workers.verify_report(s, Some("app-a"), key, body, "k1.00"));
+        assert!(!workers.verify_report(s, Some("app-a"), key, body, "garbage"));
+        // A producer whose only key is app-a's cannot report for app-b.
+        assert_eq!(
+            producer_a.sign_report(s, Some("app-b"), key, body),
+            Err(SealError::NoKeyForApp)
+        );
+        // An unscoped key reports for any app, and the workers' ring verifies it.
+        let any = Keyring::parse(&k2).unwrap();
+        let mac = any
+            .sign_report(s, Some("app-b"), b"app-b/r1", body)
+            .unwrap();
+        assert!(workers.verify_report(s, Some("app-b"), b"app-b/r1", body, &mac));
     }
 }

@@ -210,7 +210,27 @@ impl CodeRequestPublisher {
         let topic = self.config.topics.verification_outcomes();
         let key = outcome.key();
         let payload = outcome.to_json();
-        let headers = OwnedHeaders::new()
+        // Signed with the app's sealing key: the workers act on outcomes (the conversion
+        // defence, the routes' weights) only when they verify. A development run without keys
+        // writes them unsigned, and they are counted, never acted on.
+        let mac = match &self.config.rules.sealing {
+            Some(ring) => Some(
+                ring.sign_report(
+                    VERIFICATION_OUTCOME_SCHEMA,
+                    outcome.app.as_deref(),
+                    key.as_bytes(),
+                    &payload,
+                )
+                .map_err(|_| {
+                    PublishError::InvalidOutcome(ValidationError::new(
+                        "app",
+                        "no sealing key of this publisher serves this app",
+                    ))
+                })?,
+            ),
+            None => None,
+        };
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: HEADER_SCHEMA,
                 value: Some(VERIFICATION_OUTCOME_SCHEMA),
@@ -219,6 +239,12 @@ impl CodeRequestPublisher {
                 key: HEADER_REQUEST_ID,
                 value: Some(outcome.request_id.as_str()),
             });
+        if let Some(mac) = &mac {
+            headers = headers.insert(Header {
+                key: otp_events::HEADER_REPORT_MAC,
+                value: Some(mac.as_str()),
+            });
+        }
         let record = FutureRecord::to(&topic)
             .key(&key)
             .payload(&payload)
