@@ -1,7 +1,8 @@
 //! Topics that every worker reads whole: news for the whole fleet, not work to share out.
 //!
 //! `otp.channel-signals` (what the providers said about a channel's health) and
-//! `otp.abuse-admissions` (what the abuse rules of every worker admitted) are read this way:
+//! `otp.abuse-admissions` (what the abuse rules of every worker admitted) and
+//! `otp.verification-outcomes` (which codes users entered) are read this way:
 //! every partition, outside any consumer group, nothing committed. A reader starts at the
 //! topic's end, or at its beginning (to rebuild state from the recent past a short retention
 //! keeps), and runs until its handle is dropped or aborted. A topic it cannot find is retried for a bounded time and
@@ -9,6 +10,7 @@
 
 use crate::KafkaArgs;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,31 @@ pub fn listen(
     on_payload: impl Fn(&[u8]) + Send + 'static,
 ) -> JoinHandle<()> {
     let keys = kafka.record_keys.clone();
+    listen_to_messages(
+        kafka,
+        topic,
+        name,
+        start,
+        || {},
+        move |m| {
+            if crate::records::verified(keys.as_ref(), m, writers.roles, writers.label) {
+                on_payload(m.payload().unwrap_or_default());
+            }
+        },
+    )
+}
+
+/// [`listen`] for a topic whose records are authenticated otherwise (verification outcomes,
+/// signed by the login system's key): `on_message` gets every message, and checks it.
+/// `on_assigned` runs once the reader holds every partition at its start offset.
+pub fn listen_to_messages(
+    kafka: &KafkaArgs,
+    topic: String,
+    name: &str,
+    start: StartAt,
+    on_assigned: impl FnOnce() + Send + 'static,
+    on_message: impl Fn(&BorrowedMessage<'_>) + Send + 'static,
+) -> JoinHandle<()> {
     let mut config: ClientConfig = kafka.client_config();
     config
         .set("enable.auto.commit", "false")
@@ -76,13 +103,10 @@ pub fn listen(
             return;
         }
         tracing::info!(reader = %name, %topic, partitions = assignment.count(), ?start, "reading the fleet's topic");
+        on_assigned();
         loop {
             match consumer.recv().await {
-                Ok(m) => {
-                    if crate::records::verified(keys.as_ref(), &m, writers.roles, writers.label) {
-                        on_payload(m.payload().unwrap_or_default());
-                    }
-                }
+                Ok(m) => on_message(&m),
                 Err(e) => {
                     tracing::warn!(reader = %name, error = %e, "read failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;

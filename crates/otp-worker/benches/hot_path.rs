@@ -12,8 +12,10 @@ use otp_events::{
     decode_code_request, Channel, DeliveryStatus, Keyring, PhoneHasher, Provider, Rules,
     StatusKind, Submission,
 };
-use otp_worker::hot_path::{At, Attempt, Dedup, Guards, Health, Limiter, Routes};
-use otp_worker::{AbuseConfig, CircuitConfig, LimitsConfig, RoutesConfig, WindowRule};
+use otp_worker::hot_path::{At, Attempt, Conversion, Dedup, Guards, Health, Limiter, Routes};
+use otp_worker::{
+    AbuseConfig, CircuitConfig, ConversionConfig, LimitsConfig, RoutesConfig, WindowRule,
+};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,6 +49,12 @@ fn guards(rules: &Rules) -> Guards {
         dedup: Dedup::new(100_000),
         rules: rules.clone(),
         hasher: PhoneHasher::new(b"bench-hash-key"),
+        // On, as in production (this worker's channel, WhatsApp, is not refused on).
+        conversion: std::sync::Arc::new(Conversion::new(
+            &ConversionConfig::default(),
+            otp_events::Channel::Whatsapp,
+            Vec::new(),
+        )),
     }
 }
 
@@ -78,7 +86,7 @@ fn per_message(guards: &Guards, event: &[u8]) -> Vec<u8> {
     };
     let source = ("otp.code-requests.whatsapp".to_string(), 0, 0);
     let attempt = guards
-        .admit(at, &subject, false, &source, |_| {})
+        .admit(at, &subject, false, &source, |_, _| {})
         .expect("admitted");
     assert_eq!(attempt, Attempt::First);
     let latest = Instant::now() + Duration::from_secs(240);

@@ -2,6 +2,7 @@
 //! refused); the binaries' flags and `OTP_*` environment variables override the common ones.
 
 use crate::circuit::CircuitConfig;
+use crate::conversion::ConversionConfig;
 use crate::limits::{AbuseConfig, LimitsConfig, LimitsPatch};
 use crate::retry::RetryConfig;
 use crate::routes::RoutesConfig;
@@ -78,6 +79,10 @@ pub struct WorkerConfig {
     /// every accepted send would fall back when its window ends.
     #[serde(default)]
     pub confirmation: Option<ConfirmationConfig>,
+    /// The conversion defence against SMS pumping: number ranges whose codes are not entered
+    /// are refused (see `crate::conversion`).
+    #[serde(default)]
+    pub conversion: ConversionConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; not served when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,

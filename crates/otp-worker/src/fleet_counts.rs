@@ -69,13 +69,15 @@ impl FleetCounts {
         }
     }
 
-    /// Share an admission this worker just counted. Returns at once.
-    pub fn admitted(&self, subject: &Subject) {
+    /// Share an admission of the request `request` (its confirmation key) this worker just
+    /// counted. Returns at once.
+    pub fn admitted(&self, subject: &Subject, request: &str) {
         let admission = AbuseAdmission {
             phone_key: subject.phone_key.clone(),
             prefix_key: subject.prefix_key.clone(),
             country: subject.country.clone(),
             admitted_at: Utc::now(),
+            request: Some(request.to_string()),
         };
         if self.queue.try_send(admission).is_err() {
             metrics::counter!("otp_abuse_admissions_unshared_total", "channel" => self.channel.as_str())
@@ -84,13 +86,14 @@ impl FleetCounts {
     }
 
     /// Read the fleet's admissions of the last `lookback`, and hand each (all but this worker's
-    /// own) to `count` (the limiter's `admitted_elsewhere`) with the instant it was made. Runs
-    /// until the handle is aborted.
+    /// own) to `count` (the limiter's `admitted_elsewhere`, the conversion counts) with its
+    /// request's confirmation key and the instant it was made. Runs until the handle is
+    /// aborted.
     pub fn listen(
         &self,
         kafka: &KafkaArgs,
         lookback: Duration,
-        count: impl Fn(&Subject, Instant) + Send + 'static,
+        count: impl Fn(&Subject, Option<&str>, Instant) + Send + 'static,
     ) -> JoinHandle<()> {
         let topic = kafka.topics().abuse_admissions();
         let name = format!("otp-{}-abuse-admissions", self.channel);
@@ -151,7 +154,8 @@ impl FleetCounts {
                         country: a.country.clone(),
                         premium: false,
                     };
-                    count(&subject, now.checked_sub(age).unwrap_or(now));
+                    let at = now.checked_sub(age).unwrap_or(now);
+                    count(&subject, a.request.as_deref(), at);
                     counted += 1;
                 }
                 metrics::counter!("otp_abuse_admissions_counted_total", "channel" => channel.as_str(), "topic" => label.clone())

@@ -8,11 +8,16 @@
 //! and the hot-path benchmark (`benches/hot_path.rs`) measures it.
 
 use crate::circuit::Health;
+use crate::conversion::{About, Conversion};
 use crate::decide::{self, At, Outcome};
 use crate::dedup::{Dedup, Source};
-use crate::limits::{Attempt, Limiter, Subject};
+use crate::limits::{Attempt, Limited, Limiter, Subject};
 use crate::routes::Routes;
-use otp_events::{number_range, phone_facts, CodeRequest, PhoneHasher, Rules};
+use otp_events::{number_range, phone_facts, CodeRequest, ErrorCategory, PhoneHasher, Rules};
+use std::time::Instant;
+
+/// The rule name (and `error.code`) of a request refused for its range's conversion.
+pub const LOW_CONVERSION: &str = "low_conversion";
 
 /// One worker's guards, shared by all its in-flight messages.
 pub struct Guards {
@@ -24,6 +29,8 @@ pub struct Guards {
     pub dedup: Dedup,
     pub rules: Rules,
     pub hasher: PhoneHasher,
+    /// The share of codes users entered, per number range and country.
+    pub conversion: std::sync::Arc<Conversion>,
 }
 
 impl Guards {
@@ -56,14 +63,15 @@ impl Guards {
     ///
     /// The id is only looked at before the abuse rules and claimed after them, so that a copy
     /// the rules refuse (a front-run id, say) claims nothing. `admitted` hears a first try
-    /// that the abuse rules admitted (for the fleet's shared counts).
+    /// that the abuse rules admitted, with its confirmation key (for the fleet's shared
+    /// counts).
     pub fn admit(
         &self,
         at: At<'_>,
         subject: &Subject,
         fallback: bool,
         source: &Source,
-        admitted: impl FnOnce(&Subject),
+        admitted: impl FnOnce(&Subject, &str),
     ) -> Result<Attempt, Outcome> {
         let request = at.request;
         let now = at.now;
@@ -84,9 +92,30 @@ impl Guards {
         } else {
             Attempt::First
         };
-        let abuse = self.limiter.admit(subject, first);
+        let confirmation =
+            otp_events::confirmation_key(request.app.as_deref(), &request.request_id);
+        let about = About {
+            request: &confirmation,
+            app: request.app.as_deref(),
+            range: &subject.prefix_key,
+            country: subject.country.as_deref(),
+        };
+        // A range that converts below its floor: refused on a first try and on a fallback
+        // alike (a pump that asks for WhatsApp first falls back to SMS).
+        let abuse = match self.conversion.refuses(&about, Instant::now()) {
+            Some(_) => {
+                metrics::counter!("otp_limited_total", "rule" => LOW_CONVERSION).increment(1);
+                Err(Limited {
+                    rule: LOW_CONVERSION,
+                    category: ErrorCategory::Blocked,
+                    waited_too_long: false,
+                })
+            }
+            None => self.limiter.admit(subject, first),
+        };
         if abuse.is_ok() && first == Attempt::First {
-            admitted(subject);
+            self.conversion.admitted(&about, Instant::now());
+            admitted(subject, &confirmation);
         }
         let claim = || {
             self.dedup

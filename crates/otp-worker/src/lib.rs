@@ -11,6 +11,8 @@
 //!   `routes`, `circuit`: health per provider and country, both counting over a `tally`),
 //!   runnable without a broker or a provider; `retry`: the retry policy;
 //! - `fleet_counts`: the abuse rules' admissions shared with the whole fleet;
+//! - `conversion`: the share of codes users entered, per number range and country, that
+//!   refuses pumped ranges and teaches the routes;
 //! - `letting_go`: no new send for a partition being revoked or a worker stopping;
 //! - `progress`: how far a message got, so that a panic still leaves it exactly one ending;
 //! - `runtime`: the worker as a consumer-group member (`otp_kafka::group`), one task per
@@ -23,12 +25,14 @@ pub mod channel;
 mod circuit;
 pub mod cli;
 mod config;
+mod conversion;
 mod decide;
 mod dedup;
 mod fleet_counts;
 mod guards;
 mod letting_go;
 mod limits;
+mod outcomes;
 mod pipeline;
 mod progress;
 mod retry;
@@ -39,6 +43,7 @@ mod tally;
 pub use channel::{ChannelClient, SendOutcome};
 pub use circuit::CircuitConfig;
 pub use config::{ConfirmationConfig, WorkerConfig};
+pub use conversion::{ConversionConfig, ConversionMode, ConversionRule};
 pub use limits::{AbuseConfig, LimitsConfig, LimitsPatch, WindowRule};
 pub use retry::RetryConfig;
 pub use routes::{RouteStep, RoutesConfig};
@@ -49,6 +54,7 @@ pub use runtime::{run, WorkerSetup};
 #[doc(hidden)]
 pub mod hot_path {
     pub use crate::circuit::Health;
+    pub use crate::conversion::Conversion;
     pub use crate::decide::At;
     pub use crate::dedup::Dedup;
     pub use crate::guards::Guards;

@@ -19,9 +19,9 @@ use crate::retry::{RetryConfig, RetrySchedule};
 use chrono::Utc;
 use otp_events::provider_errors::ErrorClass;
 use otp_events::{
-    decode_code_request, is_valid_request_id, CodeRequest, ConfirmationState, DeliveryStatus,
-    FallbackKey, MessageIndex, Provider, StatusError, StatusKind, HEADER_FALLBACK_PROOF,
-    HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
+    confirmation_key, decode_code_request, is_valid_request_id, CodeRequest, ConfirmationState,
+    DeliveryStatus, FallbackKey, MessageIndex, Provider, StatusError, StatusKind,
+    HEADER_FALLBACK_PROOF, HEADER_REQUEST_ID, MESSAGE_INDEX_SCHEMA,
 };
 use otp_kafka::writer::KafkaWriter;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -147,9 +147,9 @@ impl<C: ChannelClient> Pipeline<C> {
             message.partition(),
             message.offset(),
         );
-        let shared = |subject: &Subject| {
+        let shared = |subject: &Subject, request: &str| {
             if let Some(fleet) = &self.fleet_counts {
-                fleet.admitted(subject);
+                fleet.admitted(subject, request);
             }
         };
         // The partition's messages are guarded and reserve their first slot in the order they
@@ -414,6 +414,11 @@ impl<C: ChannelClient> Pipeline<C> {
                     };
                     self.writer.message_index(&public_id, &index).await;
                     self.writer.pending(record).await;
+                }
+                if let Some(provider) = provider {
+                    // Whether users enter this provider's codes, for the routes.
+                    let key = confirmation_key(request.app.as_deref(), &request.request_id);
+                    self.guards.conversion.sent_through(&key, provider);
                 }
                 let mut status = status(kind, tries, None);
                 status.provider_message_id = Some(public_id);

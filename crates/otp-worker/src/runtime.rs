@@ -5,6 +5,7 @@
 use crate::channel::ChannelClient;
 use crate::circuit::Health;
 use crate::config::WorkerConfig;
+use crate::conversion::{About, Conversion, ConversionMode};
 use crate::dedup::Dedup;
 use crate::fleet_counts::FleetCounts;
 use crate::guards::Guards;
@@ -98,6 +99,18 @@ pub async fn run<C: ChannelClient>(
         .abuse
         .fleet_counts
         .then(|| FleetCounts::new(writer.clone(), channel));
+    config
+        .conversion
+        .check()
+        .map_err(|rule| anyhow::anyhow!("{rule}"))?;
+    let conversion = {
+        let allowed = config.conversion.allow_ranges.iter();
+        Arc::new(Conversion::new(
+            &config.conversion,
+            channel,
+            allowed.map(|range| hasher.hash(range)).collect(),
+        ))
+    };
     let pipeline = Arc::new(Pipeline {
         client,
         guards: Guards {
@@ -107,6 +120,7 @@ pub async fn run<C: ChannelClient>(
             dedup: Dedup::new(config.dedup_capacity),
             rules,
             hasher,
+            conversion,
         },
         retry: config.retry.clone(),
         writer: writer.clone(),
@@ -140,16 +154,55 @@ pub async fn run<C: ChannelClient>(
     };
     let stop_signals = AbortOnDrop(Some(signals));
     // The rest of the fleet's abuse admissions of the last window join this worker's
-    // counts; stopped when the worker stops.
-    let lookback = pipeline.guards.limiter.abuse_lookback();
+    // counts, and its conversion counts; stopped when the worker stops.
+    let converting = config.conversion.mode != ConversionMode::Off;
+    let lookback = match (pipeline.guards.limiter.abuse_lookback(), converting) {
+        (abuse, true) => Some(abuse.unwrap_or_default().max(config.conversion.window)),
+        (abuse, false) => abuse,
+    };
     let stop_admissions = AbortOnDrop(match (&pipeline.fleet_counts, lookback) {
         (Some(fleet), Some(lookback)) => {
             let p = pipeline.clone();
-            let count = move |subject: &_, at| p.guards.limiter.admitted_elsewhere(subject, at);
+            let count = move |subject: &crate::limits::Subject, request: Option<&str>, at| {
+                p.guards.limiter.admitted_elsewhere(subject, at);
+                let Some((app, _)) = request.and_then(otp_events::split_confirmation_key) else {
+                    return;
+                };
+                let about = About {
+                    request: request.unwrap_or_default(),
+                    app,
+                    range: &subject.prefix_key,
+                    country: subject.country.as_deref(),
+                };
+                p.guards.conversion.admitted(&about, at);
+            };
             Some(fleet.listen(&kafka, lookback, count))
         }
         _ => None,
     });
+    // The outcomes login systems report, and the judging of what reached its grace (which
+    // also tells the routes whose codes were entered), once a second.
+    let (stop_outcomes, stop_judging) = if converting {
+        let conversion = pipeline.guards.conversion.clone();
+        let outcomes = crate::outcomes::listen(&kafka, channel.as_str(), conversion);
+        let p = pipeline.clone();
+        let judging = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let now = std::time::Instant::now();
+                for j in p.guards.conversion.tick(now) {
+                    // At the instant each was judged: `demote_every` counts from those.
+                    p.guards
+                        .routes
+                        .judged(j.provider, &j.country, j.verified, j.at);
+                }
+            }
+        });
+        (AbortOnDrop(Some(outcomes)), AbortOnDrop(Some(judging)))
+    } else {
+        (AbortOnDrop(None), AbortOnDrop(None))
+    };
     let topic = kafka.topics().requests(channel);
     metrics::counter!("otp_fallback_unproven_total", "channel" => channel.as_str()).increment(0);
     metrics::counter!("otp_commit_errors_total").increment(0);
@@ -194,6 +247,8 @@ pub async fn run<C: ChannelClient>(
     // The listeners' consumers are closed before the worker returns (not some time after).
     stop_signals.stop().await;
     stop_admissions.stop().await;
+    stop_outcomes.stop().await;
+    stop_judging.stop().await;
     if let Some(fleet) = &pipeline.fleet_counts {
         fleet.stop().await;
     }

@@ -66,6 +66,19 @@ pub struct RoutesConfig {
     /// best peer's before it loses weight.
     #[serde(default = "default_error_margin")]
     pub error_margin: f64,
+    /// A provider whose share of codes not entered in a country over this window is at least
+    /// `conversion_margin` above its best peer's there loses half its weight there. Needs
+    /// login systems that report verification outcomes.
+    #[serde(default = "default_conversion_window", with = "humantime_serde")]
+    pub conversion_window: Duration,
+    /// The fewest judged sends in `conversion_window`, for the provider and for a peer,
+    /// before their conversions are compared: the guard against noise (at 50 sends, a
+    /// 20-point gap between two equal providers happens by chance about once in 200 windows).
+    #[serde(default = "default_conversion_min_sends")]
+    pub conversion_min_sends: u32,
+    /// How much lower (0 to 1) a provider's conversion must be than its best peer's.
+    #[serde(default = "default_error_margin")]
+    pub conversion_margin: f64,
 }
 
 fn default_demote_every() -> Duration {
@@ -83,6 +96,12 @@ fn default_error_min_sends() -> u32 {
 fn default_error_margin() -> f64 {
     0.2
 }
+fn default_conversion_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_conversion_min_sends() -> u32 {
+    50
+}
 
 impl Default for RoutesConfig {
     fn default() -> Self {
@@ -95,6 +114,9 @@ impl Default for RoutesConfig {
             error_window: default_error_window(),
             error_min_sends: default_error_min_sends(),
             error_margin: default_error_margin(),
+            conversion_window: default_conversion_window(),
+            conversion_min_sends: default_conversion_min_sends(),
+            conversion_margin: default_error_margin(),
         }
     }
 }
@@ -192,12 +214,24 @@ impl Routes {
         let Some(country) = country else {
             return;
         };
-        let peers = self
-            .route(Some(country))
+        let peers = self.peers(provider, country);
+        self.weights.answered(provider, country, failed, peers, now);
+    }
+
+    /// A send of this worker through `provider` to `country` was judged: `verified` when
+    /// the user entered its code. A provider whose conversion there is `conversion_margin`
+    /// below its best peer's in the route loses weight.
+    pub fn judged(&self, provider: Provider, country: &str, verified: bool, now: Instant) {
+        let peers = self.peers(provider, country);
+        self.weights.judged(provider, country, verified, peers, now);
+    }
+
+    /// The other providers of `country`'s route.
+    fn peers(&self, provider: Provider, country: &str) -> impl Iterator<Item = Provider> + '_ {
+        self.route(Some(country))
             .iter()
             .map(|s| s.provider)
-            .filter(|&p| p != provider);
-        self.weights.answered(provider, country, failed, peers, now);
+            .filter(move |&p| p != provider)
     }
 
     /// The share of its configured weight `provider` has in `country` now.

@@ -9,7 +9,13 @@
 //!   failed sends is at least `error_margin` above its best peer's in the same route (both
 //!   with `error_min_sends` sends in the window) is worse than its peers.
 //!
-//! Either halves its factor there, at most once per `demote_every`, down to
+//! - **Conversion:** each of this worker's sends is judged once its code had time to be
+//!   entered (`crate::conversion`). A provider whose share of codes not entered over
+//!   `conversion_window` is at least `conversion_margin` above its best peer's there (both with
+//!   `conversion_min_sends` judged sends) is worse: receipts can say `delivered` while users
+//!   get nothing, and only conversion shows it.
+//!
+//! Any of them halves its factor there, at most once per `demote_every`, down to
 //! [`LOWEST_FACTOR`]; it doubles back every `recover_every` without another demotion, up to
 //! one. The best provider of a country is never worse than its peers, so when all are
 //! equally bad, nothing moves. A provider whose peers have no sends to compare with keeps its weight:
@@ -38,6 +44,9 @@ pub enum Demotion {
     Slow,
     /// A larger share of failed sends than its best peer there.
     Errors,
+    /// A smaller share of its codes entered than its best peer's there: a grey route that
+    /// says `delivered` while users get nothing.
+    Conversion,
 }
 
 impl Demotion {
@@ -45,6 +54,7 @@ impl Demotion {
         match self {
             Demotion::Slow => "slow",
             Demotion::Errors => "errors",
+            Demotion::Conversion => "conversion",
         }
     }
 }
@@ -62,11 +72,70 @@ type Key = (Provider, String);
 pub(super) struct Weights {
     demote_every: Duration,
     recover_every: Duration,
-    error_window: Duration,
-    error_min_sends: u32,
-    error_margin: f64,
     lowered: Mutex<HashMap<Key, Lowered>>,
-    answers: Mutex<HashMap<Key, Tally>>,
+    /// Failed sends against the peers'.
+    errors: Comparison,
+    /// Codes not entered against the peers'.
+    unconverted: Comparison,
+}
+
+/// A share of bad outcomes per (provider, country) over a window, compared with the best peer's.
+#[derive(Debug)]
+struct Comparison {
+    window: Duration,
+    min_sends: u32,
+    margin: f64,
+    reason: Demotion,
+    tallies: Mutex<HashMap<Key, Tally>>,
+}
+
+impl Comparison {
+    fn new(window: Duration, min_sends: u32, margin: f64, reason: Demotion) -> Self {
+        Self {
+            window: window.max(Duration::from_millis(1)),
+            min_sends: min_sends.max(1),
+            margin,
+            reason,
+            tallies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count one outcome; whether `provider`'s bad share in `country` is now `margin` above
+    /// the best of `peers` with enough outcomes. Only a bad outcome can make it worse.
+    fn worse(
+        &self,
+        provider: Provider,
+        country: &str,
+        bad: bool,
+        peers: impl Iterator<Item = Provider>,
+        now: Instant,
+    ) -> bool {
+        let mut tallies = self.tallies.lock().expect("weights lock");
+        let key = (provider, country.to_string());
+        if !tallies.contains_key(&key) && at_bound(&tallies, provider) {
+            return false;
+        }
+        let (good, bads) = tallies.entry(key).or_default().count(bad, now, self.window);
+        let Some(share) = self.share(good, bads) else {
+            return false;
+        };
+        let mut best_peer: Option<f64> = None;
+        for peer in peers {
+            if let Some(tally) = tallies.get_mut(&(peer, country.to_string())) {
+                let (g, b) = tally.at(now, self.window);
+                if let Some(peer_share) = self.share(g, b) {
+                    best_peer = Some(best_peer.map_or(peer_share, |s| s.min(peer_share)));
+                }
+            }
+        }
+        bad && best_peer.is_some_and(|best| share - best >= self.margin)
+    }
+
+    /// The bad share of a window's outcomes, when there are enough of them to compare.
+    fn share(&self, good: u32, bad: u32) -> Option<f64> {
+        let n = good + bad;
+        (n >= self.min_sends).then(|| f64::from(bad) / f64::from(n))
+    }
 }
 
 impl Weights {
@@ -74,11 +143,19 @@ impl Weights {
         Self {
             demote_every: config.demote_every,
             recover_every: config.recover_every.max(Duration::from_millis(1)),
-            error_window: config.error_window.max(Duration::from_millis(1)),
-            error_min_sends: config.error_min_sends.max(1),
-            error_margin: config.error_margin,
             lowered: Mutex::new(HashMap::new()),
-            answers: Mutex::new(HashMap::new()),
+            errors: Comparison::new(
+                config.error_window,
+                config.error_min_sends,
+                config.error_margin,
+                Demotion::Errors,
+            ),
+            unconverted: Comparison::new(
+                config.conversion_window,
+                config.conversion_min_sends,
+                config.conversion_margin,
+                Demotion::Conversion,
+            ),
         }
     }
 
@@ -117,40 +194,35 @@ impl Weights {
         peers: impl Iterator<Item = Provider>,
         now: Instant,
     ) {
-        let worse = {
-            let mut answers = self.answers.lock().expect("weights lock");
-            let key = (provider, country.to_string());
-            if !answers.contains_key(&key) && at_bound(&answers, provider) {
-                return;
-            }
-            let (good, bad) = answers
-                .entry(key)
-                .or_default()
-                .count(failed, now, self.error_window);
-            let Some(share) = self.error_share(good, bad) else {
-                return;
-            };
-            // Only a failure can make a provider worse; a success cannot.
-            let mut best_peer: Option<f64> = None;
-            for peer in peers {
-                if let Some(tally) = answers.get_mut(&(peer, country.to_string())) {
-                    let (g, b) = tally.at(now, self.error_window);
-                    if let Some(peer_share) = self.error_share(g, b) {
-                        best_peer = Some(best_peer.map_or(peer_share, |s| s.min(peer_share)));
-                    }
-                }
-            }
-            failed && best_peer.is_some_and(|best| share - best >= self.error_margin)
-        };
-        if worse {
-            self.demote(provider, country, Demotion::Errors, now);
-        }
+        self.compare(&self.errors, provider, country, failed, peers, now);
     }
 
-    /// The failed share of a window's sends, when there are enough of them to compare.
-    fn error_share(&self, good: u32, bad: u32) -> Option<f64> {
-        let sends = good + bad;
-        (sends >= self.error_min_sends).then(|| f64::from(bad) / f64::from(sends))
+    /// A send judged for conversion (see [`super::Routes::judged`]); demotes `provider` when
+    /// its share of codes not entered in `country` is `conversion_margin` above the best of
+    /// `peers` with enough judged sends.
+    pub(super) fn judged(
+        &self,
+        provider: Provider,
+        country: &str,
+        verified: bool,
+        peers: impl Iterator<Item = Provider>,
+        now: Instant,
+    ) {
+        self.compare(&self.unconverted, provider, country, !verified, peers, now);
+    }
+
+    fn compare(
+        &self,
+        comparison: &Comparison,
+        provider: Provider,
+        country: &str,
+        bad: bool,
+        peers: impl Iterator<Item = Provider>,
+        now: Instant,
+    ) {
+        if comparison.worse(provider, country, bad, peers, now) {
+            self.demote(provider, country, comparison.reason, now);
+        }
     }
 
     /// The share of its configured weight `provider` has in `country` now (1 when not
@@ -183,7 +255,7 @@ pub(super) fn export_baseline(provider: Provider, country: &str) {
     let p = provider.as_str();
     metrics::gauge!("otp_route_weight_factor", "provider" => p, "country" => country.to_string())
         .set(1.0);
-    for why in [Demotion::Slow, Demotion::Errors] {
+    for why in [Demotion::Slow, Demotion::Errors, Demotion::Conversion] {
         metrics::counter!("otp_route_demotions_total", "provider" => p, "country" => country.to_string(), "reason" => why.as_str())
             .absolute(0);
     }
@@ -260,6 +332,37 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_whose_codes_are_not_entered_loses_weight_there() {
+        let w = weights("conversion_min_sends = 50\nconversion_margin = 0.2");
+        let t0 = Instant::now();
+        let judge = |provider, n: u32, entered_every: u32| {
+            let peer = if provider == Twilio { Vonage } else { Twilio };
+            for i in 0..n {
+                w.judged(
+                    provider,
+                    "BR",
+                    i % entered_every != 0,
+                    [peer].into_iter(),
+                    t0,
+                );
+            }
+        };
+        judge(Vonage, 60, 4); // 75 % entered
+        judge(Twilio, 49, 1); // none entered, but under 50 judged
+        assert_eq!(w.factor(Twilio, "BR", t0), 1.0, "too few to judge");
+        judge(Twilio, 1, 1);
+        assert_eq!(w.factor(Twilio, "BR", t0), 0.5, "a grey route");
+        assert_eq!(w.factor(Vonage, "BR", t0), 1.0);
+        // Entered codes alone never demote.
+        let w = weights("conversion_min_sends = 5");
+        for _ in 0..10 {
+            w.judged(Vonage, "BR", true, [Twilio].into_iter(), t0);
+            w.judged(Twilio, "BR", true, [Vonage].into_iter(), t0);
+        }
+        assert_eq!(w.factor(Twilio, "BR", t0), 1.0);
+    }
+
+    #[test]
     fn when_every_provider_fails_alike_or_a_peer_has_no_sends_nothing_moves() {
         let w = weights("error_min_sends = 20\nerror_margin = 0.2");
         let t0 = Instant::now();
@@ -300,7 +403,7 @@ mod tests {
             w.answered(Twilio, &format!("C{i}"), true, std::iter::empty(), t0);
             w.demote(Twilio, &format!("C{i}"), Demotion::Slow, t0);
         }
-        assert_eq!(w.answers.lock().unwrap().len(), MAX_COUNTRIES);
+        assert_eq!(w.errors.tallies.lock().unwrap().len(), MAX_COUNTRIES);
         assert_eq!(w.lowered.lock().unwrap().len(), MAX_COUNTRIES);
     }
 }
