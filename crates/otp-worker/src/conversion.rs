@@ -71,7 +71,7 @@ pub struct ConversionRule {
 /// The conversion defence (`[conversion]` in a worker's TOML). The defaults refuse SMS to a
 /// number range that had 20 judged requests in the last hour with fewer than 20 % entered.
 /// Real users convert 60 % and more: 20 real requests with fewer than 4 entered is a chance of
-/// about 1 in 100,000 at 65 %.
+/// about 1 in 160,000 at 65 %.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConversionConfig {
@@ -254,6 +254,10 @@ struct State {
     countries: HashMap<String, Counts>,
     /// Apps that reported a verified outcome, and when last.
     reporting: HashMap<u64, Instant>,
+    /// Countries whose conversion series are exported (at zero from their first request on,
+    /// so that a dashboard and an alert see them before anything is judged). At most the
+    /// numbering plan's countries.
+    exported: std::collections::HashSet<String>,
     /// Requests admitted before this are not judged (see the module doc).
     listening_since: Option<Instant>,
     judged_sends: Vec<Judged>,
@@ -303,6 +307,7 @@ impl Conversion {
                 ranges: HashMap::new(),
                 countries: HashMap::new(),
                 reporting: HashMap::new(),
+                exported: std::collections::HashSet::new(),
                 listening_since: None,
                 judged_sends: Vec::new(),
             }),
@@ -370,6 +375,15 @@ impl Conversion {
         }
         let key = self.hasher.hash_one(about.request);
         let mut state = self.lock();
+        if let Some(country) = about.country {
+            if !state.exported.contains(country) {
+                metrics::counter!("otp_conversion_judged_total", "country" => country.to_string())
+                    .increment(0);
+                metrics::counter!("otp_conversion_verified_total", "country" => country.to_string())
+                    .increment(0);
+                state.exported.insert(country.to_string());
+            }
+        }
         if state.requests.contains_key(&key) {
             return; // one request, counted once (a fallback, a batch read twice)
         }

@@ -72,8 +72,9 @@ pub struct RoutesConfig {
     #[serde(default = "default_conversion_window", with = "humantime_serde")]
     pub conversion_window: Duration,
     /// The fewest judged sends in `conversion_window`, for the provider and for a peer,
-    /// before their conversions are compared: the guard against noise (at 50 sends, a
-    /// 20-point gap between two equal providers happens by chance about once in 200 windows).
+    /// before their conversions are compared: the guard against noise. At 100 judged sends
+    /// each, two providers that both convert 65 % differ by 20 points by chance about once in
+    /// 500 windows; such a demotion halves a weight and drifts back (`recover_every`).
     #[serde(default = "default_conversion_min_sends")]
     pub conversion_min_sends: u32,
     /// How much lower (0 to 1) a provider's conversion must be than its best peer's.
@@ -100,7 +101,7 @@ fn default_conversion_window() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_conversion_min_sends() -> u32 {
-    50
+    100
 }
 
 impl Default for RoutesConfig {
