@@ -8,7 +8,11 @@
 //! has its final status, and prints a summary. Playing the login system, it reports what
 //! became of each code (`verified` for most delivered codes, `abandoned` for the rest and for
 //! codes that never arrived) on `otp.verification-outcomes`, and the summary shows conversion
-//! per channel. It exits non-zero if any request is left without a final status.
+//! per channel. Then it stages an SMS pumping attack: requests to one number range, at 10 a
+//! second, whose codes nobody enters; the workers' conversion defence (with demo-speed
+//! settings) refuses the range once it has seen enough of them, and the summary shows how many
+//! got through. It exits non-zero if any request is left without a final status, or if the
+//! attack is not stopped.
 
 use crate::follow::{count_messages, StatusFollower};
 use crate::stack::{sms_client_with_vonage, whatsapp_client, ReceiptsIngress, Tracker, Worker};
@@ -21,7 +25,9 @@ use otp_kafka::KafkaArgs;
 use otp_producer::{CodeRequestPublisher, PublisherConfig};
 use otp_provider_sim::{Outage, SimConfig};
 use otp_receipts::tracker::TrackerConfig;
-use otp_worker::{ConfirmationConfig, LimitsConfig, WorkerConfig};
+use otp_worker::{
+    ConfirmationConfig, ConversionConfig, ConversionRule, LimitsConfig, WorkerConfig,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,6 +49,24 @@ pub struct DemoArgs {
 
 const PARTITIONS: i32 = 4;
 const CONFIRMATION_WINDOW: Duration = Duration::from_secs(3);
+/// The staged pump: this many requests to one number range, this far apart.
+const PUMP_REQUESTS: usize = 60;
+const PUMP_EVERY: Duration = Duration::from_millis(100);
+
+/// The conversion defence at demo speed: the production rule's shape (a range with enough
+/// judged requests and under a fifth of them entered is refused), judged 2 s after admission
+/// instead of 5 minutes, over 10 judged requests instead of 20.
+fn demo_conversion() -> ConversionConfig {
+    ConversionConfig {
+        per_range: Some(ConversionRule {
+            min_requests: 10,
+            floor: 0.2,
+        }),
+        window: Duration::from_secs(600),
+        grace: Duration::from_secs(2),
+        ..ConversionConfig::default()
+    }
+}
 
 /// One recipient of the mix: who they are and what the simulator will make of them.
 struct Persona {
@@ -199,6 +223,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         window: CONFIRMATION_WINDOW,
         ..ConfirmationConfig::default()
     });
+    config.conversion = demo_conversion();
+    // A range's count above the staged pump's size, so that what stops it is its conversion:
+    // a real pump spreads over hours to stay under the count, which a demo cannot wait for.
+    config.abuse.per_prefix = Some(otp_worker::WindowRule {
+        count: 100,
+        window: Duration::from_secs(600),
+    });
     let tracker = Tracker::start(&kafka, TrackerConfig::default(), hasher.clone());
     let whatsapp_limits = otp_channel_whatsapp::default_limits();
     // A short code's throughput: the demo would take minutes at a long code's 1/s.
@@ -246,6 +277,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &publisher,
     )
     .await?;
+    let pump = stage_pump(
+        &publisher,
+        &brokers,
+        &topics.delivery_status(),
+        args.timeout,
+    )
+    .await?;
     for w in workers {
         w.stop().await?;
     }
@@ -254,11 +292,94 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dead_letters = count_messages(&brokers, &topics.dead_letter())?;
     let stats = sim.stats();
     print_summary(&outcome, dead_letters, &stats);
+    pump.print();
     let missing = expected.len() - outcome.finals.len();
     if missing > 0 {
         anyhow::bail!("{missing} requests have no final status");
     }
-    Ok(())
+    pump.check()
+}
+
+/// What became of the staged pump's requests.
+#[derive(Debug, Default)]
+struct Pump {
+    sent: usize,
+    refused: usize,
+    other: usize,
+}
+
+impl Pump {
+    fn print(&self) {
+        println!(
+            "\nSMS pumping attack: {PUMP_REQUESTS} requests to one number range (+1555950xxxx), \
+             none entered"
+        );
+        println!(
+            "  sent before the range was refused {:>4}\n  refused (low_conversion)          {:>4}",
+            self.sent, self.refused
+        );
+        if self.other > 0 {
+            println!("  other endings                     {:>4}", self.other);
+        }
+        if self.refused > 0 {
+            println!("  attack stopped: the range converted under 20 % over 10 judged requests");
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let ended = self.sent + self.refused + self.other;
+        anyhow::ensure!(
+            ended == PUMP_REQUESTS,
+            "{} pumped requests have no final status",
+            PUMP_REQUESTS - ended
+        );
+        anyhow::ensure!(self.refused > 0, "the pumping attack was not stopped");
+        Ok(())
+    }
+}
+
+/// Publish the pump (SMS only, to one range, `PUMP_EVERY` apart, the app of the SMS-only
+/// users, whose login system reports outcomes) and follow its requests to their ends. Its
+/// codes are never entered, so nothing is reported for them.
+async fn stage_pump(
+    publisher: &CodeRequestPublisher,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Pump> {
+    let mut pace = tokio::time::interval(PUMP_EVERY);
+    let mut ids = HashSet::new();
+    for i in 0..PUMP_REQUESTS {
+        pace.tick().await;
+        let phone = format!("+1555950{:04}", 5000 + i);
+        let code = format!("{:06}", (i * 7_919 + 13) % 1_000_000);
+        let mut s = Submission::new(
+            phone,
+            code,
+            vec![Channel::Sms],
+            chrono::Duration::minutes(5),
+        );
+        s.app = Some("SMS-only".to_string());
+        ids.insert(publisher.publish(s).await?);
+    }
+    let follower = StatusFollower::new(brokers, topic)?;
+    let mut pump = Pump::default();
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + timeout;
+    while seen.len() < ids.len() && Instant::now() < deadline {
+        let polled = tokio::task::block_in_place(|| follower.next(Duration::from_millis(100)))?;
+        let Some(status) = polled else { continue };
+        let id = status["request_id"].as_str().unwrap_or_default();
+        if status["final"] != true || !ids.contains(id) || !seen.insert(id.to_string()) {
+            continue;
+        }
+        match (status["status"].as_str(), status["error"]["code"].as_str()) {
+            (Some("sent" | "delivered"), _) => pump.sent += 1,
+            (Some("failed"), Some("low_conversion")) => pump.refused += 1,
+            _ => pump.other += 1,
+        }
+    }
+    Ok(pump)
 }
 
 async fn publish_mix(

@@ -323,6 +323,17 @@ fn demo_delivers_every_request_to_a_final_status_on_the_embedded_broker() {
         stdout.contains("provider rate-limit violations   0"),
         "{stdout}"
     );
+    // The staged pump is refused once its range has 10 judged requests and none entered.
+    assert!(stdout.contains("attack stopped"), "{stdout}");
+    let sent: usize = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sent before the range was refused"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the pump's line");
+    assert!(
+        (10..=45).contains(&sent),
+        "{sent} pumped codes sent: {stdout}"
+    );
 }
 
 /// A worker TOML that sets only the sender rate keeps the provider's other limits: WhatsApp's
