@@ -27,6 +27,8 @@ pub struct Inputs<'a> {
     pub usage: &'a [(Role, Usage)],
     /// The simulator's receipt delay when the receipts path ran (`--receipts`).
     pub receipt_delay: Option<std::time::Duration>,
+    /// The login system's part, when it reported outcomes or staged a pump.
+    pub login: Option<super::login::LoginFigures>,
 }
 
 /// Percentiles of a run's latencies, as the simulator reports its own.
@@ -75,6 +77,8 @@ pub struct Report {
     pub workers: Vec<WorkerFigures>,
     /// The receipts path, when it ran (`--receipts`).
     pub receipts: Option<ReceiptFigures>,
+    /// Outcomes reported and the staged pump's endings (`--entered`, `--pump`).
+    pub login: Option<super::login::LoginFigures>,
 }
 
 /// CPU and memory of a receipts service, per unit of its work.
@@ -196,6 +200,7 @@ impl Report {
             receipts: i
                 .receipt_delay
                 .map(|delay| ReceiptFigures::compute(&i, delay)),
+            login: i.login.clone(),
         }
     }
 
@@ -203,6 +208,22 @@ impl Report {
         self.print_deliveries();
         if let Some(r) = &self.receipts {
             r.print_table();
+        }
+        if let Some(l) = &self.login {
+            println!(
+                "\nlogin system: users enter {} % of the codes that reach them; {} outcomes \
+                 reported ({} not, the queue full)",
+                l.entered_percent, l.outcomes_reported, l.outcomes_dropped
+            );
+            if l.pump_requests > 0 {
+                println!(
+                    "  pump: {} requests to one range, none entered",
+                    l.pump_requests
+                );
+                for (ending, n) in &l.pump_endings {
+                    println!("    {ending:<28} {n:>6}");
+                }
+            }
         }
     }
 

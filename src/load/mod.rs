@@ -14,9 +14,14 @@
 //! as without confirmation), and the workers run with delivery confirmation on. The run then
 //! also reports the ingress's answer times as the simulator saw them, the confirmation
 //! latency, and whether the tracker kept up with the accepted sends.
+//!
+//! Playing the login system ([`login`]), it can report a share of the delivered codes as
+//! entered (`--entered`, some seconds after they arrive) and stage an SMS pump to one number
+//! range (`--pump`); the report then shows the outcomes reported and how the pump ended.
 
 mod figures;
 mod fleet;
+pub(crate) mod login;
 mod plot;
 
 use crate::follow::StatusFollower;
@@ -24,6 +29,7 @@ use anyhow::Context;
 use chrono::Utc;
 use fleet::{FleetSpec, Role, ServiceProcess};
 use indicatif::{ProgressBar, ProgressStyle};
+use login::LoginSystem;
 use otp_events::{Channel, PhoneHasher, Submission};
 use otp_kafka::admin::create_topics;
 use otp_kafka::KafkaArgs;
@@ -108,6 +114,21 @@ pub struct LoadArgs {
     /// delivered (the confirmation latency includes it).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "receipts")]
     receipt_delay: Duration,
+    /// Percent of the codes that reach their users which the users enter: reported as signed
+    /// `verified` outcomes, as a login system reports them. 0 reports none.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    entered: u8,
+    /// How long after its final status a user enters a code.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    enter_after: Duration,
+    /// Stage an SMS pump: this many more requests (SMS only, spread over the run) to one
+    /// number range, whose codes nobody enters. Counted apart from `--requests`.
+    #[arg(long, default_value_t = 0)]
+    pump: usize,
+    /// The workers' conversion grace (`conversion.grace`): how old a request is before it is
+    /// judged. The shipped 5 minutes outlasts most runs; a pump is cut off only after it.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    conversion_grace: Duration,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -241,6 +262,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     )?);
     let observed = Arc::new(Mutex::new(Observed::default()));
     let sent = Arc::new(Mutex::new(HashMap::<String, Sent>::new()));
+    let (login, to_report) = LoginSystem::new(args.entered, args.enter_after, args.pump);
+    let reporter =
+        to_report.map(|rx| tokio::spawn(login::report(login.clone(), rx, publisher.clone())));
     let bar = progress(args.requests, args.json);
 
     let mut services = Vec::new();
@@ -253,6 +277,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         args.clone(),
         publisher.clone(),
         sent.clone(),
+        login.clone(),
         bar.clone(),
     )));
     if args.backlog {
@@ -273,8 +298,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
         let (brokers, topic) = (brokers.clone(), topics.delivery_status());
-        let (observed, done, requests) = (observed.clone(), done.clone(), args.requests);
-        std::thread::spawn(move || follow(&brokers, &topic, requests, &observed, &done))
+        let (observed, done, login) = (observed.clone(), done.clone(), login.clone());
+        let counts = (args.requests, args.pump);
+        std::thread::spawn(move || follow(&brokers, &topic, counts, &observed, &login, &done))
     };
     let limit = args.duration.unwrap_or(args.timeout);
     let mut timeline = Vec::new();
@@ -293,6 +319,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     }
     done.store(true, Ordering::SeqCst);
     follower.join().expect("follower thread")?;
+    // The last codes are entered `--enter-after` later, with the workers still reading.
+    login.close();
+    if let Some(reporter) = reporter {
+        let within = args.enter_after + Duration::from_secs(30);
+        match tokio::time::timeout(within, reporter).await {
+            Ok(reported) => reported??,
+            Err(_) => tracing::warn!("outcomes still unreported after {within:?}"),
+        }
+    }
     bar.finish_and_clear();
     let usage: Vec<(Role, fleet::Usage)> = services
         .iter()
@@ -324,6 +359,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         sim_stats: &sim.stats(),
         usage: &usage,
         receipt_delay: args.receipts.then_some(args.receipt_delay),
+        login: (args.entered > 0 || args.pump > 0).then(|| login.figures()),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -388,9 +424,11 @@ fn worker_toml(args: &LoadArgs, channel: Channel, rate: u32, burst: u32) -> Stri
         "max_in_flight = {}\n\
          [limits]\nsender_per_second = {rate}\nsender_burst = {burst}\n{recipient}\
          [abuse]\nper_phone = {{ count = 5, window = \"10m\" }}\n\
-         per_prefix = {{ count = {}, window = \"10m\" }}\n{confirmation}",
+         per_prefix = {{ count = {}, window = \"10m\" }}\n{confirmation}\
+         [conversion]\ngrace = \"{}\"\n",
         args.max_in_flight,
-        args.requests.max(20)
+        (args.requests + args.pump).max(20),
+        humantime::format_duration(args.conversion_grace)
     )
 }
 
@@ -401,8 +439,12 @@ async fn publish(
     args: LoadArgs,
     publisher: Arc<CodeRequestPublisher>,
     sent: Arc<Mutex<HashMap<String, Sent>>>,
+    login: Arc<LoginSystem>,
     bar: ProgressBar,
 ) -> anyhow::Result<()> {
+    // The pump's requests, spread evenly among the run's.
+    let pump_every = args.requests.checked_div(args.pump).unwrap_or(0).max(1);
+    let mut pumped = 0;
     // Enough acknowledgements outstanding to keep the producer's batches full.
     let window = Arc::new(Semaphore::new(2_000));
     let ttl = chrono::Duration::from_std(args.expires_in)?;
@@ -425,8 +467,19 @@ async fn publish(
             },
         );
         let publisher = publisher.clone();
+        let pump = (pumped < args.pump && i % pump_every == 0).then(|| {
+            pumped += 1;
+            let phone = login::pump_phone(pumped);
+            let pump = Submission::new(phone, "424242", vec![Channel::Sms], ttl);
+            let pump = pump.complete(Utc::now());
+            login.pumping(&pump.request_id);
+            pump
+        });
         tasks.spawn(async move {
             let _permit = permit;
+            if let Some(pump) = pump {
+                publisher.publish_request(&pump).await?;
+            }
             publisher.publish_request(&request).await
         });
         while let Some(done) = tasks.try_join_next() {
@@ -467,11 +520,13 @@ fn ordinary(i: usize) -> String {
     format!("+1555{:03}{:04}", (i / 6000) % 1000, 4000 + i % 6000)
 }
 
+/// Read statuses until the run's `requests` and the pump's requests (`counts`) are final.
 fn follow(
     brokers: &str,
     topic: &str,
-    requests: usize,
+    (requests, pump): (usize, usize),
     observed: &Mutex<Observed>,
+    login: &LoginSystem,
     done: &AtomicBool,
 ) -> anyhow::Result<()> {
     let follower = StatusFollower::new(brokers, topic)?;
@@ -492,6 +547,13 @@ fn follow(
         }
         if status["final"] == true {
             let id = str_of(&status, "request_id");
+            let code = status["error"]["code"].as_str();
+            if login.ended(&id, &str_of(&status, "status"), code) {
+                if o.finals.len() >= requests && login.pump_finished() >= pump {
+                    break;
+                }
+                continue;
+            }
             let at_ms = occurred_ms(&status);
             o.finals.insert(
                 id,
@@ -501,7 +563,7 @@ fn follow(
                     at_ms,
                 },
             );
-            if o.finals.len() >= requests {
+            if o.finals.len() >= requests && login.pump_finished() >= pump {
                 break;
             }
         }
