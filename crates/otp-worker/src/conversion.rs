@@ -13,11 +13,18 @@
 //! the configured channels with `low_conversion` (or only counted, in `dry_run`).
 //!
 //! Guards against blocking real users:
-//! - Only requests of apps that report outcomes count: an app whose verified outcome the
-//!   workers saw within the window. A login system that reports nothing is never judged.
-//! - Requests admitted before this worker began to read outcomes are not judged (their
-//!   outcomes may have gone by): a restarted worker learns afresh.
-//! - An allow-list of ranges and countries, and `dry_run`.
+//! - A request counts only if its app reported a verified outcome (any of its requests')
+//!   after the request was admitted and before it was judged. A login system that reports
+//!   nothing adds nothing to the counts, and neither does one whose reports stop (a stalled
+//!   publisher, a lagging reader): its newer requests go unjudged, not unconverted. The rule
+//!   refuses by range, though: a range that other apps' requests show pumped is refused for
+//!   every app's users.
+//! - A verified outcome read before its request's admission (the fleet's admissions may lag)
+//!   is held for `grace` and applied when the admission comes.
+//! - Requests admitted before this worker began to read outcomes are not judged, nor kept
+//!   (their outcomes may have gone by): a restarted worker learns afresh.
+//! - An allow-list of ranges and countries, and `dry_run` (whose would-be refusals are
+//!   admitted, so they add volume that enforcement would not: its counts are an upper bound).
 //!
 //! A refused request is not admitted, so it adds nothing to the range's volume: once the
 //! judged requests leave the window, the range is open again until it has `min_requests`
@@ -39,8 +46,12 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Requests remembered at most (about 100 bytes each).
+/// Requests remembered at most: about 90 bytes each (the map entry and its place in the
+/// time order), some 90 MB at the bound. A fleet admitting more than this per `window` (280 a
+/// second for an hour) shortens the window in effect: the oldest are forgotten first.
 pub const MAX_REQUESTS: usize = 1_000_000;
+/// Verified outcomes held for requests not known yet, at most.
+const MAX_EARLY: usize = 100_000;
 /// Apps remembered as reporting outcomes, at most.
 pub const MAX_APPS: usize = 10_000;
 /// Judged sends held for the routes between two ticks, at most.
@@ -85,8 +96,8 @@ pub struct ConversionConfig {
     /// pumped ones, so it suits a country the service does not expect traffic from).
     #[serde(default)]
     pub per_country: Option<ConversionRule>,
-    /// How long a request counts (default 1 h; at most the retention of
-    /// `otp.abuse-admissions`, which every worker reads back at its start).
+    /// How long a request counts (default 1 h). A started worker judges only what is
+    /// admitted after it began to read outcomes, so it has a full window an hour later.
     #[serde(default = "default_window", with = "humantime_serde")]
     pub window: Duration,
     /// How old a request is before it is judged: the time a person takes to enter a code
@@ -232,11 +243,22 @@ impl Counts {
     }
 }
 
+/// ISO 3166-1 alpha-2, in two bytes: a request is held by every worker, so it is kept small.
+type Country = [u8; 2];
+
+fn country_code(country: &str) -> Option<Country> {
+    <Country>::try_from(country.as_bytes()).ok()
+}
+
+fn country_str(country: &Country) -> &str {
+    std::str::from_utf8(country).unwrap_or("??")
+}
+
 struct Request {
     at: Instant,
     app: u64,
     range: u64,
-    country: Option<String>,
+    country: Option<Country>,
     verified: bool,
     /// Judged and in the counts (false until `grace` old, and for a request that is not
     /// judged at all).
@@ -251,13 +273,18 @@ struct State {
     order: VecDeque<(Instant, u64)>,
     judged: usize,
     ranges: HashMap<u64, Counts>,
-    countries: HashMap<String, Counts>,
+    countries: HashMap<Country, Counts>,
     /// Apps that reported a verified outcome, and when last.
     reporting: HashMap<u64, Instant>,
+    /// Verified outcomes read before their request's admission (another worker's admission
+    /// comes through the fleet's topic, which may lag): by request key, its app and when read;
+    /// applied when the admission comes. At most [`MAX_EARLY`], none older than `grace`.
+    early: HashMap<u64, (u64, Instant)>,
+    early_order: VecDeque<(Instant, u64)>,
     /// Countries whose conversion series are exported (at zero from their first request on,
     /// so that a dashboard and an alert see them before anything is judged). At most the
     /// numbering plan's countries.
-    exported: std::collections::HashSet<String>,
+    exported: std::collections::HashSet<Country>,
     /// Requests admitted before this are not judged (see the module doc).
     listening_since: Option<Instant>,
     judged_sends: Vec<Judged>,
@@ -307,6 +334,8 @@ impl Conversion {
                 ranges: HashMap::new(),
                 countries: HashMap::new(),
                 reporting: HashMap::new(),
+                early: HashMap::new(),
+                early_order: VecDeque::new(),
                 exported: std::collections::HashSet::new(),
                 listening_since: None,
                 judged_sends: Vec::new(),
@@ -343,6 +372,7 @@ impl Conversion {
         }
         let mut state = self.lock();
         self.advance(&mut state, now);
+        let country = about.country.and_then(country_code);
         let range = self.config.per_range.and_then(|rule| {
             let h = self.hasher.hash_one(about.range);
             state
@@ -355,7 +385,7 @@ impl Conversion {
             let rule = self.config.per_country?;
             state
                 .countries
-                .get(about.country?)
+                .get(&country?)
                 .is_some_and(|c| c.below(&rule))
                 .then_some(Scope::Country)
         })?;
@@ -374,34 +404,42 @@ impl Conversion {
             return;
         }
         let key = self.hasher.hash_one(about.request);
+        let country = about.country.and_then(country_code);
         let mut state = self.lock();
-        if let Some(country) = about.country {
-            if !state.exported.contains(country) {
-                metrics::counter!("otp_conversion_judged_total", "country" => country.to_string())
+        if let Some(country) = country {
+            if state.exported.insert(country) {
+                let label = country_str(&country).to_string();
+                metrics::counter!("otp_conversion_judged_total", "country" => label.clone())
                     .increment(0);
-                metrics::counter!("otp_conversion_verified_total", "country" => country.to_string())
-                    .increment(0);
-                state.exported.insert(country.to_string());
+                metrics::counter!("otp_conversion_verified_total", "country" => label).increment(0);
             }
+        }
+        // Admitted before this worker read outcomes (read back from the fleet's topic at its
+        // start): never judged, so not kept.
+        if state.listening_since.is_none_or(|since| at < since) {
+            return;
         }
         if state.requests.contains_key(&key) {
             return; // one request, counted once (a fallback, a batch read twice)
         }
         while state.requests.len() >= self.max_requests {
-            let Some((_, oldest)) = state.order.front().copied() else {
-                break;
-            };
             metrics::counter!("otp_conversion_requests_evicted_total").increment(1);
-            self.forget_oldest(&mut state, oldest);
+            self.forget_oldest(&mut state);
         }
+        let app = self.hasher.hash_one(about.app.unwrap_or(""));
+        // Its user may have entered the code before its admission reached this worker.
+        let verified = state
+            .early
+            .remove(&key)
+            .is_some_and(|(early_app, _)| early_app == app);
         state.requests.insert(
             key,
             Request {
                 at,
-                app: self.hasher.hash_one(about.app.unwrap_or("")),
+                app,
                 range: self.hasher.hash_one(about.range),
-                country: about.country.map(str::to_owned),
-                verified: false,
+                country,
+                verified,
                 counted: false,
                 provider: None,
             },
@@ -441,6 +479,7 @@ impl Conversion {
             state.reporting.insert(app, now);
         }
         let Some(r) = state.requests.get_mut(&key) else {
+            self.keep_early(&mut state, key, app, now);
             return false;
         };
         if r.app != app {
@@ -451,7 +490,7 @@ impl Conversion {
         }
         r.verified = true;
         if r.counted {
-            let (range, country) = (r.range, r.country.clone());
+            let (range, country) = (r.range, r.country);
             if let Some(c) = state.ranges.get_mut(&range) {
                 c.verified += 1;
             }
@@ -459,11 +498,28 @@ impl Conversion {
                 if let Some(c) = state.countries.get_mut(&country) {
                     c.verified += 1;
                 }
-                metrics::counter!("otp_conversion_verified_total", "country" => country)
-                    .increment(1);
+                let label = country_str(&country).to_string();
+                metrics::counter!("otp_conversion_verified_total", "country" => label).increment(1);
             }
         }
         true
+    }
+
+    /// Keep a verified outcome whose request is not known yet, for `grace` (its admission
+    /// may come later through the fleet's topic); the oldest go first past [`MAX_EARLY`].
+    fn keep_early(&self, state: &mut State, key: u64, app: u64, now: Instant) {
+        while let Some(&(at, old)) = state.early_order.front() {
+            let full = state.early.len() >= MAX_EARLY;
+            if !full && now.saturating_duration_since(at) < self.config.grace {
+                break;
+            }
+            state.early_order.pop_front();
+            if state.early.get(&old).is_some_and(|(_, t)| *t == at) {
+                state.early.remove(&old);
+            }
+        }
+        state.early.insert(key, (app, now));
+        state.early_order.push_back((now, key));
     }
 
     /// Judge what reached `grace`, forget what left the window; the worker's own judged sends
@@ -476,11 +532,11 @@ impl Conversion {
 
     fn advance(&self, state: &mut State, now: Instant) {
         // Forget what left the window.
-        while let Some(&(at, key)) = state.order.front() {
+        while let Some(&(at, _)) = state.order.front() {
             if now.saturating_duration_since(at) < self.config.window {
                 break;
             }
-            self.forget_oldest(state, key);
+            self.forget_oldest(state);
         }
         // Judge what is `grace` old.
         while let Some(&(at, key)) = state.order.get(state.judged) {
@@ -492,10 +548,10 @@ impl Conversion {
         }
     }
 
-    /// Judge `key` at `now`: into the counts, if its app reports outcomes and this worker was
-    /// reading them when it was admitted.
+    /// Judge `key` at `now`: into the counts, if its app reported an outcome since the
+    /// request was admitted. (An app that stopped reporting, or a stalled outcome feed, makes
+    /// its newer requests unjudged rather than unconverted.)
     fn judge(&self, state: &mut State, key: u64, now: Instant) {
-        let listening_since = state.listening_since;
         let State {
             requests,
             reporting,
@@ -504,35 +560,27 @@ impl Conversion {
         let Some(r) = requests.get_mut(&key) else {
             return;
         };
-        let reports = reporting
-            .get(&r.app)
-            .is_some_and(|last| now.saturating_duration_since(*last) < self.config.window);
-        let heard = listening_since.is_some_and(|since| r.at >= since);
-        if !(reports && heard) {
+        if !reporting.get(&r.app).is_some_and(|last| *last >= r.at) {
             return;
         }
         r.counted = true;
         let (range, country, verified, provider, r_at) =
-            (r.range, r.country.clone(), r.verified, r.provider, r.at);
+            (r.range, r.country, r.verified, r.provider, r.at);
         state.ranges.entry(range).or_default().add(verified);
-        if let Some(country) = &country {
-            state
-                .countries
-                .entry(country.clone())
-                .or_default()
-                .add(verified);
-            metrics::counter!("otp_conversion_judged_total", "country" => country.clone())
+        if let Some(country) = country {
+            state.countries.entry(country).or_default().add(verified);
+            let label = country_str(&country).to_string();
+            metrics::counter!("otp_conversion_judged_total", "country" => label.clone())
                 .increment(1);
             if verified {
-                metrics::counter!("otp_conversion_verified_total", "country" => country.clone())
-                    .increment(1);
+                metrics::counter!("otp_conversion_verified_total", "country" => label).increment(1);
             }
         }
         if let (Some(provider), Some(country)) = (provider, country) {
             if state.judged_sends.len() < MAX_JUDGED_SENDS {
                 state.judged_sends.push(Judged {
                     provider,
-                    country,
+                    country: country_str(&country).to_string(),
                     verified,
                     at: (r_at + self.config.grace).min(now),
                 });
@@ -540,13 +588,13 @@ impl Conversion {
         }
     }
 
-    /// Forget the oldest request (`key`, at the front of the order), taking it out of the
-    /// counts.
-    fn forget_oldest(&self, state: &mut State, key: u64) {
-        state.order.pop_front();
-        if state.judged > 0 {
-            state.judged -= 1;
-        }
+    /// Forget the oldest request (at the front of the order), taking it out of the counts.
+    fn forget_oldest(&self, state: &mut State) {
+        let Some((_, key)) = state.order.pop_front() else {
+            return;
+        };
+        // The judged ones are the oldest: the front was judged if any was.
+        state.judged = state.judged.saturating_sub(1);
         let Some(r) = state.requests.remove(&key) else {
             return;
         };

@@ -154,7 +154,11 @@ impl FleetCounts {
                         country: a.country.clone(),
                         premium: false,
                     };
-                    let at = now.checked_sub(age).unwrap_or(now);
+                    // Older than this process's clock can tell (a host up for less than
+                    // the lookback): it would be counted as made now.
+                    let Some(at) = now.checked_sub(age) else {
+                        continue;
+                    };
                     count(&subject, a.request.as_deref(), at);
                     counted += 1;
                 }

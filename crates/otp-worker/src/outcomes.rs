@@ -111,6 +111,7 @@ mod tests {
     #[test]
     fn only_a_verified_outcome_signed_for_its_app_counts() {
         let conversion = Conversion::new(&ConversionConfig::default(), Channel::Sms, vec![]);
+        conversion.listening(Instant::now());
         let about = About {
             request: "shop/r1",
             app: Some("shop"),

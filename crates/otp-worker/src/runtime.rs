@@ -154,7 +154,8 @@ pub async fn run<C: ChannelClient>(
     };
     let stop_signals = AbortOnDrop(Some(signals));
     // The rest of the fleet's abuse admissions of the last window join this worker's
-    // counts, and its conversion counts; stopped when the worker stops.
+    // counts, and (those made once it reads outcomes) its conversion counts; stopped when
+    // the worker stops.
     let converting = config.conversion.mode != ConversionMode::Off;
     let lookback = match (pipeline.guards.limiter.abuse_lookback(), converting) {
         (abuse, true) => Some(abuse.unwrap_or_default().max(config.conversion.window)),

@@ -192,7 +192,7 @@ fn the_oldest_requests_are_forgotten_past_the_bound_and_leave_the_counts() {
     assert!(c.refuses(&about("shop/x", "old"), t0 + 61 * S).is_some());
     traffic(&c, "new", 5, 5, t0 + 62 * S);
     assert_eq!(c.lock().requests.len(), 15);
-    // Two of "old" were forgotten: 8 judged, below the volume.
+    // One of "old" was forgotten: 9 judged, below the volume.
     assert_eq!(c.refuses(&about("shop/x", "old"), t0 + 63 * S), None);
 }
 
@@ -224,6 +224,44 @@ fn the_workers_own_sends_are_handed_to_the_routes_when_judged() {
             },
         ]
     );
+}
+
+#[test]
+fn an_outcome_read_before_its_admission_counts_when_the_admission_comes() {
+    let t0 = Instant::now();
+    let c = Conversion::new(&config(), Channel::Sms, vec![]);
+    c.listening(t0);
+    // Read before the fleet's admission: unmatched now, applied later.
+    assert!(!c.verified("shop/r-0", Some("shop"), t0 + S));
+    traffic(&c, "r", 10, 0, t0);
+    traffic(&c, "other", 1, 1, t0 + 2 * S);
+    c.tick(t0 + 61 * S);
+    let counts = c.lock().ranges.values().copied().collect::<Vec<_>>();
+    assert!(
+        counts.contains(&Counts {
+            judged: 10,
+            verified: 1
+        }),
+        "{counts:?}"
+    );
+    // Another app's outcome of that key is not applied.
+    let c = Conversion::new(&config(), Channel::Sms, vec![]);
+    c.listening(t0);
+    assert!(!c.verified("shop/x", Some("bank"), t0 + S));
+    c.admitted(&about("shop/x", "r"), t0);
+    assert!(!c.lock().requests.values().any(|r| r.verified));
+}
+
+#[test]
+fn requests_after_an_apps_last_report_are_not_judged() {
+    let t0 = Instant::now();
+    let c = Conversion::new(&config(), Channel::Sms, vec![]);
+    c.listening(t0);
+    traffic(&c, "early", 1, 1, t0);
+    // The login system stops reporting; 20 more requests to one range are never entered.
+    traffic(&c, "r", 20, 0, t0 + 2 * S);
+    assert_eq!(c.refuses(&about("shop/x", "r"), t0 + 120 * S), None);
+    assert_eq!(c.lock().ranges.values().map(|c| c.judged).sum::<u32>(), 1);
 }
 
 #[test]
