@@ -339,46 +339,91 @@ impl Pump {
 }
 
 /// Publish the pump (SMS only, to one range, `PUMP_EVERY` apart, the app of the SMS-only
-/// users, whose login system reports outcomes) and follow its requests to their ends. Its
-/// codes are never entered, so nothing is reported for them.
+/// users) with a real SMS-only user of that app every fifth request, and follow them all to
+/// their ends. Playing the login system, it reports the real users' codes entered as they
+/// arrive (the defence counts a request only once its app has reported after it); the
+/// pump's codes are never entered.
 async fn stage_pump(
     publisher: &CodeRequestPublisher,
     brokers: &str,
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Pump> {
-    let mut pace = tokio::time::interval(PUMP_EVERY);
-    let mut ids = HashSet::new();
-    for i in 0..PUMP_REQUESTS {
-        pace.tick().await;
-        let phone = format!("+1555950{:04}", 5000 + i);
-        let code = format!("{:06}", (i * 7_919 + 13) % 1_000_000);
-        let mut s = Submission::new(
-            phone,
-            code,
-            vec![Channel::Sms],
-            chrono::Duration::minutes(5),
-        );
-        s.app = Some("SMS-only".to_string());
-        ids.insert(publisher.publish(s).await?);
-    }
+    let (ids_tx, mut ids_rx) = tokio::sync::mpsc::channel::<(String, bool)>(PUMP_REQUESTS * 2);
+    let publishing = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(PUMP_EVERY);
+            for i in 0..PUMP_REQUESTS {
+                pace.tick().await;
+                let pumped = format!("+1555950{:04}", 5000 + i);
+                let mut requests = vec![(pumped, true)];
+                if i % 5 == 0 {
+                    requests.push((format!("+1555960{:04}", 5000 + i), false));
+                }
+                for (phone, pump) in requests {
+                    let code = format!("{:06}", (i * 7_919 + 13) % 1_000_000);
+                    let ttl = chrono::Duration::minutes(5);
+                    let mut s = Submission::new(phone, code, vec![Channel::Sms], ttl);
+                    s.app = Some("SMS-only".to_string());
+                    let id = publisher.publish(s).await?;
+                    let _ = ids_tx.send((id, pump)).await;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
     let follower = StatusFollower::new(brokers, topic)?;
+    let (mut pumped, mut users) = (HashSet::new(), HashSet::new());
     let mut pump = Pump::default();
-    let mut seen = HashSet::new();
+    // Final statuses by request_id, until their request is known to be this phase's (an id
+    // comes through the channel after its publish returns; its status may come first).
+    let mut finals: HashMap<String, Value> = HashMap::new();
+    let mut ended = 0;
     let deadline = Instant::now() + timeout;
-    while seen.len() < ids.len() && Instant::now() < deadline {
-        let polled = tokio::task::block_in_place(|| follower.next(Duration::from_millis(100)))?;
-        let Some(status) = polled else { continue };
-        let id = status["request_id"].as_str().unwrap_or_default();
-        if status["final"] != true || !ids.contains(id) || !seen.insert(id.to_string()) {
-            continue;
+    while (!publishing.is_finished() || ended < pumped.len() + users.len())
+        && Instant::now() < deadline
+    {
+        let mut known = Vec::new();
+        while let Ok((id, is_pump)) = ids_rx.try_recv() {
+            if is_pump { &mut pumped } else { &mut users }.insert(id.clone());
+            known.push(id);
         }
-        match (status["status"].as_str(), status["error"]["code"].as_str()) {
-            (Some("sent" | "delivered"), _) => pump.sent += 1,
-            (Some("failed"), Some("low_conversion")) => pump.refused += 1,
-            _ => pump.other += 1,
+        let polled = tokio::task::block_in_place(|| follower.next(Duration::from_millis(50)))?;
+        if let Some(status) = polled.filter(|s| s["final"] == true) {
+            let id = status["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            known.push(id.clone());
+            finals.entry(id).or_insert(status);
+        }
+        for id in known {
+            let Some(status) = finals.get(&id) else {
+                continue;
+            };
+            if users.contains(&id) {
+                if matches!(status["status"].as_str(), Some("sent" | "delivered")) {
+                    use otp_events::{OutcomeKind, VerificationOutcome};
+                    let mut entered =
+                        VerificationOutcome::new(&id, OutcomeKind::Verified, Utc::now());
+                    entered.app = Some("SMS-only".to_string());
+                    publisher.publish_outcome(&entered).await?;
+                }
+            } else if pumped.contains(&id) {
+                match (status["status"].as_str(), status["error"]["code"].as_str()) {
+                    (Some("sent" | "delivered"), _) => pump.sent += 1,
+                    (Some("failed"), Some("low_conversion")) => pump.refused += 1,
+                    _ => pump.other += 1,
+                }
+            } else {
+                continue; // not this phase's, or not known yet
+            }
+            ended += 1;
+            finals.remove(&id);
         }
     }
+    publishing.await??;
     Ok(pump)
 }
 
