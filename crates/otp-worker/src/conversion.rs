@@ -560,7 +560,7 @@ impl Conversion {
         let Some(r) = requests.get_mut(&key) else {
             return;
         };
-        if !reporting.get(&r.app).is_some_and(|last| *last >= r.at) {
+        if reporting.get(&r.app).is_none_or(|last| *last < r.at) {
             return;
         }
         r.counted = true;
