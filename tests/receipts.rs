@@ -239,6 +239,13 @@ async fn a_silent_whatsapp_user_gets_the_code_by_sms_after_the_window() {
 /// them all, as Prometheus would across the services it scrapes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_on_a_live_metrics_endpoint() {
+    // Served by the HTTP ingress, which this pipeline does not run (its test renders them:
+    // crates/otp-producer/tests/ingress_auth.rs), and a series per provider code that appears
+    // when a code not in the tables is first met.
+    const NOT_HERE: [&str; 2] = [
+        "otp_ingress_requests_total",
+        "otp_unknown_provider_codes_total",
+    ];
     let l = start(|_| {}).await;
     let listen = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -274,7 +281,7 @@ async fn every_metric_the_dashboard_queries_is_on_a_live_metrics_endpoint() {
             .collect();
         let missing: Vec<&String> = wanted
             .iter()
-            .filter(|n| !live.contains(n.as_str()))
+            .filter(|n| !live.contains(n.as_str()) && !NOT_HERE.contains(&n.as_str()))
             .collect();
         if missing.is_empty() {
             break;

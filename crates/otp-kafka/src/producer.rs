@@ -198,6 +198,7 @@ fn serve(
     let me: *mut Thread = Box::into_raw(Box::new(std::thread::current()));
     unsafe { rd::rd_kafka_queue_cb_event_enable(queue, Some(wake), me.cast::<c_void>()) };
     let _ = serving.send(());
+    metrics::counter!("otp_kafka_delivery_panics_total").increment(0);
     loop {
         let mut served = 0;
         while served < MAX_RUN && unsafe { rd::rd_kafka_queue_length(queue) } > 0 {

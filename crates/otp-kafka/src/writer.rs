@@ -138,13 +138,25 @@ impl KafkaWriter {
         let key = &status.request_id;
         self.keyed_with("status", &topic, key, Some(&payload), schema, &headers)
             .await;
+        let provider = status.provider.map_or("none", |p| p.as_str());
         metrics::counter!(
             "otp_statuses_total",
             "channel" => status.channel.as_str(),
-            "provider" => status.provider.map_or("none", |p| p.as_str()),
+            "provider" => provider,
             "status" => status.status.as_str()
         )
         .increment(1);
+        // Every final status, the worker's and the tracker's (a confirmed `delivered`, a
+        // fallback's end): the outcome users feel, and how long it took.
+        if status.is_final {
+            metrics::histogram!(
+                "otp_delivery_latency_seconds",
+                "channel" => status.channel.as_str(),
+                "provider" => provider,
+                "status" => status.status.as_str()
+            )
+            .record(status.latency_ms.unwrap_or(0) as f64 / 1000.0);
+        }
     }
 
     /// Write (or overwrite: the topic is compacted) a send's pending confirmation.

@@ -27,6 +27,8 @@ async fn serve(t: &TestTopics, apps: Apps) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
+    // The recorder `/metrics` renders, installed before the first call.
+    let prometheus = otp_kafka::observe::prometheus();
     let t = TestTopics::create(shared_broker(), 1).await;
     let (key, entry) = new_key("login-web");
     let (disabled_key, disabled_entry) = new_key("old-app");
@@ -90,6 +92,23 @@ async fn only_a_valid_key_within_its_quota_publishes_and_the_app_is_the_keys() {
         1,
         "nothing else was published"
     );
+    // What ops see of it (the dashboard's ingress panel, OtpIngressUnavailable's ratio).
+    let text = prometheus.render();
+    for outcome in [
+        "accepted",
+        "invalid",
+        "unauthenticated",
+        "disabled",
+        "over_quota",
+    ] {
+        let series = format!("otp_ingress_requests_total{{outcome=\"{outcome}\"}}");
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"));
+        assert!(n >= 1.0, "{series} {n}");
+    }
 }
 
 /// An ingress that could not seal one of its apps' requests refuses to start, naming the app,

@@ -58,7 +58,7 @@ impl ReceiptsCommand {
                 if let Some(listen) = args.metrics_listen {
                     otp_kafka::observe::prometheus();
                     tokio::spawn(async move {
-                        if let Err(e) = otp_kafka::observe::serve(listen, || true).await {
+                        if let Err(e) = otp_kafka::observe::serve(listen, || true, || true).await {
                             tracing::error!(error = %e, "metrics listener failed");
                         }
                     });

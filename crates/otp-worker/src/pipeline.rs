@@ -464,26 +464,17 @@ impl<C: ChannelClient> Pipeline<C> {
         status
     }
 
-    /// Write a status about a request, with its log line and its latency when final.
+    /// Write a status about a request, with its log line.
     async fn write_status(&self, status: DeliveryStatus) {
         self.log_status(&status);
         self.writer.status(&status).await;
         tracing::debug!(request_id = %status.request_id, "status acknowledged");
     }
 
-    /// A status's log line, and its latency when final.
+    /// A status's log line (its latency, when final, is recorded where it is written).
     fn log_status(&self, status: &DeliveryStatus) {
         let channel = self.client.channel().as_str();
         let provider = status.provider.map_or("none", |p| p.as_str());
-        if status.is_final {
-            metrics::histogram!(
-                "otp_delivery_latency_seconds",
-                "channel" => channel,
-                "provider" => provider,
-                "status" => status.status.as_str()
-            )
-            .record(status.latency_ms.unwrap_or(0) as f64 / 1000.0);
-        }
         tracing::info!(
             request_id = %status.request_id,
             channel,

@@ -207,6 +207,9 @@ pub async fn run<C: ChannelClient>(
     let topic = kafka.topics().requests(channel);
     metrics::counter!("otp_fallback_unproven_total", "channel" => channel.as_str()).increment(0);
     metrics::counter!("otp_commit_errors_total").increment(0);
+    for reached in [Reached::Nothing, Reached::SendStarted, Reached::Ended] {
+        metrics::counter!("otp_handling_panics_total", "after" => reached.as_str()).increment(0);
+    }
     otp_kafka::records::register_refusals();
     let settings = GroupSettings {
         group_id: config

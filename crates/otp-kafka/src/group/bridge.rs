@@ -196,11 +196,13 @@ pub fn poll_loop(
     events: mpsc::UnboundedSender<ConsumerEvent>,
     in_flight: InFlight,
     stop: Arc<AtomicBool>,
+    heartbeat: crate::observe::Heartbeat,
 ) {
     let mut paused = false;
     let mut place: Option<Permit> = None;
     let holds = consumer.context().holds();
     while !stop.load(Ordering::SeqCst) {
+        heartbeat.beat();
         // Released by the member: fetched again now, or with the rest once back-pressure ends.
         let released = holds.take_released();
         if !released.is_empty() && !paused {
@@ -234,7 +236,9 @@ pub fn poll_loop(
             Some(Ok(message)) => {
                 // A partition assigned since the last pause can deliver while we hold no place:
                 // the message waits for one.
-                let Some(permit) = place.take().or_else(|| wait_for_place(&in_flight, &stop))
+                let Some(permit) = place
+                    .take()
+                    .or_else(|| wait_for_place(&in_flight, &stop, &heartbeat))
                 else {
                     break;
                 };
@@ -254,8 +258,14 @@ pub fn poll_loop(
 }
 
 /// A place under the bound, or `None` once `stop` is set.
-fn wait_for_place(in_flight: &InFlight, stop: &AtomicBool) -> Option<Permit> {
+fn wait_for_place(
+    in_flight: &InFlight,
+    stop: &AtomicBool,
+    heartbeat: &crate::observe::Heartbeat,
+) -> Option<Permit> {
     while !stop.load(Ordering::SeqCst) {
+        // Waiting for a place is back-pressure, not a stuck loop.
+        heartbeat.beat();
         if let Some(permit) = in_flight.acquire(Duration::from_millis(100)) {
             return Some(permit);
         }

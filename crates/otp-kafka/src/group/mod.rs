@@ -32,6 +32,7 @@ pub use in_flight::{InFlight, Permit};
 pub use ledger::{Generation, OffsetLedger};
 pub use letting_go::LettingGo;
 
+use crate::observe::Heartbeat;
 use crate::KafkaArgs;
 use anyhow::Context;
 use bridge::{ConsumerEvent, RebalanceBridge};
@@ -252,11 +253,18 @@ pub async fn run<M: GroupMember>(
         ready.clone(),
         watching,
     ));
+    // Liveness: the poll thread beats on every turn (at most every 100 ms, paused or not,
+    // whatever the broker does); `/healthz` fails when it stops, so that the orchestrator
+    // restarts a worker whose poll is wedged. Not this loop: it may rightly wait on Kafka for
+    // minutes in an outage, when a restart would only lose what is in flight.
+    let polling = Heartbeat::default();
     if let Some(listen) = settings.metrics_listen {
         let ready = ready.clone();
+        let beating = polling.clone();
         tokio::spawn(async move {
             let ready = move || ready.load(Ordering::SeqCst);
-            if let Err(e) = crate::observe::serve(listen, ready).await {
+            let live = move || beating.alive();
+            if let Err(e) = crate::observe::serve(listen, ready, live).await {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");
             }
         });
@@ -268,7 +276,7 @@ pub async fn run<M: GroupMember>(
         let (consumer, in_flight, stop) = (consumer.clone(), in_flight.clone(), stop.clone());
         std::thread::Builder::new()
             .name(settings.name.clone())
-            .spawn(move || bridge::poll_loop(consumer, events_tx, in_flight, stop))?
+            .spawn(move || bridge::poll_loop(consumer, events_tx, in_flight, stop, polling))?
     };
 
     let mut commit_tick = tokio::time::interval(settings.commit_interval);

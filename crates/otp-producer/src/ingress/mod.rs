@@ -130,7 +130,7 @@ pub async fn serve(
             metrics::counter!("otp_ingress_outcomes_total", "outcome" => outcome).increment(0);
         }
         tokio::spawn(async move {
-            if let Err(e) = otp_kafka::observe::serve(listen, || true).await {
+            if let Err(e) = otp_kafka::observe::serve(listen, || true, || true).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });

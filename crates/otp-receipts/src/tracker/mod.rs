@@ -79,6 +79,10 @@ pub async fn run(
     metrics::gauge!("otp_tracker_partitions_unopenable").set(0.0);
     metrics::counter!("otp_tracker_left_to_new_owner_total").increment(0);
     metrics::counter!("otp_tracker_write_panics_total").increment(0);
+    for channel in [otp_events::Channel::Whatsapp, otp_events::Channel::Sms] {
+        metrics::counter!("otp_receipts_unmatched_total", "channel" => channel.as_str())
+            .increment(0);
+    }
     metrics::counter!("otp_tracker_receipts_deferred_total").increment(0);
     for reason in ["receipt_timeout", "receipt_failed"] {
         metrics::counter!("otp_confirmation_fallbacks_total", "reason" => reason).increment(0);
