@@ -179,6 +179,55 @@ fn the_alert_rules_name_only_metrics_the_code_exports() {
     assert!(count > 0, "alerts.yml has no rules");
 }
 
+/// GitHub's anchor of a heading: lower case, spaces to `-`, other punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_a_runbook_section_that_exists() {
+    let runbook = std::fs::read_to_string(Path::new(ROOT).join("docs/operations.md"))
+        .expect("read docs/operations.md");
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("### ")))
+        .map(anchor)
+        .collect();
+    assert!(
+        anchors.contains("an-sms-provider-down-or-refusing-a-country"),
+        "{anchors:?}"
+    );
+    let rules = yaml_file("deploy/prometheus/alerts.yml");
+    for group in seq(&rules["groups"]) {
+        for rule in seq(&group["rules"]) {
+            let name = rule["alert"].as_str().expect("an alert's name");
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            let section = url.strip_prefix("docs/operations.md#").unwrap_or_else(|| {
+                panic!("{name}: runbook_url {url} is not docs/operations.md#...")
+            });
+            assert!(
+                anchors.contains(section),
+                "{name}: docs/operations.md has no section #{section}"
+            );
+            assert!(
+                runbook.contains(&format!("`{name}`")),
+                "{name} is not named in its runbook"
+            );
+        }
+    }
+}
+
 #[test]
 fn prometheus_loads_the_alert_rules() {
     let config = yaml_file("deploy/prometheus/prometheus.yml");
@@ -240,18 +289,21 @@ fn kubernetes_documents() -> Vec<(PathBuf, Value)> {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no manifests under deploy/kubernetes");
-    let mut documents = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("read a manifest");
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value = Value::deserialize(document)
-                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()));
-            if !value.is_null() {
-                documents.push((file.clone(), value));
-            }
-        }
-    }
-    documents
+    files.iter().flat_map(|f| documents_of(f)).collect()
+}
+
+/// Every document of one YAML file, with its file.
+fn documents_of(file: &Path) -> Vec<(PathBuf, Value)> {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| {
+            Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()))
+        })
+        .filter(|value| !value.is_null())
+        .map(|value| (file.to_path_buf(), value))
+        .collect()
 }
 
 fn kind(doc: &Value) -> &str {
@@ -419,13 +471,13 @@ fn each_worker_kind_drains_reports_readiness_and_scales_on_the_codes_names() {
         let (deployment, container) = docs
             .iter()
             .map(|(_, d)| d)
-            .filter(|d| kind(d) == "Deployment")
+            .filter(|d| kind(d) == "StatefulSet")
             .find_map(|d| {
                 containers(d)
                     .find(|c| command_line(c).first().map(String::as_str) == Some(binary))
                     .map(|c| (d, c))
             })
-            .unwrap_or_else(|| panic!("no Deployment runs {binary}"));
+            .unwrap_or_else(|| panic!("no StatefulSet runs {binary}"));
         let deployment_name = name(deployment);
         let pod = &deployment["spec"]["template"];
 
@@ -464,14 +516,45 @@ fn each_worker_kind_drains_reports_readiness_and_scales_on_the_codes_names() {
         let brokers = setting(&docs, container, "--brokers", "OTP_KAFKA_BROKERS")
             .unwrap_or_else(|| panic!("{deployment_name}: no brokers"));
 
-        let scaled = docs
-            .iter()
-            .map(|(_, d)| d)
-            .find(|d| {
-                kind(d) == "ScaledObject"
-                    && d["spec"]["scaleTargetRef"]["name"].as_str() == Some(deployment_name)
-            })
-            .unwrap_or_else(|| panic!("no ScaledObject scales {deployment_name}"));
+        // Static membership: the pod's stable name is the group instance id.
+        let instance = seq(&container["env"])
+            .find(|e| e["name"].as_str() == Some("OTP_GROUP_INSTANCE_ID"))
+            .unwrap_or_else(|| panic!("{deployment_name}: no OTP_GROUP_INSTANCE_ID"));
+        assert_eq!(
+            instance["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            Some("metadata.name"),
+            "{deployment_name}: the group instance id is the pod's name"
+        );
+        let service = deployment["spec"]["serviceName"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            find(&docs, "Service", service).is_some(),
+            "{deployment_name}: no governing Service {service:?}"
+        );
+
+        let scaled = docs.iter().map(|(_, d)| d).find(|d| {
+            kind(d) == "ScaledObject"
+                && d["spec"]["scaleTargetRef"]["name"].as_str() == Some(deployment_name)
+        });
+        // SMS is bound by the fleet's provider budget, not by workers: not scaled on lag.
+        let Some(scaled) = scaled else {
+            assert_eq!(
+                channel,
+                Channel::Sms,
+                "no ScaledObject scales {deployment_name}"
+            );
+            assert!(
+                deployment["spec"]["replicas"].as_u64().unwrap_or(0) >= 2,
+                "{deployment_name}: at least two replicas when not autoscaled"
+            );
+            continue;
+        };
+        assert_eq!(
+            scaled["spec"]["scaleTargetRef"]["kind"].as_str(),
+            Some("StatefulSet"),
+            "{deployment_name}: the ScaledObject must name its target's kind"
+        );
         let triggers: Vec<&Value> = seq(&scaled["spec"]["triggers"])
             .filter(|t| t["type"].as_str() == Some("kafka"))
             .collect();
@@ -495,6 +578,16 @@ fn each_worker_kind_drains_reports_readiness_and_scales_on_the_codes_names() {
                 meta["bootstrapServers"].as_str(),
                 Some(brokers.as_str()),
                 "{deployment_name}: the trigger must ask the brokers the workers use"
+            );
+            let threshold: usize = meta["lagThreshold"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{deployment_name}: no lagThreshold"));
+            let in_flight = otp_worker::WorkerConfig::default().max_in_flight;
+            assert!(
+                threshold > 2 * in_flight,
+                "{deployment_name}: lagThreshold {threshold} must stay well above the {in_flight} \
+                 messages a busy worker holds in flight (they count as lag)"
             );
         }
         let max = scaled["spec"]["maxReplicaCount"]
@@ -533,6 +626,13 @@ fn secrets_come_from_the_secret_object_and_each_process_gets_its_own() {
     const WHATSAPP_TOKEN: &str = "OTP_WHATSAPP_TOKEN";
     const SMS_TOKEN: &str = "OTP_SMS_AUTH_TOKEN";
     let docs = kubernetes_documents();
+    // Made out of band (never applied by `kubectl apply -k`, which would blank it): the
+    // example lists every key.
+    let secrets = documents_of(&Path::new(ROOT).join("deploy/kubernetes/out-of-band/secret.yaml"));
+    assert!(
+        docs.iter().all(|(_, d)| kind(d) != "Secret"),
+        "a Secret in the kustomization would be written over the one made out of band"
+    );
     let secret_names = [
         PhoneHasher::KEY_ENV,
         Keyring::ENV,
@@ -551,7 +651,7 @@ fn secrets_come_from_the_secret_object_and_each_process_gets_its_own() {
                 .collect();
             for e in seq(&container["env"]) {
                 let var = e["name"].as_str().unwrap_or_default();
-                if !secret_names.contains(&var) {
+                if !secret_names.contains(&var) && e["valueFrom"]["secretKeyRef"].is_null() {
                     continue;
                 }
                 assert!(
@@ -562,7 +662,7 @@ fn secrets_come_from_the_secret_object_and_each_process_gets_its_own() {
                 let reference = &e["valueFrom"]["secretKeyRef"];
                 let secret_name = reference["name"].as_str().unwrap_or_default();
                 let key = reference["key"].as_str().unwrap_or_default();
-                let secret = find(&docs, "Secret", secret_name).unwrap_or_else(|| {
+                let secret = find(&secrets, "Secret", secret_name).unwrap_or_else(|| {
                     panic!(
                         "{}: {var} refers to no Secret {secret_name:?}",
                         file.display()
@@ -621,4 +721,187 @@ fn secrets_come_from_the_secret_object_and_each_process_gets_its_own() {
         checked >= 5,
         "expected the two workers, the tracker and both ingresses: {checked}"
     );
+}
+
+/// Every pod template of the manifests (Deployments, StatefulSets, Jobs), with its owner's name.
+fn pod_templates(docs: &[(PathBuf, Value)]) -> Vec<(String, &Value)> {
+    docs.iter()
+        .map(|(_, d)| d)
+        .filter(|d| !d["spec"]["template"]["spec"].is_null())
+        .map(|d| {
+            (
+                format!("{} {}", kind(d), name(d)),
+                &d["spec"]["template"]["spec"],
+            )
+        })
+        .collect()
+}
+
+/// Kubernetes' "restricted" Pod Security Standard (kubernetes.io/docs/concepts/security/
+/// pod-security-standards), every control, for every pod: what the namespace label
+/// `pod-security.kubernetes.io/enforce: restricted` admits.
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard() {
+    let docs = kubernetes_documents();
+    let pods = pod_templates(&docs);
+    assert!(pods.len() >= 6, "{} pod templates", pods.len());
+    for (owner, pod) in pods {
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod[host].as_bool() != Some(true), "{owner}: {host}");
+        }
+        assert!(
+            seq(&pod["volumes"]).all(|v| v["hostPath"].is_null()),
+            "{owner}: a hostPath volume"
+        );
+        let pod_security = &pod["securityContext"];
+        let all: Vec<&Value> = seq(&pod["containers"])
+            .chain(seq(&pod["initContainers"]))
+            .collect();
+        for c in all {
+            let who = format!("{owner} container {}", c["name"].as_str().unwrap_or("?"));
+            let sc = &c["securityContext"];
+            let either = |key: &str| {
+                if sc[key].is_null() {
+                    &pod_security[key]
+                } else {
+                    &sc[key]
+                }
+            };
+            assert!(
+                sc["privileged"].as_bool() != Some(true),
+                "{who}: privileged"
+            );
+            assert_eq!(
+                sc["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{who}: allowPrivilegeEscalation must be false"
+            );
+            let dropped: Vec<&str> = seq(&sc["capabilities"]["drop"])
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                dropped.contains(&"ALL"),
+                "{who}: capabilities must drop ALL"
+            );
+            assert!(
+                seq(&sc["capabilities"]["add"]).all(|a| a.as_str() == Some("NET_BIND_SERVICE")),
+                "{who}: only NET_BIND_SERVICE may be added"
+            );
+            assert_eq!(
+                either("runAsNonRoot").as_bool(),
+                Some(true),
+                "{who}: runAsNonRoot"
+            );
+            assert!(
+                either("runAsUser").as_u64() != Some(0),
+                "{who}: runAsUser 0"
+            );
+            let seccomp = either("seccompProfile")["type"].as_str();
+            assert!(
+                matches!(seccomp, Some("RuntimeDefault" | "Localhost")),
+                "{who}: seccompProfile RuntimeDefault or Localhost, not {seccomp:?}"
+            );
+        }
+    }
+    let namespace = find(&docs, "Namespace", "otp-pipeline").expect("the namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str(),
+        Some("restricted"),
+        "the namespace enforces the restricted standard"
+    );
+}
+
+/// A NetworkPolicy admits each component's own ports, over a default that admits nothing; the
+/// two HTTP services and each worker kind have a PodDisruptionBudget.
+#[test]
+fn each_component_has_its_network_policy_and_disruption_budget() {
+    let docs = kubernetes_documents();
+    let policies: Vec<&Value> = docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| kind(d) == "NetworkPolicy")
+        .collect();
+    assert!(
+        policies.iter().any(|p| p["spec"]["podSelector"]
+            .as_mapping()
+            .is_some_and(|m| m.is_empty())
+            && p["spec"]["ingress"].is_null()),
+        "no default policy that admits nothing"
+    );
+    for component in [
+        "otp-whatsapp-worker",
+        "otp-sms-worker",
+        "otp-tracker",
+        "otp-receipts",
+        "otp-ingress",
+    ] {
+        let selects = |d: &Value| {
+            d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+                == Some(component)
+                || d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+                    == Some(component)
+        };
+        let policy = policies
+            .iter()
+            .find(|p| selects(p))
+            .unwrap_or_else(|| panic!("no NetworkPolicy for {component}"));
+        // Every port the component serves is admitted from somewhere.
+        let owner = docs
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| {
+                matches!(kind(d), "Deployment" | "StatefulSet")
+                    && d["metadata"]["name"].as_str() == Some(component)
+            })
+            .unwrap_or_else(|| panic!("no workload {component}"));
+        let admitted: BTreeSet<u64> = seq(&policy["spec"]["ingress"])
+            .flat_map(|rule| seq(&rule["ports"]))
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        for port in containers(owner)
+            .flat_map(|c| seq(&c["ports"]))
+            .filter_map(|p| p["containerPort"].as_u64())
+        {
+            assert!(
+                admitted.contains(&port),
+                "{component}: port {port} is served but its NetworkPolicy admits {admitted:?}"
+            );
+        }
+        assert!(
+            docs.iter()
+                .any(|(_, d)| kind(d) == "PodDisruptionBudget" && selects(d)),
+            "no PodDisruptionBudget for {component}"
+        );
+    }
+}
+
+/// The Prometheus Operator's objects hold what the plain Prometheus config does: the same
+/// alert rules, and a scrape that names jobs as the rules expect.
+#[test]
+fn the_prometheus_rule_holds_the_alert_rules_of_alerts_yml() {
+    let monitoring = Path::new(ROOT).join("deploy/kubernetes/monitoring");
+    let rule = documents_of(&monitoring.join("prometheus-rule.yaml"));
+    let (_, rule) = rule.first().expect("a PrometheusRule");
+    assert_eq!(kind(rule), "PrometheusRule");
+    let alerts = yaml_file("deploy/prometheus/alerts.yml");
+    assert_eq!(
+        rule["spec"]["groups"], alerts["groups"],
+        "deploy/kubernetes/monitoring/prometheus-rule.yaml differs from alerts.yml: copy its groups"
+    );
+    let monitor = documents_of(&monitoring.join("pod-monitor.yaml"));
+    let (_, monitor) = monitor.first().expect("a PodMonitor");
+    assert_eq!(kind(monitor), "PodMonitor");
+    // The rules' `job` matchers name `sms-worker`, `tracker`, ...: the pods' app names
+    // without `otp-`.
+    let relabel = seq(&monitor["spec"]["podMetricsEndpoints"])
+        .flat_map(|e| seq(&e["relabelings"]))
+        .find(|r| r["targetLabel"].as_str() == Some("job"))
+        .expect("the PodMonitor sets `job`");
+    assert_eq!(relabel["regex"].as_str(), Some("otp-(.*)"));
+    assert_eq!(relabel["replacement"].as_str(), Some("$1"));
+    let kustomization = documents_of(&monitoring.join("kustomization.yaml"));
+    let listed: Vec<&str> = seq(&kustomization[0].1["resources"])
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(listed, ["pod-monitor.yaml", "prometheus-rule.yaml"]);
 }
