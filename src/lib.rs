@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod follow;
+pub mod keys;
 pub mod load;
 pub mod report;
 pub mod stack;

@@ -56,6 +56,19 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Development secrets.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate the compose stack's development secrets: `.env` (keys, the API key file's
+    /// path, the receipts' public URL) and `secrets/` (the API key file of an app `demo`,
+    /// placeholder provider tokens). Then `docker compose --profile sim up` delivers.
+    Init(otp::keys::InitArgs),
 }
 
 #[derive(clap::Args)]
@@ -164,6 +177,22 @@ async fn main() -> anyhow::Result<()> {
         Command::Outcome(args) => outcome(args).await,
         Command::Report(args) => otp::report::run(args).await,
         Command::Sim(sim) => sim.run().await,
+        Command::Keys {
+            command: KeysCommand::Init(args),
+        } => {
+            let written = otp::keys::init(&args)?;
+            for file in &written.files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "\nAPI key of the app `demo` (shown once; the key file holds its digest):\n{}\n\n\
+                 Next: docker compose --profile sim up --build, then POST a code request with \
+                 this key to http://127.0.0.1:8080/v1/code-requests (README.md, \"The compose \
+                 stack\")",
+                written.api_key
+            );
+            Ok(())
+        }
         Command::Worker { .. } | Command::Receipts { .. } | Command::Producer { .. } => {
             unreachable!("handled above")
         }

@@ -567,3 +567,123 @@ fn printed_duration(toml: &str, key: &str) -> Duration {
         .trim_matches('"');
     humantime::parse_duration(value).unwrap_or_else(|e| panic!("{key} = {value}: {e}"))
 }
+
+/// `otp keys init` is the whole secret set-up of the compose stack: every variable the file
+/// requires is in the `.env` it writes, each one valid for the service that reads it, every
+/// secret file the file mounts exists, the printed API key is the key file's, and a second run
+/// keeps the first one's keys. Neither file can be committed or sent to a Docker build.
+#[test]
+fn keys_init_writes_every_secret_the_compose_stack_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |force: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp"));
+        cmd.args(["keys", "init", "--dir"]).arg(dir.path());
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().expect("run otp keys init")
+    };
+    let out = init(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+
+    let env_text = std::fs::read_to_string(dir.path().join(".env")).unwrap();
+    let env: BTreeMap<&str, &str> = env_text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_once('=').expect("NAME=VALUE"))
+        .collect();
+    let compose_text = std::fs::read_to_string(format!("{ROOT}/docker-compose.yml")).unwrap();
+    let mut required = BTreeSet::new();
+    let mut rest = compose_text.as_str();
+    while let Some(at) = rest.find("${") {
+        rest = &rest[at + 2..];
+        let end = rest.find('}').expect("a closed ${...}");
+        if let Some((name, _)) = rest[..end].split_once(":?") {
+            required.insert(name.to_string());
+        }
+    }
+    assert!(required.len() >= 6, "{required:?}");
+    for name in &required {
+        let value = env.get(name.as_str()).copied().unwrap_or_default();
+        assert!(
+            !value.is_empty(),
+            "docker-compose.yml needs {name}; .env has {env:?}"
+        );
+    }
+    otp_events::Keyring::parse(env["OTP_SEAL_KEYS"]).expect("OTP_SEAL_KEYS");
+    otp_events::RecordKeys::parse(env["OTP_RECORD_KEYS"])
+        .expect("OTP_RECORD_KEYS")
+        .require(&otp_events::Role::ALL)
+        .expect("a key for every role");
+    for hex_key in ["OTP_PHONE_HASH_KEY", "OTP_FALLBACK_KEY"] {
+        assert_eq!(
+            hex::decode(env[hex_key]).map(|k| k.len()).ok(),
+            Some(32),
+            "{hex_key}"
+        );
+    }
+    // The key file compose mounts for the ingress, with the printed key's digest.
+    let key_file = dir.path().join(env["OTP_API_KEYS_FILE"]);
+    let apps = otp_producer::ingress::Apps::load(&key_file).expect("a valid API key file");
+    assert_eq!(apps.names().collect::<Vec<_>>(), ["demo"]);
+    let api_key = stdout
+        .lines()
+        .find(|l| l.starts_with("otp_"))
+        .expect("the demo app's key is printed");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(api_key.as_bytes()));
+    assert!(
+        std::fs::read_to_string(&key_file)
+            .unwrap()
+            .contains(&digest),
+        "the printed key is the file's"
+    );
+    // The secret files compose mounts by default.
+    let compose = compose();
+    for (_, secret) in compose["secrets"].as_mapping().expect("secrets") {
+        let file = secret["file"].as_str().expect("a file");
+        let default = file
+            .split_once(":-")
+            .map(|(_, d)| d.trim_end_matches('}'))
+            .unwrap_or_else(|| env[file.trim_start_matches("${").split(':').next().unwrap()]);
+        assert!(
+            dir.path().join(default).is_file(),
+            "{default} is not written"
+        );
+    }
+
+    // A second run keeps the keys (they open what the stack sealed), unless forced.
+    let again = init(false);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains(".env exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".env")).unwrap(),
+        env_text
+    );
+    assert!(init(true).status.success());
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join(".env")).unwrap(),
+        env_text
+    );
+
+    let ignored = std::fs::read_to_string(format!("{ROOT}/.gitignore")).unwrap();
+    let docker_ignored = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).unwrap();
+    for path in ["secrets/", ".env"] {
+        assert!(
+            ignored.lines().any(|l| l.trim_start_matches('/') == path),
+            ".gitignore: {path}"
+        );
+        assert!(
+            docker_ignored.lines().any(|l| l == path),
+            ".dockerignore: {path}"
+        );
+    }
+    assert!(
+        docker_ignored.lines().any(|l| l == "target/"),
+        ".dockerignore: target/"
+    );
+}
