@@ -258,6 +258,46 @@ async fn vonage_receipts_are_reported_naming_vonage() {
     worker.stop().await.unwrap();
 }
 
+/// With confirmation off (the default) no tracker turns receipts into statuses, but the
+/// receipts still reach `otp.delivery-receipts`, and they join the statuses as
+/// schemas/README.md says: by `request_id` and `app`, or by `provider_message_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_confirmation_receipts_join_the_statuses_for_analysts() {
+    let two = start().await;
+    two.stack.sim.set_outage("twilio", None, Outage::Http(503));
+    let worker = two.worker(&two.stack.sim.base_url(), test_config());
+    let ids = two.publish(3, |i| de(500 + i)).await;
+    let statuses = two.stack.statuses_until_final(&ids, WITHIN).await;
+    let topic = two.stack.t.topics.delivery_receipts();
+    let wanted = ids.clone();
+    let receipts = otp_test_support::collect_json_until(
+        &two.stack.t.kafka.brokers,
+        &topic,
+        WITHIN,
+        move |got| {
+            wanted.iter().all(|id| {
+                got.iter()
+                    .any(|r| r["request_id"] == id.as_str() && r["status"] == "delivered")
+            })
+        },
+    )
+    .await;
+    for id in &ids {
+        let status = final_is(&statuses, id, "sent", "sms");
+        let receipt = receipts
+            .iter()
+            .find(|r| r["request_id"] == id.as_str() && r["status"] == "delivered")
+            .unwrap_or_else(|| panic!("no delivered receipt for {id}: {receipts:?}"));
+        assert_eq!(receipt["app"], status["app"], "{receipt}");
+        assert_eq!(
+            receipt["provider_message_id"], status["provider_message_id"],
+            "the other join key: {receipt} {status}"
+        );
+        assert_eq!(receipt["provider"], "vonage", "{receipt}");
+    }
+    worker.stop().await.unwrap();
+}
+
 /// Twilio delivers German codes 6 s after acceptance, Vonage 1 s: the tracker finds Twilio
 /// slow there against its peer, and the worker moves German first tries away from it; once
 /// Twilio delivers fast again and the signals stop, its weight drifts back.
