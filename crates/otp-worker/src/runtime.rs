@@ -433,7 +433,9 @@ impl<C: ChannelClient> GroupMember for Worker<C> {
             .iter()
             .filter(|p| p.topic == self.topic)
             .count();
-        metrics::gauge!("otp_assigned_partitions").set(owned as f64);
+        // By topic: a job that runs both channels' workers (annotation-based scraping names
+        // jobs by pod, not by channel) still tells them apart.
+        metrics::gauge!("otp_assigned_partitions", "topic" => self.topic.clone()).set(owned as f64);
         match group.partition_count(&self.topic).await {
             Some(total) => self.pipeline.guards.limiter.set_sender_share(owned, total),
             None => tracing::warn!("topic metadata unavailable; keeping the sender share"),

@@ -482,7 +482,8 @@ impl Tracker {
 
     /// The partitions owned (as the workers report theirs) and those still reading back.
     fn export_partitions(&self) {
-        metrics::gauge!("otp_assigned_partitions").set(self.owned.len() as f64);
+        let topic = self.topics.pending_confirmations();
+        metrics::gauge!("otp_assigned_partitions", "topic" => topic).set(self.owned.len() as f64);
         metrics::gauge!("otp_tracker_partitions_catching_up").set(self.catching_up.len() as f64);
         metrics::gauge!("otp_tracker_partitions_unopenable").set(self.unopenable.len() as f64);
     }
