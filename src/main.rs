@@ -1,5 +1,14 @@
-//! The `otp` command: publish a code request or a verification outcome from a shell, and
-//! manage the pipeline's topics.
+//! The `otp` command: every program of otp-pipeline in one binary, and the tools around them.
+//!
+//! - `demo`: the whole pipeline on an embedded Kafka and the provider simulator, and a report;
+//! - `load`: publish requests at a rate to a real broker, run the workers, measure the pipeline;
+//! - `send`, `outcome`: publish one code request, or one verification outcome, from a shell;
+//! - `report`: sum up the delivery-status topic (and the outcomes) for analysts;
+//! - `worker whatsapp|sms`, `receipts serve|track`, `producer serve|keys new`, `sim`: the same
+//!   programs as `otp-whatsapp-worker`, `otp-sms-worker`, `otp-receipts`, `otp-producer` and
+//!   `otp-provider-sim`;
+//! - `topics create`: create the pipeline's topics;
+//! - `keys init`: the docker-compose stack's development secrets.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
