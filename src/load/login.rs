@@ -125,6 +125,13 @@ impl LoginSystem {
         f.pump_endings.values().sum()
     }
 
+    /// A report's answer from the broker: counted when acknowledged.
+    fn reported(&self, answer: Result<(), otp_producer::PublishError>) -> anyhow::Result<()> {
+        answer.context("report an outcome")?;
+        self.figures.lock().expect("figures lock").outcomes_reported += 1;
+        Ok(())
+    }
+
     pub fn figures(&self) -> LoginFigures {
         self.figures.lock().expect("figures lock").clone()
     }
@@ -150,21 +157,11 @@ pub async fn report(
             publisher.publish_outcome(&outcome).await
         });
         while let Some(done) = tasks.try_join_next() {
-            done?.context("report an outcome")?;
-            login
-                .figures
-                .lock()
-                .expect("figures lock")
-                .outcomes_reported += 1;
+            login.reported(done?)?;
         }
     }
     while let Some(done) = tasks.join_next().await {
-        done?.context("report an outcome")?;
-        login
-            .figures
-            .lock()
-            .expect("figures lock")
-            .outcomes_reported += 1;
+        login.reported(done?)?;
     }
     Ok(())
 }

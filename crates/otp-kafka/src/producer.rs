@@ -5,8 +5,9 @@
 //! in a loop, and that call spins through the last fraction of a millisecond of each wait (it
 //! asks librdkafka's queue again and again with the remaining time rounded down to 0 ms). That
 //! cost an idle worker about 15 ms of CPU a second (1.5 % of a core, per producer) and, under a
-//! 1,000/s sender limit, about 12 µs per send (docs/performance.md, "The producer's polling
-//! thread"). Here librdkafka itself says when its queue stops being empty
+//! 1,000/s sender limit, about 12 µs per send (`perf` on `otp load --embedded`, as
+//! docs/performance.md "Profiling" says). Here librdkafka itself says when its queue stops
+//! being empty
 //! (`rd_kafka_queue_cb_event_enable`: a callback, called under the queue's lock),
 //! and the thread then takes what is there without waiting. Everything else is librdkafka's
 //! and rdkafka's: the same `BaseProducer`, the same delivery results. (The callback runs on

@@ -45,12 +45,10 @@ struct State {
 
 /// A rate below this is treated as this (one slot in about 17 minutes).
 const SLOWEST_PER_SECOND: f64 = 0.001;
-/// Wake-ups are grouped over at most this (seconds; measured on `otp load --embedded` at
-/// 1,000/s, burst 50, 25 used: one wake-up per send cost 535 us of CPU per send, a 5 ms grid
-/// 354 us, 10 ms 286, 12.5 ms (half the burst used, as groups were once bounded) 249-289,
-/// 20 ms 199-205, single runs of one hour; a 25 ms grid (groups of the whole 25 used, which
-/// this bound allows) 180 against 206 for 20 ms, medians of nine alternated runs each;
-/// docs/performance.md). It bounds what a grid adds to a limited send's wait...
+/// Wake-ups are grouped over at most this (seconds): each wake-up costs a task switch, and a
+/// wake-up per send cost about 2.6 times the CPU per limited send of a 20 ms grid
+/// (`otp load --embedded` at a 1,000/s limit, burst 50; docs/performance.md has how to
+/// measure it). It bounds what a grid adds to a limited send's wait...
 const MAX_QUANTUM: f64 = 0.050;
 /// ...and not at all when the burst allows less than this.
 const MIN_QUANTUM: f64 = 0.001;
