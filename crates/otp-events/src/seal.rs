@@ -271,8 +271,9 @@ impl Keyring {
             .iter()
             .find(|k| k.serves(app))
             .ok_or(SealError::NoKeyForApp)?;
-        let mac = report_mac(&signer.report_key, schema, app, key, payload);
-        Ok(format!("{}.{}", signer.id, hex::encode(mac)))
+        use hmac::Mac;
+        let mac = report_hmac(&signer.report_key, schema, app, key, payload).finalize();
+        Ok(format!("{}.{}", signer.id, hex::encode(mac.into_bytes())))
     }
 
     /// Whether `header` is a valid [`Keyring::sign_report`] MAC of this record by a key that
@@ -296,9 +297,9 @@ impl Keyring {
             .filter(|k| k.id == id && k.serves(app))
             .any(|k| {
                 use hmac::Mac;
-                let mut m = new_hmac(&k.report_key);
-                report_message(&mut m, schema, app, key, payload);
-                m.verify_slice(&mac).is_ok()
+                report_hmac(&k.report_key, schema, app, key, payload)
+                    .verify_slice(&mac)
+                    .is_ok()
             })
     }
 }
@@ -321,14 +322,17 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-fn report_message(
-    m: &mut hmac::Hmac<sha2::Sha256>,
+/// The HMAC of a report under `report_key`, fed every covered part, each length-prefixed:
+/// signing finalizes it, verifying compares it in constant time.
+fn report_hmac(
+    report_key: &[u8; 32],
     schema: &str,
     app: Option<&str>,
     key: &[u8],
     payload: &[u8],
-) {
+) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
+    let mut m = new_hmac(report_key);
     for part in [
         REPORT_MAC_LABEL,
         schema.as_bytes(),
@@ -339,19 +343,7 @@ fn report_message(
         m.update(&(part.len() as u64).to_be_bytes());
         m.update(part);
     }
-}
-
-fn report_mac(
-    report_key: &[u8; 32],
-    schema: &str,
-    app: Option<&str>,
-    key: &[u8],
-    payload: &[u8],
-) -> [u8; 32] {
-    use hmac::Mac;
-    let mut m = new_hmac(report_key);
-    report_message(&mut m, schema, app, key, payload);
-    m.finalize().into_bytes().into()
+    m
 }
 
 /// The request a sealed value belongs to: its associated data.

@@ -344,10 +344,6 @@ impl Conversion {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.config.window
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("conversion lock")
     }
