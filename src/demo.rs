@@ -261,7 +261,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             topics: topics.clone(),
             ..PublisherConfig::default()
         },
-        hasher,
+        kafka.credentials(hasher)?,
     )?;
     let (expected, bad_events) = publish_mix(&publisher, &kafka, args.requests).await?;
     println!(
@@ -485,7 +485,11 @@ async fn publish_mix(
         .expect("a live request");
     publisher.publish_request(dup).await?;
     // And a malformed event, which must end on the dead-letter topic.
-    let raw: FutureProducer = kafka.client_config().create()?;
+    let raw: FutureProducer = kafka
+        .to_rdkafka(otp_kafka::KafkaRole::Producer {
+            message_timeout: Duration::from_secs(5),
+        })
+        .create()?;
     let topic = kafka.topics().requests(Channel::Sms);
     let bad = format!("{{\"schema\":\"{CODE_REQUEST_SCHEMA}\",\"phone\":\"not a phone\"");
     raw.send(

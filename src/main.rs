@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use otp_events::{Channel, Rules, Submission};
 use otp_kafka::admin::{create_topics, TopicOutcome};
 use otp_kafka::KafkaArgs;
-use otp_producer::{CodeRequestPublisher, PublisherConfig};
+use otp_producer::{CodeRequestPublisher, Credentials, PublisherConfig};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -238,15 +238,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let hasher = otp_kafka::process::phone_hasher(args.dev)?;
-    let mut args = args;
-    args.kafka.sealing = Some(otp_kafka::process::keyring(args.dev)?);
+    let credentials = Credentials::new(
+        otp_kafka::process::phone_hasher(args.dev)?,
+        otp_kafka::process::keyring(args.dev)?,
+    );
     let config = PublisherConfig {
         topics: args.kafka.topics(),
         rules: Rules::default(),
         ..PublisherConfig::default()
     };
-    let publisher = CodeRequestPublisher::new(&args.kafka, config, hasher)?;
+    let publisher = CodeRequestPublisher::new(&args.kafka, config, credentials)?;
     let ttl = chrono::Duration::from_std(args.expires_in).context("--expires-in is too long")?;
     let mut submission = Submission::new(args.phone, args.code, args.channels, ttl);
     submission.request_id = args.request_id;
@@ -270,14 +271,13 @@ async fn outcome(args: OutcomeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid verification outcome: {e}"))?;
     // Signed with the app's sealing key, as a login system signs it: workers act only on
     // outcomes that verify. An outcome holds no phone number, so no hash key is needed.
-    let mut args = args;
-    args.kafka.sealing = Some(otp_kafka::process::keyring(args.dev)?);
+    let unused = otp_events::PhoneHasher::new(&rand::random::<[u8; 32]>());
+    let credentials = Credentials::new(unused, otp_kafka::process::keyring(args.dev)?);
     let config = PublisherConfig {
         topics: args.kafka.topics(),
         ..PublisherConfig::default()
     };
-    let unused = otp_events::PhoneHasher::new(&rand::random::<[u8; 32]>());
-    let publisher = CodeRequestPublisher::new(&args.kafka, config, unused)?;
+    let publisher = CodeRequestPublisher::new(&args.kafka, config, credentials)?;
     publisher.publish_outcome(&outcome).await?;
     println!(
         "{}\t{}\t{}",

@@ -626,7 +626,9 @@ async fn broker_down_then_up() {
             ack_timeout: Duration::from_secs(2),
             ..otp_producer::PublisherConfig::default()
         },
-        PhoneHasher::new(HASH_KEY.as_bytes()),
+        kafka
+            .credentials(PhoneHasher::new(HASH_KEY.as_bytes()))
+            .unwrap(),
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

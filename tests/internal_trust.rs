@@ -276,15 +276,14 @@ async fn a_producer_holding_one_apps_key_cannot_seal_or_forge_another_apps_codes
         PhoneHasher::new(HASH_KEY),
         sms_client(&stack.sim),
     );
-    let mut shop_kafka = t.kafka.clone();
-    shop_kafka.sealing = Some(otp_events::Keyring::parse(&format!("s1@shop={shop_hex}")).unwrap());
+    let shop_keys = otp_events::Keyring::parse(&format!("s1@shop={shop_hex}")).unwrap();
     let shop = otp_kafka::CodeRequestPublisher::new(
-        &shop_kafka,
+        &t.kafka,
         otp_kafka::PublisherConfig {
             topics: t.topics.clone(),
             ..otp_kafka::PublisherConfig::default()
         },
-        PhoneHasher::new(HASH_KEY),
+        otp_kafka::Credentials::new(PhoneHasher::new(HASH_KEY), shop_keys),
     )
     .unwrap();
     let submission = |app: &str, id: &str, phone: &str| {

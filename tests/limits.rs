@@ -604,7 +604,7 @@ async fn a_retry_left_waiting_past_the_grace_does_not_make_the_next_owner_repeat
             topics: topics.clone(),
             ..otp_producer::PublisherConfig::default()
         },
-        PhoneHasher::new(HASH_KEY),
+        kafka.credentials(PhoneHasher::new(HASH_KEY)).unwrap(),
     )
     .unwrap();
     let publish = |phone: String| {

@@ -128,9 +128,9 @@ async fn topics_publish_and_delivery_over_tls_only_kafka() {
 /// The statuses of `id`, read over TLS with the pipeline's own client settings, until a final
 /// one arrives.
 async fn read_until_final(t: &TestTopics, id: &str, within: Duration) -> Vec<serde_json::Value> {
-    let mut config = t.kafka.client_config();
-    config.set("group.id", "tls-test-reader");
-    t.kafka.apply_overrides(&mut config);
+    let config = t.kafka.to_rdkafka(otp_kafka::KafkaRole::Reader {
+        name: "tls-test-reader",
+    });
     let topic = t.topics.delivery_status();
     let id = id.to_string();
     tokio::task::spawn_blocking(move || {

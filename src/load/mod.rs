@@ -258,7 +258,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             topics: topics.clone(),
             ..PublisherConfig::default()
         },
-        hasher,
+        kafka.credentials(hasher)?,
     )?);
     let observed = Arc::new(Mutex::new(Observed::default()));
     let sent = Arc::new(Mutex::new(HashMap::<String, Sent>::new()));

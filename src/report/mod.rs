@@ -25,8 +25,9 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use otp_events::{DeliveryStatus, VerificationOutcome};
 use otp_kafka::KafkaArgs;
+use otp_kafka::KafkaRole;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -184,8 +185,7 @@ fn parse_when(text: &str) -> Result<DateTime<Utc>, String> {
 
 /// Whether `topic` exists.
 fn topic_exists(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<bool> {
-    let mut config = kafka.client_config();
-    kafka.apply_overrides(&mut config);
+    let config = kafka.to_rdkafka(KafkaRole::Admin);
     let consumer: BaseConsumer = config.create().context("a Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), CALL_TIMEOUT)
@@ -206,13 +206,7 @@ pub fn read(
     quiet: bool,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Option<()>,
 ) -> anyhow::Result<()> {
-    let mut config: ClientConfig = kafka.client_config();
-    config
-        .set("group.id", format!("{}otp-report", kafka.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100");
-    kafka.apply_overrides(&mut config);
+    let config = kafka.to_rdkafka(KafkaRole::Reader { name: "otp-report" });
     let consumer: BaseConsumer = config.create().context("a Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), CALL_TIMEOUT)

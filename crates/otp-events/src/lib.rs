@@ -57,7 +57,7 @@ pub use status::{
     HEADER_PROVIDER,
 };
 pub use topics::Topics;
-pub use validate::{is_valid_app, is_valid_request_id, Rules};
+pub use validate::{is_valid_app, is_valid_request_id, Rules, DEFAULT_MAX_CODE_LIFE};
 
 /// Kafka header that names the schema of a message's payload.
 pub const HEADER_SCHEMA: &str = "otp-schema";

@@ -8,11 +8,15 @@ use crate::{CodeRequest, Keyring, ValidationError, CODE_REQUEST_SCHEMA};
 use chrono::Duration;
 use serde_json::{Map, Value};
 
+/// The longest life of a code, unless a deployment sets its own (`Rules::max_ttl`, and the
+/// services' `max_ttl`): stated here once.
+pub const DEFAULT_MAX_CODE_LIFE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Limits that a deployment may tune. Everything else is fixed by the contract.
 #[derive(Debug, Clone)]
 pub struct Rules {
     /// Longest allowed life of a code, `expires_at - created_at`, and how far from now a
-    /// reader accepts `expires_at`. Default: 30 minutes.
+    /// reader accepts `expires_at`. Default: [`DEFAULT_MAX_CODE_LIFE`].
     pub max_ttl: Duration,
     /// How far ahead of the reader's clock `created_at` may be. Default: 30 seconds.
     pub max_clock_skew: Duration,
@@ -29,7 +33,7 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Self {
-            max_ttl: Duration::minutes(30),
+            max_ttl: Duration::from_std(DEFAULT_MAX_CODE_LIFE).expect("30 minutes fit"),
             max_clock_skew: Duration::seconds(30),
             sealing: None,
             allow_plaintext: false,

@@ -54,8 +54,7 @@ pub async fn create_topics(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<Vec<(String, TopicOutcome)>> {
-    let mut config = kafka.client_config();
-    kafka.apply_overrides(&mut config);
+    let config = kafka.to_rdkafka(crate::KafkaRole::Admin);
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let new_topics: Vec<NewTopic> = names
         .iter()

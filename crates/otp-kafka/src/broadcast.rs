@@ -11,7 +11,7 @@
 use crate::KafkaArgs;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -75,16 +75,7 @@ pub fn listen_to_messages(
     on_assigned: impl FnOnce() + Send + 'static,
     on_message: impl Fn(&BorrowedMessage<'_>) + Send + 'static,
 ) -> JoinHandle<()> {
-    let mut config: ClientConfig = kafka.client_config();
-    config
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "latest")
-        .set("client.id", name)
-        // librdkafka wants a group for assign() too; it is never joined (no subscribe) and
-        // nothing is committed under it.
-        .set("group.id", format!("{}{name}", kafka.topic_prefix));
-    kafka.apply_overrides(&mut config);
+    let config = kafka.to_rdkafka(crate::KafkaRole::Reader { name });
     let name = name.to_string();
     tokio::spawn(async move {
         let consumer: Arc<StreamConsumer> = match config.create() {

@@ -15,19 +15,33 @@
 //!   signals and secrets for the binaries.
 //!
 //! Nothing here knows a channel or a provider.
+//!
+//! Without the `service` feature (on by default) only the publisher is built, with its
+//! settings ([`KafkaArgs`], [`KafkaRole`]) and producer session: the library a login system
+//! links, with no HTTP server, flag parser, log subscriber or metrics exporter.
 
+#[cfg(feature = "service")]
 pub mod admin;
+#[cfg(feature = "service")]
 pub mod broadcast;
+#[cfg(feature = "service")]
 pub mod group;
+#[cfg(feature = "service")]
 pub mod observe;
+#[cfg(feature = "service")]
 pub mod process;
 pub mod producer;
 mod publisher;
+#[cfg(feature = "service")]
 pub mod records;
 pub mod session;
 mod settings;
+#[cfg(feature = "service")]
 pub mod signals;
+#[cfg(feature = "service")]
 pub mod writer;
 
-pub use publisher::{CodeRequestPublisher, PublishError, PublisherConfig, HEADER_KEY_ID};
-pub use settings::{KafkaArgs, ENV_PASSTHROUGH_PREFIX};
+pub use publisher::{
+    CodeRequestPublisher, Credentials, PublishError, PublisherConfig, HEADER_KEY_ID,
+};
+pub use settings::{KafkaArgs, KafkaRole, ENV_PASSTHROUGH_PREFIX};

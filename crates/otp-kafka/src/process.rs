@@ -186,3 +186,9 @@ pub fn phone_hasher(mode: DevMode) -> anyhow::Result<otp_events::PhoneHasher> {
     )?;
     Ok(otp_events::PhoneHasher::new(key.as_bytes()))
 }
+
+/// A duration as a flag's default text (`30m`): a default that is a named constant is then
+/// stated once, for clap and serde alike. Made once per flag, when the command is built.
+pub fn flag_default(d: std::time::Duration) -> &'static str {
+    Box::leak(humantime::format_duration(d).to_string().into_boxed_str())
+}

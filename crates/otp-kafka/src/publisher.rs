@@ -3,7 +3,7 @@
 //! ([`CodeRequestPublisher::publish_outcome`]), keyed by the request's confirmation key.
 
 use crate::session::ProducerSession;
-use crate::KafkaArgs;
+use crate::{KafkaArgs, KafkaRole};
 use chrono::Utc;
 use otp_events::{
     CodeRequest, PhoneHasher, Rules, Submission, Topics, ValidationError, VerificationOutcome,
@@ -40,17 +40,49 @@ pub enum PublishError {
     },
     #[error("could not create the Kafka producer: {0}")]
     Setup(#[source] KafkaError),
-    /// No keys to seal phone and code with, outside a development run: the publisher fails
-    /// closed rather than write them in plaintext.
-    #[error(
-        "no sealing keys: set KafkaArgs::sealing (OTP_SEAL_KEYS, see otp_kafka::process::keyring); \
-         only a development run (PublisherConfig::development) publishes plaintext"
-    )]
-    Unsealed,
-    /// A worker's fallback write that can never succeed (too large, not authorised, no such
-    /// topic) was given up after a few tries.
-    #[error("the fallback of request {request_id} was given up: {reason}")]
-    Abandoned { request_id: String, reason: String },
+}
+
+/// What a publisher protects a request with, and what it cannot be built without: the key
+/// that hashes phone numbers (the partition key, and what the workers count by), and the keys
+/// that seal phone and code on the topic (`otp_events::Keyring`, the deployment's
+/// `OTP_SEAL_KEYS`). Both are secrets of the deployment; only [`Credentials::development`]
+/// goes without sealing keys, for a local run against the development stack.
+#[derive(Clone)]
+pub struct Credentials {
+    hasher: PhoneHasher,
+    sealing: Option<otp_events::Keyring>,
+}
+
+impl Credentials {
+    pub fn new(hasher: PhoneHasher, sealing: otp_events::Keyring) -> Self {
+        Self {
+            hasher,
+            sealing: Some(sealing),
+        }
+    }
+
+    /// A development run's: requests go with phone and code in plaintext, and outcomes
+    /// unsigned (counted by the workers, never acted on). Never in production.
+    pub fn development(hasher: PhoneHasher) -> Self {
+        Self {
+            hasher,
+            sealing: None,
+        }
+    }
+}
+
+#[cfg(feature = "service")]
+impl KafkaArgs {
+    /// A service's publisher credentials: `hasher`, and the sealing keys it started with
+    /// (`OTP_SEAL_KEYS`, or the development ones under `--dev`: see
+    /// [`crate::process::keyring`]).
+    pub fn credentials(&self, hasher: PhoneHasher) -> anyhow::Result<Credentials> {
+        let sealing = self
+            .sealing
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no sealing keys (OTP_SEAL_KEYS) to publish with"))?;
+        Ok(Credentials::new(hasher, sealing))
+    }
 }
 
 /// How a publisher behaves; the defaults suit a login system.
@@ -61,9 +93,6 @@ pub struct PublisherConfig {
     /// How long `publish` waits for the broker's acknowledgement (and librdkafka's
     /// `message.timeout.ms`, so a message is not delivered after we said it failed).
     pub ack_timeout: Duration,
-    /// A development run: publish with phone and code in plaintext when no sealing keys are
-    /// given. Off by default: without keys, [`CodeRequestPublisher::new`] fails.
-    pub development: bool,
 }
 
 impl Default for PublisherConfig {
@@ -72,7 +101,6 @@ impl Default for PublisherConfig {
             topics: Topics::default(),
             rules: Rules::default(),
             ack_timeout: Duration::from_secs(5),
-            development: false,
         }
     }
 }
@@ -84,14 +112,16 @@ pub const HEADER_KEY_ID: &str = "otp-key-id";
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use otp_events::{Channel, PhoneHasher, Submission};
-/// use otp_kafka::{CodeRequestPublisher, KafkaArgs, PublisherConfig};
+/// use otp_events::{Channel, Keyring, PhoneHasher, Submission};
+/// use otp_kafka::{CodeRequestPublisher, Credentials, KafkaArgs, PublisherConfig};
 ///
-/// let mut kafka = KafkaArgs::new("127.0.0.1:9092");
-/// // The deployment's keys: without them the publisher refuses to start.
-/// kafka.sealing = Some(otp_events::Keyring::parse(&std::env::var("OTP_SEAL_KEYS")?)?);
-/// let hasher = PhoneHasher::new(std::env::var("OTP_PHONE_HASH_KEY")?.as_bytes());
-/// let publisher = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), hasher)?;
+/// let kafka = KafkaArgs::new("127.0.0.1:9092");
+/// // The deployment's secrets: no publisher is built without them.
+/// let credentials = Credentials::new(
+///     PhoneHasher::new(std::env::var("OTP_PHONE_HASH_KEY")?.as_bytes()),
+///     Keyring::parse(&std::env::var("OTP_SEAL_KEYS")?)?,
+/// );
+/// let publisher = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), credentials)?;
 /// let submission = Submission::new("+15551234567", "123456",
 ///     vec![Channel::Whatsapp, Channel::Sms], chrono::Duration::minutes(5));
 /// let request_id = publisher.publish(submission).await?;
@@ -107,37 +137,31 @@ pub struct CodeRequestPublisher {
 }
 
 impl CodeRequestPublisher {
-    /// Requests are sealed with the keys of `kafka.sealing` (or of `config.rules`, when it
-    /// has its own); without either, only a development run ([`PublisherConfig::development`])
-    /// gets a publisher.
+    /// A publisher to the brokers of `kafka`, sealing with the keys of `credentials` (they
+    /// replace any in `config.rules`).
     pub fn new(
         kafka: &KafkaArgs,
         mut config: PublisherConfig,
-        hasher: PhoneHasher,
+        credentials: Credentials,
     ) -> Result<Self, PublishError> {
-        if config.rules.sealing.is_none() {
-            config.rules.sealing = kafka.sealing.clone();
-        }
-        if config.rules.sealing.is_none() && !config.development {
-            return Err(PublishError::Unsealed);
-        }
-        let mut client = kafka.client_config();
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                config.ack_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", "2");
-        kafka.apply_overrides(&mut client);
+        config.rules.sealing = credentials.sealing;
+        let client = kafka.to_rdkafka(KafkaRole::Producer {
+            message_timeout: config.ack_timeout,
+        });
         let producer = Arc::new(ProducerSession::new(client).map_err(PublishError::Setup)?);
         Ok(Self {
             producer,
             config,
-            hasher,
-            fallback_key: kafka.fallback_key.clone(),
+            hasher: credentials.hasher,
+            fallback_key: None,
         })
+    }
+
+    /// Sign the fallback state of the requests this publisher hands on (the workers' and the
+    /// tracker's publisher, with `OTP_FALLBACK_KEY`): a worker trusts a fallback only with it.
+    pub fn proving_fallbacks(mut self, key: otp_events::FallbackKey) -> Self {
+        self.fallback_key = Some(key);
+        self
     }
 
     /// Complete a submission (request_id, created_at), validate it, and publish it to its first
@@ -315,21 +339,42 @@ impl CodeRequestPublisher {
 mod tests {
     use super::*;
 
-    /// No sealing keys: no publisher, unless it is a development run (which publishes
-    /// plaintext). Nothing connects to a broker here.
+    /// Sealing keys replace the rules' own; development credentials seal nothing. Nothing
+    /// connects to a broker here.
     #[test]
-    fn a_publisher_without_sealing_keys_fails_closed() {
+    fn credentials_decide_what_seals_a_request() {
         let kafka = KafkaArgs::new("127.0.0.1:1");
         let hasher = PhoneHasher::new(b"k");
-        let refused = CodeRequestPublisher::new(&kafka, PublisherConfig::default(), hasher.clone());
-        assert!(matches!(refused, Err(PublishError::Unsealed)));
-        let dev = PublisherConfig {
-            development: true,
-            ..PublisherConfig::default()
+        let (ring, _) = otp_events::Keyring::generate("k1");
+        let mut config = PublisherConfig::default();
+        config.rules.sealing = Some(otp_events::Keyring::generate("other").0);
+        let sealed = CodeRequestPublisher::new(
+            &kafka,
+            config.clone(),
+            Credentials::new(hasher.clone(), ring),
+        )
+        .unwrap();
+        let request = Submission::new(
+            "+15551234567",
+            "123456",
+            vec![otp_events::Channel::Sms],
+            chrono::Duration::minutes(5),
+        )
+        .complete(Utc::now());
+        let key_id = |p: &CodeRequestPublisher| {
+            let value = p.config().rules.request_value(&request).unwrap();
+            value["sealed"]
+                .as_str()
+                .and_then(otp_events::sealed_key_id)
+                .map(str::to_owned)
         };
-        assert!(CodeRequestPublisher::new(&kafka, dev, hasher.clone()).is_ok());
-        let mut sealed = KafkaArgs::new("127.0.0.1:1");
-        sealed.sealing = Some(otp_events::Keyring::generate("k1").0);
-        assert!(CodeRequestPublisher::new(&sealed, PublisherConfig::default(), hasher).is_ok());
+        assert_eq!(key_id(&sealed).as_deref(), Some("k1"));
+        let dev =
+            CodeRequestPublisher::new(&kafka, config, Credentials::development(hasher)).unwrap();
+        assert_eq!(key_id(&dev), None);
+        assert_eq!(
+            dev.config().rules.request_value(&request).unwrap()["code"],
+            "123456"
+        );
     }
 }

@@ -16,13 +16,13 @@ use crate::session::ProducerSession;
 use crate::{CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig};
 use otp_events::{
     AbuseAdmissions, CodeRequest, DeliveryStatus, MessageIndex, PendingConfirmation, Receipt,
-    Topics, ABUSE_ADMISSION_SCHEMA, HEADER_SCHEMA, MESSAGE_INDEX_SCHEMA,
+    Topics, ABUSE_ADMISSION_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, MESSAGE_INDEX_SCHEMA,
     PENDING_CONFIRMATION_SCHEMA, RECEIPT_SCHEMA,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use std::future::Future;
 use std::time::Duration;
 
@@ -45,7 +45,11 @@ pub struct KafkaWriter {
     /// new producer session.
     delivery_bound: Duration,
     topics: Topics,
-    fallback: CodeRequestPublisher,
+    /// Hands requests on to their next channel; `None` for a writer that hands nothing on
+    /// (the receipts ingress).
+    fallback: Option<CodeRequestPublisher>,
+    /// Seals what pending confirmations carry of a request.
+    rules: otp_events::Rules,
     /// Signs the internal records (pending confirmations, the message index, receipts,
     /// admissions) as the role of the service that writes them.
     signer: Option<crate::records::Signer>,
@@ -59,16 +63,12 @@ impl KafkaWriter {
     /// services check their keys at start).
     pub fn new(
         kafka: &KafkaArgs,
-        fallback: CodeRequestPublisher,
+        fallback: Option<CodeRequestPublisher>,
         role: otp_events::Role,
     ) -> Result<Self, KafkaError> {
-        let mut config: ClientConfig = kafka.client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "30000");
-        kafka.apply_overrides(&mut config);
+        let config = kafka.to_rdkafka(crate::KafkaRole::Producer {
+            message_timeout: Duration::from_secs(30),
+        });
         let message_timeout = config
             .get("message.timeout.ms")
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -90,11 +90,19 @@ impl KafkaWriter {
             metrics::counter!("otp_kafka_writes_abandoned_total", "what" => what).increment(0);
             metrics::gauge!("otp_kafka_writes_stalled", "what" => what).set(0.0);
         }
+        let rules = fallback.as_ref().map_or_else(
+            || otp_events::Rules {
+                sealing: kafka.sealing.clone(),
+                ..otp_events::Rules::default()
+            },
+            |f| f.config().rules.clone(),
+        );
         Ok(Self {
             producer: ProducerSession::new(config)?,
             delivery_bound,
             topics: kafka.topics(),
             fallback,
+            rules,
             signer: crate::records::Signer::of(kafka, role),
             status_version: kafka.status_schema,
         })
@@ -112,10 +120,12 @@ impl KafkaWriter {
             topics: kafka.topics(),
             rules,
             ack_timeout: Duration::from_secs(10),
-            ..PublisherConfig::default()
         };
-        let publisher = CodeRequestPublisher::new(kafka, config, hasher)?;
-        Ok(Self::new(kafka, publisher, role)?)
+        let mut publisher = CodeRequestPublisher::new(kafka, config, kafka.credentials(hasher)?)?;
+        if let Some(key) = &kafka.fallback_key {
+            publisher = publisher.proving_fallbacks(key.clone());
+        }
+        Ok(Self::new(kafka, Some(publisher), role)?)
     }
 
     /// Write a status, keyed by request_id.
@@ -162,7 +172,7 @@ impl KafkaWriter {
     /// Write (or overwrite: the topic is compacted) a send's pending confirmation.
     pub async fn pending(&self, record: &PendingConfirmation) {
         let topic = self.topics.pending_confirmations();
-        let payload = match record.to_json(&self.fallback.config().rules) {
+        let payload = match record.to_json(&self.rules) {
             Ok(payload) => payload,
             Err(e) => {
                 let failure = WriteFailure {
@@ -202,28 +212,94 @@ impl KafkaWriter {
     /// Write a receipt under its key: the tracker hands on a receipt it resolved to the
     /// partition of its request.
     pub async fn receipt(&self, receipt: &Receipt) {
-        let topic = self.topics.delivery_receipts();
-        let payload = receipt.to_json();
-        let key = receipt.key();
-        self.keyed("receipt", &topic, &key, Some(&payload), RECEIPT_SCHEMA)
-            .await;
+        let r = self.receipt_record(receipt);
+        self.keyed_with(
+            r.what,
+            &r.topic,
+            &r.key,
+            Some(&r.payload),
+            r.schema,
+            &r.extra(),
+        )
+        .await;
     }
 
     /// Tell the workers of a channel what a provider said about its health, keyed by channel.
     pub async fn signal(&self, signal: &otp_events::ChannelSignal) {
-        let topic = self.topics.channel_signals();
-        let payload = signal.to_json();
-        let channel = signal.channel.as_str();
-        self.keyed(
-            "signal",
-            &topic,
-            channel,
-            Some(&payload),
-            otp_events::CHANNEL_SIGNAL_SCHEMA,
+        let r = self.signal_record(signal);
+        self.keyed_with(
+            r.what,
+            &r.topic,
+            &r.key,
+            Some(&r.payload),
+            r.schema,
+            &r.extra(),
         )
         .await;
+        let channel = signal.channel.as_str();
         metrics::counter!("otp_channel_signals_total", "channel" => channel, "kind" => signal.kind.as_str(), "source" => signal.source.as_str())
             .increment(1);
+    }
+
+    /// Write every receipt, then every signal, and wait for all acknowledgements, within
+    /// `within`; nothing is retried. The receipts ingress answers a provider's call only once
+    /// its receipts are stored, and 503 otherwise, so that the provider retries the call (a
+    /// receipt stored twice is harmless: the tracker applies each status once).
+    pub async fn receipts_within(
+        &self,
+        receipts: &[Receipt],
+        signals: &[otp_events::ChannelSignal],
+        within: Duration,
+    ) -> Result<(), BoundedWriteError> {
+        let records: Vec<Outgoing> = receipts
+            .iter()
+            .map(|r| self.receipt_record(r))
+            .chain(signals.iter().map(|s| self.signal_record(s)))
+            .collect();
+        let lease = self.producer.lease();
+        let sends = records.iter().map(|r| {
+            let extra = r.extra();
+            let headers = self.headers(r.schema, &r.key, Some(&r.payload), &extra);
+            let record = FutureRecord::to(&r.topic)
+                .key(r.key.as_bytes())
+                .payload(r.payload.as_slice())
+                .headers(headers);
+            lease.producer.send(record, QUEUE_WAIT)
+        });
+        let all = futures_util::future::join_all(sends);
+        let Ok(results) = tokio::time::timeout(within, all).await else {
+            return Err(BoundedWriteError::TimedOut(within));
+        };
+        for result in results {
+            if let Err((e, _)) = result {
+                self.producer.failed(&lease, &e);
+                return Err(BoundedWriteError::Refused(e));
+            }
+        }
+        self.producer.succeeded(&lease);
+        Ok(())
+    }
+
+    fn receipt_record(&self, receipt: &Receipt) -> Outgoing {
+        Outgoing {
+            what: "receipt",
+            topic: self.topics.delivery_receipts(),
+            key: receipt.key(),
+            payload: receipt.to_json(),
+            schema: RECEIPT_SCHEMA,
+            request_id: receipt.request_id.clone(),
+        }
+    }
+
+    fn signal_record(&self, signal: &otp_events::ChannelSignal) -> Outgoing {
+        Outgoing {
+            what: "signal",
+            topic: self.topics.channel_signals(),
+            key: signal.channel.as_str().to_string(),
+            payload: signal.to_json(),
+            schema: otp_events::CHANNEL_SIGNAL_SCHEMA,
+            request_id: None,
+        }
     }
 
     /// Share a batch of abuse admissions with the fleet, keyed by the worker that made them.
@@ -272,30 +348,8 @@ impl KafkaWriter {
         schema: &str,
         extra: &[(&str, &str)],
     ) {
-        let is_status = schema == otp_events::DELIVERY_STATUS_SCHEMA
-            || schema == otp_events::DELIVERY_STATUS_SCHEMA_V2;
-        let mac = self
-            .signer
-            .as_ref()
-            .filter(|_| !is_status)
-            .map(|s| s.header(schema, key.as_bytes(), payload));
         let written = retry_until_acked(what, || {
-            let mut headers = OwnedHeaders::new().insert(Header {
-                key: HEADER_SCHEMA,
-                value: Some(schema),
-            });
-            if let Some(mac) = &mac {
-                headers = headers.insert(Header {
-                    key: otp_events::HEADER_RECORD_MAC,
-                    value: Some(mac.as_str()),
-                });
-            }
-            for &(key, value) in extra {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            }
+            let headers = self.headers(schema, key, payload, extra);
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).key(key.as_bytes()).headers(headers);
             if let Some(payload) = payload {
@@ -307,6 +361,37 @@ impl KafkaWriter {
         if let Err(e) = written {
             abandoned(what, &e);
         }
+    }
+
+    /// A record's headers: its schema, the MAC of the role that writes it (statuses are for
+    /// analysts and carry none), and `extra`.
+    fn headers(
+        &self,
+        schema: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> OwnedHeaders {
+        let is_status = schema == otp_events::DELIVERY_STATUS_SCHEMA
+            || schema == otp_events::DELIVERY_STATUS_SCHEMA_V2;
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: HEADER_SCHEMA,
+            value: Some(schema),
+        });
+        if let Some(signer) = self.signer.as_ref().filter(|_| !is_status) {
+            let mac = signer.header(schema, key.as_bytes(), payload);
+            headers = headers.insert(Header {
+                key: otp_events::HEADER_RECORD_MAC,
+                value: Some(mac.as_str()),
+            });
+        }
+        for &(key, value) in extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        headers
     }
 
     /// Write the original message to the dead-letter topic: same key, payload and headers,
@@ -446,18 +531,24 @@ impl KafkaWriter {
         &self,
         next: &CodeRequest,
         status: &DeliveryStatus,
-    ) -> Result<(), PublishError> {
+    ) -> Result<(), HandOnError> {
         self.status(status).await;
         self.fallback(next).await
     }
 
     /// Hand a request on to its next channel's topic. A request the contract refuses cannot be
     /// handed on; the caller reports that as an error instead.
-    pub async fn fallback(&self, next: &CodeRequest) -> Result<(), PublishError> {
+    pub async fn fallback(&self, next: &CodeRequest) -> Result<(), HandOnError> {
+        let Some(fallback) = &self.fallback else {
+            return Err(HandOnError::Abandoned {
+                request_id: next.request_id.clone(),
+                reason: "this writer hands nothing on".into(),
+            });
+        };
         let written = retry_until_acked("fallback", || async {
-            match self.fallback.publish_request(next).await {
+            match fallback.publish_request(next).await {
                 Ok(()) => Ok(Ok(())),
-                Err(PublishError::Invalid(e)) => Ok(Err(PublishError::Invalid(e))),
+                Err(PublishError::Invalid(e)) => Ok(Err(HandOnError::Invalid(e))),
                 Err(PublishError::Kafka { source, .. }) | Err(PublishError::Setup(source)) => {
                     Err(WriteFailure::of(&source))
                 }
@@ -469,13 +560,54 @@ impl KafkaWriter {
             Ok(result) => result,
             Err(e) => {
                 abandoned("fallback", &e);
-                Err(PublishError::Abandoned {
+                Err(HandOnError::Abandoned {
                     request_id: next.request_id.clone(),
                     reason: e.message,
                 })
             }
         }
     }
+}
+
+/// One receipt or signal to write.
+struct Outgoing {
+    what: &'static str,
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    schema: &'static str,
+    /// Named in a header too, for readers that look before they parse.
+    request_id: Option<String>,
+}
+
+impl Outgoing {
+    fn extra(&self) -> Vec<(&str, &str)> {
+        self.request_id
+            .iter()
+            .map(|id| (HEADER_REQUEST_ID, id.as_str()))
+            .collect()
+    }
+}
+
+/// Why a bounded write ([`KafkaWriter::receipts_within`]) did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedWriteError {
+    #[error("not acknowledged within {0:?}")]
+    TimedOut(Duration),
+    #[error("refused: {0}")]
+    Refused(#[source] KafkaError),
+}
+
+/// Why a request could not be handed on to its next channel: the caller ends it `failed`
+/// ([`DeliveryStatus::fallback_refused`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HandOnError {
+    /// The next channel's request breaks a rule of the contract.
+    #[error("invalid code request: {0}")]
+    Invalid(otp_events::ValidationError),
+    /// A write that can never succeed (too large for the broker) was given up.
+    #[error("the fallback of request {request_id} was given up: {reason}")]
+    Abandoned { request_id: String, reason: String },
 }
 
 /// Why a write failed, and whether trying again can help.

@@ -41,7 +41,7 @@ async fn every_send_gets_its_own_delivery_report() {
     let broker = shared_broker();
     let topics = TestTopics::create(broker, 2).await;
     let topic = topics.topics.dead_letter();
-    let producer = Producer::create(&topics.kafka.client_config()).expect("producer");
+    let producer = Producer::create(&producer_config(&topics)).expect("producer");
     let payloads: Vec<String> = (0..200).map(|i| format!("record {i}")).collect();
     let sends = payloads.iter().enumerate().map(|(i, p)| {
         let key = format!("k{i}");
@@ -138,9 +138,8 @@ async fn reports_wake_the_thread_rather_than_wait_for_its_sleep_to_end() {
     let topics = TestTopics::create(broker, 1).await;
     let topic = topics.topics.dead_letter();
     // Were the thread woken only by the end of its sleep, the first report would take an hour.
-    let producer =
-        Producer::with_idle_wait(&topics.kafka.client_config(), Duration::from_secs(3600))
-            .expect("producer");
+    let producer = Producer::with_idle_wait(&producer_config(&topics), Duration::from_secs(3600))
+        .expect("producer");
     for i in 0..20 {
         let payload = format!("one after another {i}");
         let record: FutureRecord<'_, (), String> = FutureRecord::to(&topic).payload(&payload);
@@ -169,4 +168,11 @@ fn the_delivery_thread_goes_with_the_last_clone() {
         before,
         "joined when the last clone is dropped"
     );
+}
+
+/// The project's producer settings, as every writer of ours has them.
+fn producer_config(topics: &TestTopics) -> rdkafka::ClientConfig {
+    topics.kafka.to_rdkafka(otp_kafka::KafkaRole::Producer {
+        message_timeout: Duration::from_secs(30),
+    })
 }

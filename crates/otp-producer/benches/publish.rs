@@ -14,7 +14,6 @@ use otp_test_support::{shared_broker, TestTopics};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
 use std::time::Duration;
 
 const BATCH: usize = 500;
@@ -37,13 +36,12 @@ fn bench(c: &mut Criterion) {
     let t = rt.block_on(TestTopics::create(shared_broker(), 4));
     let hasher = PhoneHasher::new(b"bench");
     let publisher = rt.block_on(async { t.publisher(hasher.clone()) });
+    // librdkafka's producer with the library's own settings, and nothing of ours around it.
     let bare: FutureProducer = rt.block_on(async {
-        ClientConfig::new()
-            .set("bootstrap.servers", &t.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "5000")
-            .set("linger.ms", "2")
+        t.kafka
+            .to_rdkafka(otp_kafka::KafkaRole::Producer {
+                message_timeout: Duration::from_secs(5),
+            })
             .create()
             .unwrap()
     });

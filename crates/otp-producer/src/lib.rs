@@ -4,10 +4,23 @@
 //! the workers' fallbacks use it too) is what the HTTP ingress ([`ingress`]) and the
 //! `otp send` command call. Every way validates with `otp_events` before anything reaches
 //! Kafka, and returns only after the broker acknowledged (`acks=all`, idempotent producer).
+//!
+//! With `default-features = false` this crate is only the library a login system links: the
+//! publisher, its settings, credentials and errors, and the contract (`otp_events`), with no
+//! HTTP server, flag parser, log subscriber or metrics exporter. The `service` feature (on by
+//! default) adds the ingress and the binary.
 
+#[cfg(feature = "service")]
 pub mod cli;
+#[cfg(feature = "service")]
 pub mod ingress;
 
+pub use otp_events;
 pub use otp_kafka::{
-    CodeRequestPublisher, KafkaArgs, PublishError, PublisherConfig, HEADER_KEY_ID,
+    CodeRequestPublisher, Credentials, KafkaArgs, PublishError, PublisherConfig, HEADER_KEY_ID,
 };
+
+/// The README's example is compiled, so it stays the one that works.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -159,7 +159,8 @@ async fn start_ingress(kafka: &KafkaArgs, topics: &otp_events::Topics) -> Socket
         topics: topics.clone(),
         ..PublisherConfig::default()
     };
-    let publisher = CodeRequestPublisher::new(kafka, config, hasher()).unwrap();
+    let publisher =
+        CodeRequestPublisher::new(kafka, config, kafka.credentials(hasher()).unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = otp_producer::ingress::router(
@@ -369,7 +370,8 @@ async fn ingress_answers_503_when_the_broker_does_not_ack() {
         ack_timeout: Duration::from_millis(800),
         ..PublisherConfig::default()
     };
-    let publisher = CodeRequestPublisher::new(&kafka, config, hasher()).unwrap();
+    let publisher =
+        CodeRequestPublisher::new(&kafka, config, kafka.credentials(hasher()).unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = otp_producer::ingress::router(

@@ -164,7 +164,11 @@ impl TestTopics {
             topics: self.topics.clone(),
             ..otp_kafka::PublisherConfig::default()
         };
-        otp_kafka::CodeRequestPublisher::new(&self.kafka, config, hasher)
-            .expect("a publisher for the test topics")
+        otp_kafka::CodeRequestPublisher::new(
+            &self.kafka,
+            config,
+            self.kafka.credentials(hasher).unwrap(),
+        )
+        .expect("a publisher for the test topics")
     }
 }

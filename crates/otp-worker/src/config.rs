@@ -154,7 +154,7 @@ fn default_dedup_capacity() -> usize {
     1_000_000
 }
 fn default_max_ttl() -> Duration {
-    Duration::from_secs(30 * 60)
+    otp_events::DEFAULT_MAX_CODE_LIFE
 }
 fn default_max_clock_skew() -> Duration {
     Duration::from_secs(30)

@@ -48,6 +48,36 @@ pub async fn run<C: ChannelClient>(
     client: C,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let channel = client.channel();
+    let pipeline = Arc::new(pipeline(&setup, client)?);
+    let WorkerSetup { kafka, config, .. } = setup;
+    let listeners = Listeners::start(&kafka, &config, &pipeline);
+    let topic = kafka.topics().requests(channel);
+    register_metrics(channel);
+    let settings = group_settings(&kafka, &config, channel, &topic);
+    tracing::info!(%channel, %topic, group = %settings.group_id, max_in_flight = config.max_in_flight, "worker started");
+    let worker = Worker {
+        pipeline: pipeline.clone(),
+        ledger: Arc::new(OffsetLedger::default()),
+        tasks: HashMap::new(),
+        let_go: HashMap::new(),
+        assigned: HashSet::new(),
+        revoke_grace: config.revoke_grace,
+        topic,
+    };
+    let ran = group::run(&kafka, settings, worker, shutdown).await;
+    // The listeners' consumers are closed before the worker returns (not some time after).
+    listeners.stop().await;
+    if let Some(fleet) = &pipeline.fleet_counts {
+        fleet.stop().await;
+    }
+    ran?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The pipeline of a worker: its providers' limits and routes, its guards, its writer.
+fn pipeline<C: ChannelClient>(setup: &WorkerSetup, client: C) -> anyhow::Result<Pipeline<C>> {
     let WorkerSetup {
         kafka,
         config,
@@ -61,25 +91,7 @@ pub async fn run<C: ChannelClient>(
         "the {channel} worker has no provider configured"
     );
     let routes = Routes::new(&config.routes, &providers)?;
-    let limits = providers
-        .iter()
-        .map(|&p| {
-            let defaults = default_limits
-                .iter()
-                .find(|(d, _)| *d == p)
-                .map(|(_, l)| l.clone())
-                .ok_or_else(|| anyhow::anyhow!("no default limits for provider {p}"))?;
-            Ok((p, config.limits_of(p, &defaults)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for (provider, limits) in &limits {
-        tracing::info!(
-            %provider,
-            sender_per_second = limits.sender_per_second,
-            sender_burst = limits.sender_burst,
-            "provider configured"
-        );
-    }
+    let limits = provider_limits(config, default_limits, &providers)?;
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
         max_clock_skew: chrono::Duration::from_std(config.max_clock_skew)?,
@@ -90,7 +102,7 @@ pub async fn run<C: ChannelClient>(
         tracing::warn!("allow_plaintext_requests: requests with phone and code in plaintext are taken (a migration setting)");
     }
     let writer = Arc::new(KafkaWriter::for_fallbacks(
-        &kafka,
+        kafka,
         rules.clone(),
         hasher.clone(),
         otp_events::Role::Worker,
@@ -111,7 +123,7 @@ pub async fn run<C: ChannelClient>(
             allowed.map(|range| hasher.hash(range)).collect(),
         ))
     };
-    let pipeline = Arc::new(Pipeline {
+    Ok(Pipeline {
         client,
         guards: Guards {
             limiter: Limiter::new(&limits, &config.abuse),
@@ -119,99 +131,186 @@ pub async fn run<C: ChannelClient>(
             health: Health::new(channel.as_str(), &providers, config.circuit.clone()),
             dedup: Dedup::new(config.dedup_capacity),
             rules,
-            hasher,
+            hasher: hasher.clone(),
             conversion,
         },
         retry: config.retry.clone(),
-        writer: writer.clone(),
+        writer,
         fallback_key: kafka.fallback_key.clone(),
         confirmation: config.confirmation.clone(),
         fleet_counts,
-    });
-    // What the providers say outside a send's answer (failed receipts, system errors) feeds
-    // this worker's circuit and sender limit; stopped when the worker stops.
-    let signals = {
-        let pipeline = pipeline.clone();
-        let providers = providers.clone();
-        otp_kafka::signals::listen(&kafka, channel, move |signal| {
-            // A signal written before providers were named is about the channel's first.
-            let provider = signal.provider.unwrap_or(providers[0]);
-            let health = &pipeline.guards.health;
-            match (signal.kind, signal.country.as_deref()) {
-                (SignalKind::ChannelBroken, _) => health.signal(provider, None),
-                (SignalKind::RouteBroken, Some(country)) => health.signal(provider, Some(country)),
-                // A route signal that names no country closes nothing: a country's trouble
-                // must not close the provider everywhere.
-                (SignalKind::RouteBroken, None) => {}
-                (SignalKind::Throttled, _) => pipeline.guards.limiter.throttled(Some(provider)),
-                (SignalKind::Slow, Some(country)) => {
-                    let now = std::time::Instant::now();
-                    pipeline.guards.routes.demote(provider, country, now)
-                }
-                (SignalKind::Slow, None) => {}
-            }
+    })
+}
+
+/// Each provider's limits: its documented defaults, patched field by field by the config.
+fn provider_limits(
+    config: &WorkerConfig,
+    default_limits: &[(Provider, LimitsConfig)],
+    providers: &[Provider],
+) -> anyhow::Result<Vec<(Provider, LimitsConfig)>> {
+    let limits = providers
+        .iter()
+        .map(|&p| {
+            let defaults = default_limits
+                .iter()
+                .find(|(d, _)| *d == p)
+                .map(|(_, l)| l.clone())
+                .ok_or_else(|| anyhow::anyhow!("no default limits for provider {p}"))?;
+            Ok((p, config.limits_of(p, &defaults)))
         })
-    };
-    let stop_signals = AbortOnDrop(Some(signals));
-    // The rest of the fleet's abuse admissions of the last window join this worker's
-    // counts, and (those made once it reads outcomes) its conversion counts; stopped when
-    // the worker stops.
-    let converting = config.conversion.mode != ConversionMode::Off;
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (provider, limits) in &limits {
+        tracing::info!(
+            %provider,
+            sender_per_second = limits.sender_per_second,
+            sender_burst = limits.sender_burst,
+            "provider configured"
+        );
+    }
+    Ok(limits)
+}
+
+/// The worker's readers of what the rest of the system says, and its judge of conversion;
+/// each stopped when the worker stops.
+struct Listeners {
+    signals: AbortOnDrop,
+    admissions: AbortOnDrop,
+    outcomes: AbortOnDrop,
+    judging: AbortOnDrop,
+}
+
+impl Listeners {
+    fn start<C: ChannelClient>(
+        kafka: &KafkaArgs,
+        config: &WorkerConfig,
+        pipeline: &Arc<Pipeline<C>>,
+    ) -> Self {
+        let converting = config.conversion.mode != ConversionMode::Off;
+        let (outcomes, judging) = if converting {
+            let (outcomes, judging) = judge_conversion(kafka, pipeline);
+            (Some(outcomes), Some(judging))
+        } else {
+            (None, None)
+        };
+        Self {
+            signals: AbortOnDrop(Some(listen_to_signals(kafka, pipeline))),
+            admissions: AbortOnDrop(listen_to_admissions(kafka, config, pipeline, converting)),
+            outcomes: AbortOnDrop(outcomes),
+            judging: AbortOnDrop(judging),
+        }
+    }
+
+    async fn stop(self) {
+        self.signals.stop().await;
+        self.admissions.stop().await;
+        self.outcomes.stop().await;
+        self.judging.stop().await;
+    }
+}
+
+/// What the providers say outside a send's answer (failed receipts, system errors) feeds the
+/// worker's circuits, sender limits and routes.
+fn listen_to_signals<C: ChannelClient>(
+    kafka: &KafkaArgs,
+    pipeline: &Arc<Pipeline<C>>,
+) -> tokio::task::JoinHandle<()> {
+    let pipeline = pipeline.clone();
+    let channel = pipeline.client.channel();
+    let providers = pipeline.client.providers();
+    otp_kafka::signals::listen(kafka, channel, move |signal| {
+        // A signal written before providers were named is about the channel's first.
+        let provider = signal.provider.unwrap_or(providers[0]);
+        let health = &pipeline.guards.health;
+        match (signal.kind, signal.country.as_deref()) {
+            (SignalKind::ChannelBroken, _) => health.signal(provider, None),
+            (SignalKind::RouteBroken, Some(country)) => health.signal(provider, Some(country)),
+            // A route signal that names no country closes nothing: a country's trouble
+            // must not close the provider everywhere.
+            (SignalKind::RouteBroken, None) => {}
+            (SignalKind::Throttled, _) => pipeline.guards.limiter.throttled(Some(provider)),
+            (SignalKind::Slow, Some(country)) => {
+                let now = std::time::Instant::now();
+                pipeline.guards.routes.demote(provider, country, now)
+            }
+            (SignalKind::Slow, None) => {}
+        }
+    })
+}
+
+/// The rest of the fleet's abuse admissions of the last window join this worker's counts,
+/// and (those made once it reads outcomes) its conversion counts.
+fn listen_to_admissions<C: ChannelClient>(
+    kafka: &KafkaArgs,
+    config: &WorkerConfig,
+    pipeline: &Arc<Pipeline<C>>,
+    converting: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
     let lookback = match (pipeline.guards.limiter.abuse_lookback(), converting) {
         (abuse, true) => Some(abuse.unwrap_or_default().max(config.conversion.window)),
         (abuse, false) => abuse,
     };
-    let stop_admissions = AbortOnDrop(match (&pipeline.fleet_counts, lookback) {
-        (Some(fleet), Some(lookback)) => {
-            let p = pipeline.clone();
-            let count = move |subject: &crate::limits::Subject, request: Option<&str>, at| {
-                p.guards.limiter.admitted_elsewhere(subject, at);
-                let Some((app, _)) = request.and_then(otp_events::split_confirmation_key) else {
-                    return;
-                };
-                let about = About {
-                    request: request.unwrap_or_default(),
-                    app,
-                    range: &subject.prefix_key,
-                    country: subject.country.as_deref(),
-                };
-                p.guards.conversion.admitted(&about, at);
-            };
-            Some(fleet.listen(&kafka, lookback, count))
-        }
-        _ => None,
-    });
-    // The outcomes login systems report, and the judging of what reached its grace (which
-    // also tells the routes whose codes were entered), once a second.
-    let (stop_outcomes, stop_judging) = if converting {
-        let conversion = pipeline.guards.conversion.clone();
-        let outcomes = crate::outcomes::listen(&kafka, channel.as_str(), conversion);
-        let p = pipeline.clone();
-        let judging = tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                every.tick().await;
-                let now = std::time::Instant::now();
-                for j in p.guards.conversion.tick(now) {
-                    // At the instant each was judged: `demote_every` counts from those.
-                    p.guards
-                        .routes
-                        .judged(j.provider, &j.country, j.verified, j.at);
-                }
-            }
-        });
-        (AbortOnDrop(Some(outcomes)), AbortOnDrop(Some(judging)))
-    } else {
-        (AbortOnDrop(None), AbortOnDrop(None))
+    let (fleet, lookback) = (pipeline.fleet_counts.as_ref()?, lookback?);
+    let p = pipeline.clone();
+    let count = move |subject: &crate::limits::Subject, request: Option<&str>, at| {
+        p.guards.limiter.admitted_elsewhere(subject, at);
+        let Some((app, _)) = request.and_then(otp_events::split_confirmation_key) else {
+            return;
+        };
+        let about = About {
+            request: request.unwrap_or_default(),
+            app,
+            range: &subject.prefix_key,
+            country: subject.country.as_deref(),
+        };
+        p.guards.conversion.admitted(&about, at);
     };
-    let topic = kafka.topics().requests(channel);
+    Some(fleet.listen(kafka, lookback, count))
+}
+
+/// The outcomes login systems report, and the judging of what reached its grace (which also
+/// tells the routes whose codes were entered), once a second.
+fn judge_conversion<C: ChannelClient>(
+    kafka: &KafkaArgs,
+    pipeline: &Arc<Pipeline<C>>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let channel = pipeline.client.channel();
+    let conversion = pipeline.guards.conversion.clone();
+    let outcomes = crate::outcomes::listen(kafka, channel.as_str(), conversion);
+    let p = pipeline.clone();
+    let judging = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let now = std::time::Instant::now();
+            for j in p.guards.conversion.tick(now) {
+                // At the instant each was judged: `demote_every` counts from those.
+                p.guards
+                    .routes
+                    .judged(j.provider, &j.country, j.verified, j.at);
+            }
+        }
+    });
+    (outcomes, judging)
+}
+
+/// Every series a worker exports from its start, so dashboards see zero, not nothing.
+fn register_metrics(channel: otp_events::Channel) {
     metrics::counter!("otp_fallback_unproven_total", "channel" => channel.as_str()).increment(0);
     metrics::counter!("otp_commit_errors_total").increment(0);
     for reached in [Reached::Nothing, Reached::SendStarted, Reached::Ended] {
         metrics::counter!("otp_handling_panics_total", "after" => reached.as_str()).increment(0);
     }
     otp_kafka::records::register_refusals();
-    let settings = GroupSettings {
+}
+
+/// How a worker takes part in its channel's group.
+fn group_settings(
+    kafka: &KafkaArgs,
+    config: &WorkerConfig,
+    channel: otp_events::Channel,
+    topic: &str,
+) -> GroupSettings {
+    GroupSettings {
         group_id: config
             .group_id
             .clone()
@@ -219,10 +318,9 @@ pub async fn run<C: ChannelClient>(
             // not share (and rebalance) each other's groups.
             .unwrap_or_else(|| format!("{}otp-{channel}-workers", kafka.topic_prefix)),
         instance_id: config.group_instance_id.clone(),
-        topics: vec![topic.clone()],
+        topics: vec![topic.to_string()],
         assignment: "cooperative-sticky",
         // Fetched-but-unhandled messages are what pausing cannot stop; keep that buffer small.
-        client: vec![("queued.max.messages.kbytes", "8192".to_string())],
         max_in_flight: config.max_in_flight,
         hold_until_released: None,
         commit_interval: config.commit_interval,
@@ -236,29 +334,7 @@ pub async fn run<C: ChannelClient>(
         tick: None,
         metrics_listen: config.metrics_listen,
         name: format!("otp-{channel}-consumer"),
-    };
-    tracing::info!(%channel, %topic, group = %settings.group_id, max_in_flight = config.max_in_flight, "worker started");
-    let worker = Worker {
-        pipeline: pipeline.clone(),
-        ledger: Arc::new(OffsetLedger::default()),
-        tasks: HashMap::new(),
-        let_go: HashMap::new(),
-        assigned: HashSet::new(),
-        revoke_grace: config.revoke_grace,
-        topic,
-    };
-    let ran = group::run(&kafka, settings, worker, shutdown).await;
-    // The listeners' consumers are closed before the worker returns (not some time after).
-    stop_signals.stop().await;
-    stop_admissions.stop().await;
-    stop_outcomes.stop().await;
-    stop_judging.stop().await;
-    if let Some(fleet) = &pipeline.fleet_counts {
-        fleet.stop().await;
     }
-    ran?;
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Aborts a background task when dropped, however the worker's run ends; [`Self::stop`] also

@@ -17,11 +17,10 @@ use super::holds::Holds;
 use super::in_flight::{InFlight, Permit};
 use super::letting_go::LettingGo;
 use super::{Position, TopicPartition};
-use crate::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc};
 use std::time::Duration;
@@ -369,30 +368,4 @@ pub async fn close(
         Ok(Ok(Err(e))) => Err(CloseError::Commit(e)),
         Ok(Err(_)) | Err(_) => Err(CloseError::TimedOut(within)),
     }
-}
-
-/// What every consumer group member of ours shares: offsets stored and committed by hand (only
-/// what is finished), a new group reads from the start, and a crashed member's partitions
-/// move after 10 s rather than Kafka's default 45 s (a code lives minutes and its user is
-/// waiting). The caller adds its assignment strategy and then `kafka.apply_overrides`, so an
-/// operator's `--kafka-opt` has the last word.
-///
-/// With `instance_id` the member is *static* (`group.instance.id`, Kafka's KIP-345): a process
-/// restarted under the same id (a StatefulSet pod's name) takes its partitions back at once,
-/// with no rebalance and no wait for the session timeout; two live processes must never share
-/// one. A static member does not leave the group when it stops, so its partitions wait for it
-/// until the session timeout.
-pub fn group_config(kafka: &KafkaArgs, group: &str, instance_id: Option<&str>) -> ClientConfig {
-    let mut config = kafka.client_config();
-    if let Some(id) = instance_id {
-        config.set("group.instance.id", id);
-    }
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000");
-    config
 }

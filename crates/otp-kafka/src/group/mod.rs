@@ -26,14 +26,14 @@ mod in_flight;
 mod ledger;
 mod letting_go;
 
-pub use bridge::{group_config, CloseError, GroupConsumer};
+pub use bridge::{CloseError, GroupConsumer};
 pub use holds::Holds;
 pub use in_flight::{InFlight, Permit};
 pub use ledger::{Generation, OffsetLedger};
 pub use letting_go::LettingGo;
 
 use crate::observe::Heartbeat;
-use crate::KafkaArgs;
+use crate::{KafkaArgs, KafkaRole};
 use anyhow::Context;
 use bridge::{ConsumerEvent, RebalanceBridge};
 use rdkafka::consumer::Consumer;
@@ -81,13 +81,11 @@ pub struct Position {
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
     pub group_id: String,
-    /// Static membership (`group.instance.id`); see [`group_config`].
+    /// Static membership (`group.instance.id`); see [`KafkaRole::Member`].
     pub instance_id: Option<String>,
     pub topics: Vec<String>,
     /// librdkafka's `partition.assignment.strategy`.
     pub assignment: &'static str,
-    /// Consumer properties of this role, applied before the operator's passthrough settings.
-    pub client: Vec<(&'static str, String)>,
     /// Messages handed to the member and not yet released, at most.
     pub max_in_flight: usize,
     /// A topic whose partitions are not fetched after an assignment until the member releases
@@ -218,32 +216,11 @@ const TICK_DRAIN: usize = 4096;
 pub async fn run<M: GroupMember>(
     kafka: &KafkaArgs,
     settings: GroupSettings,
-    mut member: M,
+    member: M,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut config = group_config(kafka, &settings.group_id, settings.instance_id.as_deref());
-    config.set("partition.assignment.strategy", settings.assignment);
-    for (name, value) in &settings.client {
-        config.set(*name, value);
-    }
-    kafka.apply_overrides(&mut config);
-    let bridge = RebalanceBridge::new(
-        events_tx.clone(),
-        settings.revoke_reply_within,
-        settings.hold_until_released.clone(),
-    );
-    let consumer: Arc<GroupConsumer> = Arc::new(
-        config
-            .create_with_context(bridge)
-            .context("create the Kafka consumer")?,
-    );
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribe")?;
-    let group = Group {
-        consumer: consumer.clone(),
-    };
-
+    let consumer = join(kafka, &settings, events_tx.clone())?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
     let readiness = tokio::spawn(watch_broker(
@@ -255,21 +232,12 @@ pub async fn run<M: GroupMember>(
     ));
     // Liveness: the poll thread beats on every turn (at most every 100 ms, paused or not,
     // whatever the broker does); `/healthz` fails when it stops, so that the orchestrator
-    // restarts a worker whose poll is wedged. Not this loop: it may rightly wait on Kafka for
+    // restarts a worker whose poll is wedged. Not the loop: it may rightly wait on Kafka for
     // minutes in an outage, when a restart would only lose what is in flight.
     let polling = Heartbeat::default();
     if let Some(listen) = settings.metrics_listen {
-        let ready = ready.clone();
-        let beating = polling.clone();
-        tokio::spawn(async move {
-            let ready = move || ready.load(Ordering::SeqCst);
-            let live = move || beating.alive();
-            if let Err(e) = crate::observe::serve(listen, ready, live).await {
-                tracing::error!(error = %e, %listen, "metrics endpoint failed");
-            }
-        });
+        serve_health(listen, ready, polling.clone());
     }
-
     let in_flight = InFlight::new(settings.max_in_flight, &settings.group_id);
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -278,49 +246,11 @@ pub async fn run<M: GroupMember>(
             .name(settings.name.clone())
             .spawn(move || bridge::poll_loop(consumer, events_tx, in_flight, stop, polling))?
     };
-
-    let mut commit_tick = tokio::time::interval(settings.commit_interval);
-    let mut tick = settings.tick.map(tokio::time::interval);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = commit_tick.tick() => {
-                bridge::commit_async(&consumer, &member.positions());
-                let oldest = member.oldest_unfinished().unwrap_or_default();
-                metrics::gauge!("otp_oldest_unfinished_seconds", "group" => settings.group_id.clone())
-                    .set(oldest.as_secs_f64());
-            }
-            _ = next_tick(&mut tick) => {
-                let work = async {
-                    // What was already fetched may change what is due (a receipt cancels a
-                    // deadline): apply it first.
-                    for _ in 0..TICK_DRAIN {
-                        match events.try_recv() {
-                            Ok(event) => dispatch(&mut member, &group, event).await,
-                            Err(_) => break,
-                        }
-                    }
-                    member.tick().await;
-                };
-                // A member's work can wait on Kafka (a write retried until acknowledged):
-                // the signal must not wait for it. What it leaves unfinished is not committed.
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    _ = work => {}
-                }
-            }
-            event = events.recv() => match event {
-                Some(event) => tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    _ = dispatch(&mut member, &group, event) => {}
-                },
-                None => break,
-            },
-        }
-    }
+    let group = Group {
+        consumer: consumer.clone(),
+    };
+    let mut member = member;
+    serve_member(&settings, &mut member, &group, &mut events, shutdown).await;
 
     tracing::info!(in_flight = in_flight.held(), "draining");
     stop.store(true, Ordering::SeqCst);
@@ -342,6 +272,95 @@ pub async fn run<M: GroupMember>(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// A consumer of the group, subscribed to its topics; its rebalances become `events`.
+fn join(
+    kafka: &KafkaArgs,
+    settings: &GroupSettings,
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+) -> anyhow::Result<Arc<GroupConsumer>> {
+    let config = kafka.to_rdkafka(KafkaRole::Member {
+        group: &settings.group_id,
+        instance_id: settings.instance_id.as_deref(),
+        assignment: settings.assignment,
+    });
+    let bridge = RebalanceBridge::new(
+        events,
+        settings.revoke_reply_within,
+        settings.hold_until_released.clone(),
+    );
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        config
+            .create_with_context(bridge)
+            .context("create the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribe")?;
+    Ok(consumer)
+}
+
+/// `/metrics`, `/healthz` (the poll thread beats) and `/readyz` (the broker answers).
+fn serve_health(listen: SocketAddr, ready: Arc<AtomicBool>, polling: Heartbeat) {
+    tokio::spawn(async move {
+        let ready = move || ready.load(Ordering::SeqCst);
+        let live = move || polling.alive();
+        if let Err(e) = crate::observe::serve(listen, ready, live).await {
+            tracing::error!(error = %e, %listen, "metrics endpoint failed");
+        }
+    });
+}
+
+/// Hand the member its events, commit its positions and run its ticks, until `shutdown`.
+async fn serve_member<M: GroupMember>(
+    settings: &GroupSettings,
+    member: &mut M,
+    group: &Group,
+    events: &mut mpsc::UnboundedReceiver<ConsumerEvent>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut commit_tick = tokio::time::interval(settings.commit_interval);
+    let mut tick = settings.tick.map(tokio::time::interval);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = commit_tick.tick() => {
+                bridge::commit_async(&group.consumer, &member.positions());
+                let oldest = member.oldest_unfinished().unwrap_or_default();
+                metrics::gauge!("otp_oldest_unfinished_seconds", "group" => settings.group_id.clone())
+                    .set(oldest.as_secs_f64());
+            }
+            _ = next_tick(&mut tick) => {
+                let work = async {
+                    // What was already fetched may change what is due (a receipt cancels a
+                    // deadline): apply it first.
+                    for _ in 0..TICK_DRAIN {
+                        match events.try_recv() {
+                            Ok(event) => dispatch(member, group, event).await,
+                            Err(_) => break,
+                        }
+                    }
+                    member.tick().await;
+                };
+                // A member's work can wait on Kafka (a write retried until acknowledged):
+                // the signal must not wait for it. What it leaves unfinished is not committed.
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = work => {}
+                }
+            }
+            event = events.recv() => match event {
+                Some(event) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = dispatch(member, group, event) => {}
+                },
+                None => break,
+            },
+        }
+    }
 }
 
 /// How long the final commit and the consumer's close may take after the drain: a shutdown

@@ -11,7 +11,7 @@ pub struct IngressConfig {
     pub listen: SocketAddr,
 
     /// Largest accepted request body, in bytes; larger bodies get 413.
-    #[arg(long, env = "OTP_INGRESS_BODY_LIMIT", default_value_t = default_body_limit())]
+    #[arg(long, env = "OTP_INGRESS_BODY_LIMIT", default_value_t = 16 * 1024)]
     pub body_limit: usize,
 
     /// Longest time one request may take, reading its body included; a slower client gets
@@ -29,7 +29,7 @@ pub struct IngressConfig {
     pub ack_timeout: Duration,
 
     /// Longest allowed life of a code (`expires_at - created_at`).
-    #[arg(long, env = "OTP_MAX_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OTP_MAX_TTL", default_value = otp_kafka::process::flag_default(otp_events::DEFAULT_MAX_CODE_LIFE), value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
     /// The apps' API keys and quotas: a TOML file of `[[app]]` entries holding each key's
@@ -52,26 +52,22 @@ pub struct IngressConfig {
     pub kafka: KafkaArgs,
 }
 
-fn default_body_limit() -> usize {
-    16 * 1024
-}
-
 impl IngressConfig {
-    /// Defaults, listening on `listen`, for tests and embedding.
+    /// The flags' defaults, listening on `listen`, for tests and embedding.
     pub fn new(listen: SocketAddr, kafka: KafkaArgs) -> Self {
-        Self {
-            listen,
-            body_limit: default_body_limit(),
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
-            ack_timeout: Duration::from_secs(5),
-            max_ttl: Duration::from_secs(30 * 60),
-            api_keys: None,
-            metrics_listen: None,
-            dev: Default::default(),
-            check: Default::default(),
-            kafka,
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: IngressConfig,
         }
+        // Parsed from no flags at all, so the defaults are the flags' own: stated once.
+        let mut config = Wrapper::try_parse_from(["ingress"])
+            .expect("every flag has a default")
+            .config;
+        config.listen = listen;
+        config.kafka = kafka;
+        config
     }
 
     /// Settings that cannot work together, named.

@@ -83,9 +83,8 @@ pub async fn serve(
                 ..Rules::default()
             },
             ack_timeout: config.ack_timeout,
-            ..PublisherConfig::default()
         },
-        hasher,
+        config.kafka.credentials(hasher)?,
     )?;
     let auth = match &config.api_keys {
         Some(path) => {

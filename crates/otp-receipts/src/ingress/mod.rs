@@ -22,22 +22,17 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use otp_events::provider_errors::{self, ErrorClass};
-use otp_events::{
-    Channel, ChannelSignal, PhoneHasher, Provider, Receipt, SignalKind, SignalSource, Topics,
-    CHANNEL_SIGNAL_SCHEMA, HEADER_REQUEST_ID, HEADER_SCHEMA, RECEIPT_SCHEMA,
-};
-use otp_kafka::session::ProducerSession;
+use otp_events::{Channel, ChannelSignal, PhoneHasher, Provider, SignalKind, SignalSource};
+use otp_kafka::writer::KafkaWriter;
 use otp_kafka::KafkaArgs;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
-use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Ingress {
-    producer: ProducerSession,
-    topics: Topics,
+    /// Writes receipts and signals, signed as the ingress: the tracker and the workers act
+    /// only on records a role of ours wrote.
+    writer: KafkaWriter,
     secrets: WebhookSecrets,
     /// Scheme, host and path prefix the providers call, e.g. `https://otp.example.com`.
     public_url: String,
@@ -46,9 +41,6 @@ pub struct Ingress {
     hasher: PhoneHasher,
     /// Bytes of large bodies held at once ([`budget`]).
     body_budget: usize,
-    /// Signs receipts and signals as the ingress: the tracker and the workers act only on
-    /// records a role of ours wrote.
-    signer: Option<otp_kafka::records::Signer>,
     /// The calls accepted lately: a replay writes nothing again.
     replays: replay::ReplayCache,
 }
@@ -61,22 +53,13 @@ impl Ingress {
         kafka_timeout: Duration,
         hasher: PhoneHasher,
     ) -> anyhow::Result<Self> {
-        let mut config: ClientConfig = kafka.client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", kafka_timeout.as_millis().to_string());
-        kafka.apply_overrides(&mut config);
         Ok(Self {
-            producer: ProducerSession::new(config)?,
-            topics: kafka.topics(),
+            writer: KafkaWriter::new(kafka, None, otp_events::Role::Ingress)?,
             secrets,
             public_url: public_url.trim_end_matches('/').to_string(),
             kafka_timeout,
             hasher,
             body_budget: budget::DEFAULT_BODY_BUDGET,
-            signer: otp_kafka::records::Signer::of(kafka, otp_events::Role::Ingress),
             replays: replay::ReplayCache::default(),
         })
     }
@@ -86,80 +69,6 @@ impl Ingress {
         self.body_budget = bytes;
         self
     }
-
-    /// Write every receipt, then every signal, and wait for all acknowledgements.
-    async fn write(&self, receipts: &[Receipt], signals: &[ChannelSignal]) -> Result<(), String> {
-        let receipts_topic = self.topics.delivery_receipts();
-        let signals_topic = self.topics.channel_signals();
-        // Receipts by request_id; one without a request_id by its message, where the
-        // tracker finds the message's request.
-        let records: Vec<Outgoing> = receipts
-            .iter()
-            .map(|r| Outgoing {
-                topic: &receipts_topic,
-                key: r.key(),
-                payload: r.to_json(),
-                schema: RECEIPT_SCHEMA,
-                request_id: r.request_id.as_deref(),
-            })
-            .chain(signals.iter().map(|s| Outgoing {
-                topic: &signals_topic,
-                key: s.channel.as_str().to_string(),
-                payload: s.to_json(),
-                schema: CHANNEL_SIGNAL_SCHEMA,
-                request_id: None,
-            }))
-            .collect();
-        let lease = self.producer.lease();
-        let macs: Vec<Option<String>> = records
-            .iter()
-            .map(|o| {
-                self.signer
-                    .as_ref()
-                    .map(|s| s.header(o.schema, o.key.as_bytes(), Some(&o.payload)))
-            })
-            .collect();
-        let sends = records.iter().zip(&macs).map(|(o, mac)| {
-            let mut headers = OwnedHeaders::new().insert(Header {
-                key: HEADER_SCHEMA,
-                value: Some(o.schema),
-            });
-            if let Some(mac) = mac {
-                headers = headers.insert(Header {
-                    key: otp_events::HEADER_RECORD_MAC,
-                    value: Some(mac.as_str()),
-                });
-            }
-            if let Some(id) = o.request_id {
-                headers = headers.insert(Header {
-                    key: HEADER_REQUEST_ID,
-                    value: Some(id),
-                });
-            }
-            let record = FutureRecord::to(o.topic)
-                .key(o.key.as_bytes())
-                .payload(o.payload.as_slice())
-                .headers(headers);
-            lease.producer.send(record, self.kafka_timeout)
-        });
-        for result in futures_util::future::join_all(sends).await {
-            if let Err((e, _)) = result {
-                self.producer.failed(&lease, &e);
-                return Err(e.to_string());
-            }
-        }
-        self.producer.succeeded(&lease);
-        Ok(())
-    }
-}
-
-/// One record to write.
-struct Outgoing<'a> {
-    topic: &'a str,
-    key: String,
-    payload: Vec<u8>,
-    schema: &'static str,
-    request_id: Option<&'a str>,
 }
 
 /// Webhook calls handled at once; more wait for a slot (within the request timeout).
@@ -399,7 +308,11 @@ async fn publish_receipts(
         tracing::warn!(provider = name, error = %e, "a status of the call breaks the documented shape; skipped");
     }
     let signals = system_signals(&parsed, Utc::now());
-    if let Err(e) = ingress.write(&parsed.receipts, &signals).await {
+    let written = ingress
+        .writer
+        .receipts_within(&parsed.receipts, &signals, ingress.kafka_timeout)
+        .await;
+    if let Err(e) = written {
         tracing::warn!(provider = name, error = %e, "receipts not written to Kafka; the provider will retry");
         return answer(provider, "kafka_error", StatusCode::SERVICE_UNAVAILABLE);
     }

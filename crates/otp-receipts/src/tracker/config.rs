@@ -1,5 +1,6 @@
 //! Settings of the confirmation tracker (`otp-receipts track`).
 
+use otp_kafka::process::flag_default;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub struct TrackerConfig {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_within: Duration,
     /// Longest code life accepted when handing a request on (as the workers' `max_ttl`).
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = flag_default(otp_events::DEFAULT_MAX_CODE_LIFE), value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
     /// How far back delivery times count when comparing providers per country (a provider
     /// slow to deliver against its peers loses weight in the workers' routes there).
@@ -44,6 +45,22 @@ pub struct TrackerConfig {
     /// How often providers are compared (and a slow one signalled).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub slow_check_every: Duration,
+    /// Messages read and not yet applied, at most: what waits in memory behind the one being
+    /// applied.
+    #[arg(long, env = "OTP_TRACKER_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// How often the offsets of applied messages are committed.
+    #[arg(long, env = "OTP_TRACKER_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+    /// How long a revoke may take to be answered (the writes under way settle, offsets are
+    /// committed) before the tracker answers anyway and the next owner reads again.
+    #[arg(long, env = "OTP_TRACKER_REVOKE_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub revoke_grace: Duration,
+    /// How long the writes under way may take at shutdown (a write is retried until
+    /// acknowledged, so this is what bounds them); what is left is read again by the next
+    /// owner.
+    #[arg(long, env = "OTP_TRACKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// Serve /metrics and /healthz here.
     #[arg(long, env = "OTP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -93,17 +93,14 @@ pub async fn run(
         topics: vec![topics.pending_confirmations(), topics.delivery_receipts()],
         // Co-partitioning: partition N of both topics goes to the same member.
         assignment: "range",
-        client: Vec::new(),
         // Messages are applied one at a time; this bounds what waits in the queue.
-        max_in_flight: 1024,
+        max_in_flight: config.max_in_flight,
         // A partition's receipts are not fetched until its records are read back: they could
         // not be applied before, and would wait in memory.
         hold_until_released: Some(topics.delivery_receipts()),
-        commit_interval: Duration::from_secs(1),
-        revoke_reply_within: Duration::from_secs(15),
-        // The writes under way may finish (a write is retried until acknowledged, so this
-        // grace is what bounds them).
-        shutdown_grace: SETTLE_WITHIN,
+        commit_interval: config.commit_interval,
+        revoke_reply_within: config.revoke_grace,
+        shutdown_grace: config.shutdown_grace,
         tick: Some(config.tick),
         metrics_listen: config.metrics_listen,
         name: "otp-tracker-consumer".into(),
