@@ -332,6 +332,30 @@ pub enum CloseError {
 /// broker that is gone, so they run on a thread of their own and are waited for at most
 /// `within`; past that the thread is left behind (the process is exiting) and the caller is
 /// told the last commit was not confirmed.
+/// Commit `positions`, riding out a rebalance that another member's join or leave started (a
+/// rolling restart stops members one after another): until it ends the broker refuses commits
+/// (`RebalanceInProgress`), and this member must poll to take part in it. What is fetched
+/// meanwhile is dropped: offsets are stored by hand, so the next owner reads it again. Tried
+/// until `deadline`.
+fn commit_through_rebalance(
+    consumer: &GroupConsumer,
+    positions: &[Position],
+    deadline: std::time::Instant,
+) -> rdkafka::error::KafkaResult<()> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let list = position_list(positions);
+    loop {
+        match consumer.commit(&list, CommitMode::Sync) {
+            Err(KafkaError::ConsumerCommit(
+                Code::RebalanceInProgress | Code::IllegalGeneration,
+            )) if std::time::Instant::now() < deadline => {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn close(
     consumer: Arc<GroupConsumer>,
     poller: std::thread::JoinHandle<()>,
@@ -346,6 +370,7 @@ pub async fn close(
         }
     }
     let (done, finished) = tokio::sync::oneshot::channel();
+    let deadline = std::time::Instant::now() + within;
     let closer = std::thread::Builder::new()
         .name("otp-consumer-close".into())
         .spawn(move || {
@@ -353,7 +378,7 @@ pub async fn close(
             let committed = if positions.is_empty() {
                 Ok(())
             } else {
-                consumer.commit(&position_list(&positions), CommitMode::Sync)
+                commit_through_rebalance(&consumer, &positions, deadline)
             };
             drop(consumer); // the last handle: closes the consumer and leaves the group
             let _ = done.send(committed);

@@ -364,8 +364,12 @@ async fn serve_member<M: GroupMember>(
 }
 
 /// How long the final commit and the consumer's close may take after the drain: a shutdown
-/// ends at most `shutdown_grace` plus this after the signal, broker or not.
-pub const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+/// ends at most `shutdown_grace` plus this after the signal, broker or not. Without trouble
+/// they take milliseconds; the bound is for a rebalance under way (another member left just
+/// before, as in a rolling restart), which refuses commits until it ends: a heartbeat
+/// interval (3 s) and a join, 9 s on librdkafka's mock cluster
+/// (`cargo test -p otp-kafka --test group`).
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(15);
 
 async fn dispatch<M: GroupMember>(member: &mut M, group: &Group, event: ConsumerEvent) {
     match event {
