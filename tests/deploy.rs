@@ -905,3 +905,41 @@ fn the_prometheus_rule_holds_the_alert_rules_of_alerts_yml() {
         .collect();
     assert_eq!(listed, ["pod-monitor.yaml", "prometheus-rule.yaml"]);
 }
+
+/// The tracker is a consumer-group member like the workers: a StatefulSet whose pod name is
+/// its static membership, with a governing Service, and a grace that covers its shutdown.
+#[test]
+fn the_tracker_is_a_static_member_of_its_group() {
+    let docs = kubernetes_documents();
+    let (tracker, container) = docs
+        .iter()
+        .map(|(_, d)| d)
+        .find_map(|d| {
+            containers(d)
+                .find(|c| command_line(c).starts_with(&["otp-receipts".into(), "track".into()]))
+                .map(|c| (d, c))
+        })
+        .expect("a manifest runs otp-receipts track");
+    assert_eq!(kind(tracker), "StatefulSet", "{}", name(tracker));
+    let instance = seq(&container["env"])
+        .find(|e| e["name"].as_str() == Some("OTP_GROUP_INSTANCE_ID"))
+        .expect("the tracker sets OTP_GROUP_INSTANCE_ID");
+    assert_eq!(
+        instance["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    let service = tracker["spec"]["serviceName"].as_str().unwrap_or_default();
+    assert!(
+        find(&docs, "Service", service).is_some(),
+        "no Service {service:?}"
+    );
+    let grace = tracker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("a termination grace");
+    let shutdown = otp_receipts::tracker::TrackerConfig::default().shutdown_grace;
+    assert!(
+        Duration::from_secs(grace) > shutdown + otp_kafka::group::CLOSE_WITHIN,
+        "terminationGracePeriodSeconds {grace} must cover the tracker's shutdown grace \
+         {shutdown:?} and the final commit's bound"
+    );
+}
