@@ -163,84 +163,28 @@ pub(crate) struct Sent {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let prefix = args
-        .topic_prefix
-        .clone()
-        .unwrap_or_else(|| format!("otp-load-{}.", Utc::now().timestamp_millis()));
-    // The embedded cluster lives on this task until the run ends.
-    let mock = if args.embedded {
-        Some(rdkafka::mocking::MockCluster::new(1).context("start the embedded Kafka")?)
-    } else {
-        None
-    };
-    let brokers = match (&args.brokers, &mock) {
-        (_, Some(m)) => m.bootstrap_servers(),
-        (Some(b), None) => b.clone(),
-        (None, None) => anyhow::bail!("--brokers or --embedded is required"),
-    };
-    let mut kafka = KafkaArgs::new(brokers.clone());
-    kafka.topic_prefix = prefix.clone();
-    let seal_keys = crate::stack::run_seal_keys();
-    kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
-    // Workers hold this; the run's publisher, like any producer, does not.
-    let fallback_key = hex::encode(rand::random::<[u8; 32]>());
-    // The services' record keys (every role's); the publisher holds none.
-    let (record_keys, record_keys_text) = otp_events::RecordKeys::generate();
-    kafka.record_keys = Some(record_keys);
-    let topics = kafka.topics();
-    match &mock {
-        Some(mock) => {
-            for topic in topics.all() {
-                mock.create_topic(&topic, args.partitions, 1)?;
-            }
-        }
-        None => {
-            create_topics(&kafka, &topics.all(), args.partitions, 1)
-                .await
-                .context("create the run's topics")?;
-        }
-    }
-
-    let unlimited = args.sender_rate == 0;
-    let (rate, burst) = if unlimited {
-        (1_000_000, 100_000)
-    } else {
-        (args.sender_rate, (args.sender_rate / 20).max(1))
-    };
+    let cluster = Cluster::start(&args).await?;
+    let (rate, burst) = sender_budget(&args);
     // The ingress's address is chosen first: the simulator is told where to post.
     let ingress = if args.receipts {
         Some(fleet::free_port()?)
     } else {
         None
     };
-    let sim = otp_provider_sim::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            latency: args.sim_latency,
-            latency_jitter: args.sim_jitter,
-            whatsapp_rate: rate,
-            whatsapp_burst: burst,
-            sms_rate: rate,
-            sms_burst: burst,
-            whatsapp_webhook_url: ingress.map(|a| format!("http://{a}/webhooks/whatsapp")),
-            receipt_delay: args.receipt_delay,
-            ..SimConfig::default()
-        },
-    )
-    .await?;
+    let sim = simulator(&args, rate, burst, ingress).await?;
 
-    let dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
+    let dir = std::env::temp_dir().join(cluster.prefix.trim_end_matches('.'));
     std::fs::create_dir_all(&dir)?;
     let config_toml = |channel: Channel| worker_toml(&args, channel, rate, burst);
     let sim_url = sim.base_url();
     let hash_key = crate::stack::run_hash_key();
     let spec = FleetSpec {
         hash_key: &hash_key,
-        seal_keys: &seal_keys,
-        fallback_key: &fallback_key,
-        record_keys: &record_keys_text,
-        brokers: &brokers,
-        topic_prefix: &prefix,
+        seal_keys: &cluster.seal_keys,
+        fallback_key: &cluster.fallback_key,
+        record_keys: &cluster.record_keys,
+        brokers: &cluster.brokers,
+        topic_prefix: &cluster.prefix,
         sim_url: &sim_url,
         log_filter: &args.worker_log,
         config_toml: &config_toml,
@@ -251,11 +195,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         Channel::Sms => &[Channel::Sms],
     };
 
+    let kafka = &cluster.kafka;
     let hasher = PhoneHasher::new(hash_key.as_bytes());
     let publisher = Arc::new(CodeRequestPublisher::new(
-        &kafka,
+        kafka,
         PublisherConfig {
-            topics: topics.clone(),
+            topics: kafka.topics(),
             ..PublisherConfig::default()
         },
         kafka.credentials(hasher)?,
@@ -297,26 +242,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // Follow the status topic on its own thread until every request is final or time is up.
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
-        let (brokers, topic) = (brokers.clone(), topics.delivery_status());
+        let (brokers, topic) = (cluster.brokers.clone(), kafka.topics().delivery_status());
         let (observed, done, login) = (observed.clone(), done.clone(), login.clone());
         let counts = (args.requests, args.pump);
         std::thread::spawn(move || follow(&brokers, &topic, counts, &observed, &login, &done))
     };
     let limit = args.duration.unwrap_or(args.timeout);
-    let mut timeline = Vec::new();
-    while !follower.is_finished() && measured_from.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        bar.set_position(observed.lock().expect("observed lock").finals.len() as u64);
-        let rss_bytes = services
-            .iter()
-            .filter(|s| matches!(s.role, Role::Worker(_)))
-            .map(|w| w.usage().map_or(0, |u| u.rss_bytes))
-            .sum();
-        timeline.push(figures::Sample {
-            at_s: started.elapsed().as_secs_f64(),
-            rss_bytes,
-        });
-    }
+    let watching = Watching {
+        follower: &follower,
+        measured_from,
+        limit,
+        started,
+    };
+    let timeline = watching.sample(&bar, &observed, &services).await;
     done.store(true, Ordering::SeqCst);
     follower.join().expect("follower thread")?;
     // The last codes are entered `--enter-after` later, with the workers still reading.
@@ -333,17 +271,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Ok((s.role, s.usage()?)))
         .collect::<anyhow::Result<_>>()?;
-    // Workers first: the tracker and the ingress stay until nothing more comes to them (the
-    // simulator's last webhooks, such as an SMS's `delivered` after its final `sent`).
-    services.sort_by_key(|s| !matches!(s.role, Role::Worker(_)));
-    for s in services {
-        if s.role == Role::Ingress && !sim.webhooks_sent(WEBHOOKS_WITHIN).await {
-            tracing::warn!(
-                "webhooks still pending after {WEBHOOKS_WITHIN:?}; stopping the ingress"
-            );
-        }
-        s.stop().await?;
-    }
+    stop(services, &sim).await?;
     if let Some(p) = publishing {
         p.await??;
     }
@@ -377,6 +305,156 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             args.requests,
             args.timeout
         );
+    }
+    Ok(())
+}
+
+/// The run's Kafka: the embedded cluster (kept alive here until the run ends) or the brokers
+/// given, its topics behind the run's prefix, and the run's keys.
+struct Cluster {
+    _embedded:
+        Option<rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    brokers: String,
+    prefix: String,
+    /// For the run's publisher and the follower: brokers, prefix, sealing and record keys.
+    kafka: KafkaArgs,
+    seal_keys: String,
+    /// Workers hold this; the run's publisher, like any producer, does not.
+    fallback_key: String,
+    /// The services' record keys (every role's); the publisher holds none.
+    record_keys: String,
+}
+
+impl Cluster {
+    async fn start(args: &LoadArgs) -> anyhow::Result<Self> {
+        let prefix = args
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| format!("otp-load-{}.", Utc::now().timestamp_millis()));
+        let embedded = if args.embedded {
+            Some(rdkafka::mocking::MockCluster::new(1).context("start the embedded Kafka")?)
+        } else {
+            None
+        };
+        let brokers = match (&args.brokers, &embedded) {
+            (_, Some(m)) => m.bootstrap_servers(),
+            (Some(b), None) => b.clone(),
+            (None, None) => anyhow::bail!("--brokers or --embedded is required"),
+        };
+        let mut kafka = KafkaArgs::new(brokers.clone());
+        kafka.topic_prefix = prefix.clone();
+        let seal_keys = crate::stack::run_seal_keys();
+        kafka.sealing = Some(otp_events::Keyring::parse(&seal_keys).context("OTP_SEAL_KEYS")?);
+        let (record_keys, record_keys_text) = otp_events::RecordKeys::generate();
+        kafka.record_keys = Some(record_keys);
+        let topics = kafka.topics().all();
+        match &embedded {
+            Some(mock) => {
+                for topic in &topics {
+                    mock.create_topic(topic, args.partitions, 1)?;
+                }
+            }
+            None => {
+                create_topics(&kafka, &topics, args.partitions, 1)
+                    .await
+                    .context("create the run's topics")?;
+            }
+        }
+        Ok(Self {
+            _embedded: embedded,
+            brokers,
+            prefix,
+            kafka,
+            seal_keys,
+            fallback_key: hex::encode(rand::random::<[u8; 32]>()),
+            record_keys: record_keys_text,
+        })
+    }
+}
+
+/// The simulated providers' sender budget, per second and burst: `--sender-rate`, or no
+/// bound at all (0).
+fn sender_budget(args: &LoadArgs) -> (u32, u32) {
+    if args.sender_rate == 0 {
+        (1_000_000, 100_000)
+    } else {
+        (args.sender_rate, (args.sender_rate / 20).max(1))
+    }
+}
+
+/// The provider simulator of the run, posting WhatsApp receipts to `ingress` when given.
+async fn simulator(
+    args: &LoadArgs,
+    rate: u32,
+    burst: u32,
+    ingress: Option<std::net::SocketAddr>,
+) -> anyhow::Result<otp_provider_sim::SimHandle> {
+    Ok(otp_provider_sim::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            latency: args.sim_latency,
+            latency_jitter: args.sim_jitter,
+            whatsapp_rate: rate,
+            whatsapp_burst: burst,
+            sms_rate: rate,
+            sms_burst: burst,
+            whatsapp_webhook_url: ingress.map(|a| format!("http://{a}/webhooks/whatsapp")),
+            receipt_delay: args.receipt_delay,
+            ..SimConfig::default()
+        },
+    )
+    .await?)
+}
+
+/// The run while it lasts: until the follower has every final status, or the limit.
+struct Watching<'a> {
+    follower: &'a std::thread::JoinHandle<anyhow::Result<()>>,
+    measured_from: Instant,
+    limit: Duration,
+    started: Instant,
+}
+
+impl Watching<'_> {
+    /// Show progress and sample the workers' memory four times a second, until the end.
+    async fn sample(
+        &self,
+        bar: &ProgressBar,
+        observed: &Mutex<Observed>,
+        services: &[ServiceProcess],
+    ) -> Vec<figures::Sample> {
+        let mut timeline = Vec::new();
+        while !self.follower.is_finished() && self.measured_from.elapsed() < self.limit {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            bar.set_position(observed.lock().expect("observed lock").finals.len() as u64);
+            let rss_bytes = services
+                .iter()
+                .filter(|s| matches!(s.role, Role::Worker(_)))
+                .map(|w| w.usage().map_or(0, |u| u.rss_bytes))
+                .sum();
+            timeline.push(figures::Sample {
+                at_s: self.started.elapsed().as_secs_f64(),
+                rss_bytes,
+            });
+        }
+        timeline
+    }
+}
+
+/// Stop the services, workers first: the tracker and the ingress stay until nothing more
+/// comes to them (the simulator's last webhooks, such as an SMS's `delivered` after its final
+/// `sent`).
+async fn stop(
+    mut services: Vec<ServiceProcess>,
+    sim: &otp_provider_sim::SimHandle,
+) -> anyhow::Result<()> {
+    services.sort_by_key(|s| !matches!(s.role, Role::Worker(_)));
+    for s in services {
+        if s.role == Role::Ingress && !sim.webhooks_sent(WEBHOOKS_WITHIN).await {
+            tracing::warn!(
+                "webhooks still pending after {WEBHOOKS_WITHIN:?}; stopping the ingress"
+            );
+        }
+        s.stop().await?;
     }
     Ok(())
 }

@@ -261,29 +261,9 @@ impl Book {
     }
 
     /// A receipt read from the receipts topic.
-    pub fn receipt(&mut self, mut receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
-        let mut out = Outcome::default();
+    pub fn receipt(&mut self, receipt: Receipt, tag: Tag, now: DateTime<Utc>) -> Outcome {
         if receipt.request_id.is_none() {
-            // Keyed by its message: resolve it here, apply it where its request is.
-            let key = receipt.key();
-            let found = self
-                .messages
-                .get(&key)
-                .filter(|m| m.index.channel == receipt.channel);
-            match found {
-                Some(m) => {
-                    receipt.request_id = Some(m.index.request_id.clone());
-                    receipt.app = m.index.app.clone();
-                    out.actions.push(Action::Reroute(receipt));
-                    out.released.push(tag);
-                }
-                None => self
-                    .orphans
-                    .entry(key)
-                    .or_default()
-                    .push((receipt, tag, now)),
-            }
-            return out;
+            return self.resolve_by_message(receipt, tag, now);
         }
         let key = receipt.key();
         let entry = self
@@ -295,19 +275,14 @@ impl Book {
                 .entry(key)
                 .or_default()
                 .push((receipt, tag, now));
-            return out;
+            return Outcome::default();
         };
-        out.released.push(tag);
+        let mut out = Outcome {
+            released: vec![tag],
+            ..Outcome::default()
+        };
         let record = &mut entry.record;
-        // A receipt acts only on the send its record holds, through the provider it went
-        // through: one for another send of the same request (the first copy of a send
-        // repeated after a crash, a replay of an old message's webhook, a send of the route's
-        // other provider) is informational and changes nothing.
-        let current = self
-            .hasher
-            .public_message_id(record.channel, &record.provider_message_id);
-        let same_provider = receipt.provider.is_none_or(|p| p == provider_of(record));
-        if receipt.provider_message_id != current || !same_provider {
+        if !about_the_send_held(&self.hasher, record, &receipt) {
             metrics::counter!("otp_receipts_other_send_total", "channel" => receipt.channel.as_str())
                 .increment(1);
             return out;
@@ -316,81 +291,39 @@ impl Book {
             return out; // nothing for analysts, or already reported
         }
         record.reported.push(receipt.status);
-        let awaiting = record.state == ConfirmationState::Awaiting;
-        let status = |kind: StatusKind, is_final: bool| {
-            let mut s = status_of(record, kind, &self.hasher);
-            s.provider_message_id = Some(
-                self.hasher
-                    .public_message_id(receipt.channel, &receipt.provider_message_id),
-            );
-            s.is_final = is_final;
-            s
-        };
-        match receipt.status {
-            ReceiptStatus::Queued => unreachable!("returned above"),
-            // With no fallback armed, the worker already reported `sent` as final.
-            ReceiptStatus::Sent if record.state == ConfirmationState::ReportOnly => {}
-            ReceiptStatus::Sent => out
-                .actions
-                .push(Action::Status(status(StatusKind::Sent, false))),
-            ReceiptStatus::Delivered | ReceiptStatus::Read => {
-                if receipt.status == ReceiptStatus::Delivered {
-                    out.deliveries.push(Delivery {
-                        channel: record.channel,
-                        provider: provider_of(record),
-                        country: otp_events::country_of(&record.request.phone),
-                        latency_ms: (receipt.received_at - record.accepted_at).num_milliseconds(),
-                    });
-                }
-                let kind = if receipt.status == ReceiptStatus::Read {
-                    StatusKind::Read
-                } else {
-                    StatusKind::Delivered
-                };
-                out.actions.push(Action::Status(status(kind, awaiting)));
-                if awaiting {
-                    record.state = ConfirmationState::Confirmed;
-                }
-            }
-            ReceiptStatus::Failed => {
-                if let Some(signal) = signal_of(&receipt, record, now) {
-                    out.actions.push(Action::Signal {
-                        key: key.clone(),
-                        signal,
-                    });
-                }
-                let error = receipt
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| otp_events::ReceiptError {
-                        code: "unknown".into(),
-                        category: ErrorCategory::Recipient,
-                        message: "delivery failed".into(),
-                    });
-                let reported = StatusError {
-                    category: error.category,
-                    code: error.code.clone(),
-                    message: error.message.clone(),
-                };
-                if awaiting {
-                    let reason = StatusError {
-                        category: error.category,
-                        code: "receipt_failed".into(),
-                        message: format!(
-                            "{} reported the message failed: {} ({})",
-                            record.channel, error.code, error.message
-                        ),
-                    };
-                    out.actions
-                        .extend(settle(record, reason, &self.hasher, now));
-                } else {
-                    let mut s = status(StatusKind::Failed, false);
-                    s.error = Some(reported);
-                    out.actions.push(Action::Status(s));
-                }
-            }
-        }
+        apply_receipt(record, &receipt, &key, &self.hasher, now, &mut out);
         out.actions.push(Action::Save(record.clone()));
+        out
+    }
+
+    /// A receipt keyed by its message (no request_id): resolved here through the message
+    /// index and handed on to where its request is, or kept as an orphan until the index
+    /// arrives.
+    fn resolve_by_message(
+        &mut self,
+        mut receipt: Receipt,
+        tag: Tag,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        let key = receipt.key();
+        let found = self
+            .messages
+            .get(&key)
+            .filter(|m| m.index.channel == receipt.channel);
+        match found {
+            Some(m) => {
+                receipt.request_id = Some(m.index.request_id.clone());
+                receipt.app = m.index.app.clone();
+                out.actions.push(Action::Reroute(receipt));
+                out.released.push(tag);
+            }
+            None => self
+                .orphans
+                .entry(key)
+                .or_default()
+                .push((receipt, tag, now)),
+        }
         out
     }
 
@@ -510,6 +443,104 @@ impl Book {
 
 /// Least code life left for a fallback to be worth it.
 const FALLBACK_MARGIN: Duration = Duration::seconds(5);
+
+/// Whether a receipt is about the send its record holds, through the provider it went
+/// through: one for another send of the same request (the first copy of a send repeated after
+/// a crash, a replay of an old message's webhook, a send of the route's other provider) is
+/// informational and changes nothing.
+fn about_the_send_held(
+    hasher: &PhoneHasher,
+    record: &PendingConfirmation,
+    receipt: &Receipt,
+) -> bool {
+    let current = hasher.public_message_id(record.channel, &record.provider_message_id);
+    let same_provider = receipt.provider.is_none_or(|p| p == provider_of(record));
+    receipt.provider_message_id == current && same_provider
+}
+
+/// What a new status of the send a record holds means: a status for analysts, a delivery
+/// confirmed (the record's fallback disarmed), or a failure (a fallback, while one is armed).
+fn apply_receipt(
+    record: &mut PendingConfirmation,
+    receipt: &Receipt,
+    key: &str,
+    hasher: &PhoneHasher,
+    now: DateTime<Utc>,
+    out: &mut Outcome,
+) {
+    let awaiting = record.state == ConfirmationState::Awaiting;
+    let status = |record: &PendingConfirmation, kind: StatusKind, is_final: bool| {
+        let mut s = status_of(record, kind, hasher);
+        s.provider_message_id =
+            Some(hasher.public_message_id(receipt.channel, &receipt.provider_message_id));
+        s.is_final = is_final;
+        s
+    };
+    match receipt.status {
+        ReceiptStatus::Queued => {}
+        // With no fallback armed, the worker already reported `sent` as final.
+        ReceiptStatus::Sent if record.state == ConfirmationState::ReportOnly => {}
+        ReceiptStatus::Sent => {
+            out.actions
+                .push(Action::Status(status(record, StatusKind::Sent, false)))
+        }
+        ReceiptStatus::Delivered | ReceiptStatus::Read => {
+            if receipt.status == ReceiptStatus::Delivered {
+                out.deliveries.push(Delivery {
+                    channel: record.channel,
+                    provider: provider_of(record),
+                    country: otp_events::country_of(&record.request.phone),
+                    latency_ms: (receipt.received_at - record.accepted_at).num_milliseconds(),
+                });
+            }
+            let kind = if receipt.status == ReceiptStatus::Read {
+                StatusKind::Read
+            } else {
+                StatusKind::Delivered
+            };
+            out.actions
+                .push(Action::Status(status(record, kind, awaiting)));
+            if awaiting {
+                record.state = ConfirmationState::Confirmed;
+            }
+        }
+        ReceiptStatus::Failed => {
+            if let Some(signal) = signal_of(receipt, record, now) {
+                out.actions.push(Action::Signal {
+                    key: key.to_string(),
+                    signal,
+                });
+            }
+            let error = receipt
+                .error
+                .clone()
+                .unwrap_or_else(|| otp_events::ReceiptError {
+                    code: "unknown".into(),
+                    category: ErrorCategory::Recipient,
+                    message: "delivery failed".into(),
+                });
+            if awaiting {
+                let reason = StatusError {
+                    category: error.category,
+                    code: "receipt_failed".into(),
+                    message: format!(
+                        "{} reported the message failed: {} ({})",
+                        record.channel, error.code, error.message
+                    ),
+                };
+                out.actions.extend(settle(record, reason, hasher, now));
+            } else {
+                let mut s = status(record, StatusKind::Failed, false);
+                s.error = Some(StatusError {
+                    category: error.category,
+                    code: error.code,
+                    message: error.message,
+                });
+                out.actions.push(Action::Status(s));
+            }
+        }
+    }
+}
 
 /// End an awaiting record's wait without a confirmation: hand the request on when a channel
 /// and time are left, else end its life here (`failed`, or `expired` once the code is dead).
