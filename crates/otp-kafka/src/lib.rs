@@ -42,6 +42,7 @@ pub mod signals;
 pub mod writer;
 
 pub use publisher::{
-    CodeRequestPublisher, Credentials, PublishError, PublisherConfig, HEADER_KEY_ID,
+    CodeRequestPublisher, Credentials, PublishError, PublisherConfig, DEFAULT_ACK_TIMEOUT,
+    HEADER_KEY_ID,
 };
 pub use settings::{KafkaArgs, KafkaRole, ENV_PASSTHROUGH_PREFIX};

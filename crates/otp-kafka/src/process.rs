@@ -192,3 +192,14 @@ pub fn phone_hasher(mode: DevMode) -> anyhow::Result<otp_events::PhoneHasher> {
 pub fn flag_default(d: std::time::Duration) -> &'static str {
     Box::leak(humantime::format_duration(d).to_string().into_boxed_str())
 }
+
+/// A flag set's defaults, as declared on its flags (and their environment variables), parsed
+/// from no arguments: what a config struct's `Default` is, so that no second list of defaults
+/// exists to drift from the first. Panics when a flag has no default (a programming error).
+pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every flag of a config struct has a default");
+    T::from_arg_matches(&matches).expect("the defaults parse into their own struct")
+}

@@ -85,6 +85,11 @@ impl KafkaArgs {
     }
 }
 
+/// How long a publish waits for the broker's acknowledgement, unless configured: the login
+/// system's user is waiting, and a broker slower than this is better answered with an error
+/// the caller can retry (the HTTP ingress answers 503).
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a publisher behaves; the defaults suit a login system.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -100,7 +105,7 @@ impl Default for PublisherConfig {
         Self {
             topics: Topics::default(),
             rules: Rules::default(),
-            ack_timeout: Duration::from_secs(5),
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
         }
     }
 }

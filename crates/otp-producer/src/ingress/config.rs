@@ -25,7 +25,7 @@ pub struct IngressConfig {
     pub max_concurrent_requests: usize,
 
     /// How long to wait for the broker's acknowledgement before answering 503.
-    #[arg(long, env = "OTP_INGRESS_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "OTP_INGRESS_ACK_TIMEOUT", default_value = otp_kafka::process::flag_default(otp_kafka::DEFAULT_ACK_TIMEOUT), value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
 
     /// Longest allowed life of a code (`expires_at - created_at`).
@@ -55,16 +55,7 @@ pub struct IngressConfig {
 impl IngressConfig {
     /// The flags' defaults, listening on `listen`, for tests and embedding.
     pub fn new(listen: SocketAddr, kafka: KafkaArgs) -> Self {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: IngressConfig,
-        }
-        // Parsed from no flags at all, so the defaults are the flags' own: stated once.
-        let mut config = Wrapper::try_parse_from(["ingress"])
-            .expect("every flag has a default")
-            .config;
+        let mut config: Self = otp_kafka::process::flag_defaults();
         config.listen = listen;
         config.kafka = kafka;
         config

@@ -68,12 +68,6 @@ pub struct TrackerConfig {
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: TrackerConfig,
-        }
-        Wrapper::parse_from(["tracker"]).config
+        otp_kafka::process::flag_defaults()
     }
 }
