@@ -58,7 +58,8 @@ fn awaiting(id: &str, phone: &str) -> PendingConfirmation {
     }
 }
 
-/// `payload` under `key` on `topic`, with the schema header and, when given, a MAC.
+/// `payload` under `key` on `topic`, with the schema header and, when given, a MAC; returns
+/// where it landed.
 async fn write(
     t: &TestTopics,
     topic: &str,
@@ -66,12 +67,12 @@ async fn write(
     schema: &str,
     payload: &[u8],
     mac: Option<String>,
-) {
+) -> (i32, i64) {
     let mut headers = vec![(HEADER_SCHEMA, schema)];
     if let Some(mac) = &mac {
         headers.push((HEADER_RECORD_MAC, mac.as_str()));
     }
-    t.publish_with_headers(topic, key, payload, &headers).await;
+    t.publish_with_headers(topic, key, payload, &headers).await
 }
 
 fn mac(keys: &RecordKeys, role: Role, schema: &str, key: &str, payload: &[u8]) -> Option<String> {
@@ -342,4 +343,76 @@ async fn a_producer_holding_one_apps_key_cannot_seal_or_forge_another_apps_codes
         .iter()
         .any(|to| to == "+15551270002" || to == "+15551270003"));
     worker.stop().await.unwrap();
+}
+
+/// A pending record signed by a worker that the tracker cannot open (sealed under a key it
+/// does not hold: a key rotation done in the wrong order) holds its partition's deadlines:
+/// acting on the rest of that partition could settle a request wrongly, and skipping the
+/// record would leave its request without a fallback or a final word. The other partition's
+/// records, due at the same instant, fall back and are sent meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_pending_record_holds_its_partitions_deadlines() {
+    let stack = Stack::start(2, roomy_sim()).await;
+    let t = &stack.t;
+    let sms = Worker::start(
+        &t.kafka,
+        test_config(),
+        open_limits(),
+        PhoneHasher::new(HASH_KEY),
+        sms_client(&stack.sim),
+    );
+    let tracker = tracker(t);
+    let topic = t.topics.pending_confirmations();
+    let schema = PENDING_CONFIRMATION_SCHEMA;
+    let keys = test_record_keys();
+
+    let (foreign_ring, _) = otp_events::Keyring::generate("rotated-too-early");
+    let foreign = Rules {
+        sealing: Some(foreign_ring),
+        ..Rules::default()
+    };
+    let id = "unopenable-record";
+    let payload = awaiting(id, "+15551239999").to_json(&foreign).unwrap();
+    let signed = mac(&keys, Role::Worker, schema, id, &payload);
+    let (held, _) = write(t, &topic, id, schema, &payload, signed).await;
+
+    let rules = Rules {
+        sealing: t.kafka.sealing.clone(),
+        ..Rules::default()
+    };
+    let (mut on_held, mut elsewhere) = (Vec::new(), Vec::new());
+    for i in 0..12 {
+        let id = format!("due-{i}");
+        let payload = awaiting(&id, &format!("+155512302{i:02}"))
+            .to_json(&rules)
+            .unwrap();
+        let signed = mac(&keys, Role::Worker, schema, &id, &payload);
+        let (partition, _) = write(t, &topic, &id, schema, &payload, signed).await;
+        if partition == held {
+            on_held.push(id);
+        } else {
+            elsewhere.push(id);
+        }
+    }
+    assert!(
+        !on_held.is_empty() && !elsewhere.is_empty(),
+        "records on both partitions: {on_held:?} {elsewhere:?}"
+    );
+
+    // The other partition's records fall back and are sent: the tick that made those
+    // fallbacks would have made the held partition's too.
+    let statuses = stack.statuses_until_final(&elsewhere, WITHIN).await;
+    for id in &elsewhere {
+        assert_eq!(exactly_one_final(&statuses, id)["status"], "sent", "{id}");
+    }
+    for id in on_held.iter().map(String::as_str).chain([id]) {
+        assert!(
+            statuses_of(&statuses, id).is_empty(),
+            "{id} was acted on: {:?}",
+            statuses_of(&statuses, id)
+        );
+    }
+    assert!(stack.sim.messages().iter().all(|m| m.to != "+15551239999"));
+    sms.stop().await.unwrap();
+    tracker.stop().await.unwrap();
 }
