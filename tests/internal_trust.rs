@@ -30,6 +30,17 @@ fn tracker(t: &TestTopics) -> Tracker {
     Tracker::start(&t.kafka, config, PhoneHasher::new(HASH_KEY))
 }
 
+/// An SMS worker on `kafka`'s topics, sending through the stack's simulator.
+fn sms_worker(kafka: &otp_kafka::KafkaArgs, stack: &Stack) -> Worker {
+    Worker::start(
+        kafka,
+        test_config(),
+        open_limits(),
+        PhoneHasher::new(HASH_KEY),
+        sms_client(&stack.sim),
+    )
+}
+
 fn request(id: &str, phone: &str) -> CodeRequest {
     let mut s = Submission::new(
         phone,
@@ -97,13 +108,7 @@ fn statuses_of<'a>(statuses: &'a [Value], id: &str) -> Vec<&'a Value> {
 async fn forged_pending_records_make_no_fallback() {
     let stack = Stack::start(1, roomy_sim()).await;
     let t = &stack.t;
-    let sms = Worker::start(
-        &t.kafka,
-        test_config(),
-        open_limits(),
-        PhoneHasher::new(HASH_KEY),
-        sms_client(&stack.sim),
-    );
+    let sms = sms_worker(&t.kafka, &stack);
     let tracker = tracker(t);
     let rules = Rules {
         sealing: t.kafka.sealing.clone(),
@@ -270,13 +275,7 @@ async fn a_producer_holding_one_apps_key_cannot_seal_or_forge_another_apps_codes
         ))
         .unwrap(),
     );
-    let worker = Worker::start(
-        &workers_kafka,
-        test_config(),
-        open_limits(),
-        PhoneHasher::new(HASH_KEY),
-        sms_client(&stack.sim),
-    );
+    let worker = sms_worker(&workers_kafka, &stack);
     let shop_keys = otp_events::Keyring::parse(&format!("s1@shop={shop_hex}")).unwrap();
     let shop = otp_kafka::CodeRequestPublisher::new(
         &t.kafka,
@@ -354,13 +353,7 @@ async fn a_producer_holding_one_apps_key_cannot_seal_or_forge_another_apps_codes
 async fn an_unopenable_pending_record_holds_its_partitions_deadlines() {
     let stack = Stack::start(2, roomy_sim()).await;
     let t = &stack.t;
-    let sms = Worker::start(
-        &t.kafka,
-        test_config(),
-        open_limits(),
-        PhoneHasher::new(HASH_KEY),
-        sms_client(&stack.sim),
-    );
+    let sms = sms_worker(&t.kafka, &stack);
     let tracker = tracker(t);
     let topic = t.topics.pending_confirmations();
     let schema = PENDING_CONFIRMATION_SCHEMA;

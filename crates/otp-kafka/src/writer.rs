@@ -212,30 +212,12 @@ impl KafkaWriter {
     /// Write a receipt under its key: the tracker hands on a receipt it resolved to the
     /// partition of its request.
     pub async fn receipt(&self, receipt: &Receipt) {
-        let r = self.receipt_record(receipt);
-        self.keyed_with(
-            r.what,
-            &r.topic,
-            &r.key,
-            Some(&r.payload),
-            r.schema,
-            &r.extra(),
-        )
-        .await;
+        self.outgoing(&self.receipt_record(receipt)).await;
     }
 
     /// Tell the workers of a channel what a provider said about its health, keyed by channel.
     pub async fn signal(&self, signal: &otp_events::ChannelSignal) {
-        let r = self.signal_record(signal);
-        self.keyed_with(
-            r.what,
-            &r.topic,
-            &r.key,
-            Some(&r.payload),
-            r.schema,
-            &r.extra(),
-        )
-        .await;
+        self.outgoing(&self.signal_record(signal)).await;
         let channel = signal.channel.as_str();
         metrics::counter!("otp_channel_signals_total", "channel" => channel, "kind" => signal.kind.as_str(), "source" => signal.source.as_str())
             .increment(1);
@@ -278,6 +260,13 @@ impl KafkaWriter {
         }
         self.producer.succeeded(&lease);
         Ok(())
+    }
+
+    /// [`KafkaWriter::keyed_with`] for a receipt or a signal.
+    async fn outgoing(&self, r: &Outgoing) {
+        let extra = r.extra();
+        self.keyed_with(r.what, &r.topic, &r.key, Some(&r.payload), r.schema, &extra)
+            .await;
     }
 
     fn receipt_record(&self, receipt: &Receipt) -> Outgoing {

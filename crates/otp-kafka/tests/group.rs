@@ -136,6 +136,19 @@ fn start(
     (stop, run)
 }
 
+/// Signal a member to stop; it must drain, commit and leave without an error.
+async fn stop(
+    name: &str,
+    signal: oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let _ = signal.send(());
+    match tokio::time::timeout(WITHIN, run).await {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("{name} did not stop cleanly within {WITHIN:?}: {other:?}"),
+    }
+}
+
 async fn produce(producer: &FutureProducer, partition: i32, n: usize) {
     for i in 0..n {
         let payload = format!("p{partition} m{i}");
@@ -255,20 +268,10 @@ async fn the_runner_assigns_commits_what_was_finished_on_revoke_and_drains() {
     assert!(messages_of(&seen, "b", kept).is_empty());
 
     // Shutdown: each drains, commits and leaves.
-    let _ = stop_b.send(());
-    tokio::time::timeout(WITHIN, run_b)
-        .await
-        .expect("b stops within its grace")
-        .unwrap()
-        .unwrap();
+    stop("b", stop_b, run_b).await;
     // a stops while the rebalance b's leave started is under way, as in a rolling restart:
     // its final commit waits for the rebalance to end rather than fail.
-    let _ = stop_a.send(());
-    tokio::time::timeout(WITHIN, run_a)
-        .await
-        .expect("a stops within its grace")
-        .unwrap()
-        .unwrap();
+    stop("a", stop_a, run_a).await;
     while let Ok(t) = told.try_recv() {
         seen.push(t);
     }
