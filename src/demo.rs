@@ -172,15 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (None, Some(m)) => m.bootstrap_servers(),
         (None, None) => unreachable!(),
     };
-    let mut kafka = KafkaArgs::new(brokers.clone());
-    // Codes and numbers are sealed on the topics, as in production, with this run's key.
-    kafka.sealing = Some(otp_events::Keyring::parse(&crate::stack::run_seal_keys())?);
-    // The demo's workers and tracker share this run's fallback-proof key.
-    kafka.fallback_key = Some(otp_events::FallbackKey::new(&rand::random::<[u8; 32]>()));
-    // And this run's record keys: every internal record is authenticated by its writer's role.
-    kafka.record_keys = Some(otp_events::RecordKeys::generate().0);
-    // The demo reads the provider of each status: v2 names it.
-    kafka.status_schema = otp_events::StatusVersion::V2;
+    let kafka = demo_kafka(&brokers)?;
     let topics = kafka.topics();
     if let Some(mock) = &mock {
         for topic in topics.all() {
@@ -201,59 +193,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let hasher = PhoneHasher::new(hash_key.as_bytes());
     let ingress = ReceiptsIngress::start(&kafka, hasher.clone()).await?;
     println!("Receipts ingress: {}", ingress.url());
-    let sim_config = SimConfig {
-        whatsapp_webhook_url: Some(ingress.whatsapp_webhook()),
-        vonage_webhook_url: Some(ingress.vonage_webhook()),
-        vonage_rate: 200,
-        latency: Duration::from_millis(20),
-        latency_jitter: Duration::from_millis(40),
-        sms_rate: 200,
-        sms_burst: 50,
-        ..SimConfig::default()
-    };
-    let sim = otp_provider_sim::start("127.0.0.1:0".parse()?, sim_config).await?;
-    println!("Provider simulator: {}", sim.base_url());
-    sim.set_outage("twilio", None, Outage::Http(503));
-    println!("Twilio is down for this run (every call answered 503); SMS has Vonage beside it.");
-
-    let mut config = WorkerConfig::default();
-    config.retry.initial_delay = Duration::from_millis(100);
-    // Deliveries are confirmed by receipt; a short window so silent users fall back quickly.
-    config.confirmation = Some(ConfirmationConfig {
-        window: CONFIRMATION_WINDOW,
-        ..ConfirmationConfig::default()
-    });
-    config.conversion = demo_conversion();
-    // A range's count above the staged pump's size, so that what stops it is its conversion:
-    // a real pump spreads over hours to stay under the count, which a demo cannot wait for.
-    config.abuse.per_prefix = Some(otp_worker::WindowRule {
-        count: 100,
-        window: Duration::from_secs(600),
-    });
+    let sim = simulator(&ingress).await?;
     let tracker = Tracker::start(&kafka, TrackerConfig::default(), hasher.clone());
-    let whatsapp_limits = otp_channel_whatsapp::default_limits();
-    // A short code's throughput: the demo would take minutes at a long code's 1/s.
-    let sms_limits = LimitsConfig {
-        sender_per_second: 100,
-        sender_burst: 20,
-        recipient_period: None,
-    };
-    let workers = vec![
-        Worker::start(
-            &kafka,
-            config.clone(),
-            whatsapp_limits,
-            hasher.clone(),
-            whatsapp_client(&sim),
-        ),
-        Worker::start(
-            &kafka,
-            config,
-            sms_limits,
-            hasher.clone(),
-            sms_client_with_vonage(&sim, &sim.base_url(), Some(ingress.sms_status_callback())),
-        ),
-    ];
+    let workers = start_workers(&kafka, &hasher, &sim, &ingress);
 
     let publisher = CodeRequestPublisher::new(
         &kafka,
@@ -298,6 +240,85 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("{missing} requests have no final status");
     }
     pump.check()
+}
+
+/// The demo's Kafka settings: this run's keys, as a production deployment has its own.
+fn demo_kafka(brokers: &str) -> anyhow::Result<KafkaArgs> {
+    let mut kafka = KafkaArgs::new(brokers);
+    // Codes and numbers are sealed on the topics, as in production, with this run's key.
+    kafka.sealing = Some(otp_events::Keyring::parse(&crate::stack::run_seal_keys())?);
+    // The demo's workers and tracker share this run's fallback-proof key.
+    kafka.fallback_key = Some(otp_events::FallbackKey::new(&rand::random::<[u8; 32]>()));
+    // And this run's record keys: every internal record is authenticated by its writer's role.
+    kafka.record_keys = Some(otp_events::RecordKeys::generate().0);
+    // The demo reads the provider of each status: v2 names it.
+    kafka.status_schema = otp_events::StatusVersion::V2;
+    Ok(kafka)
+}
+
+/// The providers, simulated: receipts posted to the ingress, and Twilio down for the run.
+async fn simulator(ingress: &ReceiptsIngress) -> anyhow::Result<otp_provider_sim::SimHandle> {
+    let sim_config = SimConfig {
+        whatsapp_webhook_url: Some(ingress.whatsapp_webhook()),
+        vonage_webhook_url: Some(ingress.vonage_webhook()),
+        vonage_rate: 200,
+        latency: Duration::from_millis(20),
+        latency_jitter: Duration::from_millis(40),
+        sms_rate: 200,
+        sms_burst: 50,
+        ..SimConfig::default()
+    };
+    let sim = otp_provider_sim::start("127.0.0.1:0".parse()?, sim_config).await?;
+    println!("Provider simulator: {}", sim.base_url());
+    sim.set_outage("twilio", None, Outage::Http(503));
+    println!("Twilio is down for this run (every call answered 503); SMS has Vonage beside it.");
+    Ok(sim)
+}
+
+/// A WhatsApp worker and an SMS worker (Twilio and Vonage), confirming by receipt.
+fn start_workers(
+    kafka: &KafkaArgs,
+    hasher: &PhoneHasher,
+    sim: &otp_provider_sim::SimHandle,
+    ingress: &ReceiptsIngress,
+) -> Vec<Worker> {
+    let mut config = WorkerConfig::default();
+    config.retry.initial_delay = Duration::from_millis(100);
+    // Deliveries are confirmed by receipt; a short window so silent users fall back quickly.
+    config.confirmation = Some(ConfirmationConfig {
+        window: CONFIRMATION_WINDOW,
+        ..ConfirmationConfig::default()
+    });
+    config.conversion = demo_conversion();
+    // A range's count above the staged pump's size, so that what stops it is its conversion:
+    // a real pump spreads over hours to stay under the count, which a demo cannot wait for.
+    config.abuse.per_prefix = Some(otp_worker::WindowRule {
+        count: 100,
+        window: Duration::from_secs(600),
+    });
+    let whatsapp_limits = otp_channel_whatsapp::default_limits();
+    // A short code's throughput: the demo would take minutes at a long code's 1/s.
+    let sms_limits = LimitsConfig {
+        sender_per_second: 100,
+        sender_burst: 20,
+        recipient_period: None,
+    };
+    vec![
+        Worker::start(
+            kafka,
+            config.clone(),
+            whatsapp_limits,
+            hasher.clone(),
+            whatsapp_client(sim),
+        ),
+        Worker::start(
+            kafka,
+            config,
+            sms_limits,
+            hasher.clone(),
+            sms_client_with_vonage(sim, &sim.base_url(), Some(ingress.sms_status_callback())),
+        ),
+    ]
 }
 
 /// What became of the staged pump's requests.

@@ -190,6 +190,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         config_toml: &config_toml,
         dir: &dir,
     };
+    // A WhatsApp run falls back to SMS: both channels' workers run.
     let channels: &[Channel] = match args.channel {
         Channel::Whatsapp => &[Channel::Whatsapp, Channel::Sms],
         Channel::Sms => &[Channel::Sms],
@@ -247,31 +248,88 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         let counts = (args.requests, args.pump);
         std::thread::spawn(move || follow(&brokers, &topic, counts, &observed, &login, &done))
     };
-    let limit = args.duration.unwrap_or(args.timeout);
     let watching = Watching {
         follower: &follower,
         measured_from,
-        limit,
+        limit: args.duration.unwrap_or(args.timeout),
         started,
     };
     let timeline = watching.sample(&bar, &observed, &services).await;
     done.store(true, Ordering::SeqCst);
     follower.join().expect("follower thread")?;
-    // The last codes are entered `--enter-after` later, with the workers still reading.
+    finish_reporting(&login, reporter, args.enter_after).await?;
+    bar.finish_and_clear();
+    conclude(
+        &args,
+        services,
+        &sim,
+        publishing,
+        Ended {
+            observed: &observed,
+            sent: &sent,
+            timeline: &timeline,
+            login: &login,
+            measured_from_ms,
+            started_ms,
+            dir: &dir,
+        },
+    )
+    .await
+}
+
+/// The last codes are entered `--enter-after` after their final status, with the workers still
+/// reading: wait for their outcomes to be reported (bounded).
+async fn finish_reporting(
+    login: &LoginSystem,
+    reporter: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    enter_after: Duration,
+) -> anyhow::Result<()> {
     login.close();
     if let Some(reporter) = reporter {
-        let within = args.enter_after + Duration::from_secs(30);
+        let within = enter_after + Duration::from_secs(30);
         match tokio::time::timeout(within, reporter).await {
             Ok(reported) => reported??,
             Err(_) => tracing::warn!("outcomes still unreported after {within:?}"),
         }
     }
-    bar.finish_and_clear();
+    Ok(())
+}
+
+/// What a run leaves behind to be reported.
+struct Ended<'a> {
+    observed: &'a Mutex<Observed>,
+    sent: &'a Mutex<HashMap<String, Sent>>,
+    timeline: &'a [figures::Sample],
+    login: &'a LoginSystem,
+    measured_from_ms: i64,
+    started_ms: i64,
+    /// Where the workers' logs are.
+    dir: &'a std::path::Path,
+}
+
+/// Stop the fleet, compute the figures and print them (and the plot); fails when requests
+/// were left without a final status in a run not bounded by `--duration`.
+async fn conclude(
+    args: &LoadArgs,
+    services: Vec<ServiceProcess>,
+    sim: &otp_provider_sim::SimHandle,
+    publishing: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    ended: Ended<'_>,
+) -> anyhow::Result<()> {
+    let Ended {
+        observed,
+        sent,
+        timeline,
+        login,
+        measured_from_ms,
+        started_ms,
+        dir,
+    } = ended;
     let usage: Vec<(Role, fleet::Usage)> = services
         .iter()
         .map(|s| Ok((s.role, s.usage()?)))
         .collect::<anyhow::Result<_>>()?;
-    stop(services, &sim).await?;
+    stop(services, sim).await?;
     if let Some(p) = publishing {
         p.await??;
     }
@@ -296,7 +354,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         eprintln!("worker logs: {}", dir.display());
     }
     if let Some(path) = &args.plot {
-        plot::draw(path, &observed, &sent, &timeline, started_ms)?;
+        plot::draw(path, &observed, &sent, timeline, started_ms)?;
     }
     if args.duration.is_none() && report.finished < args.requests {
         anyhow::bail!(

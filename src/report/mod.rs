@@ -196,30 +196,15 @@ fn topic_exists(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<bool> {
         .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
 }
 
-/// Read `topic` from `since` (or its beginning) to `until` (or the ends it had at the start),
-/// handing each record to `each`; a record `each` cannot read (`None`) is counted as skipped.
-pub fn read(
-    kafka: &KafkaArgs,
+/// Where each partition's reading starts and ends: the first offset at or after each time,
+/// else the partition's beginning (`since`) or its end as it is now (`until`).
+fn span(
+    consumer: &BaseConsumer,
     topic: &str,
+    partitions: i32,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
-    quiet: bool,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Option<()>,
-) -> anyhow::Result<()> {
-    let config = kafka.to_rdkafka(KafkaRole::Reader { name: "otp-report" });
-    let consumer: BaseConsumer = config.create().context("a Kafka consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), CALL_TIMEOUT)
-        .context("topic metadata")?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0)
-        .with_context(|| format!("topic {topic} not found"))?;
-    // Where each partition starts and ends: the first offset at or after each time, else the
-    // partition's end as it is now.
+) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
     let mut lows = Vec::new();
     let mut highs = Vec::new();
     for p in 0..partitions {
@@ -256,22 +241,52 @@ pub fn read(
         .zip(&ends)
         .map(|(f, e)| *f.min(e))
         .collect();
+    Ok((from, ends))
+}
+
+/// A progress bar over the `total` records to read, or none when `quiet`.
+fn reading_bar(topic: &str, total: i64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(total.max(0) as u64).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} reading {topic} {{pos}}/{{len}} ({{per_sec}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+/// Read `topic` from `since` (or its beginning) to `until` (or the ends it had at the start),
+/// handing each record to `each`; a record `each` cannot read (`None`) is counted as skipped.
+pub fn read(
+    kafka: &KafkaArgs,
+    topic: &str,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    quiet: bool,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Option<()>,
+) -> anyhow::Result<()> {
+    let config = kafka.to_rdkafka(KafkaRole::Reader { name: "otp-report" });
+    let consumer: BaseConsumer = config.create().context("a Kafka consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), CALL_TIMEOUT)
+        .context("topic metadata")?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .with_context(|| format!("topic {topic} not found"))?;
+    let (from, ends) = span(&consumer, topic, partitions, since, until)?;
     let mut starts = TopicPartitionList::new();
     for (p, f) in from.iter().enumerate() {
         starts.add_partition_offset(topic, p as i32, Offset::Offset(*f))?;
     }
     consumer.assign(&starts)?;
     let total: i64 = ends.iter().zip(&from).map(|(e, f)| e - f).sum();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total.max(0) as u64).with_style(
-            ProgressStyle::with_template(&format!(
-                "{{spinner}} reading {topic} {{pos}}/{{len}} ({{per_sec}})"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
+    let bar = reading_bar(topic, total, quiet);
     let mut positions = from.clone();
     let mut unreadable = 0u64;
     let done = |positions: &[i64]| positions.iter().zip(&ends).all(|(p, e)| p >= e);

@@ -65,6 +65,12 @@ pub fn table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
             report.replays_dropped, report.outcome_replays_dropped
         )?;
     }
+    channel_table(report, out)?;
+    provider_table(report, out)
+}
+
+/// A row per channel and country.
+fn channel_table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -99,6 +105,11 @@ pub fn table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
             reasons(&r.fallbacks)
         )?;
     }
+    Ok(())
+}
+
+/// A row per channel, provider and country.
+fn provider_table(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,

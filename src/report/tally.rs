@@ -150,10 +150,56 @@ impl Tally {
     /// The report, per channel and country (and per channel over all countries), with costs
     /// from `prices`, and conversion grouped by `group_by`.
     pub fn report(&self, prices: &Prices, group_by: &[Dim]) -> Report {
-        let mut rows: BTreeMap<(Channel, String), Row> = BTreeMap::new();
-        let mut by_provider: BTreeMap<(Channel, String, String), Row> = BTreeMap::new();
-        let mut all = Summary::default();
-        let mut first_delivery = new_histogram();
+        let counted = self.count();
+        let mut all = counted.summary;
+        let rows = channel_rows(counted.rows, prices);
+        all.estimated_cost = rows
+            .iter()
+            .filter(|r| r.country == "all")
+            .map(|r| r.estimated_cost)
+            .sum();
+        all.cost_per_delivered = per(all.estimated_cost, all.delivered + all.sent_only);
+        all.fallback_rate = ratio(all.fell_back, all.requests);
+        all.first_delivery_ms = Percentiles::of(&counted.first_delivery);
+        let by_provider = provider_rows(counted.by_provider);
+        let conversion = conversion::rows(
+            self.counted()
+                .map(|(key, r)| r.seen(self.outcomes.get(key).copied())),
+            group_by,
+        );
+        all.verified = conversion[0].verified;
+        all.conversion = conversion[0].conversion;
+        let enabled_channels = self.enabled_channels();
+        let outcomes_unmatched = self.outcomes_unmatched();
+        Report {
+            currency: prices.currency.clone(),
+            window: Window::default(),
+            summary: all,
+            rows,
+            by_provider,
+            conversion,
+            enabled_channels,
+            outcomes_unmatched,
+            replays_dropped: self.replays,
+            outcome_replays_dropped: self.outcome_replays,
+        }
+    }
+
+    /// The requests the report counts (not refused outright, not only duplicates).
+    fn counted(&self) -> impl Iterator<Item = (&String, &Request)> {
+        self.requests.iter().filter(|(_, r)| r.counted())
+    }
+
+    /// Every request counted once in the summary, and per channel (by country and in all)
+    /// and per provider.
+    fn count(&self) -> Counted {
+        let mut c = Counted {
+            rows: BTreeMap::new(),
+            by_provider: BTreeMap::new(),
+            summary: Summary::default(),
+            first_delivery: new_histogram(),
+        };
+        let all = &mut c.summary;
         for request in self.requests.values() {
             if request.rejected && request.channels.is_empty() {
                 all.rejected += 1;
@@ -172,7 +218,7 @@ impl Tally {
                 .min();
             if let Some(ms) = delivered_at {
                 all.delivered += 1;
-                let _ = first_delivery.record(ms);
+                let _ = c.first_delivery.record(ms);
             } else if request.channels.values().any(|c| c.sent) {
                 all.sent_only += 1;
             }
@@ -189,66 +235,22 @@ impl Tally {
             }
             for (channel, on) in &request.channels {
                 for key in [(*channel, country.clone()), (*channel, "all".to_string())] {
-                    rows.entry(key).or_default().add(on);
+                    c.rows.entry(key).or_default().add(on);
                 }
                 let provider = on.provider.map_or("none", |p| p.as_str()).to_string();
                 for country in [country.clone(), "all".to_string()] {
                     let key = (*channel, provider.clone(), country);
-                    by_provider.entry(key).or_default().add(on);
+                    c.by_provider.entry(key).or_default().add(on);
                 }
             }
         }
-        let mut rows: Vec<ChannelRow> = rows
-            .into_iter()
-            .map(|((channel, country), row)| row.finish(channel, country, prices))
-            .collect();
-        // Prices are per country: a channel's total is the sum of its countries' costs.
-        for i in 0..rows.len() {
-            if rows[i].country == "all" {
-                let channel = rows[i].channel;
-                let cost = rows
-                    .iter()
-                    .filter(|r| r.channel == channel && r.country != "all")
-                    .map(|r| r.estimated_cost)
-                    .sum();
-                let row = &mut rows[i];
-                row.estimated_cost = cost;
-                row.cost_per_delivered = per(cost, row.charged_basis());
-            }
-        }
-        all.estimated_cost = rows
-            .iter()
-            .filter(|r| r.country == "all")
-            .map(|r| r.estimated_cost)
-            .sum();
-        all.cost_per_delivered = per(all.estimated_cost, all.delivered + all.sent_only);
-        all.fallback_rate = ratio(all.fell_back, all.requests);
-        all.first_delivery_ms = Percentiles::of(&first_delivery);
-        let by_provider = by_provider
-            .into_iter()
-            .map(|((channel, provider, country), row)| ProviderRow {
-                channel,
-                provider,
-                country,
-                requests: row.requests,
-                sent: row.sent,
-                delivered: row.delivered,
-                failed: row.failed,
-                expired: row.expired,
-                fell_back: row.fallbacks.values().sum(),
-                first_delivery_ms: row.delivered_ms.as_ref().and_then(Percentiles::of),
-                sent_ms: row.sent_ms.as_ref().and_then(Percentiles::of),
-            })
-            .collect();
-        let counted = || self.requests.iter().filter(|(_, r)| r.counted());
-        let conversion = conversion::rows(
-            counted().map(|(key, r)| r.seen(self.outcomes.get(key).copied())),
-            group_by,
-        );
-        all.verified = conversion[0].verified;
-        all.conversion = conversion[0].conversion;
+        c
+    }
+
+    /// How many requests had each set of enabled channels (`whatsapp,sms`, `sms`, ...).
+    fn enabled_channels(&self) -> BTreeMap<String, u64> {
         let mut enabled_channels: BTreeMap<String, u64> = BTreeMap::new();
-        for (_, r) in counted() {
+        for (_, r) in self.counted() {
             let name = if r.enabled.is_empty() {
                 "unknown".to_string()
             } else {
@@ -260,8 +262,12 @@ impl Tally {
             };
             *enabled_channels.entry(name).or_default() += 1;
         }
-        let outcomes_unmatched = self
-            .outcomes
+        enabled_channels
+    }
+
+    /// Outcomes about no request the report counted (unknown, or another app's).
+    fn outcomes_unmatched(&self) -> u64 {
+        self.outcomes
             .keys()
             .filter(|key| {
                 !self
@@ -269,19 +275,7 @@ impl Tally {
                     .get(*key)
                     .is_some_and(|r| !r.duplicate_only && !r.channels.is_empty())
             })
-            .count() as u64;
-        Report {
-            currency: prices.currency.clone(),
-            window: Window::default(),
-            summary: all,
-            rows,
-            by_provider,
-            conversion,
-            enabled_channels,
-            outcomes_unmatched,
-            replays_dropped: self.replays,
-            outcome_replays_dropped: self.outcome_replays,
-        }
+            .count() as u64
     }
 }
 
@@ -528,6 +522,56 @@ impl ChannelRow {
         self.cost_per_delivered = per(self.estimated_cost, self.charged_basis());
         self
     }
+}
+
+/// What [`Tally::count`] found.
+struct Counted {
+    rows: BTreeMap<(Channel, String), Row>,
+    by_provider: BTreeMap<(Channel, String, String), Row>,
+    summary: Summary,
+    first_delivery: Histogram<u64>,
+}
+
+/// A row per channel and country, and one per channel in all, priced: prices are per
+/// country, so a channel's total is the sum of its countries' costs.
+fn channel_rows(rows: BTreeMap<(Channel, String), Row>, prices: &Prices) -> Vec<ChannelRow> {
+    let mut rows: Vec<ChannelRow> = rows
+        .into_iter()
+        .map(|((channel, country), row)| row.finish(channel, country, prices))
+        .collect();
+    for i in 0..rows.len() {
+        if rows[i].country == "all" {
+            let channel = rows[i].channel;
+            let cost = rows
+                .iter()
+                .filter(|r| r.channel == channel && r.country != "all")
+                .map(|r| r.estimated_cost)
+                .sum();
+            let row = &mut rows[i];
+            row.estimated_cost = cost;
+            row.cost_per_delivered = per(cost, row.charged_basis());
+        }
+    }
+    rows
+}
+
+/// A row per channel, provider and country (and per channel and provider in all).
+fn provider_rows(rows: BTreeMap<(Channel, String, String), Row>) -> Vec<ProviderRow> {
+    rows.into_iter()
+        .map(|((channel, provider, country), row)| ProviderRow {
+            channel,
+            provider,
+            country,
+            requests: row.requests,
+            sent: row.sent,
+            delivered: row.delivered,
+            failed: row.failed,
+            expired: row.expired,
+            fell_back: row.fallbacks.values().sum(),
+            first_delivery_ms: row.delivered_ms.as_ref().and_then(Percentiles::of),
+            sent_ms: row.sent_ms.as_ref().and_then(Percentiles::of),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -319,6 +319,74 @@ pub(crate) async fn sms(
     answer
 }
 
+/// A send's form, as Twilio's Messages resource checks it, in its order: the account and its
+/// credentials, then the fields (each refusal is Twilio's own error code and message).
+struct SmsForm {
+    to: String,
+    text: String,
+    /// A sender from a Messaging Service's pool rather than one `From` number.
+    via_service: bool,
+    validity: Duration,
+    status_callback: Option<String>,
+}
+
+impl SmsForm {
+    #[allow(clippy::result_large_err)]
+    fn read(sim: &Sim, sid: &str, headers: &HeaderMap, body: &[u8]) -> Result<Self, Response> {
+        if sid != sim.config.sms_account_sid
+            || !basic_auth_ok(
+                headers,
+                &sim.config.sms_account_sid,
+                &sim.config.sms_auth_token,
+            )
+        {
+            return Err(twilio_error(20003, twilio_title(20003)));
+        }
+        let form: HashMap<String, String> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| twilio_error(21602, "Body is not form-encoded"))?;
+        let Some(to) = form.get("To") else {
+            return Err(twilio_error(21604, "A 'To' phone number is required."));
+        };
+        let digits = to.strip_prefix('+').unwrap_or("");
+        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(twilio_error(
+                21211,
+                "The 'To' number is not a valid phone number.",
+            ));
+        }
+        let Some(text) = form.get("Body").filter(|b| !b.is_empty()) else {
+            return Err(twilio_error(21602, "Message body is required."));
+        };
+        if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
+            return Err(twilio_error(
+                21603,
+                "A 'From' or 'MessagingServiceSid' parameter is required.",
+            ));
+        }
+        let validity = match form.get("ValidityPeriod") {
+            None => DEFAULT_VALIDITY,
+            Some(v) => match v.parse::<u64>() {
+                Ok(v) if (1..=36_000).contains(&v) => Duration::from_secs(v),
+                // Twilio, "Error 90007": validity period must be 1 to 36,000 seconds.
+                _ => {
+                    return Err(twilio_error(
+                        90007,
+                        "Validity period can only be set to integers between 1 and 36,000 \
+                         seconds.",
+                    ))
+                }
+            },
+        };
+        Ok(Self {
+            to: to.clone(),
+            text: text.clone(),
+            via_service: !form.contains_key("From"),
+            validity,
+            status_callback: form.get("StatusCallback").cloned(),
+        })
+    }
+}
+
 fn sms_answer(
     sim: &Arc<Sim>,
     sid: &str,
@@ -327,51 +395,20 @@ fn sms_answer(
     too_many_concurrent: bool,
 ) -> Response {
     let arrived_ms = now_ms();
-    if sid != sim.config.sms_account_sid
-        || !basic_auth_ok(
-            headers,
-            &sim.config.sms_account_sid,
-            &sim.config.sms_auth_token,
-        )
-    {
-        return twilio_error(20003, twilio_title(20003));
-    }
-    let form: HashMap<String, String> = match serde_urlencoded::from_bytes(body) {
-        Ok(f) => f,
-        Err(_) => return twilio_error(21602, "Body is not form-encoded"),
+    let form = match SmsForm::read(sim, sid, headers, body) {
+        Ok(form) => form,
+        Err(refused) => return refused,
     };
-    let Some(to) = form.get("To") else {
-        return twilio_error(21604, "A 'To' phone number is required.");
-    };
+    let SmsForm {
+        to,
+        text,
+        via_service,
+        validity,
+        status_callback,
+    } = &form;
+    let (via_service, validity) = (*via_service, *validity);
     let digits = to.strip_prefix('+').unwrap_or("");
-    if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return twilio_error(21211, "The 'To' number is not a valid phone number.");
-    }
-    let Some(text) = form.get("Body").filter(|b| !b.is_empty()) else {
-        return twilio_error(21602, "Message body is required.");
-    };
-    if !form.contains_key("From") && !form.contains_key("MessagingServiceSid") {
-        return twilio_error(
-            21603,
-            "A 'From' or 'MessagingServiceSid' parameter is required.",
-        );
-    }
-    // A sender from a Messaging Service's pool rather than one `From` number.
-    let via_service = !form.contains_key("From");
-    let validity = match form.get("ValidityPeriod") {
-        None => DEFAULT_VALIDITY,
-        Some(v) => match v.parse::<u64>() {
-            Ok(v) if (1..=36_000).contains(&v) => Duration::from_secs(v),
-            // Twilio, "Error 90007": validity period must be 1 to 36,000 seconds.
-            _ => {
-                return twilio_error(
-                    90007,
-                    "Validity period can only be set to integers between 1 and 36,000 seconds.",
-                )
-            }
-        },
-    };
-    let request_id = form.get("StatusCallback").and_then(|url| {
+    let request_id = status_callback.as_ref().and_then(|url| {
         let query = url.split_once('?')?.1;
         let pairs: HashMap<String, String> = serde_urlencoded::from_str(query).ok()?;
         pairs.get("request_id").cloned()
@@ -422,7 +459,7 @@ fn sms_answer(
             received.outcome = "accepted".into();
             received.provider_message_id = Some(sid.clone());
             sim.record(received);
-            if let Some(callback) = form.get("StatusCallback") {
+            if let Some(callback) = status_callback {
                 let target = webhooks::Target::Sms {
                     callback: callback.clone(),
                 };
