@@ -193,11 +193,13 @@ pub fn flag_default(d: std::time::Duration) -> &'static str {
     Box::leak(humantime::format_duration(d).to_string().into_boxed_str())
 }
 
-/// A flag set's defaults, as declared on its flags (and their environment variables), parsed
-/// from no arguments: what a config struct's `Default` is, so that no second list of defaults
-/// exists to drift from the first. Panics when a flag has no default (a programming error).
+/// A flag set's defaults, as declared on its flags, parsed from no arguments and no
+/// environment: what a config struct's `Default` is, so that no second list of defaults exists
+/// to drift from the first (and a test or an embedding gets the same values on every machine).
+/// Panics when a flag has no default (a programming error).
 pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
-    let command = T::augment_args(clap::Command::new("defaults"));
+    let command = T::augment_args(clap::Command::new("defaults"))
+        .mut_args(|arg| arg.env(None::<&'static str>));
     let matches = command
         .try_get_matches_from(["defaults"])
         .expect("every flag of a config struct has a default");

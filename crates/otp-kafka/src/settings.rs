@@ -114,8 +114,8 @@ pub enum KafkaRole<'a> {
     /// A member of consumer group `group` that stores and commits its offsets itself (only
     /// what is finished), reads a new group from the start, and lets a crashed member's
     /// partitions move after 10 s rather than Kafka's 45 s (a code lives minutes and its user
-    /// is waiting). Prefetch is bounded at 8 MiB per partition queue, so memory does not grow
-    /// with the backlog.
+    /// is waiting). Prefetch is bounded at 8 MiB in all (`queued.max.messages.kbytes`), so
+    /// memory does not grow with the backlog.
     ///
     /// With `instance_id` the member is *static* (`group.instance.id`, KIP-345): a process
     /// restarted under the same id (a StatefulSet pod's name) takes its partitions back with

@@ -61,14 +61,18 @@ impl KafkaWriter {
     /// A writer for a service of `role`: its internal records are signed with that role's
     /// key from `kafka.record_keys` (without one they go unsigned, and no reader acts on them;
     /// services check their keys at start).
+    ///
+    /// `message_timeout` bounds each message's delivery in librdkafka: past it, the message is
+    /// reported failed and never stored later. A service that retries until acknowledged gives
+    /// 30 s; the receipts ingress gives the wait after which it answers 503, so that a receipt
+    /// or signal is not stored after the provider was told to send it again.
     pub fn new(
         kafka: &KafkaArgs,
         fallback: Option<CodeRequestPublisher>,
         role: otp_events::Role,
+        message_timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let config = kafka.to_rdkafka(crate::KafkaRole::Producer {
-            message_timeout: Duration::from_secs(30),
-        });
+        let config = kafka.to_rdkafka(crate::KafkaRole::Producer { message_timeout });
         let message_timeout = config
             .get("message.timeout.ms")
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -125,7 +129,12 @@ impl KafkaWriter {
         if let Some(key) = &kafka.fallback_key {
             publisher = publisher.proving_fallbacks(key.clone());
         }
-        Ok(Self::new(kafka, Some(publisher), role)?)
+        Ok(Self::new(
+            kafka,
+            Some(publisher),
+            role,
+            Duration::from_secs(30),
+        )?)
     }
 
     /// Write a status, keyed by request_id.

@@ -323,15 +323,6 @@ pub enum CloseError {
     TimedOut(Duration),
 }
 
-/// The end of a consumer's life, once the poll thread was told to stop and the caller
-/// dropped its other handles: answer a revoke still waiting on the poll thread, join it,
-/// commit `positions` for good, and close the consumer (leaving the group). Messages the poll
-/// thread handed over but nobody finished are simply read again by the next owner.
-///
-/// librdkafka's synchronous commit and its close have no bound of their own and wait for a
-/// broker that is gone, so they run on a thread of their own and are waited for at most
-/// `within`; past that the thread is left behind (the process is exiting) and the caller is
-/// told the last commit was not confirmed.
 /// Commit `positions`, riding out a rebalance that another member's join or leave started (a
 /// rolling restart stops members one after another): until it ends the broker refuses commits
 /// (`RebalanceInProgress`), and this member must poll to take part in it. What is fetched
@@ -356,6 +347,15 @@ fn commit_through_rebalance(
     }
 }
 
+/// The end of a consumer's life, once the poll thread was told to stop and the caller
+/// dropped its other handles: answer a revoke still waiting on the poll thread, join it,
+/// commit `positions` for good, and close the consumer (leaving the group). Messages the poll
+/// thread handed over but nobody finished are simply read again by the next owner.
+///
+/// librdkafka's synchronous commit and its close have no bound of their own and wait for a
+/// broker that is gone, so they run on a thread of their own and are waited for at most
+/// `within`; past that the thread is left behind (the process is exiting) and the caller is
+/// told the last commit was not confirmed.
 pub async fn close(
     consumer: Arc<GroupConsumer>,
     poller: std::thread::JoinHandle<()>,

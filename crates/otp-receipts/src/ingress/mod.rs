@@ -54,7 +54,7 @@ impl Ingress {
         hasher: PhoneHasher,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            writer: KafkaWriter::new(kafka, None, otp_events::Role::Ingress)?,
+            writer: KafkaWriter::new(kafka, None, otp_events::Role::Ingress, kafka_timeout)?,
             secrets,
             public_url: public_url.trim_end_matches('/').to_string(),
             kafka_timeout,

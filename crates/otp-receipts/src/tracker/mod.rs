@@ -60,6 +60,10 @@ pub async fn run(
     hasher: PhoneHasher,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.commit_interval.is_zero() && !config.tick.is_zero(),
+        "--commit-interval and --tick must be above 0"
+    );
     let topics = kafka.topics();
     let rules = Rules {
         max_ttl: chrono::Duration::from_std(config.max_ttl)?,
