@@ -15,6 +15,7 @@ mod admission;
 mod channel;
 mod decode;
 mod error;
+mod numbering;
 mod outcome;
 mod pii;
 mod proof;

@@ -79,6 +79,20 @@ pub fn mask_phone(phone: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
 }
 
+/// `phonenumber::parse(None, phone)`. For a number written `+` and digits, the region the
+/// parser would look up (trying the patterns of every region of a shared code, through the
+/// crate's pattern cache) is found with [`numbering`](crate::numbering)'s compiled patterns and
+/// given to the parser, which then looks up nothing (`numbering::region_hint` says when that
+/// changes nothing else).
+fn parse(phone: &str) -> Result<phonenumber::PhoneNumber, phonenumber::ParseError> {
+    if let Some(region) = crate::numbering::region_hint(phone) {
+        if let Ok(number) = phonenumber::parse(Some(region), phone) {
+            return Ok(number);
+        }
+    }
+    phonenumber::parse(None, phone)
+}
+
 /// What the numbering plan says about a number, from one parse of libphonenumber's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PhoneFacts {
@@ -92,37 +106,25 @@ pub struct PhoneFacts {
 }
 
 pub fn phone_facts(phone: &str) -> PhoneFacts {
-    let Ok(number) = phonenumber::parse(None, phone) else {
+    let Ok(number) = parse(phone) else {
         return PhoneFacts::default();
     };
-    // One look-up of the number's region (for +1 it tries the general pattern of each region
-    // that shares the code), where `country().id()` and `number_type()` each made their own.
-    let meta = number.metadata(&phonenumber::metadata::DATABASE);
+    // One look-up of the number's region (for +1 it tries the pattern of each region that
+    // shares the code), where `country().id()` and `number_type()` each made their own.
+    let national = number.national().value().to_string();
+    let region = crate::numbering::source_for(number.code().value(), &national);
+    let region = region.as_ref().map(|s| s.region());
     PhoneFacts {
-        country: country_in(&number, meta),
-        premium: meta.is_some_and(|m| is_premium(m, &number.national().value().to_string())),
+        country: country_in(&number, region.map(|r| r.meta)),
+        premium: region.is_some_and(|r| r.is_premium(&national)),
         canonical: Some(e164(&number)),
     }
 }
 
-/// libphonenumber's `number_type()` says `PremiumRate` or `SharedCost`, asking only what that
-/// answer depends on: its checks run in order (general pattern, premium rate, toll free,
-/// shared cost, then eight more kinds), so a number is shared-cost only if it is not
-/// toll-free, and the kinds after shared cost never change the answer. Each check is a
-/// regular expression looked up in the metadata's cache, so skipping eight of twelve is most
-/// of the cost (`phone_facts_agrees_with_number_type_on_every_example` holds it to the same
-/// answers).
-fn is_premium(meta: &phonenumber::Metadata, national: &str) -> bool {
-    let d = meta.descriptors();
-    let matches = |desc: Option<&phonenumber::metadata::Descriptor>| {
-        desc.is_some_and(|desc| desc.is_match(national))
-    };
-    d.general().is_match(national)
-        && (matches(d.premium_rate()) || (!matches(d.toll_free()) && matches(d.shared_cost())))
-}
-
 fn e164(number: &phonenumber::PhoneNumber) -> String {
-    let formatted = number.format().mode(phonenumber::Mode::E164).to_string();
+    // What the crate's E.164 formatting writes; written here because the crate first picks a
+    // national format by matching its patterns, which E.164 does not use.
+    let formatted = format!("+{}{}", number.code().value(), number.national());
     // Mexico dropped the mobile token "1" after the country code in 2019 ("+52 1 55 ..." is
     // "+52 55 ..."); Google's libphonenumber strips it when parsing, the Rust port's metadata
     // does not, so it is done here: "+521" followed by ten digits is the ten-digit number.
@@ -137,7 +139,7 @@ fn e164(number: &phonenumber::PhoneNumber) -> String {
 /// country code, as in Mexico's `+52 1 ...`) share one hash, one partition and one abuse
 /// count. A number libphonenumber cannot parse is kept as written.
 pub fn canonical_phone(phone: &str) -> String {
-    match phonenumber::parse(None, phone) {
+    match parse(phone) {
         Ok(number) => e164(&number),
         Err(_) => phone.to_string(),
     }
@@ -146,11 +148,13 @@ pub fn canonical_phone(phone: &str) -> String {
 /// ISO 3166-1 alpha-2 country of an E.164 number, from libphonenumber's metadata. Numbers
 /// whose calling code is shared (+1) are resolved by their area code; `None` when unknown.
 pub fn country_of(phone: &str) -> Option<String> {
-    country_of_number(&phonenumber::parse(None, phone).ok()?)
+    country_of_number(&parse(phone).ok()?)
 }
 
 fn country_of_number(number: &phonenumber::PhoneNumber) -> Option<String> {
-    country_in(number, number.metadata(&phonenumber::metadata::DATABASE))
+    let national = number.national().value().to_string();
+    let region = crate::numbering::source_for(number.code().value(), &national);
+    country_in(number, region.map(|s| s.region().meta))
 }
 
 /// [`country_of`] with the number's region already looked up.
@@ -200,12 +204,24 @@ mod tests {
                 number.number_type(&phonenumber::metadata::DATABASE),
                 Type::PremiumRate | Type::SharedCost
             ),
-            canonical: Some(e164(&number)),
+            canonical: Some(mexico_without_token(
+                number.format().mode(phonenumber::Mode::E164).to_string(),
+            )),
         }
     }
 
-    #[test]
-    fn phone_facts_agrees_with_number_type_on_every_example() {
+    fn mexico_without_token(formatted: String) -> String {
+        match formatted.strip_prefix("+521") {
+            Some(rest) if rest.len() == 10 => format!("+52{rest}"),
+            _ => formatted,
+        }
+    }
+
+    /// Every example number of every kind of every region, and neighbours of each (the last
+    /// digit changed, a digit dropped, a digit added, a zero or the national prefix after the
+    /// code), written `+`
+    /// and digits as requests carry them.
+    fn numbers_to_check() -> Vec<(String, String)> {
         use phonenumber::Type;
         let kinds = [
             Type::FixedLine,
@@ -219,29 +235,78 @@ mod tests {
             Type::Uan,
             Type::Voicemail,
         ];
-        let (mut checked, mut premium) = (0, 0);
+        let mut numbers = Vec::new();
         for meta in phonenumber::metadata::DATABASE.iter() {
+            let code = meta.country_code();
             for kind in kinds {
                 let Some(example) = meta.descriptors().get(kind).and_then(|d| d.example()) else {
                     continue;
                 };
-                let phone = format!("+{}{example}", meta.country_code());
-                let expected = facts_the_long_way(&phone);
-                assert_eq!(
-                    phone_facts(&phone),
-                    expected,
-                    "{} {kind:?} example",
-                    meta.id()
-                );
-                checked += 1;
-                premium += usize::from(expected.premium);
+                let label = format!("{} {kind:?}", meta.id());
+                let mut neighbours = vec![
+                    (format!("+{code}{example}"), format!("{label} example")),
+                    (format!("+{code}{example}5"), format!("{label} longer")),
+                    (
+                        format!("+{code}0{example}"),
+                        format!("{label} leading zero"),
+                    ),
+                ];
+                if let Some(prefix) = meta.national_prefix() {
+                    // The national prefix kept after the code, a common misspelling.
+                    neighbours.push((
+                        format!("+{code}{prefix}{example}"),
+                        format!("{label} prefix"),
+                    ));
+                }
+                let mut shorter = example.to_string();
+                let last = shorter.pop().unwrap_or('0');
+                neighbours.push((format!("+{code}{shorter}"), format!("{label} shorter")));
+                let other = if last == '9' { '0' } else { '9' };
+                neighbours.push((
+                    format!("+{code}{shorter}{other}"),
+                    format!("{label} last digit"),
+                ));
+                numbers.extend(neighbours);
             }
         }
-        assert!(checked > 1000, "every region's examples: {checked}");
+        numbers
+    }
+
+    #[test]
+    fn phone_facts_agrees_with_libphonenumber_on_every_example_and_its_neighbours() {
+        let (mut checked, mut premium, mut shared_codes) = (0, 0, 0);
+        for (phone, label) in numbers_to_check() {
+            let expected = facts_the_long_way(&phone);
+            assert_eq!(phone_facts(&phone), expected, "{label}");
+            checked += 1;
+            premium += usize::from(expected.premium);
+            shared_codes += usize::from(phone.starts_with("+1") || phone.starts_with("+44"));
+        }
+        assert!(checked > 5000, "every region's examples: {checked}");
         assert!(
-            premium > 100,
-            "premium and shared-cost examples among them: {premium}"
+            premium > 300,
+            "premium and shared-cost among them: {premium}"
         );
+        assert!(
+            shared_codes > 500,
+            "numbers of shared codes: {shared_codes}"
+        );
+    }
+
+    #[test]
+    fn the_region_given_to_the_parser_changes_nothing_it_answers() {
+        let mut hinted = 0;
+        for (phone, label) in numbers_to_check() {
+            assert_eq!(
+                parse(&phone).ok(),
+                phonenumber::parse(None, &phone).ok(),
+                "{label}"
+            );
+            hinted += usize::from(crate::numbering::region_hint(&phone).is_some());
+        }
+        // The numbers of shared codes (+1, +44, +7, ...), where finding the region costs
+        // patterns.
+        assert!(hinted > 1000, "numbers given their region: {hinted}");
     }
 
     #[test]
