@@ -46,9 +46,12 @@ fn percentiles(values: impl IntoIterator<Item = i64>) -> Option<Percentiles> {
 #[derive(Debug, Serialize)]
 pub struct WorkerFigures {
     pub channel: Channel,
-    /// Provider requests this worker made (the simulator's count for its API).
+    /// Provider requests made by this channel's workers together (the simulator's count for
+    /// its API).
     pub sends: u64,
+    /// This process's CPU.
     pub cpu_seconds: f64,
+    /// The channel's workers' CPU (all of them) per send.
     pub cpu_us_per_send: Option<f64>,
     pub cpu_seconds_per_10k_sends: Option<f64>,
     pub peak_rss_mb: f64,
@@ -164,16 +167,23 @@ impl Report {
             }
         }
 
-        let workers = i
-            .usage
-            .iter()
-            .filter_map(|(role, u)| match role {
+        let processes = || {
+            i.usage.iter().filter_map(|(role, u)| match role {
                 Role::Worker(channel) => Some((channel, u)),
                 _ => None,
             })
+        };
+        // With several workers per channel, the provider counts their sends together: CPU per
+        // send is the channel's workers' CPU over the channel's sends.
+        let mut channel_cpu: HashMap<Channel, f64> = HashMap::new();
+        for (channel, u) in processes() {
+            *channel_cpu.entry(*channel).or_default() += u.cpu_seconds;
+        }
+        let workers = processes()
             .map(|(channel, u)| {
                 let n = sends.get(channel.as_str()).copied().unwrap_or(0);
-                let per = |scale: f64| (n > 0).then(|| u.cpu_seconds * scale / n as f64);
+                let cpu = channel_cpu[channel];
+                let per = |scale: f64| (n > 0).then(|| cpu * scale / n as f64);
                 WorkerFigures {
                     channel: *channel,
                     sends: n,

@@ -73,6 +73,7 @@ impl ServiceProcess {
     pub fn worker(
         spec: &FleetSpec<'_>,
         channel: Channel,
+        instance: u16,
         status_callback: Option<&str>,
     ) -> anyhow::Result<Self> {
         let config = spec.dir.join(format!("{channel}-worker.toml"));
@@ -91,7 +92,11 @@ impl ServiceProcess {
                 .args(status_callback.map(|url| format!("--status-callback-url={url}")))
                 .env("OTP_SMS_AUTH_TOKEN", "sim-auth-token"),
         };
-        Self::spawn(spec, cmd, Role::Worker(channel))
+        let log = match instance {
+            1 => format!("{channel}-worker.log"),
+            n => format!("{channel}-worker-{n}.log"),
+        };
+        Self::spawn(spec, cmd, Role::Worker(channel), &log)
     }
 
     /// The receipts ingress, listening on `listen` (its public URL too), with the
@@ -108,20 +113,23 @@ impl ServiceProcess {
         ] {
             cmd.env(name, value.unwrap_or_default());
         }
-        Self::spawn(spec, cmd, Role::Ingress)
+        Self::spawn(spec, cmd, Role::Ingress, "receipts-ingress.log")
     }
 
     /// The confirmation tracker.
     pub fn tracker(spec: &FleetSpec<'_>) -> anyhow::Result<Self> {
         let mut cmd = command(spec, &["receipts", "track"])?;
         cmd.env("OTP_FALLBACK_KEY", spec.fallback_key);
-        Self::spawn(spec, cmd, Role::Tracker)
+        Self::spawn(spec, cmd, Role::Tracker, "tracker.log")
     }
 
-    fn spawn(spec: &FleetSpec<'_>, mut cmd: Command, role: Role) -> anyhow::Result<Self> {
-        let log = spec
-            .dir
-            .join(format!("{}.log", role.to_string().replace(' ', "-")));
+    fn spawn(
+        spec: &FleetSpec<'_>,
+        mut cmd: Command,
+        role: Role,
+        log: &str,
+    ) -> anyhow::Result<Self> {
+        let log = spec.dir.join(log);
         let metrics = free_port()?;
         cmd.args(["--metrics-listen", &metrics.to_string()])
             .stderr(std::fs::File::create(&log)?);

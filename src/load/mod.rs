@@ -76,6 +76,11 @@ pub struct LoadArgs {
     /// awaited send per message).
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
+    /// Worker processes per channel, one consumer group each channel: how throughput grows
+    /// with workers (at most `--partitions` of them share the work). Each enforces its share
+    /// of `--sender-rate` (by the partitions it owns); the simulator checks the sum.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
     /// Provider sends per second, per channel, enforced by the workers and checked by the
     /// simulator; 0 means no limit.
     #[arg(long, default_value_t = 0)]
@@ -215,7 +220,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 
     let mut services = Vec::new();
     if !args.backlog {
-        services = start_fleet(&spec, channels, args.partitions, ingress).await?;
+        services = start_fleet(&spec, channels, &args, ingress).await?;
     }
     let started = Instant::now();
     let started_ms = Utc::now().timestamp_millis();
@@ -231,7 +236,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             p.await??;
         }
         bar.set_message("backlog published; starting the workers");
-        services = start_fleet(&spec, channels, args.partitions, ingress).await?;
+        services = start_fleet(&spec, channels, &args, ingress).await?;
     }
     // A backlog run measures from the moment the workers own their partitions.
     let (measured_from, measured_from_ms) = if args.backlog {
@@ -527,7 +532,7 @@ const WEBHOOKS_WITHIN: Duration = Duration::from_secs(30);
 async fn start_fleet(
     spec: &FleetSpec<'_>,
     channels: &[Channel],
-    partitions: i32,
+    args: &LoadArgs,
     ingress: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<Vec<ServiceProcess>> {
     let mut services = Vec::new();
@@ -537,9 +542,16 @@ async fn start_fleet(
     }
     let callback = ingress.map(|a| format!("http://{a}{}", otp_receipts::config::SMS_STATUS_PATH));
     for channel in channels {
-        services.push(ServiceProcess::worker(spec, *channel, callback.as_deref())?);
+        for instance in 1..=args.workers {
+            services.push(ServiceProcess::worker(
+                spec,
+                *channel,
+                instance,
+                callback.as_deref(),
+            )?);
+        }
     }
-    fleet::wait_ready(&mut services, partitions, Duration::from_secs(60)).await?;
+    fleet::wait_ready(&mut services, args.partitions, Duration::from_secs(60)).await?;
     Ok(services)
 }
 
