@@ -39,7 +39,8 @@ pub use outcome::{
     decode_outcome, OutcomeKind, VerificationOutcome, OUTCOME_MAX_AGE, VERIFICATION_OUTCOME_SCHEMA,
 };
 pub use pii::{
-    country_of, mask_phone, number_range, phone_facts, PhoneFacts, PhoneHasher, WAMID_HASH_PREFIX,
+    country_of, load_numbering_plan, mask_phone, number_range, phone_facts, PhoneFacts,
+    PhoneHasher, WAMID_HASH_PREFIX,
 };
 pub use proof::{FallbackKey, HEADER_FALLBACK_PROOF};
 pub use provenance::{ProvenanceError, Record, RecordKeys, Role, HEADER_RECORD_MAC};

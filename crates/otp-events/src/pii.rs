@@ -93,6 +93,13 @@ fn parse(phone: &str) -> Result<phonenumber::PhoneNumber, phonenumber::ParseErro
     phonenumber::parse(None, phone)
 }
 
+/// Load libphonenumber's metadata and compile the patterns of the busiest shared code (+1),
+/// about 150 ms of CPU that would otherwise fall on the first request's latency: a service
+/// calls it before it takes traffic.
+pub fn load_numbering_plan() {
+    let _ = phone_facts("+12015550123");
+}
+
 /// What the numbering plan says about a number, from one parse of libphonenumber's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PhoneFacts {

@@ -49,6 +49,7 @@ pub async fn run<C: ChannelClient>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let channel = client.channel();
+    otp_events::load_numbering_plan();
     let pipeline = Arc::new(pipeline(&setup, client)?);
     let WorkerSetup { kafka, config, .. } = setup;
     let listeners = Listeners::start(&kafka, &config, &pipeline);
