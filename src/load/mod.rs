@@ -81,6 +81,11 @@ pub struct LoadArgs {
     /// of `--sender-rate` (by the partitions it owns); the simulator checks the sum.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
+    /// Whose numbers: `us-555` (fictional +1 555 numbers) or `world` (a mobile number of
+    /// every region in turn, as a global service's traffic: what the phone-number facts cost
+    /// when no cache holds one region's patterns).
+    #[arg(long, value_enum, default_value_t = Numbers::Us555)]
+    numbers: Numbers,
     /// Provider sends per second, per channel, enforced by the workers and checked by the
     /// simulator; 0 means no limit.
     #[arg(long, default_value_t = 0)]
@@ -643,29 +648,71 @@ async fn publish(
     Ok(())
 }
 
+/// Whose numbers a run sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Numbers {
+    Us555,
+    World,
+}
+
 /// The i-th recipient: a distinct number each, staged "not on WhatsApp" (last digits 0026)
 /// for the requested share, the others ordinary.
 fn recipient(args: &LoadArgs, i: usize) -> (String, Vec<Channel>) {
     match args.channel {
-        Channel::Sms => (ordinary(i), vec![Channel::Sms]),
+        Channel::Sms => (ordinary(args.numbers, i), vec![Channel::Sms]),
         Channel::Whatsapp => {
             // 37 is prime to 100: any 100 consecutive requests hold exactly the share.
             let phone = if (i * 37) % 100 < args.not_on_whatsapp as usize {
                 // GB mobiles, +44 7xxxxx 0026: 100,000 distinct numbers.
                 format!("+447{:05}0026", i % 100_000)
             } else {
-                ordinary(i)
+                ordinary(args.numbers, i)
             };
             (phone, vec![Channel::Whatsapp, Channel::Sms])
         }
     }
 }
 
-/// +1 555 NNN NNNN with the last four digits from 4000 to 9999, clear of the simulator's
-/// staged recipients (its API answers and its receipt plans, such as 2026 or 3005): six
-/// million distinct numbers.
-fn ordinary(i: usize) -> String {
-    format!("+1555{:03}{:04}", (i / 6000) % 1000, 4000 + i % 6000)
+/// A number whose last four digits are from 4000 to 9999, clear of the simulator's staged
+/// recipients (its API answers and its receipt plans, such as 2026 or 3005). `us-555`:
+/// +1 555 NNN NNNN, six million distinct numbers. `world`: each region's example mobile
+/// number in turn with its last four digits replaced, over a million distinct numbers.
+fn ordinary(numbers: Numbers, i: usize) -> String {
+    match numbers {
+        Numbers::Us555 => format!("+1555{:03}{:04}", (i / 6000) % 1000, 4000 + i % 6000),
+        Numbers::World => {
+            let mobiles = world_mobiles();
+            let example = &mobiles[i % mobiles.len()];
+            let last = 4000 + (i / mobiles.len()) % 6000;
+            format!("{}{last:04}", &example[..example.len() - 4])
+        }
+    }
+}
+
+/// Every region's example mobile number (at least 8 digits after the code), as E.164, in
+/// region order, no two alike but for their last four digits.
+fn world_mobiles() -> &'static [String] {
+    static MOBILES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut regions: Vec<_> = phonenumber::metadata::DATABASE
+            .iter()
+            .filter_map(|meta| {
+                let example = meta.descriptors().mobile()?.example()?;
+                (example.len() >= 8)
+                    .then(|| (meta.id(), format!("+{}{example}", meta.country_code())))
+            })
+            .collect();
+        regions.sort();
+        // Regions that share an example (+7: RU, KZ) would share recipients.
+        let mut seen = std::collections::HashSet::new();
+        regions
+            .into_iter()
+            .filter_map(|(_, phone)| {
+                seen.insert(phone[..phone.len() - 4].to_string())
+                    .then_some(phone)
+            })
+            .collect()
+    });
+    &MOBILES
 }
 
 /// Read statuses until the run's `requests` and the pump's requests (`counts`) are final.
