@@ -62,13 +62,16 @@ struct Code {
     compiled: Vec<OnceLock<Region>>,
 }
 
+/// Every calling code of the metadata (at most three digits). Found by code, not from
+/// `DATABASE.iter()`, which yields one entry per region id: the non-geographic entities
+/// (+800, +808, +870, ...) all have the id "001", so it yields only one of them.
+pub(crate) fn calling_codes() -> impl Iterator<Item = u16> {
+    (1..=999).filter(|code| DATABASE.region(code).is_some())
+}
+
 static CODES: LazyLock<HashMap<u16, Code>> = LazyLock::new(|| {
     let mut codes = HashMap::new();
-    for meta in DATABASE.iter() {
-        let code = meta.country_code();
-        if codes.contains_key(&code) {
-            continue;
-        }
+    for code in calling_codes() {
         let ids = DATABASE.region(&code).unwrap_or_default();
         // As the crate: a region id names its metadata, but "001" (non-geographic entities)
         // is shared by several codes, whose metadata is found by code.
@@ -343,6 +346,20 @@ mod tests {
         assert_eq!(region_hint("+15551234567"), Some(Id::US));
         // A non-geographic code has no region to stand in.
         assert_eq!(region_hint("+80012345678"), None);
+        assert_eq!(region_hint("+80812345678"), None);
+    }
+
+    #[test]
+    fn every_calling_code_is_known_the_non_geographic_ones_included() {
+        for code in [1, 44, 800, 808, 870, 878, 881, 882, 883, 888, 979] {
+            assert!(CODES.contains_key(&code), "+{code}");
+        }
+        assert!(CODES.len() > 200, "{} codes", CODES.len());
+        // +808 is shared-cost: the facts come from that entity's own patterns.
+        let Some(Source::Entity(entity)) = source_for(808, "12345678") else {
+            panic!("+808 is a non-geographic entity");
+        };
+        assert!(entity.is_premium("12345678"));
         // Not `+` and digits: the parser decides alone.
         assert_eq!(region_hint("+44 7700 900123"), None);
         assert_eq!(region_hint("447700900123"), None);

@@ -243,7 +243,11 @@ mod tests {
             Type::Voicemail,
         ];
         let mut numbers = Vec::new();
-        for meta in phonenumber::metadata::DATABASE.iter() {
+        // By code: `DATABASE.iter()` yields one of the non-geographic entities only.
+        let metas = crate::numbering::calling_codes()
+            .filter_map(|code| phonenumber::metadata::DATABASE.by_code(&code))
+            .flatten();
+        for meta in metas {
             let code = meta.country_code();
             for kind in kinds {
                 let Some(example) = meta.descriptors().get(kind).and_then(|d| d.example()) else {
@@ -353,6 +357,7 @@ mod tests {
     #[test]
     fn premium_rate_numbers_are_recognised() {
         assert!(phone_facts("+611900123456").premium, "AU 1900 premium");
+        assert!(phone_facts("+80812345678").premium, "+808 shared cost");
         assert!(!phone_facts("+447700900123").premium);
         assert_eq!(phone_facts("+447700900123").country.as_deref(), Some("GB"));
         assert_eq!(number_range("+447700900123"), "+44770090");
