@@ -790,7 +790,7 @@ fn progress(requests: usize, quiet: bool) -> ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::ordinary;
+    use super::{ordinary, Numbers};
     use otp_provider_sim::behaviour::{self, ReceiptPlan, Staged};
 
     /// A load run's ordinary recipients are accepted and delivered by the simulator: none of
@@ -798,8 +798,13 @@ mod tests {
     #[test]
     fn ordinary_recipients_stage_nothing_in_the_simulator() {
         let mut seen = std::collections::HashSet::new();
-        for i in 0..12_000 {
-            let phone = ordinary(i);
+        for i in (0..12_000).chain(1_000_000..1_012_000) {
+            let numbers = if i < 12_000 {
+                Numbers::Us555
+            } else {
+                Numbers::World
+            };
+            let phone = ordinary(numbers, i);
             assert!(seen.insert(phone.clone()), "{phone} repeats");
             let digits = phone.trim_start_matches('+');
             assert_eq!(behaviour::whatsapp(digits, 1), Staged::Accept, "{phone}");
