@@ -65,8 +65,15 @@ struct Code {
 /// Every calling code of the metadata (at most three digits). Found by code, not from
 /// `DATABASE.iter()`, which yields one entry per region id: the non-geographic entities
 /// (+800, +808, +870, ...) all have the id "001", so it yields only one of them.
-pub(crate) fn calling_codes() -> impl Iterator<Item = u16> {
+fn calling_codes() -> impl Iterator<Item = u16> {
     (1..=999).filter(|code| DATABASE.region(code).is_some())
+}
+
+/// Every entry of the metadata, each region and each non-geographic entity, by code.
+pub(crate) fn all_metadata() -> impl Iterator<Item = &'static Metadata> {
+    calling_codes()
+        .filter_map(|code| DATABASE.by_code(&code))
+        .flatten()
 }
 
 static CODES: LazyLock<HashMap<u16, Code>> = LazyLock::new(|| {
@@ -136,7 +143,7 @@ pub(crate) fn source_for(code: u16, national: &str) -> Option<Source<'static>> {
     for i in 0..c.ids.len() {
         let region = c.region(i);
         let found = match &region.leading_digits {
-            Some(pattern) => pattern.find(national).is_some_and(|m| m.start() == 0),
+            Some(pattern) => begins(pattern, national),
             None => region.number_type(national) != Type::Unknown,
         };
         if found {
@@ -167,11 +174,10 @@ pub(crate) fn region_hint(phone: &str) -> Option<phonenumber::country::Id> {
         return None;
     }
     // As the parser: the first of the 1-3 leading digits that is a calling code.
-    let (code, national) = (1..=3).find_map(|len| {
+    let (code, c, national) = (1..=3).find_map(|len| {
         let code: u16 = digits[..len].parse().ok()?;
-        CODES.contains_key(&code).then(|| (code, &digits[len..]))
+        CODES.get(&code).map(|c| (code, c, &digits[len..]))
     })?;
-    let c = &CODES[&code];
     if c.ids.len() == 1 {
         // The parser finds the one region without a pattern, where a region given would
         // cost it a match of the international prefix.
@@ -190,10 +196,14 @@ pub(crate) fn region_hint(phone: &str) -> Option<phonenumber::country::Id> {
     region.meta.id().parse().ok()
 }
 
+/// Whether `pattern`'s first match in `value` is at its start: how the crate matches every
+/// pattern of its metadata.
+fn begins(pattern: &Regex, value: &str) -> bool {
+    pattern.find(value).is_some_and(|m| m.start() == 0)
+}
+
 fn starts_with(pattern: &Option<Regex>, value: &str) -> bool {
-    pattern
-        .as_ref()
-        .is_some_and(|p| p.find(value).is_some_and(|m| m.start() == 0))
+    pattern.as_ref().is_some_and(|p| begins(p, value))
 }
 
 /// The parser, given the region, still matches that region's international and national
@@ -202,8 +212,7 @@ fn starts_with(pattern: &Option<Regex>, value: &str) -> bool {
 /// patterns beside the 100 it had, so that numbers from many regions do not compile them
 /// again and again; they are short patterns, small once compiled.
 static PARSER_CACHE_SIZED: LazyLock<()> = LazyLock::new(|| {
-    let prefixes: std::collections::HashSet<&str> = DATABASE
-        .iter()
+    let prefixes: std::collections::HashSet<&str> = all_metadata()
         .flat_map(|m| [m.international_prefix(), m.national_prefix_for_parsing()])
         .flatten()
         .map(|r| r.as_str())
@@ -309,7 +318,7 @@ impl Pattern {
         if !self.lengths.is_empty() && !self.lengths.contains(&(value.len() as u16)) {
             return false;
         }
-        self.regex.find(value).is_some_and(|m| m.start() == 0)
+        begins(&self.regex, value)
     }
 }
 

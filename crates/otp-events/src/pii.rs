@@ -118,9 +118,7 @@ pub fn phone_facts(phone: &str) -> PhoneFacts {
     };
     // One look-up of the number's region (for +1 it tries the pattern of each region that
     // shares the code), where `country().id()` and `number_type()` each made their own.
-    let national = number.national().value().to_string();
-    let region = crate::numbering::source_for(number.code().value(), &national);
-    let region = region.as_ref().map(|s| s.region());
+    let (national, region) = national_and_region(&number);
     PhoneFacts {
         country: country_in(&number, region.map(|r| r.meta)),
         premium: region.is_some_and(|r| r.is_premium(&national)),
@@ -128,16 +126,29 @@ pub fn phone_facts(phone: &str) -> PhoneFacts {
     }
 }
 
+/// The number's national significant digits and its region, as `PhoneNumber::metadata`
+/// finds it (the crate's `source_for`, on compiled patterns).
+fn national_and_region(
+    number: &phonenumber::PhoneNumber,
+) -> (String, Option<&'static crate::numbering::Region>) {
+    let national = number.national().value().to_string();
+    let region = crate::numbering::source_for(number.code().value(), &national).map(|s| s.region());
+    (national, region)
+}
+
 fn e164(number: &phonenumber::PhoneNumber) -> String {
     // What the crate's E.164 formatting writes; written here because the crate first picks a
     // national format by matching its patterns, which E.164 does not use.
-    let formatted = format!("+{}{}", number.code().value(), number.national());
-    // Mexico dropped the mobile token "1" after the country code in 2019 ("+52 1 55 ..." is
-    // "+52 55 ..."); Google's libphonenumber strips it when parsing, the Rust port's metadata
-    // does not, so it is done here: "+521" followed by ten digits is the ten-digit number.
-    match formatted.strip_prefix("+521") {
+    without_mexican_mobile_token(format!("+{}{}", number.code().value(), number.national()))
+}
+
+/// Mexico dropped the mobile token "1" after the country code in 2019 ("+52 1 55 ..." is
+/// "+52 55 ..."); Google's libphonenumber strips it when parsing, the Rust port's metadata
+/// does not, so it is done here: "+521" followed by ten digits is the ten-digit number.
+fn without_mexican_mobile_token(e164: String) -> String {
+    match e164.strip_prefix("+521") {
         Some(rest) if rest.len() == 10 => format!("+52{rest}"),
-        _ => formatted,
+        _ => e164,
     }
 }
 
@@ -159,9 +170,7 @@ pub fn country_of(phone: &str) -> Option<String> {
 }
 
 fn country_of_number(number: &phonenumber::PhoneNumber) -> Option<String> {
-    let national = number.national().value().to_string();
-    let region = crate::numbering::source_for(number.code().value(), &national);
-    country_in(number, region.map(|s| s.region().meta))
+    country_in(number, national_and_region(number).1.map(|r| r.meta))
 }
 
 /// [`country_of`] with the number's region already looked up.
@@ -211,23 +220,15 @@ mod tests {
                 number.number_type(&phonenumber::metadata::DATABASE),
                 Type::PremiumRate | Type::SharedCost
             ),
-            canonical: Some(mexico_without_token(
+            canonical: Some(without_mexican_mobile_token(
                 number.format().mode(phonenumber::Mode::E164).to_string(),
             )),
         }
     }
 
-    fn mexico_without_token(formatted: String) -> String {
-        match formatted.strip_prefix("+521") {
-            Some(rest) if rest.len() == 10 => format!("+52{rest}"),
-            _ => formatted,
-        }
-    }
-
     /// Every example number of every kind of every region, and neighbours of each (the last
     /// digit changed, a digit dropped, a digit added, a zero or the national prefix after the
-    /// code), written `+`
-    /// and digits as requests carry them.
+    /// code), written `+` and digits as requests carry them.
     fn numbers_to_check() -> Vec<(String, String)> {
         use phonenumber::Type;
         let kinds = [
@@ -244,10 +245,7 @@ mod tests {
         ];
         let mut numbers = Vec::new();
         // By code: `DATABASE.iter()` yields one of the non-geographic entities only.
-        let metas = crate::numbering::calling_codes()
-            .filter_map(|code| phonenumber::metadata::DATABASE.by_code(&code))
-            .flatten();
-        for meta in metas {
+        for meta in crate::numbering::all_metadata() {
             let code = meta.country_code();
             for kind in kinds {
                 let Some(example) = meta.descriptors().get(kind).and_then(|d| d.example()) else {
